@@ -1,0 +1,11 @@
+//! The example runner: every example plugin (`say`, `rewrite`, `key-auth`,
+//! `limit-count`) behind the protocol socket named by `APISIX_LISTEN_ADDRESS`.
+//!
+//! Build: `cargo build --release --example demo-runner`, which gives
+//! `target/release/examples/demo-runner`.
+
+mod plugins;
+
+fn main() -> std::process::ExitCode {
+    extplug::Runner::new().plugins(plugins::all()).run()
+}

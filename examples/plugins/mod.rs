@@ -1,0 +1,18 @@
+//! The example plugins of `demo-runner`. Each file is a complete plugin with
+//! its own tests (through `runner_sdk::testing`).
+
+pub mod key_auth;
+pub mod limit_count;
+pub mod rewrite;
+pub mod say;
+
+use runner_sdk::Registry;
+
+/// Every example plugin.
+pub fn all() -> Registry {
+    Registry::new()
+        .with(say::Say)
+        .with(rewrite::RewritePlugin)
+        .with(key_auth::KeyAuth)
+        .with(limit_count::LimitCount)
+}

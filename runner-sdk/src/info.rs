@@ -1,0 +1,78 @@
+//! Extra information about a call (variables, bodies): sent up front by the
+//! gateway, or fetched from it during the call and then kept for the call.
+
+use crate::PluginError;
+use async_trait::async_trait;
+
+/// What a filter can ask the gateway for during a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InfoKey<'k> {
+    /// A variable by name (`remote_addr`, `http_host`, `arg_page`...).
+    Var(&'k str),
+    /// The request body.
+    RequestBody,
+    /// The upstream's response body (response phase only).
+    ResponseBody,
+}
+
+impl InfoKey<'_> {
+    /// The name under which the gateway sends this value in `extraInfo`:
+    /// the variable's name, `$request_body` or `$response_body`.
+    pub fn prefetch_name(&self) -> &str {
+        match self {
+            InfoKey::Var(name) => name,
+            InfoKey::RequestBody => "$request_body",
+            InfoKey::ResponseBody => "$response_body",
+        }
+    }
+}
+
+/// Where lazily read values come from: in the runner, an `EXTRA_INFO` round
+/// trip on the call's connection; in [`crate::testing`], a map.
+#[async_trait]
+pub trait InfoSource: Send {
+    /// Fetches one value; `Ok(None)` when the gateway has no such value.
+    ///
+    /// # Errors
+    /// The exchange with the gateway failed; the call then fails.
+    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, PluginError>;
+}
+
+/// The values known to one call: the prefetched ones (borrowed from the call's
+/// frame) and the ones fetched during the call (owned), plus the source.
+pub(crate) struct Info<'a> {
+    prefetched: Vec<(&'a str, Option<&'a [u8]>)>,
+    fetched: Vec<(String, Option<Vec<u8>>)>,
+    source: &'a mut dyn InfoSource,
+}
+
+impl<'a> Info<'a> {
+    pub(crate) fn new(
+        prefetched: Vec<(&'a str, Option<&'a [u8]>)>,
+        source: &'a mut dyn InfoSource,
+    ) -> Self {
+        Info {
+            prefetched,
+            fetched: Vec::new(),
+            source,
+        }
+    }
+
+    /// The value for `key`: prefetched, fetched earlier in this call, or
+    /// fetched now (and kept for the rest of the call).
+    pub(crate) async fn get(&mut self, key: InfoKey<'_>) -> Result<Option<&[u8]>, PluginError> {
+        let name = key.prefetch_name();
+        if let Some((_, v)) = self.prefetched.iter().find(|(n, _)| *n == name) {
+            return Ok(*v);
+        }
+        let pos = match self.fetched.iter().position(|(n, _)| n == name) {
+            Some(pos) => pos,
+            None => {
+                let value = self.source.fetch(key).await?;
+                self.fetched.push((name.to_owned(), value));
+                self.fetched.len() - 1
+            }
+        };
+        Ok(self.fetched[pos].1.as_deref())
+    }
+}

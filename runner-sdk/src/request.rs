@@ -1,0 +1,384 @@
+//! The request phase: what a filter sees of the request, what it may change,
+//! and how the changes of a chain fold into one answer.
+
+use crate::info::{Info, InfoKey, InfoSource};
+use crate::PluginError;
+use http::{Method, StatusCode};
+use std::net::IpAddr;
+
+/// The request as the gateway sent it, borrowed from the call's frame. Runners
+/// build it; plugin code only sees it through [`Request`].
+#[derive(Debug, Clone)]
+pub struct RequestParts<'a> {
+    /// The call's id, echoed in the answer.
+    pub id: u32,
+    /// The client's address.
+    pub src_ip: IpAddr,
+    /// The HTTP method.
+    pub method: Method,
+    /// The decoded path, without the query.
+    pub path: &'a str,
+    /// Query arguments, one entry per value; `None` for an argument without `=`.
+    pub args: Vec<(&'a str, Option<&'a str>)>,
+    /// Headers, one entry per value, names in lower case.
+    pub headers: Vec<(&'a str, &'a str)>,
+    /// Values the gateway sent up front (`extraInfo`); `None` = not available.
+    pub extra_info: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+/// An answer to the client that ends the chain (see [`Request::stop`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// The status sent to the client.
+    pub status: StatusCode,
+    /// Response headers, in order; a name may repeat.
+    pub headers: Vec<(String, String)>,
+    /// The response body.
+    pub body: Vec<u8>,
+}
+
+impl Stop {
+    /// An answer with this status, no headers and an empty body.
+    pub fn new(status: StatusCode) -> Self {
+        Stop {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Adds a header (names may repeat; each is sent).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+/// The net changes a chain made to a request, in the shape of the protocol's
+/// `Rewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The new path; `None` keeps it.
+    pub path: Option<String>,
+    /// Header changes: `Some(value)` sets (all entries of one name together
+    /// replace its old values), `None` deletes. Names in lower case.
+    pub headers: Vec<(String, Option<String>)>,
+    /// Argument changes, same rules as `headers`, applied to the original query.
+    pub args: Vec<(String, Option<String>)>,
+    /// Headers added to the client's response.
+    pub resp_headers: Vec<(String, String)>,
+    /// The new request body; `None` keeps it.
+    pub body: Option<Vec<u8>>,
+}
+
+/// What a chain decided for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Nothing was written: the request goes on unchanged.
+    Continue,
+    /// A filter answered the client.
+    Stop(Stop),
+    /// The request goes on with these changes.
+    Rewrite(Rewrite),
+}
+
+/// Changes recorded on a request; each list keeps the order of first change.
+#[derive(Debug, Default)]
+struct Changes {
+    path: Option<String>,
+    /// Lower-cased name -> new values (`None`: deleted).
+    headers: Vec<(String, Option<Vec<String>>)>,
+    /// Name -> new values (`None`: deleted).
+    args: Vec<(String, Option<Vec<String>>)>,
+    resp_headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    stop: Option<Stop>,
+}
+
+/// Sets the new values for `name` in a change list.
+fn record(
+    list: &mut Vec<(String, Option<Vec<String>>)>,
+    name: String,
+    values: Option<Vec<String>>,
+) {
+    match list.iter_mut().find(|(n, _)| *n == name) {
+        Some(entry) => entry.1 = values,
+        None => list.push((name, values)),
+    }
+}
+
+/// A request in the request phase: read it, record changes, or answer it.
+///
+/// Reads see earlier writes (after `set_path("/b")`, `path()` is `"/b"`), but
+/// only writes are changes: a filter that only reads leaves the request as it
+/// was (continue).
+pub struct Request<'a> {
+    parts: RequestParts<'a>,
+    info: Info<'a>,
+    changes: Changes,
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("parts", &self.parts)
+            .field("changes", &self.changes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Request<'a> {
+    /// A request view over `parts`; values not in `parts.extra_info` are
+    /// fetched from `source` when first read. For runners and test helpers.
+    pub fn new(mut parts: RequestParts<'a>, source: &'a mut dyn InfoSource) -> Self {
+        let prefetched = std::mem::take(&mut parts.extra_info);
+        Request {
+            parts,
+            info: Info::new(prefetched, source),
+            changes: Changes::default(),
+        }
+    }
+
+    /// The call's id.
+    pub fn id(&self) -> u32 {
+        self.parts.id
+    }
+
+    /// The client's IP address.
+    pub fn src_ip(&self) -> IpAddr {
+        self.parts.src_ip
+    }
+
+    /// The HTTP method.
+    pub fn method(&self) -> &Method {
+        &self.parts.method
+    }
+
+    /// The path (decoded, without the query), as changed so far.
+    pub fn path(&self) -> &str {
+        self.changes.path.as_deref().unwrap_or(self.parts.path)
+    }
+
+    /// The first value of header `name` (any case), as changed so far.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_values(name).into_iter().next()
+    }
+
+    /// Every value of header `name` (any case), as changed so far.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        if let Some((_, changed)) = self
+            .changes
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            return changed.iter().flatten().map(String::as_str).collect();
+        }
+        self.parts
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
+    /// The headers as the gateway sent them (names in lower case), before any
+    /// change.
+    pub fn original_headers(&self) -> &[(&'a str, &'a str)] {
+        &self.parts.headers
+    }
+
+    /// The first value of query argument `name`, as changed so far: `Some("")`
+    /// both for `?name=` and for `?name`; see [`Request::args`] to tell them apart.
+    pub fn arg(&self, name: &str) -> Option<&str> {
+        if let Some((_, changed)) = self.changes.args.iter().find(|(n, _)| n == name) {
+            return changed.as_ref().and_then(|v| v.first()).map(String::as_str);
+        }
+        self.parts
+            .args
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.unwrap_or(""))
+    }
+
+    /// The query arguments as the gateway sent them, one entry per value;
+    /// `None` for an argument without `=`.
+    pub fn args(&self) -> &[(&'a str, Option<&'a str>)] {
+        &self.parts.args
+    }
+
+    /// A variable from the gateway (`remote_addr`, `http_x_foo`, `arg_page`...):
+    /// sent up front when declared in [`crate::Filter::needs`], otherwise asked
+    /// for now and kept for the rest of the call. `None` when the gateway has
+    /// no such variable. Never a change.
+    ///
+    /// # Errors
+    /// The exchange with the gateway failed.
+    pub async fn var(&mut self, name: &str) -> Result<Option<&[u8]>, PluginError> {
+        self.info.get(InfoKey::Var(name)).await
+    }
+
+    /// [`Request::var`] as text (invalid UTF-8 replaced).
+    ///
+    /// # Errors
+    /// As for [`Request::var`].
+    pub async fn var_str(&mut self, name: &str) -> Result<Option<String>, PluginError> {
+        Ok(self
+            .var(name)
+            .await?
+            .map(|v| String::from_utf8_lossy(v).into_owned()))
+    }
+
+    /// The request body: the one set by an earlier filter, or the client's
+    /// (sent up front when declared in [`crate::Filter::needs`], otherwise
+    /// fetched now). `None` when the gateway has none. Never a change.
+    ///
+    /// # Errors
+    /// As for [`Request::var`].
+    pub async fn body(&mut self) -> Result<Option<&[u8]>, PluginError> {
+        if let Some(body) = &self.changes.body {
+            return Ok(Some(body));
+        }
+        self.info.get(InfoKey::RequestBody).await
+    }
+
+    /// Replaces the path (decoded, without the query).
+    pub fn set_path(&mut self, path: impl Into<String>) {
+        self.changes.path = Some(path.into());
+    }
+
+    /// Sets header `name` to `value`, replacing every old value.
+    pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
+        record(
+            &mut self.changes.headers,
+            name.to_ascii_lowercase(),
+            Some(vec![value.into()]),
+        );
+    }
+
+    /// Adds a value to header `name`, keeping the values it has.
+    pub fn add_header(&mut self, name: &str, value: impl Into<String>) {
+        let mut values: Vec<String> = self
+            .header_values(name)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        values.push(value.into());
+        record(
+            &mut self.changes.headers,
+            name.to_ascii_lowercase(),
+            Some(values),
+        );
+    }
+
+    /// Deletes header `name`.
+    pub fn remove_header(&mut self, name: &str) {
+        record(&mut self.changes.headers, name.to_ascii_lowercase(), None);
+    }
+
+    /// Sets query argument `name` to `value`, replacing every old value.
+    pub fn set_arg(&mut self, name: &str, value: impl Into<String>) {
+        record(
+            &mut self.changes.args,
+            name.to_owned(),
+            Some(vec![value.into()]),
+        );
+    }
+
+    /// Adds a value to query argument `name`, keeping the values it has.
+    pub fn add_arg(&mut self, name: &str, value: impl Into<String>) {
+        let mut values: Vec<String> = match self.changes.args.iter().find(|(n, _)| n == name) {
+            Some((_, changed)) => changed.clone().unwrap_or_default(),
+            None => self
+                .parts
+                .args
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, v)| v.unwrap_or("").to_owned())
+                .collect(),
+        };
+        values.push(value.into());
+        record(&mut self.changes.args, name.to_owned(), Some(values));
+    }
+
+    /// Deletes query argument `name`.
+    pub fn remove_arg(&mut self, name: &str) {
+        record(&mut self.changes.args, name.to_owned(), None);
+    }
+
+    /// Sets a header on the client's response, replacing one set earlier in
+    /// the chain. The gateway ignores the protected names (`content-type`,
+    /// `content-length`, `location`, `server`...).
+    pub fn set_resp_header(&mut self, name: &str, value: impl Into<String>) {
+        let name = name.to_ascii_lowercase();
+        self.changes.resp_headers.retain(|(n, _)| *n != name);
+        self.changes.resp_headers.push((name, value.into()));
+    }
+
+    /// Adds a header to the client's response (names may repeat).
+    pub fn add_resp_header(&mut self, name: &str, value: impl Into<String>) {
+        self.changes
+            .resp_headers
+            .push((name.to_ascii_lowercase(), value.into()));
+    }
+
+    /// Replaces the request body sent to the upstream.
+    pub fn set_body(&mut self, body: impl Into<Vec<u8>>) {
+        self.changes.body = Some(body.into());
+    }
+
+    /// Answers the client with `stop` and ends the chain: the filters after
+    /// this one do not run, and earlier changes to the request are dropped.
+    pub fn stop(&mut self, stop: Stop) {
+        self.changes.stop = Some(stop);
+    }
+
+    /// True once a filter called [`Request::stop`].
+    pub fn is_stopped(&self) -> bool {
+        self.changes.stop.is_some()
+    }
+
+    /// The net effect of every change recorded so far.
+    pub fn into_outcome(self) -> RequestOutcome {
+        let c = self.changes;
+        if let Some(stop) = c.stop {
+            return RequestOutcome::Stop(stop);
+        }
+        if c.path.is_none()
+            && c.headers.is_empty()
+            && c.args.is_empty()
+            && c.resp_headers.is_empty()
+            && c.body.is_none()
+        {
+            return RequestOutcome::Continue;
+        }
+        RequestOutcome::Rewrite(Rewrite {
+            path: c.path,
+            headers: flatten(c.headers),
+            args: flatten(c.args),
+            resp_headers: c.resp_headers,
+            body: c.body,
+        })
+    }
+}
+
+/// Turns `name -> values | deleted` into the protocol's one pair per value.
+fn flatten(list: Vec<(String, Option<Vec<String>>)>) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::with_capacity(list.len());
+    for (name, values) in list {
+        match values {
+            // Setting zero values is the same as deleting the name.
+            Some(values) if !values.is_empty() => {
+                out.extend(values.into_iter().map(|v| (name.clone(), Some(v))))
+            }
+            _ => out.push((name, None)),
+        }
+    }
+    out
+}

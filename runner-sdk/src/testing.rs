@@ -1,0 +1,292 @@
+//! Drive a plugin, or a whole chain, in-process: no socket, no runner, no
+//! gateway. Build a request (or a response), run a chain prepared exactly as
+//! the runner prepares it, and assert on the outcome.
+//!
+//! ```
+//! # use runner_sdk::{async_trait, parse_conf, ConfError, Filter, Plugin, PluginError, Request};
+//! # struct Hello;
+//! # #[derive(serde::Deserialize)] struct HelloConf { name: String }
+//! # impl Plugin for Hello {
+//! #     fn name(&self) -> &str { "hello" }
+//! #     fn configure(&self, c: &str) -> Result<Box<dyn Filter>, ConfError> {
+//! #         Ok(Box::new(parse_conf::<HelloConf>(c)?)) } }
+//! # #[async_trait] impl Filter for HelloConf {
+//! #     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+//! #         req.set_header("x-hello", &self.name); Ok(()) } }
+//! use runner_sdk::testing::TestRequest;
+//! use runner_sdk::{Registry, RequestOutcome};
+//!
+//! # futures::executor::block_on(async {
+//! let plugins = Registry::new().with(Hello);
+//! let outcome = TestRequest::get("/hi")
+//!     .run(&plugins, &[("hello", r#"{"name":"ann"}"#)])
+//!     .await
+//!     .unwrap();
+//! let RequestOutcome::Rewrite(rewrite) = outcome else { panic!("{outcome:?}") };
+//! assert_eq!(rewrite.headers, vec![("x-hello".to_string(), Some("ann".to_string()))]);
+//! # });
+//! ```
+
+use crate::chain::{CallError, Chain, PrepareError, Registry};
+use crate::info::{InfoKey, InfoSource};
+use crate::request::{Request, RequestOutcome, RequestParts};
+use crate::response::{Response, ResponseOutcome, ResponseParts};
+use crate::PluginError;
+use async_trait::async_trait;
+use http::{Method, StatusCode};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Why a test run did not produce an outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    /// The chain's configuration was refused (as `PREPARE_CONF` would be).
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// A filter failed or panicked (as a call answered `serviceUnavailable`).
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
+
+/// The gateway's side of a test: variables and bodies by name, recording
+/// which ones the filters fetched lazily (the ones a real call would cost a
+/// round trip for).
+#[derive(Debug, Default, Clone)]
+struct MapSource {
+    values: HashMap<String, Vec<u8>>,
+    fetched: Vec<String>,
+}
+
+#[async_trait]
+impl InfoSource for MapSource {
+    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, PluginError> {
+        let name = key.prefetch_name();
+        self.fetched.push(name.to_owned());
+        Ok(self.values.get(name).cloned())
+    }
+}
+
+impl MapSource {
+    /// What a real gateway would send up front for `chain`.
+    fn prefetch(&self, chain: &Chain) -> Vec<(String, Option<Vec<u8>>)> {
+        let needs = chain.needs();
+        let mut names: Vec<&str> = needs.vars.iter().map(String::as_str).collect();
+        if needs.request_body {
+            names.push("$request_body");
+        }
+        if needs.response_body {
+            names.push("$response_body");
+        }
+        names
+            .into_iter()
+            .map(|n| (n.to_owned(), self.values.get(n).cloned()))
+            .collect()
+    }
+}
+
+/// Borrows a prefetched list in the shape the views take.
+fn borrow(list: &[(String, Option<Vec<u8>>)]) -> Vec<(&str, Option<&[u8]>)> {
+    list.iter()
+        .map(|(n, v)| (n.as_str(), v.as_deref()))
+        .collect()
+}
+
+/// A request to run through a chain, built like an HTTP request.
+#[derive(Debug, Clone)]
+pub struct TestRequest {
+    id: u32,
+    src_ip: IpAddr,
+    method: Method,
+    path: String,
+    args: Vec<(String, Option<String>)>,
+    headers: Vec<(String, String)>,
+    source: MapSource,
+}
+
+impl TestRequest {
+    /// A request with this method and path, from 127.0.0.1, id 1.
+    pub fn new(method: Method, path: &str) -> Self {
+        TestRequest {
+            id: 1,
+            src_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            method,
+            path: path.to_owned(),
+            args: Vec::new(),
+            headers: Vec::new(),
+            source: MapSource::default(),
+        }
+    }
+
+    /// A GET request.
+    pub fn get(path: &str) -> Self {
+        Self::new(Method::GET, path)
+    }
+
+    /// A POST request.
+    pub fn post(path: &str) -> Self {
+        Self::new(Method::POST, path)
+    }
+
+    /// Sets the client's address.
+    pub fn src_ip(mut self, ip: IpAddr) -> Self {
+        self.src_ip = ip;
+        self
+    }
+
+    /// Adds a header value (the name is lower-cased, as the gateway does).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
+        self
+    }
+
+    /// Adds a query argument value; `None` for an argument without `=`.
+    pub fn arg(mut self, name: &str, value: Option<&str>) -> Self {
+        self.args.push((name.to_owned(), value.map(str::to_owned)));
+        self
+    }
+
+    /// Sets a variable the gateway knows (`remote_addr`, `http_host`...).
+    pub fn var(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.source.values.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Sets the request body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.source
+            .values
+            .insert("$request_body".to_owned(), body.into());
+        self
+    }
+
+    /// Prepares `conf` with `plugins` as the runner would and runs the
+    /// request phase.
+    ///
+    /// # Errors
+    /// The chain was refused, or a filter failed.
+    pub async fn run(
+        &self,
+        plugins: &Registry,
+        conf: &[(&str, &str)],
+    ) -> Result<RequestOutcome, TestError> {
+        let chain = Chain::prepare(plugins, conf.iter().copied())?;
+        Ok(self.run_chain(&chain).await?.0)
+    }
+
+    /// Runs the request phase of a prepared chain. Declared needs are sent up
+    /// front as a real gateway does; the second value lists what the filters
+    /// fetched lazily (each would be one more round trip).
+    ///
+    /// # Errors
+    /// A filter failed or panicked.
+    pub async fn run_chain(
+        &self,
+        chain: &Chain,
+    ) -> Result<(RequestOutcome, Vec<String>), CallError> {
+        let mut source = self.source.clone();
+        let prefetched = self.source.prefetch(chain);
+        let parts = RequestParts {
+            id: self.id,
+            src_ip: self.src_ip,
+            method: self.method.clone(),
+            path: &self.path,
+            args: self
+                .args
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_deref()))
+                .collect(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
+            extra_info: borrow(&prefetched),
+        };
+        let mut req = Request::new(parts, &mut source);
+        chain.run_request(&mut req).await?;
+        let outcome = req.into_outcome();
+        Ok((outcome, source.fetched))
+    }
+}
+
+/// An upstream answer to run through a chain's response phase.
+#[derive(Debug, Clone)]
+pub struct TestResponse {
+    status: StatusCode,
+    headers: Vec<(String, String)>,
+    source: MapSource,
+}
+
+impl TestResponse {
+    /// An answer with this status, no headers and no body.
+    pub fn new(status: StatusCode) -> Self {
+        TestResponse {
+            status,
+            headers: Vec::new(),
+            source: MapSource::default(),
+        }
+    }
+
+    /// Adds a header value.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
+        self
+    }
+
+    /// Sets the upstream's body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.source
+            .values
+            .insert("$response_body".to_owned(), body.into());
+        self
+    }
+
+    /// Sets a variable the gateway knows.
+    pub fn var(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.source.values.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Prepares `conf` with `plugins` as the runner would and runs the
+    /// response phase.
+    ///
+    /// # Errors
+    /// The chain was refused, or a filter failed.
+    pub async fn run(
+        &self,
+        plugins: &Registry,
+        conf: &[(&str, &str)],
+    ) -> Result<ResponseOutcome, TestError> {
+        let chain = Chain::prepare(plugins, conf.iter().copied())?;
+        Ok(self.run_chain(&chain).await?.0)
+    }
+
+    /// Runs the response phase of a prepared chain; see
+    /// [`TestRequest::run_chain`] for the second value.
+    ///
+    /// # Errors
+    /// A filter failed or panicked.
+    pub async fn run_chain(
+        &self,
+        chain: &Chain,
+    ) -> Result<(ResponseOutcome, Vec<String>), CallError> {
+        let mut source = self.source.clone();
+        let prefetched = self.source.prefetch(chain);
+        let parts = ResponseParts {
+            id: 1,
+            status: self.status,
+            headers: self
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
+            extra_info: borrow(&prefetched),
+        };
+        let mut resp = Response::new(parts, &mut source);
+        chain.run_response(&mut resp).await?;
+        let outcome = resp.into_outcome();
+        Ok((outcome, source.fetched))
+    }
+}

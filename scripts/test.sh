@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, the example plugins' tests, doc
+# tests, and the integration tests that start the real binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-capnp.sh
+# The integration tests spawn these release binaries.
+cargo build --release --example demo-runner --bin extplug
+cargo test --workspace --all-targets
+cargo test --workspace --doc

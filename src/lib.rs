@@ -1,0 +1,28 @@
+//! # extplug
+//!
+//! Out-of-process plugins for API gateways, on the protocol of Apache APISIX's
+//! external plugins with Cap'n Proto payloads (see `PROTOCOL.md` and
+//! `schema/ext_plugin.capnp`).
+//!
+//! - [`wire`]: frames and typed messages; the only module that touches bytes.
+//! - [`runner`]: the runner server that hosts `runner_sdk` plugins.
+//! - `host` (feature `host`, on by default): the gateway side.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod runner;
+pub mod wire;
+
+pub use runner::Runner;
+pub use runner_sdk;
+
+/// Starts `tracing` output to stderr, filtered by `RUST_LOG` (default
+/// `info`). Does nothing if a subscriber is already installed.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

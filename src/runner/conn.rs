@@ -1,0 +1,315 @@
+//! One host connection: read a frame, answer it with one frame, repeat. Calls
+//! on a connection are sequential; connections run in parallel.
+//!
+//! Every error becomes an ERROR frame here, and only a framing violation or a
+//! broken socket ends the connection: the process never exits because of what
+//! one connection sent.
+
+use super::cache::{ConfCache, Entry};
+use crate::wire::{
+    ErrorCode, ErrorResp, Frame, FrameCodec, FrameError, MessageType, Payload, Prepared,
+    ReqCallAnswer, RespCallAnswer,
+};
+use futures::{SinkExt, StreamExt};
+use runner_sdk::{
+    async_trait, Chain, InfoKey, InfoSource, PluginError, Registry, Request, Response,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::net::UnixStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// What every connection shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub registry: Registry,
+    pub cache: ConfCache,
+    pub max_frame: usize,
+}
+
+type Conn = Framed<UnixStream, FrameCodec>;
+
+/// Whether the connection can take another frame after an answer.
+enum Flow {
+    Next,
+    Close,
+}
+
+/// Bytes of read buffer a connection starts with: most calls fit.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// Serves one connection until the host closes it, the stream breaks, or the
+/// runner shuts down (checked only between frames, so a call in flight
+/// always gets its answer).
+pub(crate) async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let codec = FrameCodec::with_max_payload(shared.max_frame);
+    let mut conn = Framed::with_capacity(stream, codec, READ_BUFFER);
+    // Tokens this connection used: found again without the shared lock.
+    let mut tokens: HashMap<u32, Arc<Entry>> = HashMap::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            next = conn.next() => next,
+        };
+        let frame = match next {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(FrameError::Io(e))) => {
+                debug!(cause = %e, "connection failed");
+                break;
+            }
+            Some(Err(e)) => {
+                // Out of step with the stream: say why if we can, then close.
+                warn!(cause = %e, "framing error, closing the connection");
+                let _ = send_error(&mut conn, ErrorCode::BadRequest, e.to_string()).await;
+                break;
+            }
+        };
+        match handle(&mut conn, &shared, &mut tokens, frame).await {
+            Ok(Flow::Next) => {}
+            Ok(Flow::Close) => break,
+            Err(e) => {
+                debug!(cause = %e, "could not answer, closing the connection");
+                break;
+            }
+        }
+    }
+}
+
+async fn send_error(conn: &mut Conn, code: ErrorCode, message: String) -> Result<(), FrameError> {
+    conn.send(&ErrorResp { code, message }).await
+}
+
+/// Answers one frame.
+async fn handle(
+    conn: &mut Conn,
+    shared: &Shared,
+    tokens: &mut HashMap<u32, Arc<Entry>>,
+    frame: Frame,
+) -> Result<Flow, FrameError> {
+    let kind = match MessageType::from_u8(frame.kind) {
+        Some(
+            kind
+            @ (MessageType::PrepareConf | MessageType::HttpReqCall | MessageType::HttpRespCall),
+        ) => kind,
+        Some(other) => {
+            let message = format!(
+                "message type {} ({other:?}) is not a request a host may send here",
+                frame.kind
+            );
+            send_error(conn, ErrorCode::BadRequest, message).await?;
+            return Ok(Flow::Next);
+        }
+        None => {
+            let message = format!("unknown message type {}", frame.kind);
+            send_error(conn, ErrorCode::BadRequest, message).await?;
+            return Ok(Flow::Next);
+        }
+    };
+    let payload = match Payload::parse(&frame.payload) {
+        Ok(payload) => payload,
+        Err(e) => {
+            warn!(kind = frame.kind, cause = %e, "bad payload");
+            send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
+            return Ok(Flow::Next);
+        }
+    };
+    match kind {
+        MessageType::PrepareConf => prepare(conn, shared, &payload).await,
+        MessageType::HttpReqCall => req_call(conn, shared, tokens, &payload).await,
+        _ => resp_call(conn, shared, tokens, &payload).await,
+    }
+}
+
+async fn prepare(
+    conn: &mut Conn,
+    shared: &Shared,
+    payload: &Payload<'_>,
+) -> Result<Flow, FrameError> {
+    let req = match payload.prepare_conf() {
+        Ok(req) => req,
+        Err(e) => {
+            send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
+            return Ok(Flow::Next);
+        }
+    };
+    if let Some(entry) = req.key.and_then(|key| shared.cache.get_by_key(key)) {
+        let answer = Prepared {
+            token: entry.token,
+            needs: entry.chain.needs().clone(),
+        };
+        conn.send(&answer).await?;
+        return Ok(Flow::Next);
+    }
+    let chain = match Chain::prepare(&shared.registry, req.conf.iter().copied()) {
+        Ok(chain) => chain,
+        Err(e) => {
+            warn!(cause = %e, "conf refused");
+            send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
+            return Ok(Flow::Next);
+        }
+    };
+    let entry = match shared.cache.insert(chain, req.key) {
+        Ok(entry) => entry,
+        Err(e) => {
+            send_error(conn, ErrorCode::ServiceUnavailable, e.to_string()).await?;
+            return Ok(Flow::Next);
+        }
+    };
+    info!(token = entry.token, key = req.key.unwrap_or(""), chain = ?entry.chain, "conf prepared");
+    let answer = Prepared {
+        token: entry.token,
+        needs: entry.chain.needs().clone(),
+    };
+    conn.send(&answer).await?;
+    Ok(Flow::Next)
+}
+
+/// The live entry for `token`: from the connection's own map when it can be,
+/// else from the shared cache (then kept in the map).
+fn lookup<'t>(
+    cache: &ConfCache,
+    tokens: &'t mut HashMap<u32, Arc<Entry>>,
+    token: u32,
+) -> Option<&'t Entry> {
+    let live = tokens.get(&token).is_some_and(|e| cache.touch(e));
+    if !live {
+        tokens.remove(&token);
+        let entry = cache.get(token)?;
+        if tokens.len() >= 256 {
+            // A host that cycles through many routes: start over rather than grow.
+            tokens.clear();
+        }
+        tokens.insert(token, entry);
+    }
+    tokens.get(&token).map(|e| &**e)
+}
+
+fn token_not_found(token: u32) -> String {
+    format!("conf token {token} not found: never prepared, or expired")
+}
+
+async fn req_call(
+    conn: &mut Conn,
+    shared: &Shared,
+    tokens: &mut HashMap<u32, Arc<Entry>>,
+    payload: &Payload<'_>,
+) -> Result<Flow, FrameError> {
+    let call = match payload.req_call() {
+        Ok(call) => call,
+        Err(e) => {
+            send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
+            return Ok(Flow::Next);
+        }
+    };
+    let Some(entry) = lookup(&shared.cache, tokens, call.conf_token) else {
+        send_error(
+            conn,
+            ErrorCode::ConfTokenNotFound,
+            token_not_found(call.conf_token),
+        )
+        .await?;
+        return Ok(Flow::Next);
+    };
+    let id = call.parts.id;
+    let mut source = ConnSource {
+        conn,
+        broken: false,
+    };
+    let mut req = Request::new(call.parts, &mut source);
+    let result = entry.chain.run_request(&mut req).await;
+    let outcome = req.into_outcome();
+    let broken = source.broken;
+    let sent = match result {
+        Ok(()) => conn.send(&ReqCallAnswer { id, outcome }).await,
+        Err(e) => {
+            warn!(id, token = entry.token, cause = %e, "call failed");
+            send_error(conn, ErrorCode::ServiceUnavailable, e.to_string()).await
+        }
+    };
+    sent?;
+    Ok(if broken { Flow::Close } else { Flow::Next })
+}
+
+async fn resp_call(
+    conn: &mut Conn,
+    shared: &Shared,
+    tokens: &mut HashMap<u32, Arc<Entry>>,
+    payload: &Payload<'_>,
+) -> Result<Flow, FrameError> {
+    let call = match payload.resp_call() {
+        Ok(call) => call,
+        Err(e) => {
+            send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
+            return Ok(Flow::Next);
+        }
+    };
+    let Some(entry) = lookup(&shared.cache, tokens, call.conf_token) else {
+        send_error(
+            conn,
+            ErrorCode::ConfTokenNotFound,
+            token_not_found(call.conf_token),
+        )
+        .await?;
+        return Ok(Flow::Next);
+    };
+    let id = call.parts.id;
+    let mut source = ConnSource {
+        conn,
+        broken: false,
+    };
+    let mut resp = Response::new(call.parts, &mut source);
+    let result = entry.chain.run_response(&mut resp).await;
+    let outcome = resp.into_outcome();
+    let broken = source.broken;
+    let sent = match result {
+        Ok(()) => conn.send(&RespCallAnswer { id, outcome }).await,
+        Err(e) => {
+            warn!(id, token = entry.token, cause = %e, "call failed");
+            send_error(conn, ErrorCode::ServiceUnavailable, e.to_string()).await
+        }
+    };
+    sent?;
+    Ok(if broken { Flow::Close } else { Flow::Next })
+}
+
+/// Lazy reads during a call: an EXTRA_INFO round trip on the call's own
+/// connection.
+struct ConnSource<'c> {
+    conn: &'c mut Conn,
+    /// Set when an exchange failed: the stream is out of step, so the
+    /// connection closes after the call's answer.
+    broken: bool,
+}
+
+#[async_trait]
+impl InfoSource for ConnSource<'_> {
+    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, PluginError> {
+        if self.broken {
+            return Err("the connection to the host failed earlier in this call".into());
+        }
+        let result = exchange(self.conn, key).await;
+        self.broken = result.is_err();
+        result
+    }
+}
+
+async fn exchange(conn: &mut Conn, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, PluginError> {
+    conn.send(&key).await?;
+    let frame = match conn.next().await {
+        None => return Err("the host closed the connection during EXTRA_INFO".into()),
+        Some(frame) => frame?,
+    };
+    if frame.kind != MessageType::ExtraInfo as u8 {
+        return Err(format!(
+            "expected an EXTRA_INFO answer (type 3) from the host, got type {}",
+            frame.kind
+        )
+        .into());
+    }
+    let payload = Payload::parse(&frame.payload)?;
+    Ok(payload.extra_info_resp()?.0.map(<[u8]>::to_vec))
+}

@@ -1,0 +1,139 @@
+//! The runner's environment: `APISIX_LISTEN_ADDRESS`, `APISIX_CONF_EXPIRE_TIME`
+//! and extplug's optional extras.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The socket path the runner must listen on (`unix:<path>`).
+pub const LISTEN_ADDRESS: &str = "APISIX_LISTEN_ADDRESS";
+/// Seconds a host keeps a conf token; the runner keeps entries 1.2 x that.
+pub const CONF_EXPIRE_TIME: &str = "APISIX_CONF_EXPIRE_TIME";
+/// extplug extra: the socket file's mode, in octal (default 0600).
+pub const SOCKET_MODE: &str = "EXTPLUG_SOCKET_MODE";
+/// extplug extra: the largest frame payload accepted, in bytes (default and
+/// maximum 16,777,215).
+pub const MAX_FRAME: &str = "EXTPLUG_MAX_FRAME";
+
+/// The default of `APISIX_CONF_EXPIRE_TIME`, in seconds.
+pub const DEFAULT_CONF_EXPIRE_SECS: u64 = 3600;
+
+/// A bad runner environment; the message names the variable and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// `APISIX_LISTEN_ADDRESS` is not set.
+    #[error("{LISTEN_ADDRESS} is not set; it must be `unix:` followed by the socket path")]
+    MissingListen,
+    /// `APISIX_LISTEN_ADDRESS` is not `unix:<path>`.
+    #[error("{LISTEN_ADDRESS}={0:?} is not `unix:` followed by a socket path")]
+    BadListen(String),
+    /// `APISIX_CONF_EXPIRE_TIME` is not a positive integer.
+    #[error("{CONF_EXPIRE_TIME}={0:?} is not a positive whole number of seconds")]
+    BadExpire(String),
+    /// `EXTPLUG_SOCKET_MODE` is not an octal mode.
+    #[error("{SOCKET_MODE}={0:?} is not an octal file mode such as 600 or 0660")]
+    BadSocketMode(String),
+    /// `EXTPLUG_MAX_FRAME` is not a size in range.
+    #[error("{MAX_FRAME}={0:?} is not a byte count from 1 to 16777215")]
+    BadMaxFrame(String),
+}
+
+/// The runner's settings, as read from its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerEnv {
+    /// Where to create the listening socket.
+    pub socket_path: PathBuf,
+    /// `APISIX_CONF_EXPIRE_TIME`.
+    pub conf_expire: Duration,
+    /// `EXTPLUG_SOCKET_MODE`, when set.
+    pub socket_mode: Option<u32>,
+    /// `EXTPLUG_MAX_FRAME`, when set.
+    pub max_frame: Option<usize>,
+}
+
+impl RunnerEnv {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// The first variable that is missing or malformed.
+    pub fn from_env() -> Result<RunnerEnv, EnvError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup` (for tests and embedders).
+    ///
+    /// # Errors
+    /// The first variable that is missing or malformed.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<RunnerEnv, EnvError> {
+        let listen = lookup(LISTEN_ADDRESS).ok_or(EnvError::MissingListen)?;
+        let socket_path = match listen.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => return Err(EnvError::BadListen(listen)),
+        };
+        let conf_expire = match lookup(CONF_EXPIRE_TIME) {
+            None => Duration::from_secs(DEFAULT_CONF_EXPIRE_SECS),
+            Some(text) => match text.trim().parse::<u64>() {
+                Ok(secs) if secs > 0 => Duration::from_secs(secs),
+                _ => return Err(EnvError::BadExpire(text)),
+            },
+        };
+        let socket_mode = match lookup(SOCKET_MODE) {
+            None => None,
+            Some(text) => match u32::from_str_radix(text.trim(), 8) {
+                Ok(mode) if mode <= 0o777 => Some(mode),
+                _ => return Err(EnvError::BadSocketMode(text)),
+            },
+        };
+        let max_frame = match lookup(MAX_FRAME) {
+            None => None,
+            Some(text) => match text.trim().parse::<usize>() {
+                Ok(n) if (1..=crate::wire::MAX_PAYLOAD).contains(&n) => Some(n),
+                _ => return Err(EnvError::BadMaxFrame(text)),
+            },
+        };
+        Ok(RunnerEnv {
+            socket_path,
+            conf_expire,
+            socket_mode,
+            max_frame,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn read(vars: &[(&str, &str)]) -> Result<RunnerEnv, EnvError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        RunnerEnv::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let env = read(&[(LISTEN_ADDRESS, "unix:/tmp/x.sock")]).unwrap();
+        assert_eq!(env.socket_path, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(env.conf_expire, Duration::from_secs(3600));
+        assert_eq!(env.socket_mode, None);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        assert_eq!(read(&[]), Err(EnvError::MissingListen));
+        for bad in ["/tmp/x.sock", "tcp:127.0.0.1:1", "unix:"] {
+            let err = read(&[(LISTEN_ADDRESS, bad)]).unwrap_err();
+            assert!(err.to_string().contains(LISTEN_ADDRESS), "{err}");
+        }
+        for bad in ["0", "-1", "abc", "1.5", ""] {
+            let err = read(&[(LISTEN_ADDRESS, "unix:/s"), (CONF_EXPIRE_TIME, bad)]).unwrap_err();
+            assert_eq!(err, EnvError::BadExpire(bad.into()));
+        }
+        let err = read(&[(LISTEN_ADDRESS, "unix:/s"), (SOCKET_MODE, "999")]).unwrap_err();
+        assert_eq!(err, EnvError::BadSocketMode("999".into()));
+        let ok = read(&[(LISTEN_ADDRESS, "unix:/s"), (SOCKET_MODE, "0660")]).unwrap();
+        assert_eq!(ok.socket_mode, Some(0o660));
+    }
+}

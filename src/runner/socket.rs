@@ -1,0 +1,74 @@
+//! The listening socket's life: stale socket removed (never another kind of
+//! file), mode set, file removed when the runner stops.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use tokio::net::UnixListener;
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// The path exists and is not a socket: refusing to delete it.
+    #[error("{0} exists and is not a socket; refusing to remove it")]
+    NotASocket(PathBuf),
+    /// Another process accepts connections on the socket.
+    #[error("{0} is in use: another process is listening on it")]
+    InUse(PathBuf),
+    /// A system call failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The socket file, removed when this is dropped (after the listener is
+/// closed and the connections drained).
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` with file mode `mode`, first removing a stale socket there.
+///
+/// # Errors
+/// The path holds something other than a socket, a live runner listens
+/// there, or a system call failed.
+pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), SocketError> {
+    let io = |action: &'static str| {
+        let path = path.to_path_buf();
+        move |source| SocketError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(SocketError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(io("removing stale socket"))?;
+        }
+        Ok(_) => return Err(SocketError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("inspecting")(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io("binding"))?;
+    let file = SocketFile {
+        path: path.to_path_buf(),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io("setting the mode of"))?;
+    Ok((listener, file))
+}
