@@ -1,5 +1,5 @@
 //! The example runner: every example plugin (`say`, `rewrite`, `key-auth`,
-//! `limit-count`) behind the protocol socket named by `APISIX_LISTEN_ADDRESS`.
+//! `limit-count`, `inject-vars`, `body-size`, `fault`) behind the protocol socket named by `APISIX_LISTEN_ADDRESS`.
 //!
 //! Build: `cargo build --release --example demo-runner`, which gives
 //! `target/release/examples/demo-runner`.

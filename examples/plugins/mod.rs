@@ -1,6 +1,9 @@
 //! The example plugins of `demo-runner`. Each file is a complete plugin with
 //! its own tests (through `runner_sdk::testing`).
 
+pub mod body_size;
+pub mod fault;
+pub mod inject_vars;
 pub mod key_auth;
 pub mod limit_count;
 pub mod rewrite;
@@ -15,4 +18,7 @@ pub fn all() -> Registry {
         .with(rewrite::RewritePlugin)
         .with(key_auth::KeyAuth)
         .with(limit_count::LimitCount)
+        .with(inject_vars::InjectVars)
+        .with(body_size::BodySize)
+        .with(fault::Fault)
 }

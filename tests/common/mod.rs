@@ -1,0 +1,198 @@
+//! Shared helpers of the integration tests: the real `demo-runner` binary on a
+//! socket in a temp dir, and a protocol client built on the crate's own codec.
+#![allow(dead_code)]
+
+use extplug::runner_sdk::{Method, RequestParts};
+use extplug::wire::{
+    ErrorResp, Frame, FrameCodec, Payload, PrepareConf, Prepared, ReqCall, ReqCallAnswer,
+};
+use futures::{SinkExt, StreamExt};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::net::UnixStream;
+use tokio_util::codec::Framed;
+
+/// Builds the example runner once per test binary (a no-op when it is up to
+/// date) and returns its path.
+pub fn demo_runner() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "demo-runner"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building demo-runner failed");
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_extplug"));
+        exe.parent().unwrap().join("examples").join("demo-runner")
+    })
+}
+
+/// A running `demo-runner`, killed when dropped.
+pub struct RunnerProc {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl RunnerProc {
+    /// Starts the runner with `APISIX_LISTEN_ADDRESS` on a fresh socket and
+    /// `env`, and waits until the socket accepts connections.
+    pub fn start(env: &[(&str, &str)]) -> RunnerProc {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("runner.sock");
+        let mut cmd = Command::new(demo_runner());
+        cmd.env(
+            "APISIX_LISTEN_ADDRESS",
+            format!("unix:{}", socket.display()),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starting demo-runner");
+        let mut proc = RunnerProc { child, dir, socket };
+        proc.wait_ready();
+        proc
+    }
+
+    /// Polls the socket until it accepts a connection (the readiness signal).
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("runner exited before listening: {status}");
+            }
+            assert!(Instant::now() < deadline, "runner did not listen in time");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Waits for the runner to exit (up to 20 s).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "runner did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket).await
+    }
+}
+
+impl Drop for RunnerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the runner answered.
+#[derive(Debug)]
+pub enum Answer {
+    Error(ErrorResp),
+    Prepared(Prepared),
+    Call(ReqCallAnswer),
+    Other(Frame),
+}
+
+/// A protocol client over one connection.
+pub struct Client {
+    pub conn: Framed<UnixStream, FrameCodec>,
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> Client {
+        let stream = UnixStream::connect(path)
+            .await
+            .expect("connecting to the runner");
+        Client {
+            conn: Framed::new(stream, FrameCodec::default()),
+        }
+    }
+
+    /// Reads the next frame and decodes it by type; `None` when closed.
+    pub async fn answer(&mut self) -> Option<Answer> {
+        let frame = tokio::time::timeout(Duration::from_secs(20), self.conn.next())
+            .await
+            .expect("no answer within 20 s")?
+            .ok()?;
+        let payload = Payload::parse(&frame.payload).expect("runner sent a bad payload");
+        Some(match frame.kind {
+            0 => Answer::Error(payload.error().unwrap()),
+            1 => Answer::Prepared(payload.prepared().unwrap()),
+            2 => Answer::Call(payload.req_call_answer().unwrap()),
+            _ => Answer::Other(frame.clone()),
+        })
+    }
+
+    pub async fn raw(&mut self, kind: u8, payload: &[u8]) {
+        self.conn.send((kind, payload)).await.unwrap();
+    }
+
+    pub async fn prepare_answer(&mut self, conf: &[(&str, &str)], key: Option<&str>) -> Answer {
+        let req = PrepareConf {
+            conf: conf.to_vec(),
+            key,
+        };
+        self.conn.send(&req).await.unwrap();
+        self.answer().await.expect("connection closed")
+    }
+
+    /// Prepares `conf`; panics on an error answer.
+    pub async fn prepare(&mut self, conf: &[(&str, &str)]) -> u32 {
+        match self.prepare_answer(conf, None).await {
+            Answer::Prepared(p) => p.token,
+            other => panic!("prepare failed: {other:?}"),
+        }
+    }
+
+    pub async fn call_answer(&mut self, token: u32, parts: RequestParts<'_>) -> Answer {
+        self.conn
+            .send(&ReqCall {
+                conf_token: token,
+                parts,
+            })
+            .await
+            .unwrap();
+        self.answer().await.expect("connection closed")
+    }
+
+    /// Calls with `parts`; panics unless the answer is a call answer.
+    pub async fn call(&mut self, token: u32, parts: RequestParts<'_>) -> ReqCallAnswer {
+        match self.call_answer(token, parts).await {
+            Answer::Call(a) => a,
+            other => panic!("call failed: {other:?}"),
+        }
+    }
+}
+
+/// `GET path` from 127.0.0.1, id 7, no args or headers.
+pub fn get(path: &str) -> RequestParts<'_> {
+    RequestParts {
+        id: 7,
+        src_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        method: Method::GET,
+        path,
+        args: vec![],
+        headers: vec![],
+        extra_info: vec![],
+    }
+}

@@ -1,0 +1,612 @@
+//! The real `demo-runner` binary, spoken to over its unix socket: every case
+//! of PROTOCOL.md sections 1-4.
+
+mod common;
+
+use common::{get, Answer, Client, RunnerProc};
+use extplug::runner_sdk::{RequestOutcome, Rewrite, StatusCode, Stop};
+use extplug::wire::ErrorCode;
+use futures::SinkExt;
+use nix::sys::signal::Signal;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+const SAY: &str = r#"{"body":"hi","status":201,"headers":{"x-a":"1"}}"#;
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+fn expect_error(answer: Answer, code: ErrorCode) -> String {
+    match answer {
+        Answer::Error(e) if e.code == code => e.message,
+        other => panic!("expected ERROR {code}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_distinct_and_keys_idempotent() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let a = c.prepare(&[("say", SAY)]).await;
+    let b = c.prepare(&[("say", SAY)]).await;
+    assert!(a != 0 && b != 0 && a != b);
+    let Answer::Prepared(k1) = c.prepare_answer(&[("say", SAY)], Some("route-1#3")).await else {
+        panic!()
+    };
+    // Same key from another connection: same token.
+    let mut c2 = runner.client().await;
+    let Answer::Prepared(k2) = c2.prepare_answer(&[("say", SAY)], Some("route-1#3")).await else {
+        panic!()
+    };
+    assert_eq!(k1.token, k2.token);
+    let Answer::Prepared(k3) = c2.prepare_answer(&[("say", SAY)], Some("route-1#4")).await else {
+        panic!()
+    };
+    assert_ne!(k1.token, k3.token);
+}
+
+#[tokio::test]
+async fn stop_answers_with_status_headers_body() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let token = c.prepare(&[("say", SAY)]).await;
+    let answer = c.call(token, get("/x")).await;
+    assert_eq!(answer.id, 7, "the id is echoed");
+    assert_eq!(
+        answer.outcome,
+        RequestOutcome::Stop(Stop::new(StatusCode::CREATED).header("x-a", "1").body("hi"))
+    );
+}
+
+#[tokio::test]
+async fn chain_order_stop_ends_the_chain_and_continue() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let auth = r#"{"keys":["k"]}"#;
+    let token = c
+        .prepare(&[
+            ("key-auth", auth),
+            ("say", SAY),
+            ("rewrite", r#"{"path":"/never"}"#),
+        ])
+        .await;
+    // Without the key, key-auth stops first.
+    let RequestOutcome::Stop(stop) = c.call(token, get("/")).await.outcome else {
+        panic!()
+    };
+    assert_eq!(stop.status, StatusCode::UNAUTHORIZED);
+    // With it, say stops, and the rewrite after it never runs.
+    let mut req = get("/");
+    req.headers = vec![("x-api-key", "k")];
+    let RequestOutcome::Stop(stop) = c.call(token, req).await.outcome else {
+        panic!()
+    };
+    assert_eq!(stop.status, StatusCode::CREATED);
+    // key-auth alone with the key: reads only, so continue.
+    let token = c.prepare(&[("key-auth", auth)]).await;
+    let mut req = get("/");
+    req.headers = vec![("x-api-key", "k")];
+    assert_eq!(c.call(token, req).await.outcome, RequestOutcome::Continue);
+}
+
+#[tokio::test]
+async fn rewrites_merge_and_the_later_one_wins() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let first = r#"{"path":"/a","headers":{"x-h":"1","x-gone":null},"args":{"a":"1"},"resp_headers":{"x-r":"1"}}"#;
+    let second = r#"{"path":"/b","headers":{"x-h":"2"},"args":{"b":null}}"#;
+    let token = c.prepare(&[("rewrite", first), ("rewrite", second)]).await;
+    let answer = c.call(token, get("/orig")).await;
+    assert_eq!(
+        answer.outcome,
+        RequestOutcome::Rewrite(Rewrite {
+            path: Some(s("/b")),
+            headers: vec![(s("x-gone"), None), (s("x-h"), Some(s("2")))],
+            args: vec![(s("a"), Some(s("1"))), (s("b"), None)],
+            resp_headers: vec![(s("x-r"), s("1"))],
+            body: None,
+        })
+    );
+}
+
+#[tokio::test]
+async fn unknown_token_unknown_plugin_and_bad_conf() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let msg = expect_error(
+        c.call_answer(424242, get("/")).await,
+        ErrorCode::ConfTokenNotFound,
+    );
+    assert!(msg.contains("424242"), "{msg}");
+    let msg = expect_error(
+        c.prepare_answer(&[("say", SAY), ("nope", "{}")], None)
+            .await,
+        ErrorCode::BadRequest,
+    );
+    assert!(msg.contains("`nope`"), "{msg}");
+    let msg = expect_error(
+        c.prepare_answer(&[("say", r#"{"status":200}"#)], None)
+            .await,
+        ErrorCode::BadRequest,
+    );
+    assert!(
+        msg.contains("plugin `say`") && msg.contains("body"),
+        "{msg}"
+    );
+    let msg = expect_error(
+        c.prepare_answer(&[("key-auth", "not json")], None).await,
+        ErrorCode::BadRequest,
+    );
+    assert!(msg.contains("plugin `key-auth`"), "{msg}");
+    // The connection still serves.
+    let token = c.prepare(&[("say", SAY)]).await;
+    assert!(matches!(
+        c.call(token, get("/")).await.outcome,
+        RequestOutcome::Stop(_)
+    ));
+}
+
+#[tokio::test]
+async fn bad_type_and_bad_payload_keep_the_connection() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    c.raw(9, b"").await;
+    let msg = expect_error(c.answer().await.unwrap(), ErrorCode::BadRequest);
+    assert!(msg.contains("unknown message type 9"), "{msg}");
+    c.raw(3, b"").await;
+    expect_error(c.answer().await.unwrap(), ErrorCode::BadRequest);
+    c.raw(2, b"this is not cap'n proto").await;
+    let msg = expect_error(c.answer().await.unwrap(), ErrorCode::BadRequest);
+    assert!(msg.contains("malformed"), "{msg}");
+    // A call whose source IP has 5 bytes.
+    let token = c.prepare(&[("say", SAY)]).await;
+    let mut bad = Vec::new();
+    {
+        use extplug::wire::ext_plugin_capnp::http_req_call_req;
+        let mut msg = capnp::message::Builder::new_default();
+        let mut root = msg.init_root::<http_req_call_req::Builder>();
+        root.set_src_ip(&[1, 2, 3, 4, 5]);
+        root.set_path("/");
+        root.set_conf_token(token);
+        capnp::serialize::write_message(&mut bad, &msg).unwrap();
+    }
+    c.raw(2, &bad).await;
+    let msg = expect_error(c.answer().await.unwrap(), ErrorCode::BadRequest);
+    assert!(msg.contains("srcIp has 5 bytes"), "{msg}");
+    assert!(matches!(
+        c.call(token, get("/")).await.outcome,
+        RequestOutcome::Stop(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_failing_or_panicking_plugin_fails_only_its_call() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let err = c.prepare(&[("fault", r#"{"mode":"error"}"#)]).await;
+    let panic = c.prepare(&[("fault", r#"{"mode":"panic"}"#)]).await;
+    let say = c.prepare(&[("say", SAY)]).await;
+    let msg = expect_error(
+        c.call_answer(err, get("/")).await,
+        ErrorCode::ServiceUnavailable,
+    );
+    assert!(
+        msg.contains("plugin `fault` failed: failing on purpose"),
+        "{msg}"
+    );
+    let msg = expect_error(
+        c.call_answer(panic, get("/")).await,
+        ErrorCode::ServiceUnavailable,
+    );
+    assert!(msg.contains("panicked: panicking on purpose"), "{msg}");
+    assert!(matches!(
+        c.call(say, get("/")).await.outcome,
+        RequestOutcome::Stop(_)
+    ));
+}
+
+#[tokio::test]
+async fn oversize_frame_closes_only_that_connection() {
+    let runner = RunnerProc::start(&[("EXTPLUG_MAX_FRAME", "1024")]);
+    let mut other = runner.client().await;
+    let token = other.prepare(&[("say", SAY)]).await;
+    let mut c = runner.client().await;
+    c.raw(2, &vec![0u8; 2048]).await;
+    let msg = expect_error(c.answer().await.unwrap(), ErrorCode::BadRequest);
+    assert!(msg.contains("2048") && msg.contains("1024"), "{msg}");
+    assert!(c.answer().await.is_none(), "the connection is closed");
+    assert!(matches!(
+        other.call(token, get("/")).await.outcome,
+        RequestOutcome::Stop(_)
+    ));
+    let mut fresh = runner.client().await;
+    assert!(matches!(
+        fresh.call(token, get("/")).await.outcome,
+        RequestOutcome::Stop(_)
+    ));
+}
+
+#[tokio::test]
+async fn truncated_frame_at_eof_is_answered_then_closed() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    // A header that promises 100 bytes, 10 of them, then end of stream.
+    let mut bytes = vec![2u8, 0, 0, 100];
+    bytes.extend_from_slice(&[0; 10]);
+    let stream = c.conn.get_mut();
+    tokio::io::AsyncWriteExt::write_all(stream, &bytes)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::shutdown(stream).await.unwrap();
+    let msg = expect_error(c.answer().await.unwrap(), ErrorCode::BadRequest);
+    assert!(msg.contains("14 of 104 bytes"), "{msg}");
+    assert!(c.answer().await.is_none());
+    let mut fresh = runner.client().await;
+    fresh.prepare(&[("say", SAY)]).await;
+}
+
+#[tokio::test]
+async fn many_calls_on_one_connection() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let token = c
+        .prepare(&[("rewrite", r#"{"headers":{"x-n":"1"}}"#)])
+        .await;
+    for id in 0..2000u32 {
+        let mut req = get("/");
+        req.id = id;
+        let answer = c.call(token, req).await;
+        assert_eq!(answer.id, id);
+        assert!(matches!(answer.outcome, RequestOutcome::Rewrite(_)));
+    }
+}
+
+#[tokio::test]
+async fn two_hundred_connections_at_once() {
+    let runner = RunnerProc::start(&[]);
+    let mut first = runner.client().await;
+    let token = first.prepare(&[("say", SAY)]).await;
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        clients.push(runner.client().await);
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            tokio::spawn(async move {
+                for n in 0..10u32 {
+                    let mut req = get("/");
+                    req.id = i as u32 * 100 + n;
+                    let answer = c.call(token, req).await;
+                    assert_eq!(answer.id, i as u32 * 100 + n);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_call_in_flight_and_removes_the_socket() {
+    let mut runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let token = c.prepare(&[("body-size", "{}")]).await;
+    // No body sent up front: the plugin asks for it, and the call waits on us.
+    c.conn
+        .send(&extplug::wire::ReqCall {
+            conf_token: token,
+            parts: get("/"),
+        })
+        .await
+        .unwrap();
+    let Some(Answer::Other(frame)) = c.answer().await else {
+        panic!("expected EXTRA_INFO")
+    };
+    assert_eq!(frame.kind, 3);
+    let payload = extplug::wire::Payload::parse(&frame.payload).unwrap();
+    assert_eq!(
+        payload.extra_info_req().unwrap(),
+        extplug::runner_sdk::InfoKey::RequestBody
+    );
+    runner.signal(Signal::SIGTERM);
+    // The runner stops accepting...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&runner.socket).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...but the call in flight finishes.
+    c.conn
+        .send(&extplug::wire::ExtraInfoAnswer(Some(b"12345")))
+        .await
+        .unwrap();
+    let Some(Answer::Call(answer)) = c.answer().await else {
+        panic!("no answer")
+    };
+    let RequestOutcome::Rewrite(rw) = answer.outcome else {
+        panic!()
+    };
+    assert_eq!(rw.headers, vec![(s("x-body-size"), Some(s("5")))]);
+    let status = runner.wait_exit();
+    assert!(status.success(), "{status}");
+    assert!(!runner.socket.exists(), "socket removed");
+}
+
+#[tokio::test]
+async fn sigint_stops_too() {
+    let mut runner = RunnerProc::start(&[]);
+    runner.signal(Signal::SIGINT);
+    assert!(runner.wait_exit().success());
+    assert!(!runner.socket.exists());
+}
+
+#[tokio::test]
+async fn a_host_that_closes_mid_extra_info_hurts_nobody_else() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let token = c
+        .prepare(&[("inject-vars", r#"{"vars":["a"],"prefetch":false}"#)])
+        .await;
+    c.conn
+        .send(&extplug::wire::ReqCall {
+            conf_token: token,
+            parts: get("/"),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(c.answer().await, Some(Answer::Other(f)) if f.kind == 3));
+    drop(c);
+    let mut other = runner.client().await;
+    other
+        .conn
+        .send(&extplug::wire::ReqCall {
+            conf_token: token,
+            parts: get("/"),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(other.answer().await, Some(Answer::Other(f)) if f.kind == 3));
+    other
+        .conn
+        .send(&extplug::wire::ExtraInfoAnswer(Some(b"v")))
+        .await
+        .unwrap();
+    let Some(Answer::Call(answer)) = other.answer().await else {
+        panic!()
+    };
+    let RequestOutcome::Rewrite(rw) = answer.outcome else {
+        panic!()
+    };
+    assert_eq!(rw.headers, vec![(s("x-var-a"), Some(s("v")))]);
+}
+
+#[tokio::test]
+async fn prefetched_values_need_no_extra_info() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let Answer::Prepared(p) = c
+        .prepare_answer(
+            &[
+                ("inject-vars", r#"{"vars":["remote_addr","x"]}"#),
+                ("body-size", "{}"),
+            ],
+            None,
+        )
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(p.needs.vars, vec![s("remote_addr"), s("x")]);
+    assert!(p.needs.request_body && !p.needs.response_body);
+    let mut req = get("/");
+    req.extra_info = vec![
+        ("remote_addr", Some(b"10.0.0.9")),
+        ("x", None),
+        ("$request_body", Some(b"abc")),
+    ];
+    // The next frame is the final answer: no EXTRA_INFO in between.
+    let answer = c.call(p.token, req).await;
+    let RequestOutcome::Rewrite(rw) = answer.outcome else {
+        panic!()
+    };
+    assert_eq!(
+        rw.headers,
+        vec![
+            (s("x-var-remote_addr"), Some(s("10.0.0.9"))),
+            (s("x-body-size"), Some(s("3")))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn confs_expire_after_1_2_times_the_expire_time() {
+    let runner = RunnerProc::start(&[("APISIX_CONF_EXPIRE_TIME", "1")]);
+    let mut c = runner.client().await;
+    let token = c.prepare(&[("say", SAY)]).await;
+    let prepared = Instant::now();
+    assert!(matches!(
+        c.call(token, get("/")).await.outcome,
+        RequestOutcome::Stop(_)
+    ));
+    let used = Instant::now();
+    let deadline = used + Duration::from_secs(10);
+    loop {
+        let answer = c.call_answer(token, get("/")).await;
+        if let Answer::Error(e) = &answer {
+            assert_eq!(e.code, ErrorCode::ConfTokenNotFound);
+            break;
+        }
+        // Every successful call is a use: wait without calling for a while.
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert!(prepared.elapsed() >= Duration::from_millis(1200));
+}
+
+#[test]
+fn the_socket_is_0600_and_a_stale_socket_is_replaced() {
+    let runner = RunnerProc::start(&[]);
+    let mode = std::fs::metadata(&runner.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // A stale socket: bound once, nobody listening any more.
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let child = std::process::Command::new(common::demo_runner())
+        .env("APISIX_LISTEN_ADDRESS", format!("unix:{}", stale.display()))
+        .env("EXTPLUG_SOCKET_MODE", "0660")
+        .spawn()
+        .unwrap();
+    let mut proc = RunnerProc {
+        child,
+        dir,
+        socket: stale.clone(),
+    };
+    proc.wait_ready();
+    let mode = std::fs::metadata(&stale).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "EXTPLUG_SOCKET_MODE applies");
+    // A live socket is not taken over: a second runner on it fails.
+    let out = std::process::Command::new(common::demo_runner())
+        .env("APISIX_LISTEN_ADDRESS", format!("unix:{}", stale.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+}
+
+fn run_with_env(env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(common::demo_runner());
+    cmd.env_remove("APISIX_LISTEN_ADDRESS")
+        .env_remove("APISIX_CONF_EXPIRE_TIME");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn bad_environment_exits_non_zero_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = format!("unix:{}", dir.path().join("s.sock").display());
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "APISIX_LISTEN_ADDRESS is not set"),
+        (
+            &[("APISIX_LISTEN_ADDRESS", "tcp:127.0.0.1:9")],
+            "APISIX_LISTEN_ADDRESS=\"tcp:127.0.0.1:9\"",
+        ),
+        (
+            &[
+                ("APISIX_LISTEN_ADDRESS", &sock),
+                ("APISIX_CONF_EXPIRE_TIME", "0"),
+            ],
+            "APISIX_CONF_EXPIRE_TIME=\"0\"",
+        ),
+        (
+            &[
+                ("APISIX_LISTEN_ADDRESS", &sock),
+                ("APISIX_CONF_EXPIRE_TIME", "soon"),
+            ],
+            "positive whole number",
+        ),
+    ];
+    for (env, expected) in cases {
+        let out = run_with_env(env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_regular_file_at_the_socket_path_is_never_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("precious.txt");
+    std::fs::write(&path, "keep me").unwrap();
+    let out = run_with_env(&[("APISIX_LISTEN_ADDRESS", &format!("unix:{}", path.display()))]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+}
+
+#[test]
+fn the_runner_exits_when_its_parent_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("r.sock");
+    // A parent shell that starts the runner, prints its pid, and waits.
+    let mut parent = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#""$0" & echo $!; wait"#)
+        .arg(common::demo_runner())
+        .env(
+            "APISIX_LISTEN_ADDRESS",
+            format!("unix:{}", socket.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid: i32 = line.trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "runner did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie nobody reaped: either way it stopped running.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next());
+        if stat.is_empty() || state == Some("Z") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runner {pid} outlived its parent: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !socket.exists(),
+        "it stopped cleanly and removed its socket"
+    );
+}
+
+#[tokio::test]
+async fn the_runner_survives_everything_above_on_one_process() {
+    // A mix of bad inputs on several connections, then a normal call.
+    let runner = RunnerProc::start(&[("EXTPLUG_MAX_FRAME", "4096")]);
+    for kind in [0u8, 5, 255] {
+        let mut c = runner.client().await;
+        c.raw(kind, b"junk").await;
+        assert!(matches!(c.answer().await, Some(Answer::Error(_))));
+    }
+    let mut c = runner.client().await;
+    c.raw(1, &vec![1u8; 5000]).await;
+    assert!(matches!(c.answer().await, Some(Answer::Error(_))));
+    let mut ok = Client::connect(&runner.socket).await;
+    let token = ok.prepare(&[("say", SAY)]).await;
+    assert!(matches!(
+        ok.call(token, get("/")).await.outcome,
+        RequestOutcome::Stop(_)
+    ));
+}
