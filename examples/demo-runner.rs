@@ -1,5 +1,6 @@
 //! The example runner: every example plugin (`say`, `rewrite`, `key-auth`,
-//! `limit-count`, `inject-vars`, `body-size`, `fault`) behind the protocol socket named by `APISIX_LISTEN_ADDRESS`.
+//! `limit-count`, `inject-vars`, `body-size`, `response-headers`,
+//! `body-rewrite`, `fault`) behind the protocol socket named by `APISIX_LISTEN_ADDRESS`.
 //!
 //! Build: `cargo build --release --example demo-runner`, which gives
 //! `target/release/examples/demo-runner`.

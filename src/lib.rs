@@ -7,9 +7,11 @@
 //! - [`wire`]: frames and typed messages; the only module that touches bytes.
 //! - [`runner`]: the runner server that hosts `runner_sdk` plugins.
 //! - `host` (feature `host`, on by default): the gateway side.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "host")]
+pub mod host;
 pub mod runner;
 pub mod wire;
 
@@ -23,6 +25,7 @@ pub fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

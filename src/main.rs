@@ -1,1 +1,146 @@
-fn main() {}
+//! `extplug`: the gateway side of out-of-process plugins.
+//!
+//! - `extplug proxy --config FILE`: the HTTP reverse proxy with its runner.
+//! - `extplug demo`: the proxy with the example runner on a built-in
+//!   configuration and echo upstream.
+//! - `extplug check --config FILE`: validate a configuration and exit.
+
+use clap::{Parser, Subcommand};
+use extplug::host;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "extplug",
+    version,
+    about = "Out-of-process plugins for API gateways"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP reverse proxy and its plugin runner.
+    Proxy {
+        /// The JSON configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the proxy with the example runner on a built-in configuration.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:9080")]
+        listen: String,
+        /// The runner program (default: `examples/demo-runner` next to this binary).
+        #[arg(long)]
+        runner: Option<PathBuf>,
+    },
+    /// Check a configuration file and exit (0: valid; 2: not, with the reason).
+    Check {
+        /// The JSON configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    extplug::init_logging();
+    match cli.command {
+        Command::Check { config } => match host::config::Config::load(&config) {
+            Ok(c) => {
+                println!("{}: valid, {} routes", config.display(), c.routes.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        },
+        Command::Proxy { config } => match host::config::Config::load(&config) {
+            Ok(c) => serve(c, None),
+            Err(e) => fail(&e.to_string()),
+        },
+        Command::Demo { listen, runner } => demo(&listen, runner),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("extplug: {message}");
+    ExitCode::from(2)
+}
+
+/// Runs the proxy until SIGTERM/SIGINT. Prints `extplug listening on
+/// http://ADDR` on stdout once it accepts connections (tests and scripts
+/// wait for that line), then `after_listening`'s text.
+fn serve(
+    config: host::config::Config,
+    after_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) -> String>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("starting the runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(host::stop_on_signal(shutdown.clone()));
+        host::run(config, shutdown, |addr| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "extplug listening on http://{addr}");
+            if let Some(after) = after_listening {
+                let _ = write!(out, "{}", after(addr));
+            }
+            let _ = out.flush();
+        })
+        .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("extplug: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(listen: &str, runner: Option<PathBuf>) -> ExitCode {
+    let runner = match runner {
+        Some(r) => r,
+        None => match std::env::current_exe() {
+            Ok(exe) => exe.with_file_name("examples").join("demo-runner"),
+            Err(e) => return fail(&format!("cannot find this program's path: {e}")),
+        },
+    };
+    if !runner.exists() {
+        return fail(&format!(
+            "the example runner {} is missing: build it with `cargo build --release --example demo-runner` (scripts/demo.sh does), or pass --runner",
+            runner.display()
+        ));
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("starting the runtime: {e}")),
+    };
+    let upstream = match runtime.block_on(host::demo::start_echo()) {
+        Ok(addr) => addr,
+        Err(e) => return fail(&format!("starting the echo upstream: {e}")),
+    };
+    let config = match host::demo::config(listen, upstream, &runner.to_string_lossy()) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    // The echo server lives on `runtime`; the proxy gets its own.
+    let _keep = runtime;
+    serve(
+        config,
+        Some(Box::new(move |addr| {
+            format!(
+                "echo upstream on http://{upstream}; runner {}\nTry:\n{}",
+                runner.display(),
+                host::demo::curl_lines(addr)
+            )
+        })),
+    )
+}

@@ -1,11 +1,13 @@
 //! The example plugins of `demo-runner`. Each file is a complete plugin with
 //! its own tests (through `runner_sdk::testing`).
 
+pub mod body_rewrite;
 pub mod body_size;
 pub mod fault;
 pub mod inject_vars;
 pub mod key_auth;
 pub mod limit_count;
+pub mod response_headers;
 pub mod rewrite;
 pub mod say;
 
@@ -20,5 +22,7 @@ pub fn all() -> Registry {
         .with(limit_count::LimitCount)
         .with(inject_vars::InjectVars)
         .with(body_size::BodySize)
+        .with(response_headers::ResponseHeaders)
+        .with(body_rewrite::BodyRewrite)
         .with(fault::Fault)
 }

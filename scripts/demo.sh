@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Starts the main job: the extplug proxy with the example runner, on the
+# built-in demo configuration, in front of a built-in echo upstream.
+# Extra arguments go to `extplug demo` (e.g. --listen 127.0.0.1:8080).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-capnp.sh
+cargo build --release --example demo-runner --bin extplug
+exec target/release/extplug demo "$@"

@@ -1,0 +1,432 @@
+//! The ext-plugin client: a pool of runner connections (one call at a time on
+//! each), a token cache per route phase, and calls with a deadline, EXTRA_INFO
+//! answers and the `confTokenNotFound` retry.
+
+use super::config::{PhaseConf, RunnerConf};
+use super::supervisor::RunnerState;
+use crate::wire::{
+    Encode, ErrorCode, ExtraInfoAnswer, Frame, FrameCodec, FrameError, MessageType, Payload,
+    PrepareConf, ReqCall, RespCall,
+};
+use futures::{SinkExt, StreamExt};
+use runner_sdk::{
+    async_trait, InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+use tracing::{debug, warn};
+
+/// Why a call to the runner failed. Every one of them gives the client 503,
+/// unless the route phase allows degradation.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The runner is not running (it exited and is being restarted, or the
+    /// host is stopping): the call was not attempted.
+    #[error("runner is down: {0}")]
+    RunnerDown(String),
+    /// The runner's socket refused the connection.
+    #[error("cannot connect to the runner: {0}")]
+    Connect(std::io::Error),
+    /// No answer within the call timeout.
+    #[error("runner call timed out after {} ms", .0.as_millis())]
+    TimedOut(Duration),
+    /// The runner answered with an ERROR frame.
+    #[error("runner refused the call: {code}: {message}")]
+    Refused {
+        /// The ERROR code.
+        code: ErrorCode,
+        /// The runner's message.
+        message: String,
+    },
+    /// The runner's answer does not follow the protocol.
+    #[error("malformed answer from the runner: {0}")]
+    Malformed(String),
+    /// The connection broke during the call.
+    #[error("runner connection failed during the call: {0}")]
+    Broken(String),
+}
+
+/// What the host knows about a prepared chain.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// The conf token.
+    pub token: u32,
+    /// What the chain will read (sent with every call).
+    pub needs: Arc<Needs>,
+    generation: u64,
+    expires: Instant,
+}
+
+/// Answers the runner's EXTRA_INFO requests during a call.
+#[async_trait]
+pub trait InfoProvider: Send {
+    /// The value for `key`, `None` when there is none (an unknown variable, a
+    /// body that does not exist in this phase).
+    async fn provide(&mut self, key: InfoKey<'_>) -> Option<bytes::Bytes>;
+}
+
+/// One route phase's cached token, and a lock that makes concurrent requests
+/// share one PREPARE_CONF.
+#[derive(Default)]
+struct Slot {
+    ticket: Mutex<Option<Ticket>>,
+    preparing: tokio::sync::Mutex<()>,
+}
+
+struct PooledConn {
+    conn: Framed<UnixStream, FrameCodec>,
+    generation: u64,
+}
+
+/// The client. Shared by all requests (`Arc`).
+pub struct ExtClient {
+    state: watch::Receiver<RunnerState>,
+    call_timeout: Duration,
+    start_timeout: Duration,
+    token_lifetime: Duration,
+    pool_size: usize,
+    pool: Mutex<Vec<PooledConn>>,
+    slots: RwLock<HashMap<String, Arc<Slot>>>,
+    next_id: AtomicU32,
+}
+
+impl ExtClient {
+    /// A client for the runner whose state `state` publishes.
+    pub fn new(conf: &RunnerConf, state: watch::Receiver<RunnerState>) -> Self {
+        ExtClient {
+            state,
+            call_timeout: conf.call_timeout,
+            start_timeout: conf.start_timeout,
+            token_lifetime: conf.conf_expire.mul_f64(0.9),
+            pool_size: conf.pool_size,
+            pool: Mutex::new(Vec::new()),
+            slots: RwLock::default(),
+            next_id: AtomicU32::new(1),
+        }
+    }
+
+    /// A fresh call id.
+    pub fn next_id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The runner's socket and generation, waiting while it starts (up to the
+    /// start timeout) and failing at once while it is down.
+    async fn ready(&self) -> Result<(Arc<PathBuf>, u64), CallError> {
+        let mut state = self.state.clone();
+        let deadline = Instant::now() + self.start_timeout;
+        loop {
+            match &*state.borrow_and_update() {
+                RunnerState::Ready { socket, generation } => {
+                    return Ok((socket.clone(), *generation))
+                }
+                RunnerState::Down { reason } => return Err(CallError::RunnerDown(reason.clone())),
+                RunnerState::Stopped => {
+                    return Err(CallError::RunnerDown("the host is stopping".into()))
+                }
+                RunnerState::Starting { .. } => {}
+            }
+            match tokio::time::timeout_at(deadline, state.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(CallError::RunnerDown("the supervisor is gone".into())),
+                Err(_) => return Err(CallError::RunnerDown("still starting".into())),
+            }
+        }
+    }
+
+    async fn checkout(&self) -> Result<PooledConn, CallError> {
+        let (socket, generation) = self.ready().await?;
+        {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(conn) = pool.pop() {
+                if conn.generation == generation {
+                    return Ok(conn);
+                }
+            }
+        }
+        let stream = tokio::time::timeout(self.call_timeout, UnixStream::connect(&*socket))
+            .await
+            .map_err(|_| CallError::TimedOut(self.call_timeout))?
+            .map_err(CallError::Connect)?;
+        Ok(PooledConn {
+            conn: Framed::new(stream, FrameCodec::default()),
+            generation,
+        })
+    }
+
+    fn checkin(&self, conn: PooledConn) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < self.pool_size {
+            pool.push(conn);
+        }
+    }
+
+    /// Sends `msg` and returns the final answer frame (type `expect` or
+    /// ERROR), answering EXTRA_INFO requests on the way. The connection goes
+    /// back to the pool only after a complete exchange.
+    async fn exchange<M: Encode>(
+        &self,
+        msg: &M,
+        expect: MessageType,
+        mut provider: Option<&mut dyn InfoProvider>,
+    ) -> Result<(Frame, u64), CallError> {
+        let mut pooled = self.checkout().await?;
+        let conn = &mut pooled.conn;
+        let work = async {
+            conn.send(msg).await.map_err(broken)?;
+            loop {
+                let frame = match conn.next().await {
+                    None => {
+                        return Err(CallError::Broken("the runner closed the connection".into()))
+                    }
+                    Some(frame) => frame.map_err(broken)?,
+                };
+                if frame.kind == expect as u8 || frame.kind == MessageType::Error as u8 {
+                    return Ok(frame);
+                }
+                if frame.kind != MessageType::ExtraInfo as u8 {
+                    return Err(CallError::Malformed(format!(
+                        "got a frame of type {} while waiting for type {}",
+                        frame.kind, expect as u8
+                    )));
+                }
+                let Some(provider) = provider.as_deref_mut() else {
+                    return Err(CallError::Malformed(
+                        "EXTRA_INFO during PREPARE_CONF".into(),
+                    ));
+                };
+                let payload = Payload::parse(&frame.payload)
+                    .map_err(|e| CallError::Malformed(e.to_string()))?;
+                let key = payload
+                    .extra_info_req()
+                    .map_err(|e| CallError::Malformed(e.to_string()))?;
+                debug!(?key, "EXTRA_INFO");
+                let value = provider.provide(key).await;
+                conn.send(&ExtraInfoAnswer(value.as_deref()))
+                    .await
+                    .map_err(broken)?;
+            }
+        };
+        let frame = tokio::time::timeout(self.call_timeout, work)
+            .await
+            .map_err(|_| CallError::TimedOut(self.call_timeout))??;
+        let generation = pooled.generation;
+        self.checkin(pooled);
+        Ok((frame, generation))
+    }
+
+    fn slot(&self, key: &str) -> Arc<Slot> {
+        if let Some(slot) = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return slot.clone();
+        }
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The cached ticket, if it is for the running runner and not too old.
+    fn valid(&self, slot: &Slot) -> Option<Ticket> {
+        let ticket = slot
+            .ticket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let current = match &*self.state.borrow() {
+            RunnerState::Ready { generation, .. } => *generation,
+            _ => return None,
+        };
+        (ticket.generation == current && Instant::now() < ticket.expires).then_some(ticket)
+    }
+
+    /// The token for a route phase: cached, or prepared now (once for all
+    /// the requests that need it at the same moment).
+    ///
+    /// # Errors
+    /// The runner is down or refused the chain (`badRequest` names the
+    /// plugin), or the exchange failed.
+    pub async fn ticket(&self, phase: &PhaseConf) -> Result<Ticket, CallError> {
+        let slot = self.slot(&phase.key);
+        if let Some(ticket) = self.valid(&slot) {
+            return Ok(ticket);
+        }
+        let _one_at_a_time = slot.preparing.lock().await;
+        if let Some(ticket) = self.valid(&slot) {
+            return Ok(ticket);
+        }
+        let req = PrepareConf {
+            conf: phase
+                .conf
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
+            key: Some(&phase.key),
+        };
+        let (frame, generation) = self.exchange(&req, MessageType::PrepareConf, None).await?;
+        let payload =
+            Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
+        if frame.kind == MessageType::Error as u8 {
+            return Err(refused(&payload));
+        }
+        let prepared = payload
+            .prepared()
+            .map_err(|e| CallError::Malformed(e.to_string()))?;
+        let mut needs = prepared.needs;
+        for var in &phase.extra_info {
+            if !needs.vars.contains(var) {
+                needs.vars.push(var.clone());
+            }
+        }
+        let ticket = Ticket {
+            token: prepared.token,
+            needs: Arc::new(needs),
+            generation,
+            expires: Instant::now() + self.token_lifetime,
+        };
+        *slot.ticket.lock().unwrap_or_else(|p| p.into_inner()) = Some(ticket.clone());
+        Ok(ticket)
+    }
+
+    /// Forgets a route phase's token if it is still `token`.
+    fn forget(&self, phase: &PhaseConf, token: u32) {
+        let slot = self.slot(&phase.key);
+        let mut ticket = slot.ticket.lock().unwrap_or_else(|p| p.into_inner());
+        if ticket.as_ref().is_some_and(|t| t.token == token) {
+            *ticket = None;
+        }
+    }
+
+    /// Runs a request phase: HTTP_REQ_CALL with `parts` under `ticket`'s
+    /// token. On `confTokenNotFound` the token is dropped, the chain prepared
+    /// again and the call retried: three attempts in all.
+    ///
+    /// # Errors
+    /// See [`CallError`].
+    pub async fn call_request(
+        &self,
+        phase: &PhaseConf,
+        ticket: &Ticket,
+        parts: RequestParts<'_>,
+        provider: &mut dyn InfoProvider,
+    ) -> Result<RequestOutcome, CallError> {
+        let mut call = ReqCall {
+            conf_token: ticket.token,
+            parts,
+        };
+        let mut attempt = 1;
+        loop {
+            let (frame, _) = self
+                .exchange(&call, MessageType::HttpReqCall, Some(&mut *provider))
+                .await?;
+            let payload =
+                Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
+            if frame.kind == MessageType::Error as u8 {
+                match refused(&payload) {
+                    CallError::Refused {
+                        code: ErrorCode::ConfTokenNotFound,
+                        message,
+                    } if attempt < 3 => {
+                        warn!(route_phase = %phase.key, token = call.conf_token, attempt, %message, "token not found: preparing again");
+                        self.forget(phase, call.conf_token);
+                        call.conf_token = self.ticket(phase).await?.token;
+                        attempt += 1;
+                        continue;
+                    }
+                    other => return Err(other),
+                }
+            }
+            let answer = payload
+                .req_call_answer()
+                .map_err(|e| CallError::Malformed(e.to_string()))?;
+            if answer.id != call.parts.id {
+                return Err(CallError::Malformed(format!(
+                    "answer id {} for call {}",
+                    answer.id, call.parts.id
+                )));
+            }
+            return Ok(answer.outcome);
+        }
+    }
+
+    /// Runs the response phase: HTTP_RESP_CALL, with the same retry as
+    /// [`ExtClient::call_request`].
+    ///
+    /// # Errors
+    /// See [`CallError`].
+    pub async fn call_response(
+        &self,
+        phase: &PhaseConf,
+        ticket: &Ticket,
+        parts: ResponseParts<'_>,
+        provider: &mut dyn InfoProvider,
+    ) -> Result<ResponseOutcome, CallError> {
+        let mut call = RespCall {
+            conf_token: ticket.token,
+            parts,
+        };
+        let mut attempt = 1;
+        loop {
+            let (frame, _) = self
+                .exchange(&call, MessageType::HttpRespCall, Some(&mut *provider))
+                .await?;
+            let payload =
+                Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
+            if frame.kind == MessageType::Error as u8 {
+                match refused(&payload) {
+                    CallError::Refused {
+                        code: ErrorCode::ConfTokenNotFound,
+                        message,
+                    } if attempt < 3 => {
+                        warn!(route_phase = %phase.key, token = call.conf_token, attempt, %message, "token not found: preparing again");
+                        self.forget(phase, call.conf_token);
+                        call.conf_token = self.ticket(phase).await?.token;
+                        attempt += 1;
+                        continue;
+                    }
+                    other => return Err(other),
+                }
+            }
+            let answer = payload
+                .resp_call_answer()
+                .map_err(|e| CallError::Malformed(e.to_string()))?;
+            if answer.id != call.parts.id {
+                return Err(CallError::Malformed(format!(
+                    "answer id {} for call {}",
+                    answer.id, call.parts.id
+                )));
+            }
+            return Ok(answer.outcome);
+        }
+    }
+}
+
+fn broken(e: FrameError) -> CallError {
+    match e {
+        FrameError::Io(e) => CallError::Broken(e.to_string()),
+        other => CallError::Malformed(other.to_string()),
+    }
+}
+
+fn refused(payload: &Payload<'_>) -> CallError {
+    match payload.error() {
+        Ok(e) => CallError::Refused {
+            code: e.code,
+            message: e.message,
+        },
+        Err(e) => CallError::Malformed(e.to_string()),
+    }
+}

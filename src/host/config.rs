@@ -1,0 +1,697 @@
+//! The proxy's configuration: one JSON file, routes in the shape of APISIX
+//! route objects. Parsing validates everything up front; every error names the
+//! route and the field.
+
+use http::Method;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The three phases a route can run plugins in, named as in APISIX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// `ext-plugin-pre-req`: before the upstream, first.
+    PreReq,
+    /// `ext-plugin-post-req`: before the upstream, after `ext-plugin-pre-req`.
+    PostReq,
+    /// `ext-plugin-post-resp`: after the upstream answered.
+    PostResp,
+}
+
+impl Phase {
+    /// The phase's plugin name in a route's `plugins`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::PreReq => "ext-plugin-pre-req",
+            Phase::PostReq => "ext-plugin-post-req",
+            Phase::PostResp => "ext-plugin-post-resp",
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// How to run and talk to the runner.
+    pub runner: RunnerConf,
+    /// The routes, in file order.
+    pub routes: Vec<Route>,
+    /// The largest request body read for a plugin (413 past it).
+    pub max_request_body: usize,
+    /// The largest upstream body buffered for a plugin (502 past it).
+    pub max_response_body: usize,
+    /// How long requests in flight may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// The `ext-plugin` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerConf {
+    /// The runner's argv (a relative program path is resolved against the
+    /// proxy's working directory).
+    pub cmd: Vec<String>,
+    /// Extra environment for the runner.
+    pub env: BTreeMap<String, String>,
+    /// `APISIX_CONF_EXPIRE_TIME` for the runner; the proxy keeps tokens 0.9 x this.
+    pub conf_expire: Duration,
+    /// Time limit of one call, EXTRA_INFO exchanges included.
+    pub call_timeout: Duration,
+    /// How long the runner has to open its socket.
+    pub start_timeout: Duration,
+    /// How long the runner has to exit after SIGTERM before SIGKILL.
+    pub stop_grace: Duration,
+    /// Idle connections kept open to the runner.
+    pub pool_size: usize,
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The route's `id`.
+    pub id: String,
+    /// URI patterns: exact, or a prefix when it ends in `*`.
+    pub uris: Vec<UriPattern>,
+    /// Allowed methods; `None` allows all.
+    pub methods: Option<Vec<Method>>,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// `ext-plugin-pre-req`.
+    pub pre_req: Option<PhaseConf>,
+    /// `ext-plugin-post-req`.
+    pub post_req: Option<PhaseConf>,
+    /// `ext-plugin-post-resp`.
+    pub post_resp: Option<PhaseConf>,
+}
+
+impl Route {
+    /// The configuration of `phase`, if the route has that phase.
+    pub fn phase(&self, phase: Phase) -> Option<&PhaseConf> {
+        match phase {
+            Phase::PreReq => self.pre_req.as_ref(),
+            Phase::PostReq => self.post_req.as_ref(),
+            Phase::PostResp => self.post_resp.as_ref(),
+        }
+    }
+}
+
+/// A URI pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UriPattern {
+    /// Matches this path only.
+    Exact(String),
+    /// Matches every path that starts with this.
+    Prefix(String),
+}
+
+/// A route phase: the runner's chain and what to do when the runner fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseConf {
+    /// `(plugin name, JSON configuration)` in order.
+    pub conf: Vec<(String, String)>,
+    /// On a runner failure, go on unchanged instead of answering 503.
+    pub allow_degradation: bool,
+    /// Variables to send with every call, beyond what the plugins declare.
+    pub extra_info: Vec<String>,
+    /// The configuration version sent as PREPARE_CONF's `key`: route, phase
+    /// and a hash of the chain, so that a changed chain gets a new token.
+    pub key: String,
+}
+
+/// An upstream: weighted nodes and timeouts.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `(host:port, weight)`, weight > 0.
+    pub nodes: Vec<(String, u32)>,
+    /// The round-robin schedule: indexes into `nodes`, each node appearing
+    /// weight/gcd times, spread out (nginx's smooth weighted round robin).
+    pub schedule: Vec<usize>,
+    /// Connection time limit.
+    pub connect_timeout: Duration,
+    /// Time limit for the upstream's response headers.
+    pub read_timeout: Duration,
+    /// Send the node's address as `Host` instead of the client's.
+    pub pass_host_node: bool,
+}
+
+// ---- the file's shape ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(rename = "ext-plugin")]
+    ext_plugin: RawRunner,
+    routes: Vec<serde_json::Value>,
+    #[serde(default = "default_max_body")]
+    max_request_body_bytes: usize,
+    #[serde(default = "default_max_body")]
+    max_response_body_bytes: usize,
+    #[serde(default = "default_shutdown_grace")]
+    shutdown_grace_ms: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9080".to_owned()
+}
+fn default_max_body() -> usize {
+    8 * 1024 * 1024
+}
+fn default_shutdown_grace() -> u64 {
+    10_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunner {
+    cmd: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default = "default_expire")]
+    conf_expire_time: u64,
+    #[serde(default = "default_call_timeout")]
+    call_timeout_ms: u64,
+    #[serde(default = "default_start_timeout")]
+    start_timeout_ms: u64,
+    #[serde(default = "default_stop_grace")]
+    stop_grace_ms: u64,
+    #[serde(default = "default_pool")]
+    pool_size: usize,
+}
+
+fn default_expire() -> u64 {
+    3600
+}
+fn default_call_timeout() -> u64 {
+    2000
+}
+fn default_start_timeout() -> u64 {
+    5000
+}
+fn default_stop_grace() -> u64 {
+    1000
+}
+fn default_pool() -> usize {
+    64
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawId {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    id: RawId,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    desc: Option<String>,
+    uri: Option<String>,
+    uris: Option<Vec<String>>,
+    methods: Option<Vec<String>>,
+    upstream: RawUpstream,
+    #[serde(default)]
+    plugins: RawPlugins,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    #[serde(rename = "ext-plugin-pre-req")]
+    pre_req: Option<RawPhase>,
+    #[serde(rename = "ext-plugin-post-req")]
+    post_req: Option<RawPhase>,
+    #[serde(rename = "ext-plugin-post-resp")]
+    post_resp: Option<RawPhase>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhase {
+    conf: Vec<RawConfItem>,
+    #[serde(default)]
+    allow_degradation: bool,
+    #[serde(default)]
+    extra_info: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfItem {
+    name: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    #[serde(rename = "type", default = "default_lb")]
+    kind: String,
+    nodes: RawNodes,
+    #[serde(default)]
+    timeout: Option<RawTimeout>,
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    pass_host: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    desc: Option<String>,
+}
+
+fn default_lb() -> String {
+    "roundrobin".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawNodes {
+    Map(BTreeMap<String, u32>),
+    List(Vec<RawNode>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    host: String,
+    port: u16,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeout {
+    connect: Option<f64>,
+    send: Option<f64>,
+    read: Option<f64>,
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not JSON, or breaks a rule; the message
+    /// names the file, the route and the field.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses and checks a configuration text.
+    ///
+    /// # Errors
+    /// As for [`Config::load`].
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError(format!("at `{path}`: {}", e.into_inner()))
+        })?;
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "`listen`: {:?} is not an address such as 127.0.0.1:9080",
+                raw.listen
+            ))
+        })?;
+        let r = raw.ext_plugin;
+        if r.cmd.is_empty() || r.cmd[0].is_empty() {
+            return Err(ConfigError(
+                "`ext-plugin.cmd` must name the runner program".into(),
+            ));
+        }
+        for (name, value) in [
+            ("conf_expire_time", r.conf_expire_time),
+            ("call_timeout_ms", r.call_timeout_ms),
+            ("start_timeout_ms", r.start_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!(
+                    "`ext-plugin.{name}` must be greater than 0"
+                )));
+            }
+        }
+        let runner = RunnerConf {
+            cmd: r.cmd,
+            env: r.env,
+            conf_expire: Duration::from_secs(r.conf_expire_time),
+            call_timeout: Duration::from_millis(r.call_timeout_ms),
+            start_timeout: Duration::from_millis(r.start_timeout_ms),
+            stop_grace: Duration::from_millis(r.stop_grace_ms),
+            pool_size: r.pool_size,
+        };
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for (i, value) in raw.routes.into_iter().enumerate() {
+            let id = match value.get("id") {
+                Some(serde_json::Value::String(s)) => format!("`{s}`"),
+                Some(serde_json::Value::Number(n)) => format!("`{n}`"),
+                _ => "without id".to_owned(),
+            };
+            let route = parse_route(value)
+                .map_err(|e| ConfigError(format!("route {id} (routes[{i}]): {e}")))?;
+            if routes.iter().any(|r: &Route| r.id == route.id) {
+                return Err(ConfigError(format!(
+                    "route {id} (routes[{i}]): the id is used twice"
+                )));
+            }
+            routes.push(route);
+        }
+        Ok(Config {
+            listen,
+            runner,
+            routes,
+            max_request_body: raw.max_request_body_bytes,
+            max_response_body: raw.max_response_body_bytes,
+            shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
+        })
+    }
+}
+
+fn parse_route(value: serde_json::Value) -> Result<Route, String> {
+    let raw: RawRoute = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("at `{path}`: {}", e.into_inner())
+        }
+    })?;
+    let _ = (&raw.name, &raw.desc);
+    let id = match raw.id {
+        RawId::Text(s) if !s.is_empty() => s,
+        RawId::Text(_) => return Err("`id` is empty".into()),
+        RawId::Number(n) => n.to_string(),
+    };
+    let texts = match (raw.uri, raw.uris) {
+        (Some(uri), None) => vec![uri],
+        (None, Some(uris)) if !uris.is_empty() => uris,
+        (None, Some(_)) => return Err("`uris` is empty".into()),
+        (None, None) => return Err("missing field `uri` (or `uris`)".into()),
+        (Some(_), Some(_)) => return Err("has both `uri` and `uris`; use one".into()),
+    };
+    let mut uris = Vec::with_capacity(texts.len());
+    for uri in texts {
+        if !uri.starts_with('/') {
+            return Err(format!("`uri` {uri:?} must start with `/`"));
+        }
+        uris.push(match uri.strip_suffix('*') {
+            Some(prefix) => UriPattern::Prefix(prefix.to_owned()),
+            None => UriPattern::Exact(uri),
+        });
+    }
+    let methods = match raw.methods {
+        None => None,
+        Some(list) => {
+            let mut methods = Vec::with_capacity(list.len());
+            for m in list {
+                let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| format!("`methods`: {m:?} is not an HTTP method"))?;
+                methods.push(method);
+            }
+            Some(methods)
+        }
+    };
+    let upstream = parse_upstream(raw.upstream)?;
+    let phase = |p: Option<RawPhase>, phase: Phase| -> Result<Option<PhaseConf>, String> {
+        let Some(p) = p else { return Ok(None) };
+        let field = format!("plugins.{}", phase.name());
+        if p.conf.is_empty() {
+            return Err(format!("`{field}.conf` is empty: list at least one plugin"));
+        }
+        let mut conf = Vec::with_capacity(p.conf.len());
+        for (i, item) in p.conf.into_iter().enumerate() {
+            if item.name.is_empty() {
+                return Err(format!("`{field}.conf[{i}].name` is empty"));
+            }
+            conf.push((item.name, item.value));
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        conf.hash(&mut hasher);
+        let key = format!("{id}#{}#{:016x}", phase.name(), hasher.finish());
+        Ok(Some(PhaseConf {
+            conf,
+            allow_degradation: p.allow_degradation,
+            extra_info: p.extra_info,
+            key,
+        }))
+    };
+    Ok(Route {
+        pre_req: phase(raw.plugins.pre_req, Phase::PreReq)?,
+        post_req: phase(raw.plugins.post_req, Phase::PostReq)?,
+        post_resp: phase(raw.plugins.post_resp, Phase::PostResp)?,
+        id,
+        uris,
+        methods,
+        upstream,
+    })
+}
+
+fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
+    let _ = (&raw.name, &raw.desc);
+    if raw.kind != "roundrobin" {
+        return Err(format!(
+            "`upstream.type` {:?} is not supported; extplug balances with \"roundrobin\"",
+            raw.kind
+        ));
+    }
+    if let Some(scheme) = &raw.scheme {
+        if scheme != "http" {
+            return Err(format!(
+                "`upstream.scheme` {scheme:?} is not supported; only \"http\""
+            ));
+        }
+    }
+    let pass_host_node = match raw.pass_host.as_deref() {
+        None | Some("pass") => false,
+        Some("node") => true,
+        Some(other) => {
+            return Err(format!(
+                "`upstream.pass_host` {other:?} must be \"pass\" or \"node\""
+            ))
+        }
+    };
+    let nodes: Vec<(String, u32)> = match raw.nodes {
+        RawNodes::Map(map) => map.into_iter().collect(),
+        RawNodes::List(list) => list
+            .into_iter()
+            .map(|n| {
+                let host = if n.host.contains(':') && !n.host.starts_with('[') {
+                    format!("[{}]", n.host)
+                } else {
+                    n.host
+                };
+                (format!("{host}:{}", n.port), n.weight)
+            })
+            .collect(),
+    };
+    for (addr, _) in &nodes {
+        let ok = addr
+            .parse::<http::uri::Authority>()
+            .is_ok_and(|a| a.port_u16().is_some());
+        if !ok {
+            return Err(format!("`upstream.nodes`: {addr:?} is not host:port"));
+        }
+    }
+    let nodes: Vec<(String, u32)> = nodes.into_iter().filter(|(_, w)| *w > 0).collect();
+    if nodes.is_empty() {
+        return Err("`upstream.nodes` has no node with a weight above 0".into());
+    }
+    let schedule = smooth_schedule(&nodes.iter().map(|(_, w)| *w).collect::<Vec<_>>())?;
+    let secs = |v: Option<f64>, name: &str| -> Result<Duration, String> {
+        match v {
+            None => Ok(Duration::from_secs(60)),
+            Some(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+            Some(s) => Err(format!(
+                "`upstream.timeout.{name}` {s} must be a positive number of seconds"
+            )),
+        }
+    };
+    let (connect, send, read) = match &raw.timeout {
+        Some(t) => (t.connect, t.send, t.read),
+        None => (None, None, None),
+    };
+    secs(send, "send")?;
+    Ok(Upstream {
+        nodes,
+        schedule,
+        connect_timeout: secs(connect, "connect")?,
+        read_timeout: secs(read, "read")?,
+        pass_host_node,
+    })
+}
+
+/// nginx's smooth weighted round robin, unrolled into one cycle.
+fn smooth_schedule(weights: &[u32]) -> Result<Vec<usize>, String> {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let g = weights.iter().fold(0u64, |g, w| gcd(g, u64::from(*w)));
+    let weights: Vec<i64> = weights.iter().map(|w| (u64::from(*w) / g) as i64).collect();
+    let total: i64 = weights.iter().sum();
+    if total > 100_000 {
+        return Err("`upstream.nodes` weights are too fine-grained (their sum over their common divisor is above 100000)".into());
+    }
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let best = (0..current.len())
+            .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+            .unwrap_or(0);
+        current[best] -= total;
+        schedule.push(best);
+    }
+    Ok(schedule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(routes: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!(
+            r#"{{"ext-plugin":{{"cmd":["r"]}},"routes":[{routes}]}}"#
+        ))
+    }
+
+    const OK_ROUTE: &str = r#"{"id":"1","uri":"/a","upstream":{"nodes":{"127.0.0.1:1":1}},
+        "plugins":{"ext-plugin-pre-req":{"conf":[{"name":"say","value":"{}"}]}}}"#;
+
+    #[test]
+    fn the_issue_example_parses() {
+        let c = Config::parse(r#"{
+          "listen": "127.0.0.1:9080",
+          "ext-plugin": { "cmd": ["target/release/examples/demo-runner"], "env": {"K": "v"},
+                          "conf_expire_time": 3600, "call_timeout_ms": 2000, "start_timeout_ms": 5000,
+                          "stop_grace_ms": 1000 },
+          "routes": [
+            { "id": "1", "uri": "/hello", "methods": ["GET"],
+              "upstream": { "type": "roundrobin", "nodes": { "127.0.0.1:1980": 1 } },
+              "plugins": {
+                "ext-plugin-pre-req":  { "conf": [ {"name": "say", "value": "{\"body\":\"hi\"}"} ],
+                                         "allow_degradation": false },
+                "ext-plugin-post-req": { "conf": [ {"name": "rewrite", "value": "{}"} ] } } } ]
+        }"#).unwrap();
+        assert_eq!(c.routes[0].id, "1");
+        assert_eq!(c.routes[0].methods, Some(vec![Method::GET]));
+        assert_eq!(c.runner.env.get("K").map(String::as_str), Some("v"));
+        assert!(c.routes[0].pre_req.is_some() && c.routes[0].post_req.is_some());
+        assert_ne!(
+            c.routes[0].pre_req.as_ref().unwrap().key,
+            c.routes[0].post_req.as_ref().unwrap().key
+        );
+    }
+
+    #[test]
+    fn errors_name_the_route_and_the_field() {
+        let cases = [
+            (
+                r#"{"id":"r1","uri":"/a","upstream":{"nodes":{"127.0.0.1:1":1}},"plugin":{}}"#,
+                ["route `r1`", "unknown field `plugin`"],
+            ),
+            (
+                r#"{"id":"r2","uri":"/a"}"#,
+                ["route `r2`", "missing field `upstream`"],
+            ),
+            (
+                r#"{"id":"r3","uri":"/a","upstream":{"nodes":{"127.0.0.1:1":1}},"plugins":{"ext-plugin-pre-req":{"conf":[]}}}"#,
+                ["route `r3`", "plugins.ext-plugin-pre-req.conf` is empty"],
+            ),
+            (
+                r#"{"id":"r4","uri":"/a","upstream":{"nodes":{"127.0.0.1:1":1}},"plugins":{"ext-plugin-pre-req":{"conf":[{"name":"say"}]}}}"#,
+                ["route `r4`", "missing field `value`"],
+            ),
+            (
+                r#"{"id":"r5","uri":"/a","upstream":{"nodes":{"127.0.0.1:1":1}},"plugins":{"ext-plugin-post-req":{"conf":[{"value":"{}"}]}}}"#,
+                ["route `r5`", "missing field `name`"],
+            ),
+            (
+                r#"{"id":"r6","uri":"/a","upstream":{"nodes":{"nohost":1}}}"#,
+                ["route `r6`", "is not host:port"],
+            ),
+            (
+                r#"{"id":"r7","upstream":{"nodes":{"127.0.0.1:1":1}}}"#,
+                ["route `r7`", "missing field `uri`"],
+            ),
+            (
+                r#"{"id":"r8","uri":"/a","upstream":{"type":"chash","nodes":{"127.0.0.1:1":1}}}"#,
+                ["route `r8`", "chash"],
+            ),
+            (
+                r#"{"id":"r9","uri":"/a","upstream":{"nodes":{"127.0.0.1:1":1}},"plugins":{"limit-req":{}}}"#,
+                ["route `r9`", "unknown field `limit-req`"],
+            ),
+        ];
+        for (route, expected) in cases {
+            let err = config(route).unwrap_err().0;
+            for e in expected {
+                assert!(err.contains(e), "{route}\n  gave: {err}\n  missing: {e}");
+            }
+        }
+        let err = config(&format!("{OK_ROUTE},{OK_ROUTE}")).unwrap_err().0;
+        assert!(err.contains("used twice"), "{err}");
+        let err = Config::parse(r#"{"ext-plugin":{"cmd":[]},"routes":[]}"#)
+            .unwrap_err()
+            .0;
+        assert!(err.contains("ext-plugin.cmd"), "{err}");
+        let err = Config::parse(r#"{"ext-plugin":{"cmd":["r"],"call_timeout":1},"routes":[]}"#)
+            .unwrap_err()
+            .0;
+        assert!(
+            err.contains("ext-plugin") && err.contains("unknown field `call_timeout`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn uris_prefixes_and_numeric_ids() {
+        let c = config(r#"{"id":7,"uris":["/a/*","/b"],"upstream":{"nodes":[{"host":"127.0.0.1","port":1,"weight":2}]}}"#).unwrap();
+        assert_eq!(c.routes[0].id, "7");
+        assert_eq!(
+            c.routes[0].uris,
+            vec![
+                UriPattern::Prefix("/a/".into()),
+                UriPattern::Exact("/b".into())
+            ]
+        );
+        assert_eq!(
+            c.routes[0].upstream.nodes,
+            vec![("127.0.0.1:1".to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin() {
+        assert_eq!(
+            smooth_schedule(&[5, 1, 1]).unwrap(),
+            vec![0, 0, 1, 0, 2, 0, 0]
+        );
+        assert_eq!(smooth_schedule(&[2, 2]).unwrap(), vec![0, 1]);
+    }
+}

@@ -1,0 +1,111 @@
+//! `extplug demo`: the proxy with the example runner on an embedded
+//! configuration, in front of a built-in echo upstream, so that a fresh
+//! checkout shows every example plugin with a few `curl` lines.
+
+use super::config::{Config, ConfigError};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+/// The demo's configuration; `@UPSTREAM@`, `@RUNNER@` and `@LISTEN@` are
+/// filled in at start.
+pub const DEMO_CONFIG: &str = include_str!("demo.json");
+
+/// The demo configuration for these addresses and runner program.
+///
+/// # Errors
+/// The filled-in configuration does not parse (a bad `listen`, say).
+pub fn config(listen: &str, upstream: SocketAddr, runner: &str) -> Result<Config, ConfigError> {
+    let text = DEMO_CONFIG
+        .replace("@UPSTREAM@", &upstream.to_string())
+        .replace(
+            "@RUNNER@",
+            &runner.replace('\\', "\\\\").replace('"', "\\\""),
+        )
+        .replace("@LISTEN@", listen);
+    Config::parse(&text)
+}
+
+/// The `curl` lines the demo prints, with what each should show.
+pub fn curl_lines(addr: SocketAddr) -> String {
+    let base = format!("http://{addr}");
+    format!(
+        "\
+# say: the runner answers by itself (201, x-demo header, body)
+curl -i {base}/hello
+# rewrite: path, headers and query changed before the echo upstream sees them
+curl -s '{base}/rewrite/me?keep=1&drop=2' -H 'x-remove: gone'
+# key-auth: 401 without the key, the echo upstream with it
+curl -i {base}/private
+curl -s {base}/private -H 'x-api-key: demo-key'
+# limit-count: 2 requests per minute per address, then 429 with retry-after
+for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}}\\n' {base}/limited; done
+# inject-vars + body-size (request phase), response-headers (response phase: 203, x-demo-phase)
+curl -i {base}/vars -d 'hello'
+"
+    )
+}
+
+/// Starts the echo upstream: it answers every request with a JSON object of
+/// what it received (method, path, query, headers, body).
+///
+/// # Errors
+/// `127.0.0.1:0` cannot be bound.
+pub async fn start_echo() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(echo);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(cause = %e, "echo connection ended with an error");
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn echo(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, hyper::Error> {
+    let (head, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &head.headers {
+        let entry = headers
+            .entry(name.as_str())
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(values) = entry {
+            values.push(String::from_utf8_lossy(value.as_bytes()).into());
+        }
+    }
+    let echo = serde_json::json!({
+        "method": head.method.as_str(),
+        "path": head.uri.path(),
+        "query": head.uri.query(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let mut text = serde_json::to_string_pretty(&echo).unwrap_or_default();
+    text.push('\n');
+    Ok(http::Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(text)))
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_embedded_configuration_is_valid() {
+        let c = super::config("127.0.0.1:9080", "127.0.0.1:1".parse().unwrap(), "runner").unwrap();
+        assert!(c.routes.len() >= 5);
+    }
+}

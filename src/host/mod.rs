@@ -1,0 +1,83 @@
+//! The host side: the runner's supervisor, the ext-plugin client, and the
+//! HTTP reverse proxy that uses them (`extplug proxy`, `extplug demo`).
+//!
+//! Another Rust proxy can embed the parts: [`supervisor::Supervisor`] to run
+//! the runner, [`client::ExtClient`] to call it with `runner_sdk` request and
+//! response views, and apply the outcomes itself.
+
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod router;
+pub mod supervisor;
+pub mod vars;
+
+use config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Why the host could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The listening address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The runner's private directory could not be created.
+    #[error("cannot prepare the runner's socket directory: {0}")]
+    RunnerDir(std::io::Error),
+}
+
+/// Runs the proxy for `config` until `shutdown`: starts the runner, listens
+/// (calling `on_listening` with the bound address), serves, then finishes
+/// requests in flight, stops the runner, and returns.
+///
+/// # Errors
+/// The address cannot be bound, or the runner's directory cannot be created.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), HostError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| HostError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let supervisor =
+        supervisor::Supervisor::start(config.runner.clone()).map_err(HostError::RunnerDir)?;
+    let client = Arc::new(client::ExtClient::new(&config.runner, supervisor.state()));
+    let proxy = Arc::new(proxy::Proxy::new(&config, client));
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    info!(%addr, routes = config.routes.len(), "proxy listening");
+    on_listening(addr);
+    proxy.serve(listener, shutdown, config.shutdown_grace).await;
+    supervisor.stop().await;
+    info!("proxy stopped");
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
+}

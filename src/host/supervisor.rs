@@ -1,0 +1,275 @@
+//! The runner process: started with its socket in a private directory,
+//! watched until its socket accepts connections, its output forwarded to our
+//! log, restarted whenever it exits, stopped with SIGTERM then SIGKILL.
+//!
+//! The runner's state is published on a `watch` channel ([`RunnerState`]):
+//! the client reads it before each call, so calls made while the runner is
+//! down fail at once instead of hanging.
+
+use super::config::RunnerConf;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// The first restarts after a crash wait 0, then 100 ms, doubling up to this.
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// A runner that lived this long was healthy: its next restart is immediate.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// Where the runner is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunnerState {
+    /// Started, its socket not yet accepting (calls wait, up to the start timeout).
+    Starting {
+        /// Counts starts; tokens from another generation are void.
+        generation: u64,
+    },
+    /// Its socket accepts connections.
+    Ready {
+        /// The socket.
+        socket: Arc<PathBuf>,
+        /// Counts starts; tokens from another generation are void.
+        generation: u64,
+    },
+    /// Exited or failed to start; a restart is coming (calls fail at once).
+    Down {
+        /// Why.
+        reason: String,
+    },
+    /// Stopped for good (the host is shutting down).
+    Stopped,
+}
+
+/// Runs and watches the runner process. [`Supervisor::stop`] ends it.
+#[derive(Debug)]
+pub struct Supervisor {
+    state: watch::Receiver<RunnerState>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Supervisor {
+    /// Starts the runner described by `conf` and keeps it running.
+    ///
+    /// # Errors
+    /// The private socket directory could not be created.
+    pub fn start(conf: RunnerConf) -> std::io::Result<Supervisor> {
+        // 0700, removed when the supervisor's task ends.
+        let dir = tempfile::Builder::new().prefix("extplug-").tempdir()?;
+        let (tx, state) = watch::channel(RunnerState::Starting { generation: 1 });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(supervise(conf, dir, tx, shutdown.clone()));
+        Ok(Supervisor {
+            state,
+            shutdown,
+            task,
+        })
+    }
+
+    /// A receiver of the runner's state.
+    pub fn state(&self) -> watch::Receiver<RunnerState> {
+        self.state.clone()
+    }
+
+    /// Stops the runner (SIGTERM, then SIGKILL after the stop grace) and
+    /// waits until it is gone. Safe to call once the runner is already down.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn supervise(
+    conf: RunnerConf,
+    dir: tempfile::TempDir,
+    tx: watch::Sender<RunnerState>,
+    shutdown: CancellationToken,
+) {
+    let mut generation = 0u64;
+    let mut backoff = Duration::ZERO;
+    loop {
+        generation += 1;
+        let socket = dir.path().join(format!("runner-{generation}.sock"));
+        tx.send_replace(RunnerState::Starting { generation });
+        let started = Instant::now();
+        let reason = match spawn(&conf, &socket) {
+            Err(e) => format!("cannot start {:?}: {e}", conf.cmd[0]),
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or(0);
+                info!(pid, generation, cmd = ?conf.cmd, "runner started");
+                let ready = tokio::select! {
+                    ready = wait_ready(&socket, conf.start_timeout) => ready,
+                    status = child.wait() => Err(format!("exited before opening its socket ({})", describe(status))),
+                    _ = shutdown.cancelled() => {
+                        stop_child(&mut child, conf.stop_grace).await;
+                        break;
+                    }
+                };
+                match ready {
+                    Ok(()) => {
+                        info!(pid, generation, socket = %socket.display(), "runner ready");
+                        tx.send_replace(RunnerState::Ready {
+                            socket: Arc::new(socket.clone()),
+                            generation,
+                        });
+                        tokio::select! {
+                            status = child.wait() => format!("exited ({})", describe(status)),
+                            _ = shutdown.cancelled() => {
+                                stop_child(&mut child, conf.stop_grace).await;
+                                break;
+                            }
+                        }
+                    }
+                    Err(reason) => {
+                        kill_group(&child, Signal::SIGKILL);
+                        let _ = child.wait().await;
+                        reason
+                    }
+                }
+            }
+        };
+        if started.elapsed() >= HEALTHY_AFTER {
+            backoff = Duration::ZERO;
+        }
+        error!(
+            generation,
+            restart_in_ms = backoff.as_millis() as u64,
+            "runner down: {reason}"
+        );
+        tx.send_replace(RunnerState::Down { reason });
+        let _ = std::fs::remove_file(&socket);
+        let wait = backoff;
+        backoff = if backoff.is_zero() {
+            Duration::from_millis(100)
+        } else {
+            (backoff * 2).min(BACKOFF_CAP)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    tx.send_replace(RunnerState::Stopped);
+    drop(dir);
+}
+
+fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+/// Starts the runner in its own process group, with a parent-death signal,
+/// its output forwarded to our log.
+fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&conf.cmd[0]);
+    cmd.args(&conf.cmd[1..])
+        .env(
+            "APISIX_LISTEN_ADDRESS",
+            format!("unix:{}", socket.display()),
+        )
+        .env(
+            "APISIX_CONF_EXPIRE_TIME",
+            conf.conf_expire.as_secs().to_string(),
+        )
+        .envs(&conf.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group: a terminal's Ctrl-C reaches only us (we then stop it
+        // in order), and stopping it reaches the runner's own children too.
+        .process_group(0)
+        .kill_on_drop(true);
+    set_parent_death_signal(&mut cmd);
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward(out, pid, "stdout"));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward(err, pid, "stderr"));
+    }
+    Ok(child)
+}
+
+/// The runner gets SIGKILL when the host dies, even by SIGKILL: it never
+/// outlives the host. (The runner also watches its parent pid itself.)
+#[allow(unsafe_code)]
+fn set_parent_death_signal(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // two async-signal-safe system calls (prctl, getppid); it allocates nothing
+    // on the success path.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The host may have died between fork and prctl.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "the host exited while starting the runner",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Forwards a runner output stream to our log, line by line, tagged with its pid.
+async fn forward(stream: impl AsyncRead + Unpin, pid: u32, name: &'static str) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        info!(target: "extplug::runner_output", pid, stream = name, "{line}");
+    }
+}
+
+/// Polls the socket until it accepts a connection or `timeout` passes.
+async fn wait_ready(socket: &Path, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "did not open its socket within {} ms",
+                timeout.as_millis()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn kill_group(child: &Child, signal: Signal) {
+    if let Some(pid) = child.id() {
+        let _ = killpg(Pid::from_raw(pid as i32), signal);
+    }
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL; always reaps the child.
+async fn stop_child(child: &mut Child, grace: Duration) {
+    let pid = child.id().unwrap_or(0);
+    kill_group(child, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => info!(pid, status = %describe(status), "runner stopped"),
+        Err(_) => {
+            warn!(
+                pid,
+                grace_ms = grace.as_millis() as u64,
+                "runner ignored SIGTERM: killing it"
+            );
+            kill_group(child, Signal::SIGKILL);
+            let _ = child.wait().await;
+        }
+    }
+}
