@@ -1,10 +1,14 @@
-//! `body-size`: reads the request body and adds `x-body-size` with its length
-//! in bytes. Reading the body is not a change; adding the header is.
+//! `body-size`: reads the request body and adds request header `x-body-size`
+//! with its length in bytes; in the response phase, reads the upstream's body
+//! and adds response header `x-body-size` the same way. Reading a body is not
+//! a change; adding the header is.
 //!
-//! Conf: `{}`. Declares the request body as a need, so the gateway sends it
-//! with the call (no extra round trip).
+//! Conf: `{}`. Declares both bodies as needs, so the gateway sends them with
+//! the call (no extra round trip).
 
-use runner_sdk::{async_trait, parse_conf, ConfError, Filter, Needs, Plugin, PluginError, Request};
+use runner_sdk::{
+    async_trait, parse_conf, ConfError, Filter, Needs, Plugin, PluginError, Request, Response,
+};
 use serde::Deserialize;
 
 /// The `body-size` plugin.
@@ -30,6 +34,7 @@ impl Filter for BodySizeConf {
     fn needs(&self) -> Needs {
         Needs {
             request_body: true,
+            response_body: true,
             ..Needs::default()
         }
     }
@@ -37,6 +42,12 @@ impl Filter for BodySizeConf {
     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
         let len = req.body().await?.map_or(0, <[u8]>::len);
         req.set_header("x-body-size", len.to_string());
+        Ok(())
+    }
+
+    async fn response(&self, resp: &mut Response<'_>) -> Result<(), PluginError> {
+        let len = resp.body().await?.map_or(0, <[u8]>::len);
+        resp.set_header("x-body-size", len.to_string());
         Ok(())
     }
 }
@@ -65,6 +76,18 @@ mod tests {
         );
         assert_eq!(rw.body, None, "reading the body is not a change");
         assert!(fetched.is_empty(), "the body was prefetched: {fetched:?}");
+    }
+
+    #[tokio::test]
+    async fn the_response_body_too() {
+        let plugins = Registry::new().with(BodySize);
+        let resp = runner_sdk::testing::TestResponse::new(runner_sdk::StatusCode::OK).body("abc");
+        let out = resp.run(&plugins, &[("body-size", "{}")]).await.unwrap();
+        assert_eq!(
+            out.headers,
+            Some(vec![("x-body-size".to_string(), "3".to_string())])
+        );
+        assert_eq!(out.body, None);
     }
 
     #[tokio::test]

@@ -19,16 +19,7 @@ use tokio_util::codec::Framed;
 /// date) and returns its path.
 pub fn demo_runner() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "demo-runner"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building demo-runner failed");
-        let exe = PathBuf::from(env!("CARGO_BIN_EXE_extplug"));
-        exe.parent().unwrap().join("examples").join("demo-runner")
-    })
+    PATH.get_or_init(|| example("demo-runner"))
 }
 
 /// A running `demo-runner`, killed when dropped.
@@ -195,4 +186,23 @@ pub fn get(path: &str) -> RequestParts<'_> {
         headers: vec![],
         extra_info: vec![],
     }
+}
+
+pub mod http;
+
+/// Builds an example (once per test binary per name) and returns its path.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|n| n == name) {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building {name} failed");
+        built.push(name.to_owned());
+    }
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_extplug"));
+    exe.parent().unwrap().join("examples").join(name)
 }

@@ -1,0 +1,534 @@
+//! The real `extplug proxy` with a real runner (`demo-runner`, or the
+//! misbehaving `bad-runner`) in front of a recording upstream in the test.
+
+mod common;
+
+use common::http::{alive, get, send, ProxyProc, Upstream};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn demo() -> Vec<String> {
+    vec![common::demo_runner().display().to_string()]
+}
+
+fn bad(mode: &str) -> (Vec<String>, Value) {
+    (
+        vec![common::example("bad-runner").display().to_string()],
+        json!({ "BAD_RUNNER_MODE": mode, "RUNNER_TEST_VAR": "from-config" }),
+    )
+}
+
+fn config(cmd: Vec<String>, env: Value, routes: Value) -> Value {
+    json!({
+        "listen": "127.0.0.1:0",
+        "ext-plugin": { "cmd": cmd, "env": env, "call_timeout_ms": 2000, "start_timeout_ms": 5000, "stop_grace_ms": 500 },
+        "routes": routes,
+    })
+}
+
+/// A route phase with `(plugin, conf as JSON)` entries.
+fn phase(entries: &[(&str, Value)]) -> Value {
+    json!({ "conf": entries.iter().map(|(n, v)| json!({"name": n, "value": v.to_string()})).collect::<Vec<_>>() })
+}
+
+fn route(id: &str, uri: &str, up: SocketAddr, plugins: Value) -> Value {
+    json!({ "id": id, "uri": uri, "upstream": { "type": "roundrobin", "nodes": { up.to_string(): 1 } }, "plugins": plugins })
+}
+
+#[tokio::test]
+async fn stop_rewrite_and_continue_with_the_demo_runner() {
+    let up = Upstream::start().await;
+    let routes = json!([
+        route(
+            "say",
+            "/say",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("say", json!({"body":"stopped","status":418,"headers":{"x-a":"1"}}))])})
+        ),
+        route(
+            "say200",
+            "/say200",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("say", json!({"body":"ok"}))])})
+        ),
+        route(
+            "auth",
+            "/auth/*",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("key-auth", json!({"keys":["k"]})), ("rewrite", json!({"path":"/rewritten","headers":{"x-h":"v","x-gone":null},"args":{"n":"1"}}))])})
+        ),
+    ]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    let got = get(&proxy.url("/say")).await;
+    assert_eq!(
+        (got.status, got.header("x-a"), got.text().as_str()),
+        (418, Some("1"), "stopped")
+    );
+    let got = get(&proxy.url("/say200")).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "ok"));
+    assert!(
+        up.requests().is_empty(),
+        "a stop never reaches the upstream"
+    );
+    let got = get(&proxy.url("/auth/x")).await;
+    assert_eq!(got.status, 401);
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(got.text(), r#"{"error":"missing or invalid key"}"#);
+    let got = send(
+        "GET",
+        &proxy.url("/auth/x?keep=1"),
+        &[("x-api-key", "k"), ("x-gone", "bye")],
+        "",
+    )
+    .await;
+    assert_eq!((got.status, got.text().as_str()), (200, "upstream says hi"));
+    let r = up.last();
+    assert_eq!(r.target, "/rewritten?keep=1&n=1");
+    assert_eq!(r.header("x-h"), Some("v"));
+    assert_eq!(r.header("x-gone"), None);
+    assert_eq!(r.header("x-api-key"), Some("k"));
+    let got = get(&proxy.url("/nowhere")).await;
+    assert_eq!(
+        (got.status, got.text().as_str()),
+        (404, r#"{"error_msg":"404 Route Not Found"}"#)
+    );
+}
+
+#[tokio::test]
+async fn stop_status_0_is_200_and_repeated_headers_are_kept() {
+    let up = Upstream::start().await;
+    let (cmd, env) = bad("scripted");
+    let proxy = ProxyProc::start(&config(
+        cmd,
+        env,
+        json!([route(
+            "r",
+            "/*",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
+        )]),
+    ));
+    let got = get(&proxy.url("/status0")).await;
+    assert_eq!(got.status, 200);
+    let dup: Vec<_> = got
+        .headers
+        .get_all("x-dup")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(dup, vec!["a", "b"]);
+    assert_eq!(got.text(), "zero");
+}
+
+#[tokio::test]
+async fn every_part_of_a_rewrite_is_applied() {
+    let up = Upstream::start().await;
+    let (cmd, env) = bad("scripted");
+    let proxy = ProxyProc::start(&config(
+        cmd,
+        env,
+        json!([route(
+            "r",
+            "/*",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
+        )]),
+    ));
+    let got = send(
+        "POST",
+        &proxy.url("/rewrite-all?keep=1&a=0&gone=x&keep=2&flag"),
+        &[("x-del", "1"), ("x-change", "old"), ("x-keep", "k")],
+        "old body",
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("x-resp"), Some("yes"));
+    assert_eq!(
+        got.header("content-type"),
+        Some("text/plain"),
+        "protected: the upstream's stays"
+    );
+    assert_ne!(got.header("server"), Some("evil"));
+    assert_eq!(got.header("location"), None);
+    let r = up.last();
+    assert_eq!(r.target, "/new%20path?keep=1&keep=2&flag&a=1&a=2");
+    assert_eq!(r.header("x-del"), None);
+    assert_eq!(r.header("x-change"), Some("changed"));
+    assert_eq!(r.headers_named("x-add"), vec!["1", "2"]);
+    assert_eq!(r.header("x-keep"), Some("k"));
+    assert_eq!(r.header("host"), Some("rewritten.example"));
+    assert_eq!(&r.body[..], b"new body");
+    assert_eq!(r.header("content-length"), Some("8"));
+}
+
+#[tokio::test]
+async fn what_the_runner_receives() {
+    let up = Upstream::start().await;
+    let (cmd, env) = bad("scripted");
+    let proxy = ProxyProc::start(&config(
+        cmd,
+        env,
+        json!([route(
+            "r",
+            "/*",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
+        )]),
+    ));
+    let got = send(
+        "PUT",
+        &proxy.url("/hello%20there?xx=y&xx=z&&y=&&z"),
+        &[("X-Multi", "1"), ("x-multi", "2")],
+        "",
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let seen = up.last().seen();
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["path"], "/hello there");
+    assert_eq!(
+        seen["args"],
+        json!([["xx", "y"], ["xx", "z"], ["y", ""], ["z", null]])
+    );
+    let headers = seen["headers"].as_array().unwrap();
+    let multi: Vec<_> = headers
+        .iter()
+        .filter(|h| h[0] == "x-multi")
+        .map(|h| h[1].clone())
+        .collect();
+    assert_eq!(multi, vec![json!("1"), json!("2")]);
+    assert_eq!(seen["src_ip"], "127.0.0.1");
+    assert_eq!(seen["src_ip_len"], 4);
+    // The scripted runner declares `remote_addr`: it arrives with the call.
+    assert_eq!(seen["extra_info"]["remote_addr"], "127.0.0.1");
+    // Its environment: the configured variable and the expire time.
+    assert_eq!(seen["env"], "from-config");
+    assert_eq!(seen["expire"], "3600");
+}
+
+#[tokio::test]
+async fn an_ipv6_client() {
+    let up = Upstream::start().await;
+    let (cmd, env) = bad("scripted");
+    let mut c = config(
+        cmd,
+        env,
+        json!([route(
+            "r",
+            "/*",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
+        )]),
+    );
+    c["listen"] = json!("[::1]:0");
+    let proxy = ProxyProc::start(&c);
+    let got = get(&proxy.url("/v6")).await;
+    assert_eq!(got.status, 200);
+    let seen = up.last().seen();
+    assert_eq!(seen["src_ip"], "::1");
+    assert_eq!(seen["src_ip_len"], 16);
+}
+
+#[tokio::test]
+async fn both_request_phases_run_in_order() {
+    let up = Upstream::start().await;
+    let routes = json!([route(
+        "r",
+        "/both",
+        up.addr,
+        json!({
+            "ext-plugin-pre-req": phase(&[("rewrite", json!({"headers":{"x-pre":"1"}}))]),
+            "ext-plugin-post-req": phase(&[("inject-vars", json!({"vars":["http_x_pre"]}))]),
+        })
+    )]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    assert_eq!(get(&proxy.url("/both")).await.status, 200);
+    let r = up.last();
+    assert_eq!(r.header("x-pre"), Some("1"));
+    assert_eq!(
+        r.header("x-var-http_x_pre"),
+        Some("1"),
+        "post-req saw pre-req's change"
+    );
+}
+
+#[tokio::test]
+async fn confs_refused_by_the_runner_give_503() {
+    let up = Upstream::start().await;
+    let routes = json!([route(
+        "r",
+        "/x",
+        up.addr,
+        json!({"ext-plugin-pre-req": phase(&[("no-such-plugin", json!({}))])})
+    )]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    assert_eq!(get(&proxy.url("/x")).await.status, 503);
+    let log = proxy.log();
+    assert!(
+        log.contains("badRequest") && log.contains("no-such-plugin"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn degradation_on_and_off_when_the_runner_never_listens() {
+    let up = Upstream::start().await;
+    let (cmd, env) = bad("never-listen");
+    let routes = json!([
+        route(
+            "strict",
+            "/strict",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("say", json!({"body":"x"}))])})
+        ),
+        route(
+            "lenient",
+            "/lenient",
+            up.addr,
+            json!({"ext-plugin-pre-req": {
+            "conf": [{"name": "say", "value": "{\"body\":\"x\"}"}], "allow_degradation": true }})
+        ),
+    ]);
+    let mut c = config(cmd, env, routes);
+    c["ext-plugin"]["start_timeout_ms"] = json!(300);
+    let proxy = ProxyProc::start(&c);
+    let started = Instant::now();
+    let got = get(&proxy.url("/strict")).await;
+    assert_eq!(got.status, 503);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let got = get(&proxy.url("/lenient")).await;
+    assert_eq!(
+        (got.status, got.text().as_str()),
+        (200, "upstream says hi"),
+        "degraded: on to the upstream"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .log()
+        .contains("did not open its socket within 300 ms")
+    {
+        assert!(Instant::now() < deadline, "{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_runner_killed_mid_traffic_every_request_is_answered_and_service_resumes() {
+    let up = Upstream::start().await;
+    let routes = json!([route(
+        "r",
+        "/k",
+        up.addr,
+        json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers":{"x-via":"runner"}}))])})
+    )]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    proxy.wait_runner_ready(1);
+    assert_eq!(get(&proxy.url("/k")).await.status, 200);
+    let runner = proxy.children()[0];
+    let url = proxy.url("/k");
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..60 {
+                    statuses.push(get(&url).await.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), Signal::SIGKILL).unwrap();
+    for c in clients {
+        for status in c.await.unwrap() {
+            assert!(status == 200 || status == 503, "{status}");
+        }
+    }
+    proxy.wait_runner_ready(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = get(&url).await;
+        if got.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service did not resume: {}",
+            proxy.log()
+        );
+    }
+    assert_eq!(
+        up.last().header("x-via"),
+        Some("runner"),
+        "the new runner's chain ran (re-prepared)"
+    );
+    let new_runner = proxy.children()[0];
+    assert_ne!(new_runner, runner);
+    assert!(
+        proxy.log().matches("conf prepared").count() >= 2,
+        "tokens were prepared again"
+    );
+}
+
+#[tokio::test]
+async fn conf_token_not_found_is_recovered_by_one_retry() {
+    let up = Upstream::start().await;
+    let (cmd, env) = bad("scripted");
+    let proxy = ProxyProc::start(&config(
+        cmd,
+        env,
+        json!([route(
+            "r",
+            "/*",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
+        )]),
+    ));
+    let got = get(&proxy.url("/tnf-once")).await;
+    assert_eq!(got.status, 200);
+    let seen = up.last().seen();
+    assert_eq!(
+        seen["prepares"], 2,
+        "prepared, refused, prepared again, retried"
+    );
+    assert!(proxy.log().contains("token not found: preparing again"));
+    // A runner that never finds its tokens: three attempts, then 503.
+    let got = get(&proxy.url("/tnf-always")).await;
+    assert_eq!(got.status, 503);
+}
+
+#[tokio::test]
+async fn a_runner_that_ignores_sigterm_does_not_block_the_host() {
+    let up = Upstream::start().await;
+    let (cmd, env) = bad("ignore-sigterm");
+    let mut proxy = ProxyProc::start(&config(
+        cmd,
+        env,
+        json!([route(
+            "r",
+            "/x",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("say", json!({"body":"x"}))])})
+        )]),
+    ));
+    proxy.wait_runner_ready(1);
+    assert_eq!(get(&proxy.url("/x")).await.status, 200);
+    let runner = proxy.children()[0];
+    proxy.signal(Signal::SIGTERM);
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(proxy.log().contains("runner ignored SIGTERM: killing it"));
+    assert!(!alive(runner));
+}
+
+#[tokio::test]
+async fn the_host_killed_with_sigkill_leaves_no_runner() {
+    let up = Upstream::start().await;
+    let (cmd, env) = bad("ignore-sigterm");
+    let mut proxy = ProxyProc::start(&config(
+        cmd,
+        env,
+        json!([route("r", "/x", up.addr, json!({}))]),
+    ));
+    proxy.wait_runner_ready(1);
+    let runner = proxy.children()[0];
+    assert!(alive(runner));
+    proxy.signal(Signal::SIGKILL);
+    proxy.wait_exit(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(runner) {
+        assert!(
+            Instant::now() < deadline,
+            "runner {runner} outlived the host"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_finishes_requests_in_flight_then_stops_the_runner() {
+    let up = Upstream::start().await;
+    let routes = json!([route(
+        "r",
+        "/*",
+        up.addr,
+        json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers":{"x-a":"1"}}))])})
+    )]);
+    let mut proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    proxy.wait_runner_ready(1);
+    let runner = proxy.children()[0];
+    let url = proxy.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.requests().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.signal(Signal::SIGTERM);
+    let got = in_flight.await.unwrap();
+    assert_eq!((got.status, got.text().as_str()), (200, "upstream says hi"));
+    assert!(proxy.wait_exit(Duration::from_secs(10)).success());
+    assert!(!alive(runner));
+    assert!(proxy.log().contains("runner stopped"));
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_upstream_timeout_is_504() {
+    let up = Upstream::start().await;
+    let dead: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut slow = route("slow", "/slow", up.addr, json!({}));
+    slow["upstream"]["timeout"] = json!({"read": 0.5});
+    let routes = json!([route("dead", "/dead", dead, json!({})), slow]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    assert_eq!(get(&proxy.url("/dead")).await.status, 502);
+    assert_eq!(get(&proxy.url("/slow")).await.status, 504);
+}
+
+#[tokio::test]
+async fn weighted_round_robin_over_nodes() {
+    let a = Upstream::start().await;
+    let b = Upstream::start().await;
+    let routes = json!([{ "id": "r", "uri": "/rr", "upstream": { "nodes": { a.addr.to_string(): 2, b.addr.to_string(): 1 } } }]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    for _ in 0..6 {
+        assert_eq!(get(&proxy.url("/rr")).await.status, 200);
+    }
+    assert_eq!((a.requests().len(), b.requests().len()), (4, 2));
+}
+
+#[test]
+fn config_errors_are_reported_with_route_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.json");
+    std::fs::write(
+        &path,
+        r#"{"ext-plugin":{"cmd":["x"]},"routes":[{"id":"r1","uri":"/a","upstream":{"nodes":{"127.0.0.1:1":1}},
+            "plugins":{"ext-plugin-pre-req":{"conf":[{"name":"say"}]}}}]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_extplug"))
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("route `r1`")
+            && stderr.contains("conf[0]")
+            && stderr.contains("missing field `value`"),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_extplug"))
+        .args(["check", "--config", "/no/such/file.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.json"));
+}

@@ -1,0 +1,282 @@
+//! Misbehaving and instrumented runners for the host's integration tests
+//! (go-plugin's trick: real processes, no mocks). `BAD_RUNNER_MODE` picks one:
+//!
+//! - `never-listen`: starts and never opens its socket.
+//! - `ignore-sigterm`: the example plugins, but SIGTERM is logged and ignored.
+//! - `scripted`: a hand-written protocol server whose answers depend on the
+//!   request path (see [`scripted_answer`]); it reports what it received in
+//!   request header `x-seen` (JSON), so the upstream records it.
+//! - `relay`: starts the real `demo-runner` (`RELAY_TARGET`) on a socket of
+//!   its own and relays every frame both ways, counting frames by type in
+//!   `RELAY_COUNT_FILE` (`type:count` lines), to count round trips.
+
+#[path = "../../examples/plugins/mod.rs"]
+mod plugins;
+
+use extplug::runner_sdk::{RequestOutcome, Rewrite, StatusCode, Stop};
+use extplug::wire::{
+    ErrorCode, ErrorResp, Frame, FrameCodec, MessageType, Payload, Prepared, ReqCallAnswer,
+};
+use futures::{SinkExt, StreamExt};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+fn socket_path() -> PathBuf {
+    let addr = std::env::var("APISIX_LISTEN_ADDRESS").expect("APISIX_LISTEN_ADDRESS");
+    PathBuf::from(addr.strip_prefix("unix:").expect("unix: address"))
+}
+
+#[tokio::main]
+async fn main() {
+    extplug::init_logging();
+    match std::env::var("BAD_RUNNER_MODE")
+        .unwrap_or_default()
+        .as_str()
+    {
+        "never-listen" => {
+            eprintln!("bad-runner: never listening");
+            std::future::pending::<()>().await;
+        }
+        "ignore-sigterm" => ignore_sigterm().await,
+        "scripted" => scripted().await,
+        "relay" => relay().await,
+        other => panic!("unknown BAD_RUNNER_MODE {other:?}"),
+    }
+}
+
+async fn ignore_sigterm() {
+    let env = extplug::runner::RunnerEnv::from_env().expect("runner env");
+    tokio::spawn(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        loop {
+            term.recv().await;
+            eprintln!("bad-runner: SIGTERM received and ignored");
+        }
+    });
+    // Never cancelled: only SIGKILL stops this one.
+    let never = CancellationToken::new();
+    extplug::Runner::new()
+        .plugins(plugins::all())
+        .serve(env, never)
+        .await
+        .unwrap();
+}
+
+/// State shared by the scripted runner's connections.
+#[derive(Default)]
+struct Script {
+    next_token: AtomicU32,
+    prepares: AtomicU32,
+    failed_once: AtomicBool,
+}
+
+async fn scripted() {
+    let path = socket_path();
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let script = Arc::new(Script::default());
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let script = script.clone();
+        tokio::spawn(async move {
+            let mut conn = Framed::new(stream, FrameCodec::default());
+            while let Some(Ok(frame)) = conn.next().await {
+                if !scripted_answer(&mut conn, &script, frame).await {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Answers one frame; `false` closes the connection.
+async fn scripted_answer(
+    conn: &mut Framed<UnixStream, FrameCodec>,
+    script: &Script,
+    frame: Frame,
+) -> bool {
+    let payload = Payload::parse(&frame.payload).unwrap();
+    if frame.kind == MessageType::PrepareConf as u8 {
+        script.prepares.fetch_add(1, Ordering::SeqCst);
+        let token = script.next_token.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut needs = extplug::runner_sdk::Needs::default();
+        needs.vars.push("remote_addr".into());
+        conn.send(&Prepared { token, needs }).await.unwrap();
+        return true;
+    }
+    let call = payload.req_call().unwrap();
+    let p = &call.parts;
+    let id = p.id;
+    let outcome = match p.path {
+        "/status0" => {
+            let mut stop = Stop::new(StatusCode::OK);
+            stop.headers = vec![("x-dup".into(), "a".into()), ("x-dup".into(), "b".into())];
+            stop.body = b"zero".to_vec();
+            // Status 0 on the wire: the host must answer 200.
+            let mut msg = capnp::message::Builder::new_default();
+            {
+                use extplug::wire::ext_plugin_capnp::http_req_call_resp;
+                let mut root = msg.init_root::<http_req_call_resp::Builder>();
+                root.set_id(id);
+                let mut s = root.init_action().init_stop();
+                s.set_status(0);
+                let mut h = s.reborrow().init_headers(2);
+                for (i, (n, v)) in stop.headers.iter().enumerate() {
+                    h.reborrow().get(i as u32).set_name(n.as_str());
+                    h.reborrow().get(i as u32).set_value(v.as_str());
+                }
+                s.set_body(&stop.body);
+            }
+            let mut bytes = Vec::new();
+            capnp::serialize::write_message(&mut bytes, &msg).unwrap();
+            conn.send((2u8, &bytes[..])).await.unwrap();
+            return true;
+        }
+        "/tnf-once" if !script.failed_once.swap(true, Ordering::SeqCst) => {
+            let e = ErrorResp {
+                code: ErrorCode::ConfTokenNotFound,
+                message: format!("token {} forgotten on purpose", call.conf_token),
+            };
+            conn.send(&e).await.unwrap();
+            return true;
+        }
+        "/tnf-always" => {
+            let e = ErrorResp {
+                code: ErrorCode::ConfTokenNotFound,
+                message: "never found".into(),
+            };
+            conn.send(&e).await.unwrap();
+            return true;
+        }
+        "/close-mid-extra" => {
+            conn.send(&extplug::runner_sdk::InfoKey::Var("uri"))
+                .await
+                .unwrap();
+            return false;
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            RequestOutcome::Continue
+        }
+        "/rewrite-all" => RequestOutcome::Rewrite(Rewrite {
+            path: Some("/new path".into()),
+            headers: vec![
+                ("x-del".into(), None),
+                ("x-change".into(), Some("changed".into())),
+                ("x-add".into(), Some("1".into())),
+                ("x-add".into(), Some("2".into())),
+                ("host".into(), Some("rewritten.example".into())),
+            ],
+            args: vec![
+                ("a".into(), Some("1".into())),
+                ("a".into(), Some("2".into())),
+                ("gone".into(), None),
+            ],
+            resp_headers: vec![
+                ("x-resp".into(), "yes".into()),
+                ("content-type".into(), "text/evil".into()),
+                ("server".into(), "evil".into()),
+                ("location".into(), "/evil".into()),
+            ],
+            body: Some(b"new body".to_vec()),
+        }),
+        _ => {
+            let seen = serde_json::json!({
+                "id": p.id,
+                "src_ip": p.src_ip.to_string(),
+                "src_ip_len": match p.src_ip { std::net::IpAddr::V4(_) => 4, std::net::IpAddr::V6(_) => 16 },
+                "method": p.method.as_str(),
+                "path": p.path,
+                "args": p.args,
+                "headers": p.headers,
+                "extra_info": p.extra_info.iter().map(|(n, v)| (n.to_string(), v.map(|v| String::from_utf8_lossy(v).into_owned()))).collect::<BTreeMap<_, _>>(),
+                "prepares": script.prepares.load(Ordering::SeqCst),
+                "env": std::env::var("RUNNER_TEST_VAR").ok(),
+                "expire": std::env::var("APISIX_CONF_EXPIRE_TIME").ok(),
+            });
+            RequestOutcome::Rewrite(Rewrite {
+                headers: vec![("x-seen".into(), Some(seen.to_string()))],
+                ..Rewrite::default()
+            })
+        }
+    };
+    conn.send(&ReqCallAnswer { id, outcome }).await.unwrap();
+    true
+}
+
+/// Frame counts by type, both directions together.
+#[derive(Default)]
+struct Counts([AtomicU64; 5]);
+
+impl Counts {
+    fn add(&self, kind: u8, file: &std::path::Path) {
+        if let Some(c) = self.0.get(kind as usize) {
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+        let text: String = self
+            .0
+            .iter()
+            .enumerate()
+            .map(|(k, c)| format!("{k}:{}\n", c.load(Ordering::SeqCst)))
+            .collect();
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, file).unwrap();
+    }
+}
+
+async fn relay() {
+    let outer = socket_path();
+    let inner = outer.with_extension("inner");
+    let count_file = PathBuf::from(std::env::var("RELAY_COUNT_FILE").expect("RELAY_COUNT_FILE"));
+    let target = std::env::var("RELAY_TARGET").expect("RELAY_TARGET");
+    let _child = tokio::process::Command::new(target)
+        .env("APISIX_LISTEN_ADDRESS", format!("unix:{}", inner.display()))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    while UnixStream::connect(&inner).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = std::fs::remove_file(&outer);
+    let listener = UnixListener::bind(&outer).unwrap();
+    let counts = Arc::new(Counts::default());
+    loop {
+        let (host, _) = listener.accept().await.unwrap();
+        let runner = UnixStream::connect(&inner).await.unwrap();
+        let (counts, file) = (counts.clone(), count_file.clone());
+        tokio::spawn(async move {
+            let (host_r, host_w) = host.into_split();
+            let (run_r, run_w) = runner.into_split();
+            let pipe = |r,
+                        mut w: tokio::net::unix::OwnedWriteHalf,
+                        counts: Arc<Counts>,
+                        file: PathBuf| async move {
+                let mut frames = tokio_util::codec::FramedRead::new(r, FrameCodec::default());
+                while let Some(Ok(frame)) = frames.next().await {
+                    counts.add(frame.kind, &file);
+                    let len = frame.payload.len() as u32;
+                    let header = ((u32::from(frame.kind) << 24) | len).to_be_bytes();
+                    let mut bytes = header.to_vec();
+                    bytes.extend_from_slice(&frame.payload);
+                    if tokio::io::AsyncWriteExt::write_all(&mut w, &bytes)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            };
+            let up = pipe(host_r, run_w, counts.clone(), file.clone());
+            let down = pipe(run_r, host_w, counts, file);
+            tokio::select! { _ = up => {}, _ = down => {} }
+        });
+    }
+}
