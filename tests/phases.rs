@@ -1,0 +1,396 @@
+//! Variables, bodies, prefetch and the response phase, end to end: the real
+//! proxy, the real runners, a recording upstream.
+
+mod common;
+
+use common::http::{get, send, ProxyProc, Upstream};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+fn config(cmd: Vec<String>, env: Value, routes: Value) -> Value {
+    json!({
+        "listen": "127.0.0.1:0",
+        "ext-plugin": { "cmd": cmd, "env": env, "call_timeout_ms": 5000 },
+        "routes": routes,
+    })
+}
+
+fn demo() -> Vec<String> {
+    vec![common::demo_runner().display().to_string()]
+}
+
+fn phase(entries: &[(&str, Value)]) -> Value {
+    json!({ "conf": entries.iter().map(|(n, v)| json!({"name": n, "value": v.to_string()})).collect::<Vec<_>>() })
+}
+
+fn route(id: &str, uri: &str, up: SocketAddr, plugins: Value) -> Value {
+    json!({ "id": id, "uri": uri, "upstream": { "nodes": { up.to_string(): 1 } }, "plugins": plugins })
+}
+
+const ALL_VARS: [&str; 17] = [
+    "remote_addr",
+    "remote_port",
+    "server_addr",
+    "server_port",
+    "scheme",
+    "request_method",
+    "request_uri",
+    "uri",
+    "args",
+    "query_string",
+    "host",
+    "http_x_custom",
+    "arg_a",
+    "cookie_sid",
+    "route_id",
+    "request_id",
+    "no_such_var",
+];
+
+async fn check_vars(prefetch: bool) {
+    let up = Upstream::start().await;
+    let conf = json!({ "vars": ALL_VARS, "prefetch": prefetch });
+    let routes = json!([route(
+        "vars",
+        "/vars/*",
+        up.addr,
+        json!({"ext-plugin-pre-req": phase(&[("inject-vars", conf)])})
+    )]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    let got = send(
+        "GET",
+        &proxy.url("/vars/p%20q?a=1&b=%2F"),
+        &[
+            ("host", "Example.com:8080"),
+            ("x-custom", "v"),
+            ("cookie", "x=1; sid=abc"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let r = up.last();
+    let v = |name: &str| r.header(&format!("x-var-{name}")).map(str::to_owned);
+    assert_eq!(v("remote_addr").as_deref(), Some("127.0.0.1"));
+    assert!(v("remote_port").unwrap().parse::<u16>().unwrap() > 0);
+    assert_eq!(v("server_addr").as_deref(), Some("127.0.0.1"));
+    assert_eq!(v("server_port"), Some(proxy.addr.port().to_string()));
+    assert_eq!(v("scheme").as_deref(), Some("http"));
+    assert_eq!(v("request_method").as_deref(), Some("GET"));
+    assert_eq!(v("request_uri").as_deref(), Some("/vars/p%20q?a=1&b=%2F"));
+    assert_eq!(v("uri").as_deref(), Some("/vars/p q"));
+    assert_eq!(v("args").as_deref(), Some("a=1&b=%2F"));
+    assert_eq!(v("query_string").as_deref(), Some("a=1&b=%2F"));
+    assert_eq!(v("host").as_deref(), Some("example.com"));
+    assert_eq!(v("http_x_custom").as_deref(), Some("v"));
+    assert_eq!(v("arg_a").as_deref(), Some("1"));
+    assert_eq!(v("cookie_sid").as_deref(), Some("abc"));
+    assert_eq!(v("route_id").as_deref(), Some("vars"));
+    let id = v("request_id").unwrap();
+    assert!(
+        id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert_eq!(
+        v("no_such_var"),
+        None,
+        "an unknown var is null, not an error"
+    );
+}
+
+#[tokio::test]
+async fn every_variable_prefetched() {
+    check_vars(true).await;
+}
+
+#[tokio::test]
+async fn every_variable_fetched_lazily() {
+    check_vars(false).await;
+}
+
+/// Frame counts by type, as the relay wrote them.
+fn counts(path: &std::path::Path) -> BTreeMap<u8, u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn prefetch_makes_a_call_one_round_trip() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let count_file = dir.path().join("counts");
+    let env = json!({
+        "BAD_RUNNER_MODE": "relay",
+        "RELAY_TARGET": common::demo_runner().display().to_string(),
+        "RELAY_COUNT_FILE": count_file.display().to_string(),
+    });
+    let vars = json!(["remote_addr", "uri", "route_id"]);
+    let routes = json!([
+        route(
+            "pre",
+            "/pre",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("inject-vars", json!({"vars": vars, "prefetch": true}))])})
+        ),
+        route(
+            "lazy",
+            "/lazy",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("inject-vars", json!({"vars": vars, "prefetch": false}))])})
+        ),
+    ]);
+    let proxy = ProxyProc::start(&config(
+        vec![common::example("bad-runner").display().to_string()],
+        env,
+        routes,
+    ));
+    // Prepare both chains first, so that only calls are counted below.
+    assert_eq!(get(&proxy.url("/pre")).await.status, 200);
+    assert_eq!(get(&proxy.url("/lazy")).await.status, 200);
+    let before = counts(&count_file);
+    assert_eq!(get(&proxy.url("/pre")).await.status, 200);
+    let after_pre = counts(&count_file);
+    assert_eq!(get(&proxy.url("/lazy")).await.status, 200);
+    let after_lazy = counts(&count_file);
+    let delta = |a: &BTreeMap<u8, u64>, b: &BTreeMap<u8, u64>, k: u8| {
+        b.get(&k).unwrap_or(&0) - a.get(&k).unwrap_or(&0)
+    };
+    // Declared: one HTTP_REQ_CALL and its answer, no EXTRA_INFO.
+    assert_eq!(delta(&before, &after_pre, 2), 2);
+    assert_eq!(delta(&before, &after_pre, 3), 0);
+    // Not declared: the same call plus a request and an answer per variable.
+    assert_eq!(delta(&after_pre, &after_lazy, 2), 2);
+    assert_eq!(delta(&after_pre, &after_lazy, 3), 6);
+    assert_eq!(up.last().header("x-var-route_id"), Some("lazy"));
+}
+
+#[tokio::test]
+async fn request_bodies_of_every_kind_reach_the_plugin_and_the_upstream() {
+    let up = Upstream::start().await;
+    let routes = json!([
+        route(
+            "size",
+            "/size",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("body-size", json!({}))])})
+        ),
+        route(
+            "stream",
+            "/stream",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers":{"x-a":"1"}}))])})
+        ),
+        route(
+            "replace",
+            "/replace",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("body-rewrite", json!({"request":"replaced!"}))])})
+        ),
+    ]);
+    let mut c = config(demo(), json!({}), routes);
+    c["max_request_body_bytes"] = json!(1000);
+    let proxy = ProxyProc::start(&c);
+    let cases: [(&str, &[u8]); 4] = [
+        ("text/plain", b"plain text"),
+        ("application/x-www-form-urlencoded", b"a=1&b=two+words"),
+        ("application/json", br#"{"k":[1,2,3]}"#),
+        ("text/plain", b""),
+    ];
+    for (ctype, body) in cases {
+        let got = send(
+            "POST",
+            &proxy.url("/size"),
+            &[("content-type", ctype)],
+            body.to_vec(),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+        let r = up.last();
+        assert_eq!(
+            r.header("x-body-size"),
+            Some(body.len().to_string().as_str()),
+            "{ctype}"
+        );
+        assert_eq!(&r.body[..], body, "the upstream gets the body untouched");
+    }
+    // Over the limit, for a plugin that needs the body: 413, never truncated.
+    let n = up.requests().len();
+    let got = send("POST", &proxy.url("/size"), &[], vec![b'x'; 1001]).await;
+    assert_eq!(got.status, 413);
+    assert_eq!(up.requests().len(), n, "nothing reached the upstream");
+    // Exactly at the limit is fine.
+    let got = send("POST", &proxy.url("/size"), &[], vec![b'x'; 1000]).await;
+    assert_eq!(got.status, 200);
+    // No plugin needs it: streamed whatever its size.
+    let got = send("POST", &proxy.url("/stream"), &[], vec![b'y'; 5000]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(up.last().body.len(), 5000);
+    // Replaced: the new body with its own length.
+    let got = send("POST", &proxy.url("/replace"), &[], "original").await;
+    assert_eq!(got.status, 200);
+    let r = up.last();
+    assert_eq!(&r.body[..], b"replaced!");
+    assert_eq!(r.header("content-length"), Some("9"));
+}
+
+#[tokio::test]
+async fn the_response_phase_reads_and_changes_the_answer() {
+    let up = Upstream::start().await;
+    let post_resp = |entries: &[(&str, Value)]| json!({"ext-plugin-post-resp": phase(entries)});
+    let routes = json!([
+        route(
+            "size",
+            "/size/*",
+            up.addr,
+            post_resp(&[("body-size", json!({}))])
+        ),
+        route(
+            "chunked",
+            "/chunked/*",
+            up.addr,
+            post_resp(&[("body-size", json!({}))])
+        ),
+        route(
+            "change",
+            "/change",
+            up.addr,
+            post_resp(&[
+                (
+                    "response-headers",
+                    json!({"set":{"x-new":"1"},"remove":["x-powered-by"],"status":203})
+                ),
+                ("body-rewrite", json!({"response":"replaced"})),
+            ])
+        ),
+        route(
+            "chunked-headers",
+            "/chunked-headers",
+            up.addr,
+            post_resp(&[("response-headers", json!({"set":{"x-new":"1"}}))])
+        ),
+        route(
+            "chunked-replaced",
+            "/chunked-replaced",
+            up.addr,
+            post_resp(&[("body-rewrite", json!({"response":"short"}))])
+        ),
+        route(
+            "keep",
+            "/keep",
+            up.addr,
+            post_resp(&[("response-headers", json!({}))])
+        ),
+    ]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    let got = get(&proxy.url("/size/a")).await;
+    assert_eq!(
+        (got.status, got.header("x-body-size"), got.text().as_str()),
+        (200, Some("16"), "upstream says hi")
+    );
+    let got = get(&proxy.url("/chunked/a")).await;
+    assert_eq!(got.header("x-body-size"), Some("33"));
+    assert_eq!(got.text(), "chunk one, chunk two, chunk three");
+    let got = get(&proxy.url("/change")).await;
+    assert_eq!(got.status, 203);
+    assert_eq!(got.header("x-new"), Some("1"));
+    assert_eq!(got.header("x-powered-by"), None);
+    assert_eq!(got.header("x-upstream"), Some("yes"));
+    assert_eq!(got.text(), "replaced");
+    assert_eq!(got.header("content-length"), Some("8"));
+    // Headers changed, body still streamed from a chunked upstream.
+    let got = get(&proxy.url("/chunked-headers")).await;
+    assert_eq!(got.header("x-new"), Some("1"));
+    assert_eq!(got.text(), "chunk one, chunk two, chunk three");
+    // A chunked body replaced: sent with its own length.
+    let got = get(&proxy.url("/chunked-replaced")).await;
+    assert_eq!(
+        (
+            got.text().as_str(),
+            got.header("content-length"),
+            got.header("transfer-encoding")
+        ),
+        ("short", Some("5"), None)
+    );
+    // Nothing changed: the upstream's answer as it was.
+    let got = get(&proxy.url("/keep")).await;
+    assert_eq!(
+        (got.status, got.header("x-powered-by"), got.text().as_str()),
+        (200, Some("test"), "upstream says hi")
+    );
+}
+
+#[tokio::test]
+async fn all_three_phases_on_one_route() {
+    let up = Upstream::start().await;
+    let routes = json!([route(
+        "all",
+        "/all",
+        up.addr,
+        json!({
+            "ext-plugin-pre-req": phase(&[("key-auth", json!({"keys":["k"]})), ("body-size", json!({}))]),
+            "ext-plugin-post-req": phase(&[("inject-vars", json!({"vars":["http_x_body_size","route_id"]}))]),
+            "ext-plugin-post-resp": phase(&[("response-headers", json!({"set":{"x-phase":"post-resp"}})), ("body-rewrite", json!({"response":"done"}))]),
+        })
+    )]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    let got = send("POST", &proxy.url("/all"), &[], "12345").await;
+    assert_eq!(got.status, 401, "key-auth stops before anything else");
+    let got = send("POST", &proxy.url("/all"), &[("x-api-key", "k")], "12345").await;
+    assert_eq!(
+        (got.status, got.header("x-phase"), got.text().as_str()),
+        (200, Some("post-resp"), "done")
+    );
+    let r = up.last();
+    assert_eq!(r.header("x-body-size"), Some("5"));
+    assert_eq!(r.header("x-var-http_x_body_size"), Some("5"));
+    assert_eq!(r.header("x-var-route_id"), Some("all"));
+    assert_eq!(&r.body[..], b"12345");
+}
+
+#[tokio::test]
+async fn upstream_down_with_a_response_phase_is_502() {
+    let dead: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let routes = json!([route(
+        "r",
+        "/r",
+        dead,
+        json!({"ext-plugin-post-resp": phase(&[("body-size", json!({}))])})
+    )]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    assert_eq!(get(&proxy.url("/r")).await.status, 502);
+}
+
+#[tokio::test]
+async fn a_runner_that_closes_mid_extra_info_fails_only_that_call() {
+    let up = Upstream::start().await;
+    let env = json!({ "BAD_RUNNER_MODE": "scripted" });
+    let routes = json!([route(
+        "r",
+        "/*",
+        up.addr,
+        json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
+    )]);
+    let proxy = ProxyProc::start(&config(
+        vec![common::example("bad-runner").display().to_string()],
+        env,
+        routes,
+    ));
+    assert_eq!(get(&proxy.url("/close-mid-extra")).await.status, 503);
+    assert!(
+        proxy
+            .log()
+            .contains("runner connection failed during the call"),
+        "{}",
+        proxy.log()
+    );
+    let got = get(&proxy.url("/fine")).await;
+    assert_eq!(got.status, 200);
+}
