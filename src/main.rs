@@ -5,6 +5,8 @@
 //!   configuration and echo upstream.
 //! - `extplug check --config FILE`: validate a configuration and exit.
 
+mod bench;
+
 use clap::{Parser, Subcommand};
 use extplug::host;
 use std::io::Write;
@@ -46,6 +48,50 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Benchmarks, measured side by side (see README, "Benchmarks").
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The runner program (default: `examples/demo-runner` next to this binary).
+    #[arg(long)]
+    runner: Option<PathBuf>,
+    /// The chain, as NAME=JSON (repeatable; default: key-auth then rewrite).
+    #[arg(long = "plugin", value_parser = parse_plugin)]
+    plugins: Vec<(String, String)>,
+    /// Concurrent connections (runner) or clients (proxy).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds per side (the medians are reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+fn parse_plugin(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not NAME=JSON"))
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The runner against a bare socket server answering the same frames.
+    Runner(BenchArgs),
+    /// The proxy with a plugin chain against the proxy without.
+    Proxy(BenchArgs),
+    /// The bare socket server (the baseline of `bench runner`).
+    BareServer {
+        /// Where to listen.
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +110,58 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::Demo { listen, runner } => demo(&listen, runner),
+        Command::Bench { what } => run_bench(what),
+    }
+}
+
+fn run_bench(what: BenchCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("starting the runtime: {e}")),
+    };
+    let settings = |args: &BenchArgs| {
+        let chain = if args.plugins.is_empty() {
+            vec![
+                (
+                    "key-auth".to_owned(),
+                    r#"{"keys":["bench-key"]}"#.to_owned(),
+                ),
+                (
+                    "rewrite".to_owned(),
+                    r#"{"headers":{"x-bench":"1"}}"#.to_owned(),
+                ),
+            ]
+        } else {
+            args.plugins.clone()
+        };
+        let load = bench::Load {
+            connections: args.connections.max(1),
+            seconds: args.seconds,
+            rounds: args.rounds.max(1),
+        };
+        (
+            args.runner.clone().unwrap_or_else(bench::default_runner),
+            chain,
+            load,
+        )
+    };
+    match what {
+        BenchCommand::BareServer { socket } => {
+            match runtime.block_on(bench::bare_server(&socket)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&format!("bare server: {e}")),
+            }
+        }
+        BenchCommand::Runner(args) => {
+            let (runner, chain, load) = settings(&args);
+            runtime.block_on(bench::runner(&runner, &chain, &load));
+            ExitCode::SUCCESS
+        }
+        BenchCommand::Proxy(args) => {
+            let (runner, chain, load) = settings(&args);
+            runtime.block_on(bench::proxy(&runner, &chain, &load));
+            ExitCode::SUCCESS
+        }
     }
 }
 
