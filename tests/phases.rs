@@ -394,3 +394,85 @@ async fn a_runner_that_closes_mid_extra_info_fails_only_that_call() {
     let got = get(&proxy.url("/fine")).await;
     assert_eq!(got.status, 200);
 }
+
+#[tokio::test]
+async fn a_body_asked_for_during_the_call_respects_the_limit() {
+    let up = Upstream::start().await;
+    let env = json!({ "BAD_RUNNER_MODE": "scripted" });
+    let routes = json!([route(
+        "r",
+        "/*",
+        up.addr,
+        json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
+    )]);
+    let mut c = config(
+        vec![common::example("bad-runner").display().to_string()],
+        env,
+        routes,
+    );
+    c["max_request_body_bytes"] = json!(100);
+    let proxy = ProxyProc::start(&c);
+    let got = send("POST", &proxy.url("/lazy-body"), &[], vec![b'a'; 100]).await;
+    assert_eq!(got.status, 200);
+    let r = up.last();
+    assert_eq!(r.header("x-lazy-body-len"), Some("100"));
+    assert_eq!(
+        r.body.len(),
+        100,
+        "the body read for the runner still reaches the upstream"
+    );
+    let n = up.requests().len();
+    let got = send("POST", &proxy.url("/lazy-body"), &[], vec![b'a'; 101]).await;
+    assert_eq!(got.status, 413);
+    assert_eq!(up.requests().len(), n);
+    // No body in a GET: an empty one.
+    let got = get(&proxy.url("/lazy-body")).await;
+    assert_eq!(
+        (got.status, up.last().header("x-lazy-body-len")),
+        (200, Some("0"))
+    );
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_share_one_prepare_conf() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let count_file = dir.path().join("counts");
+    let env = json!({
+        "BAD_RUNNER_MODE": "relay",
+        "RELAY_TARGET": common::demo_runner().display().to_string(),
+        "RELAY_COUNT_FILE": count_file.display().to_string(),
+    });
+    let routes = json!([route(
+        "r",
+        "/r",
+        up.addr,
+        json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers":{"x-a":"1"}}))])})
+    )]);
+    let proxy = ProxyProc::start(&config(
+        vec![common::example("bad-runner").display().to_string()],
+        env,
+        routes,
+    ));
+    let url = proxy.url("/r");
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await.status })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200, "{}", proxy.log());
+    }
+    let counts = counts(&count_file);
+    assert_eq!(
+        counts.get(&1),
+        Some(&2),
+        "one PREPARE_CONF and its answer: {counts:?}"
+    );
+    assert_eq!(
+        counts.get(&2),
+        Some(&40),
+        "20 calls and their answers: {counts:?}"
+    );
+}

@@ -401,7 +401,10 @@ async fn prefetched_values_need_no_extra_info() {
         panic!()
     };
     assert_eq!(p.needs.vars, vec![s("remote_addr"), s("x")]);
-    assert!(p.needs.request_body && !p.needs.response_body);
+    assert!(
+        p.needs.request_body && p.needs.response_body,
+        "body-size reads both bodies"
+    );
     let mut req = get("/");
     req.extra_info = vec![
         ("remote_addr", Some(b"10.0.0.9")),

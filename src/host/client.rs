@@ -323,43 +323,11 @@ impl ExtClient {
         parts: RequestParts<'_>,
         provider: &mut dyn InfoProvider,
     ) -> Result<RequestOutcome, CallError> {
-        let mut call = ReqCall {
+        let call = ReqCall {
             conf_token: ticket.token,
             parts,
         };
-        let mut attempt = 1;
-        loop {
-            let (frame, _) = self
-                .exchange(&call, MessageType::HttpReqCall, Some(&mut *provider))
-                .await?;
-            let payload =
-                Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
-            if frame.kind == MessageType::Error as u8 {
-                match refused(&payload) {
-                    CallError::Refused {
-                        code: ErrorCode::ConfTokenNotFound,
-                        message,
-                    } if attempt < 3 => {
-                        warn!(route_phase = %phase.key, token = call.conf_token, attempt, %message, "token not found: preparing again");
-                        self.forget(phase, call.conf_token);
-                        call.conf_token = self.ticket(phase).await?.token;
-                        attempt += 1;
-                        continue;
-                    }
-                    other => return Err(other),
-                }
-            }
-            let answer = payload
-                .req_call_answer()
-                .map_err(|e| CallError::Malformed(e.to_string()))?;
-            if answer.id != call.parts.id {
-                return Err(CallError::Malformed(format!(
-                    "answer id {} for call {}",
-                    answer.id, call.parts.id
-                )));
-            }
-            return Ok(answer.outcome);
-        }
+        self.call(phase, call, provider).await
     }
 
     /// Runs the response phase: HTTP_RESP_CALL, with the same retry as
@@ -374,15 +342,23 @@ impl ExtClient {
         parts: ResponseParts<'_>,
         provider: &mut dyn InfoProvider,
     ) -> Result<ResponseOutcome, CallError> {
-        let mut call = RespCall {
+        let call = RespCall {
             conf_token: ticket.token,
             parts,
         };
+        self.call(phase, call, provider).await
+    }
+
+    /// One call, with the `confTokenNotFound` retry.
+    async fn call<C: Call>(
+        &self,
+        phase: &PhaseConf,
+        mut call: C,
+        provider: &mut dyn InfoProvider,
+    ) -> Result<C::Outcome, CallError> {
         let mut attempt = 1;
         loop {
-            let (frame, _) = self
-                .exchange(&call, MessageType::HttpRespCall, Some(&mut *provider))
-                .await?;
+            let (frame, _) = self.exchange(&call, C::KIND, Some(&mut *provider)).await?;
             let payload =
                 Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
             if frame.kind == MessageType::Error as u8 {
@@ -391,26 +367,65 @@ impl ExtClient {
                         code: ErrorCode::ConfTokenNotFound,
                         message,
                     } if attempt < 3 => {
-                        warn!(route_phase = %phase.key, token = call.conf_token, attempt, %message, "token not found: preparing again");
-                        self.forget(phase, call.conf_token);
-                        call.conf_token = self.ticket(phase).await?.token;
+                        let token = *call.token();
+                        warn!(route_phase = %phase.key, token, attempt, %message, "token not found: preparing again");
+                        self.forget(phase, token);
+                        *call.token() = self.ticket(phase).await?.token;
                         attempt += 1;
                         continue;
                     }
                     other => return Err(other),
                 }
             }
-            let answer = payload
-                .resp_call_answer()
-                .map_err(|e| CallError::Malformed(e.to_string()))?;
-            if answer.id != call.parts.id {
+            let (id, outcome) =
+                C::answer(&payload).map_err(|e| CallError::Malformed(e.to_string()))?;
+            if id != call.id() {
                 return Err(CallError::Malformed(format!(
-                    "answer id {} for call {}",
-                    answer.id, call.parts.id
+                    "answer id {id} for call {}",
+                    call.id()
                 )));
             }
-            return Ok(answer.outcome);
+            return Ok(outcome);
         }
+    }
+}
+
+/// What [`ExtClient::call`] needs of a call message.
+trait Call: Encode {
+    /// The frame type of the call and of its answer.
+    const KIND: MessageType;
+    /// What the answer decodes to.
+    type Outcome;
+    fn token(&mut self) -> &mut u32;
+    fn id(&self) -> u32;
+    fn answer(payload: &Payload<'_>) -> Result<(u32, Self::Outcome), crate::wire::DecodeError>;
+}
+
+impl Call for ReqCall<'_> {
+    const KIND: MessageType = MessageType::HttpReqCall;
+    type Outcome = RequestOutcome;
+    fn token(&mut self) -> &mut u32 {
+        &mut self.conf_token
+    }
+    fn id(&self) -> u32 {
+        self.parts.id
+    }
+    fn answer(payload: &Payload<'_>) -> Result<(u32, RequestOutcome), crate::wire::DecodeError> {
+        payload.req_call_answer().map(|a| (a.id, a.outcome))
+    }
+}
+
+impl Call for RespCall<'_> {
+    const KIND: MessageType = MessageType::HttpRespCall;
+    type Outcome = ResponseOutcome;
+    fn token(&mut self) -> &mut u32 {
+        &mut self.conf_token
+    }
+    fn id(&self) -> u32 {
+        self.parts.id
+    }
+    fn answer(payload: &Payload<'_>) -> Result<(u32, ResponseOutcome), crate::wire::DecodeError> {
+        payload.resp_call_answer().map(|a| (a.id, a.outcome))
     }
 }
 

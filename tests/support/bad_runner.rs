@@ -155,6 +155,25 @@ async fn scripted_answer(
             conn.send(&e).await.unwrap();
             return true;
         }
+        "/lazy-body" => {
+            // Ask for the body during the call, then report what came back.
+            conn.send(&extplug::runner_sdk::InfoKey::RequestBody)
+                .await
+                .unwrap();
+            let Some(Ok(answer)) = conn.next().await else {
+                return false;
+            };
+            assert_eq!(answer.kind, MessageType::ExtraInfo as u8);
+            let payload = Payload::parse(&answer.payload).unwrap();
+            let len = match payload.extra_info_resp().unwrap().0 {
+                Some(body) => body.len().to_string(),
+                None => "null".to_owned(),
+            };
+            RequestOutcome::Rewrite(Rewrite {
+                headers: vec![("x-lazy-body-len".into(), Some(len))],
+                ..Rewrite::default()
+            })
+        }
         "/close-mid-extra" => {
             conn.send(&extplug::runner_sdk::InfoKey::Var("uri"))
                 .await
@@ -211,12 +230,14 @@ async fn scripted_answer(
     true
 }
 
-/// Frame counts by type, both directions together.
+/// Frame counts by type, both directions together; the lock serializes
+/// the writes of the count file.
 #[derive(Default)]
-struct Counts([AtomicU64; 5]);
+struct Counts([AtomicU64; 5], std::sync::Mutex<()>);
 
 impl Counts {
     fn add(&self, kind: u8, file: &std::path::Path) {
+        let _writing = self.1.lock().unwrap();
         if let Some(c) = self.0.get(kind as usize) {
             c.fetch_add(1, Ordering::SeqCst);
         }
