@@ -7,12 +7,13 @@
 
 use super::cache::{ConfCache, Entry};
 use crate::wire::{
-    ErrorCode, ErrorResp, Frame, FrameCodec, FrameError, MessageType, Payload, Prepared,
+    Encode, ErrorCode, ErrorResp, Frame, FrameCodec, FrameError, MessageType, Payload, Prepared,
     ReqCallAnswer, RespCallAnswer,
 };
 use futures::{SinkExt, StreamExt};
 use runner_sdk::{
-    async_trait, Chain, InfoKey, InfoSource, PluginError, Registry, Request, Response,
+    async_trait, CallError, Chain, InfoKey, InfoSource, PluginError, Registry, Request,
+    RequestParts, Response, ResponseParts,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -188,50 +189,19 @@ fn lookup<'t>(
     tokens.get(&token).map(|e| &**e)
 }
 
-fn token_not_found(token: u32) -> String {
-    format!("conf token {token} not found: never prepared, or expired")
-}
-
 async fn req_call(
     conn: &mut Conn,
     shared: &Shared,
     tokens: &mut HashMap<u32, Arc<Entry>>,
     payload: &Payload<'_>,
 ) -> Result<Flow, FrameError> {
-    let call = match payload.req_call() {
-        Ok(call) => call,
+    match payload.req_call() {
+        Ok(c) => call(conn, shared, tokens, c.conf_token, c.parts).await,
         Err(e) => {
             send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
-            return Ok(Flow::Next);
+            Ok(Flow::Next)
         }
-    };
-    let Some(entry) = lookup(&shared.cache, tokens, call.conf_token) else {
-        send_error(
-            conn,
-            ErrorCode::ConfTokenNotFound,
-            token_not_found(call.conf_token),
-        )
-        .await?;
-        return Ok(Flow::Next);
-    };
-    let id = call.parts.id;
-    let mut source = ConnSource {
-        conn,
-        broken: false,
-    };
-    let mut req = Request::new(call.parts, &mut source);
-    let result = entry.chain.run_request(&mut req).await;
-    let outcome = req.into_outcome();
-    let broken = source.broken;
-    let sent = match result {
-        Ok(()) => conn.send(&ReqCallAnswer { id, outcome }).await,
-        Err(e) => {
-            warn!(id, token = entry.token, cause = %e, "call failed");
-            send_error(conn, ErrorCode::ServiceUnavailable, e.to_string()).await
-        }
-    };
-    sent?;
-    Ok(if broken { Flow::Close } else { Flow::Next })
+    }
 }
 
 async fn resp_call(
@@ -240,39 +210,99 @@ async fn resp_call(
     tokens: &mut HashMap<u32, Arc<Entry>>,
     payload: &Payload<'_>,
 ) -> Result<Flow, FrameError> {
-    let call = match payload.resp_call() {
-        Ok(call) => call,
+    match payload.resp_call() {
+        Ok(c) => call(conn, shared, tokens, c.conf_token, c.parts).await,
         Err(e) => {
             send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
-            return Ok(Flow::Next);
+            Ok(Flow::Next)
         }
-    };
-    let Some(entry) = lookup(&shared.cache, tokens, call.conf_token) else {
-        send_error(
-            conn,
-            ErrorCode::ConfTokenNotFound,
-            token_not_found(call.conf_token),
-        )
-        .await?;
+    }
+}
+
+/// What a call carries, runnable against a chain: the request phase's
+/// request or the response phase's response. (A plain `impl Future`, not
+/// `async_trait`: no boxed future per call.)
+trait CallParts: Send {
+    /// The answer frame.
+    type Answer: Encode + Send + Sync;
+    /// The call's id, echoed in the answer.
+    fn id(&self) -> u32;
+    /// Runs the chain's phase over the view and folds the changes.
+    fn run(
+        self,
+        chain: &Chain,
+        source: &mut ConnSource<'_>,
+    ) -> impl std::future::Future<Output = Result<Self::Answer, CallError>> + Send;
+}
+
+impl CallParts for RequestParts<'_> {
+    type Answer = ReqCallAnswer;
+    fn id(&self) -> u32 {
+        self.id
+    }
+    async fn run(
+        self,
+        chain: &Chain,
+        source: &mut ConnSource<'_>,
+    ) -> Result<ReqCallAnswer, CallError> {
+        let id = self.id;
+        let mut req = Request::new(self, source);
+        chain.run_request(&mut req).await?;
+        Ok(ReqCallAnswer {
+            id,
+            outcome: req.into_outcome(),
+        })
+    }
+}
+
+impl CallParts for ResponseParts<'_> {
+    type Answer = RespCallAnswer;
+    fn id(&self) -> u32 {
+        self.id
+    }
+    async fn run(
+        self,
+        chain: &Chain,
+        source: &mut ConnSource<'_>,
+    ) -> Result<RespCallAnswer, CallError> {
+        let id = self.id;
+        let mut resp = Response::new(self, source);
+        chain.run_response(&mut resp).await?;
+        Ok(RespCallAnswer {
+            id,
+            outcome: resp.into_outcome(),
+        })
+    }
+}
+
+/// Runs a call under `token` and sends its one answer: the outcome, or
+/// ERROR `confTokenNotFound` / `serviceUnavailable`.
+async fn call<P: CallParts>(
+    conn: &mut Conn,
+    shared: &Shared,
+    tokens: &mut HashMap<u32, Arc<Entry>>,
+    token: u32,
+    parts: P,
+) -> Result<Flow, FrameError> {
+    let Some(entry) = lookup(&shared.cache, tokens, token) else {
+        let message = format!("conf token {token} not found: never prepared, or expired");
+        send_error(conn, ErrorCode::ConfTokenNotFound, message).await?;
         return Ok(Flow::Next);
     };
-    let id = call.parts.id;
+    let id = parts.id();
     let mut source = ConnSource {
         conn,
         broken: false,
     };
-    let mut resp = Response::new(call.parts, &mut source);
-    let result = entry.chain.run_response(&mut resp).await;
-    let outcome = resp.into_outcome();
+    let result = parts.run(&entry.chain, &mut source).await;
     let broken = source.broken;
-    let sent = match result {
-        Ok(()) => conn.send(&RespCallAnswer { id, outcome }).await,
+    match result {
+        Ok(answer) => conn.send(&answer).await?,
         Err(e) => {
-            warn!(id, token = entry.token, cause = %e, "call failed");
-            send_error(conn, ErrorCode::ServiceUnavailable, e.to_string()).await
+            warn!(id, token, cause = %e, "call failed");
+            send_error(conn, ErrorCode::ServiceUnavailable, e.to_string()).await?
         }
-    };
-    sent?;
+    }
     Ok(if broken { Flow::Close } else { Flow::Next })
 }
 
