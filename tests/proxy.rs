@@ -33,6 +33,16 @@ fn phase(entries: &[(&str, Value)]) -> Value {
     json!({ "conf": entries.iter().map(|(n, v)| json!({"name": n, "value": v.to_string()})).collect::<Vec<_>>() })
 }
 
+/// The proxy with the scripted runner on one catch-all route; `tweak` may
+/// change the configuration first.
+fn scripted(up: &Upstream, tweak: impl FnOnce(&mut Value)) -> ProxyProc {
+    let (cmd, env) = bad("scripted");
+    let pre_req = json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])});
+    let mut c = config(cmd, env, json!([route("r", "/*", up.addr, pre_req)]));
+    tweak(&mut c);
+    ProxyProc::start(&c)
+}
+
 fn route(id: &str, uri: &str, up: SocketAddr, plugins: Value) -> Value {
     json!({ "id": id, "uri": uri, "upstream": { "type": "roundrobin", "nodes": { up.to_string(): 1 } }, "plugins": plugins })
 }
@@ -99,17 +109,7 @@ async fn stop_rewrite_and_continue_with_the_demo_runner() {
 #[tokio::test]
 async fn stop_status_0_is_200_and_repeated_headers_are_kept() {
     let up = Upstream::start().await;
-    let (cmd, env) = bad("scripted");
-    let proxy = ProxyProc::start(&config(
-        cmd,
-        env,
-        json!([route(
-            "r",
-            "/*",
-            up.addr,
-            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
-        )]),
-    ));
+    let proxy = scripted(&up, |_| {});
     let got = get(&proxy.url("/status0")).await;
     assert_eq!(got.status, 200);
     let dup: Vec<_> = got
@@ -125,17 +125,7 @@ async fn stop_status_0_is_200_and_repeated_headers_are_kept() {
 #[tokio::test]
 async fn every_part_of_a_rewrite_is_applied() {
     let up = Upstream::start().await;
-    let (cmd, env) = bad("scripted");
-    let proxy = ProxyProc::start(&config(
-        cmd,
-        env,
-        json!([route(
-            "r",
-            "/*",
-            up.addr,
-            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
-        )]),
-    ));
+    let proxy = scripted(&up, |_| {});
     let got = send(
         "POST",
         &proxy.url("/rewrite-all?keep=1&a=0&gone=x&keep=2&flag"),
@@ -166,17 +156,7 @@ async fn every_part_of_a_rewrite_is_applied() {
 #[tokio::test]
 async fn what_the_runner_receives() {
     let up = Upstream::start().await;
-    let (cmd, env) = bad("scripted");
-    let proxy = ProxyProc::start(&config(
-        cmd,
-        env,
-        json!([route(
-            "r",
-            "/*",
-            up.addr,
-            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
-        )]),
-    ));
+    let proxy = scripted(&up, |_| {});
     let got = send(
         "PUT",
         &proxy.url("/hello%20there?xx=y&xx=z&&y=&&z"),
@@ -211,19 +191,7 @@ async fn what_the_runner_receives() {
 #[tokio::test]
 async fn an_ipv6_client() {
     let up = Upstream::start().await;
-    let (cmd, env) = bad("scripted");
-    let mut c = config(
-        cmd,
-        env,
-        json!([route(
-            "r",
-            "/*",
-            up.addr,
-            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
-        )]),
-    );
-    c["listen"] = json!("[::1]:0");
-    let proxy = ProxyProc::start(&c);
+    let proxy = scripted(&up, |c| c["listen"] = json!("[::1]:0"));
     let got = get(&proxy.url("/v6")).await;
     assert_eq!(got.status, 200);
     let seen = up.last().seen();
@@ -376,17 +344,7 @@ async fn the_runner_killed_mid_traffic_every_request_is_answered_and_service_res
 #[tokio::test]
 async fn conf_token_not_found_is_recovered_by_one_retry() {
     let up = Upstream::start().await;
-    let (cmd, env) = bad("scripted");
-    let proxy = ProxyProc::start(&config(
-        cmd,
-        env,
-        json!([route(
-            "r",
-            "/*",
-            up.addr,
-            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
-        )]),
-    ));
+    let proxy = scripted(&up, |_| {});
     let got = get(&proxy.url("/tnf-once")).await;
     assert_eq!(got.status, 200);
     let seen = up.last().seen();

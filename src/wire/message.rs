@@ -896,3 +896,240 @@ impl Encode for ExtraInfoAnswer<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::codec::FrameCodec;
+    use tokio_util::codec::Decoder;
+
+    /// Encodes `msg` as a frame and parses the frame's payload back.
+    fn frame<T: Encode>(msg: &T) -> (u8, BytesMut) {
+        let mut buf = BytesMut::new();
+        FrameCodec::default().encode(msg, &mut buf).unwrap();
+        let f = FrameCodec::default().decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        (f.kind, f.payload)
+    }
+
+    fn s(v: &str) -> String {
+        v.to_string()
+    }
+
+    #[test]
+    fn prepare_conf_round_trip() {
+        let req = PrepareConf {
+            conf: vec![("say", r#"{"body":"hi"}"#), ("rewrite", "{}")],
+            key: Some("route#1"),
+        };
+        let (kind, payload) = frame(&req);
+        assert_eq!(kind, 1);
+        assert_eq!(
+            Payload::parse(&payload).unwrap().prepare_conf().unwrap(),
+            req
+        );
+        let answer = Prepared {
+            token: 7,
+            needs: Needs {
+                vars: vec![s("remote_addr")],
+                request_body: true,
+                response_body: false,
+            },
+        };
+        let (_, payload) = frame(&answer);
+        assert_eq!(
+            Payload::parse(&payload).unwrap().prepared().unwrap(),
+            answer
+        );
+    }
+
+    #[test]
+    fn request_call_round_trip_keeps_null_apart_from_empty() {
+        let parts = RequestParts {
+            id: 9,
+            src_ip: "2001:db8::1".parse().unwrap(),
+            method: Method::from_bytes(b"PROPFIND").unwrap(),
+            path: "/a b",
+            args: vec![
+                ("a", Some("1")),
+                ("a", Some("2")),
+                ("flag", None),
+                ("empty", Some("")),
+            ],
+            headers: vec![("x-h", "1"), ("x-h", "2")],
+            extra_info: vec![
+                ("remote_addr", Some(b"::1")),
+                ("nope", None),
+                ("$request_body", Some(b"")),
+            ],
+        };
+        let (kind, payload) = frame(&ReqCall {
+            conf_token: 3,
+            parts: parts.clone(),
+        });
+        assert_eq!(kind, 2);
+        let decoded = Payload::parse(&payload).unwrap();
+        let call = decoded.req_call().unwrap();
+        assert_eq!(call.conf_token, 3);
+        assert_eq!(call.parts.id, 9);
+        assert_eq!(call.parts.src_ip, parts.src_ip);
+        assert_eq!(call.parts.method, parts.method);
+        assert_eq!(call.parts.path, parts.path);
+        assert_eq!(call.parts.args, parts.args);
+        assert_eq!(call.parts.headers, parts.headers);
+        assert_eq!(call.parts.extra_info, parts.extra_info);
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        let outcomes = [
+            RequestOutcome::Continue,
+            RequestOutcome::Stop(
+                Stop::new(StatusCode::FORBIDDEN)
+                    .header("a", "1")
+                    .header("a", "2")
+                    .body("no"),
+            ),
+            RequestOutcome::Rewrite(Rewrite {
+                path: Some(s("/p")),
+                headers: vec![(s("x"), None), (s("y"), Some(s("1")))],
+                args: vec![(s("q"), Some(s("")))],
+                resp_headers: vec![(s("r"), s("v"))],
+                body: Some(vec![]),
+            }),
+            RequestOutcome::Rewrite(Rewrite {
+                headers: vec![(s("only"), Some(s("header")))],
+                ..Rewrite::default()
+            }),
+        ];
+        for outcome in outcomes {
+            let answer = ReqCallAnswer { id: 5, outcome };
+            let (_, payload) = frame(&answer);
+            assert_eq!(
+                Payload::parse(&payload).unwrap().req_call_answer().unwrap(),
+                answer
+            );
+        }
+        let answer = RespCallAnswer {
+            id: 6,
+            outcome: ResponseOutcome {
+                status: Some(StatusCode::ACCEPTED),
+                headers: Some(vec![(s("a"), s("b"))]),
+                body: Some(b"x".to_vec()),
+            },
+        };
+        let (kind, payload) = frame(&answer);
+        assert_eq!(kind, 4);
+        assert_eq!(
+            Payload::parse(&payload)
+                .unwrap()
+                .resp_call_answer()
+                .unwrap(),
+            answer
+        );
+        let keep = RespCallAnswer {
+            id: 6,
+            outcome: ResponseOutcome::default(),
+        };
+        let (_, payload) = frame(&keep);
+        assert_eq!(
+            Payload::parse(&payload)
+                .unwrap()
+                .resp_call_answer()
+                .unwrap(),
+            keep
+        );
+    }
+
+    #[test]
+    fn extra_info_and_errors_round_trip() {
+        for key in [
+            InfoKey::Var("uri"),
+            InfoKey::RequestBody,
+            InfoKey::ResponseBody,
+        ] {
+            let (kind, payload) = frame(&key);
+            assert_eq!(kind, 3);
+            assert_eq!(
+                Payload::parse(&payload).unwrap().extra_info_req().unwrap(),
+                key
+            );
+        }
+        for value in [None, Some(&b""[..]), Some(&b"v"[..])] {
+            let (_, payload) = frame(&ExtraInfoAnswer(value));
+            assert_eq!(
+                Payload::parse(&payload)
+                    .unwrap()
+                    .extra_info_resp()
+                    .unwrap()
+                    .0,
+                value
+            );
+        }
+        let e = ErrorResp {
+            code: ErrorCode::ConfTokenNotFound,
+            message: s("gone"),
+        };
+        let (kind, payload) = frame(&e);
+        assert_eq!(kind, 0);
+        assert_eq!(Payload::parse(&payload).unwrap().error().unwrap(), e);
+    }
+
+    #[test]
+    fn bad_payloads_are_decode_errors() {
+        assert!(Payload::parse(b"").is_err());
+        assert!(Payload::parse(b"not cap'n proto at all").is_err());
+        let (_, mut payload) = frame(&ErrorResp {
+            code: ErrorCode::BadRequest,
+            message: s("x"),
+        });
+        payload.extend_from_slice(&[0; 8]);
+        let err = Payload::parse(&payload).err().unwrap();
+        assert!(
+            err.to_string().contains("8 bytes after the message"),
+            "{err}"
+        );
+        // A stop status that is not an HTTP status.
+        let mut msg = Builder::new_default();
+        {
+            let mut root = msg.init_root::<schema::http_req_call_resp::Builder>();
+            root.reborrow().init_action().init_stop().set_status(1000);
+        }
+        let mut bytes = Vec::new();
+        capnp::serialize::write_message(&mut bytes, &msg).unwrap();
+        let err = Payload::parse(&bytes)
+            .unwrap()
+            .req_call_answer()
+            .unwrap_err();
+        assert!(err.to_string().contains("stop status 1000"), "{err}");
+    }
+
+    #[test]
+    fn a_list_pointer_larger_than_the_payload_is_refused() {
+        let mut msg = Builder::new_default();
+        msg.init_root::<schema::prepare_conf_req::Builder>()
+            .init_conf(0);
+        let mut bytes = Vec::new();
+        capnp::serialize::write_message(&mut bytes, &msg).unwrap();
+        // Rewrite the `conf` pointer (segment table 8 bytes, root pointer,
+        // then the struct's first pointer) into a list of 2^29 - 1 bits.
+        let conf_ptr = 8 + 8 * 2;
+        let word: u64 = 1 | (1u64 << 32) | (0x1fff_ffffu64 << 35);
+        bytes[conf_ptr..conf_ptr + 8].copy_from_slice(&word.to_le_bytes());
+        let result = Payload::parse(&bytes).and_then(|p| p.prepare_conf().map(|_| ()));
+        assert!(
+            result.is_err(),
+            "a 64 MiB list in a {}-byte payload was accepted",
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn the_traversal_limit_follows_the_payload_size() {
+        let small = reader_options(64).traversal_limit_in_words;
+        let big = reader_options(1 << 20).traversal_limit_in_words;
+        assert_eq!(small, Some(64 / 8 * 4 + 1024));
+        assert_eq!(big, Some((1 << 20) / 8 * 4 + 1024));
+        assert_eq!(reader_options(0).nesting_limit, 16);
+    }
+}
