@@ -16,7 +16,7 @@ use futures::{SinkExt, StreamExt};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,16 +108,81 @@ pub async fn bare_server(socket: &Path) -> std::io::Result<()> {
     }
 }
 
-/// One round: `connections` clients calling for `seconds`; calls per second.
-async fn drive_runner(socket: &Path, frame: &[u8], load: &Load) -> f64 {
+/// Runs `load.connections` copies of `client` for `seconds`: each loops
+/// until the stop flag is set and returns how many exchanges it completed.
+/// Returns exchanges per second.
+async fn drive<F, Fut>(load: &Load, seconds: f64, client: F) -> f64
+where
+    F: Fn(Arc<AtomicBool>) -> Fut,
+    Fut: std::future::Future<Output = u64> + Send + 'static,
+{
     let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
+    let tasks: Vec<_> = (0..load.connections)
+        .map(|_| tokio::spawn(client(stop.clone())))
+        .collect();
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.unwrap_or(0);
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Warms both sides up, then alternates rounds of `a` and `b` and prints
+/// each round, the medians and the median of the per-round ratios b/a.
+async fn compare<A, FA, B, FB>(load: &Load, names: [&str; 2], unit: &str, a: A, b: B)
+where
+    A: Fn(f64) -> FA,
+    FA: std::future::Future<Output = f64>,
+    B: Fn(f64) -> FB,
+    FB: std::future::Future<Output = f64>,
+{
+    a(0.5).await;
+    b(0.5).await;
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for round in 0..load.rounds {
+        let x = a(load.seconds).await;
+        let y = b(load.seconds).await;
+        println!(
+            "  round {}: {} {x:>9.0} {unit}   {} {y:>9.0} {unit}   ratio {:.2}",
+            round + 1,
+            names[0],
+            names[1],
+            y / x
+        );
+        xs.push(x);
+        ys.push(y);
+    }
+    let ratios: Vec<f64> = ys.iter().zip(&xs).map(|(y, x)| y / x).collect();
+    let (mx, my) = (median(xs), median(ys));
+    println!(
+        "median: {} {mx:.0} {unit}, {} {my:.0} {unit}; ratio {:.2} (median of per-round ratios {:.2})",
+        names[0],
+        names[1],
+        my / mx,
+        median(ratios)
+    );
+}
+
+/// One round against a runner-like socket; calls per second.
+async fn drive_runner(socket: &Path, frame: &[u8], load: &Load, seconds: f64) -> f64 {
+    let mut streams = Vec::new();
     for _ in 0..load.connections {
-        let mut stream = UnixStream::connect(socket).await.expect("connect");
-        let frame = frame.to_vec();
-        let (stop, done) = (stop.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
+        streams.push(std::sync::Mutex::new(Some(
+            UnixStream::connect(socket).await.expect("connect"),
+        )));
+    }
+    let streams = Arc::new(streams);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let frame: Arc<[u8]> = frame.into();
+    drive(load, seconds, |stop| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let stream = streams[i].lock().unwrap().take();
+        let frame = frame.clone();
+        async move {
+            let mut stream = stream.expect("one stream per client");
             let mut buf = vec![0u8; 64 * 1024];
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -133,16 +198,10 @@ async fn drive_runner(socket: &Path, frame: &[u8], load: &Load) -> f64 {
                 );
                 n += 1;
             }
-            done.fetch_add(n, Ordering::Relaxed);
-        }));
-    }
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(load.seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+            n
+        }
+    })
+    .await
 }
 
 async fn wait_socket(socket: &Path) {
@@ -207,46 +266,14 @@ pub async fn runner(runner: &Path, chain: &[(String, String)], load: &Load) {
         frame.len(),
         chain.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
     );
-    let (mut bare, mut ours) = (Vec::new(), Vec::new());
-    // Warm-up, not counted.
-    drive_runner(
-        &bare_sock,
-        &frame,
-        &Load {
-            seconds: 0.5,
-            ..*load
-        },
+    compare(
+        load,
+        ["bare", "runner"],
+        "calls/s",
+        |secs| drive_runner(&bare_sock, &frame, load, secs),
+        |secs| drive_runner(&runner_sock, &frame, load, secs),
     )
     .await;
-    drive_runner(
-        &runner_sock,
-        &frame,
-        &Load {
-            seconds: 0.5,
-            ..*load
-        },
-    )
-    .await;
-    for round in 0..load.rounds {
-        let b = drive_runner(&bare_sock, &frame, load).await;
-        let r = drive_runner(&runner_sock, &frame, load).await;
-        println!(
-            "  round {}: bare {:>9.0} calls/s   runner {:>9.0} calls/s   ratio {:.2}",
-            round + 1,
-            b,
-            r,
-            r / b
-        );
-        bare.push(b);
-        ours.push(r);
-    }
-    let ratios: Vec<f64> = ours.iter().zip(&bare).map(|(r, b)| r / b).collect();
-    let (mb, mr) = (median(bare), median(ours));
-    println!(
-        "median: bare {mb:.0} calls/s, runner {mr:.0} calls/s; runner/bare {:.2} (median of per-round ratios {:.2})",
-        mr / mb,
-        median(ratios)
-    );
 }
 
 /// `extplug bench proxy`.
@@ -296,45 +323,14 @@ pub async fn proxy(runner: &Path, chain: &[(String, String)], load: &Load) {
         "proxy bench: {} clients, {} s rounds, {} rounds each; /plugin answered {} bytes",
         load.connections, load.seconds, load.rounds, check
     );
-    drive_proxy(
-        addr,
-        "/plain",
-        &Load {
-            seconds: 0.5,
-            ..*load
-        },
+    compare(
+        load,
+        ["no plugin", "with plugin"],
+        "req/s",
+        |secs| drive_proxy(addr, "/plain", load, secs),
+        |secs| drive_proxy(addr, "/plugin", load, secs),
     )
     .await;
-    drive_proxy(
-        addr,
-        "/plugin",
-        &Load {
-            seconds: 0.5,
-            ..*load
-        },
-    )
-    .await;
-    let (mut plain, mut plugin) = (Vec::new(), Vec::new());
-    for round in 0..load.rounds {
-        let a = drive_proxy(addr, "/plain", load).await;
-        let b = drive_proxy(addr, "/plugin", load).await;
-        println!(
-            "  round {}: no plugin {:>8.0} req/s   with plugin {:>8.0} req/s   ratio {:.2}",
-            round + 1,
-            a,
-            b,
-            b / a
-        );
-        plain.push(a);
-        plugin.push(b);
-    }
-    let ratios: Vec<f64> = plugin.iter().zip(&plain).map(|(b, a)| b / a).collect();
-    let (ma, mb) = (median(plain), median(plugin));
-    println!(
-        "median: no plugin {ma:.0} req/s, with plugin {mb:.0} req/s; with/without {:.2} (median of per-round ratios {:.2})",
-        mb / ma,
-        median(ratios)
-    );
     let _ = child.kill().await;
 }
 
@@ -355,22 +351,28 @@ async fn http_get(addr: SocketAddr, path: &str) -> usize {
 }
 
 /// One round of keep-alive HTTP/1.1 clients; requests per second.
-async fn drive_proxy(addr: SocketAddr, path: &str, load: &Load) -> f64 {
+async fn drive_proxy(addr: SocketAddr, path: &str, load: &Load, seconds: f64) -> f64 {
     use http_body_util::{BodyExt, Empty};
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
+    let mut senders = Vec::new();
     for _ in 0..load.connections {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
+        let (sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
             hyper_util::rt::TokioIo::new(stream),
         )
         .await
         .expect("handshake");
         tokio::spawn(conn);
-        let (stop, done, path) = (stop.clone(), done.clone(), path.to_owned());
-        tasks.push(tokio::spawn(async move {
+        senders.push(std::sync::Mutex::new(Some(sender)));
+    }
+    let senders = Arc::new(senders);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    drive(load, seconds, |stop| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let sender = senders[i].lock().unwrap().take();
+        let path = path.to_owned();
+        async move {
+            let mut sender = sender.expect("one connection per client");
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let req = http::Request::get(path.as_str())
@@ -383,16 +385,10 @@ async fn drive_proxy(addr: SocketAddr, path: &str, load: &Load) -> f64 {
                 resp.into_body().collect().await.expect("body");
                 n += 1;
             }
-            done.fetch_add(n, Ordering::Relaxed);
-        }));
-    }
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(load.seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+            n
+        }
+    })
+    .await
 }
 
 /// The default runner: `examples/demo-runner` next to this binary.
