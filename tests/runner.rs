@@ -613,3 +613,64 @@ async fn the_runner_survives_everything_above_on_one_process() {
         RequestOutcome::Stop(_)
     ));
 }
+
+#[test]
+fn a_broken_stderr_never_keeps_the_runner_from_stopping() {
+    // The host that read the runner's log is gone: every log line fails.
+    for signal in [Some(Signal::SIGTERM), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("r.sock");
+        let mut parent = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#""$0" 2>&1 | true & echo $!; wait"#)
+            .arg(common::demo_runner())
+            .env(
+                "APISIX_LISTEN_ADDRESS",
+                format!("unix:{}", socket.display()),
+            )
+            .env("RUST_LOG", "debug")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "runner did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .find(|p| {
+                std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|env| {
+                    String::from_utf8_lossy(&env).contains(&socket.display().to_string())
+                }) && std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "demo-runner")
+            })
+            .expect("the runner's pid");
+        match signal {
+            Some(sig) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap(),
+            None => {
+                parent.kill().unwrap();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "runner {pid} still running after {signal:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = parent.kill();
+        let _ = parent.wait();
+    }
+}

@@ -117,6 +117,8 @@ impl Runner {
     /// of the parent process. Exit status 0 after a clean stop; 2 for a bad
     /// environment; 1 for any other failure to start.
     pub fn run(self) -> ExitCode {
+        // Read first: the later, the likelier a parent that died early goes unseen.
+        let parent = nix::unistd::getppid();
         crate::init_logging();
         let env = match RunnerEnv::from_env() {
             Ok(env) => env,
@@ -139,7 +141,7 @@ impl Runner {
         let result = runtime.block_on(async {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            tokio::spawn(stop_when_orphaned(shutdown.clone()));
+            tokio::spawn(stop_when_orphaned(parent, shutdown.clone()));
             self.serve(env, shutdown).await
         });
         match result {
@@ -242,17 +244,26 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: stopping"),
-        _ = int.recv() => info!("SIGINT: stopping"),
-    }
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    // Cancel first: nothing that follows may keep the runner from stopping.
     shutdown.cancel();
+    info!(signal = name, "stopping");
 }
 
-/// Cancels `shutdown` when the process that started the runner dies (the
-/// runner is then re-parented, and its parent pid changes).
-async fn stop_when_orphaned(shutdown: CancellationToken) {
-    let parent = nix::unistd::getppid();
+/// Cancels `shutdown` when `parent`, the process that started the runner,
+/// dies (the runner is then re-parented, and its parent pid changes).
+async fn stop_when_orphaned(parent: nix::unistd::Pid, shutdown: CancellationToken) {
+    if nix::unistd::getppid() != parent {
+        shutdown.cancel();
+        warn!(
+            parent = parent.as_raw(),
+            "the parent process died: stopping"
+        );
+        return;
+    }
     if parent.as_raw() <= 1 {
         return; // started by init or a subreaper's parent already gone: nothing to watch
     }
