@@ -79,6 +79,6 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    shutdown.cancel();
     info!(signal = name, "stopping");
+    shutdown.cancel();
 }

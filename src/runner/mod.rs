@@ -248,25 +248,18 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    // Cancel first: nothing that follows may keep the runner from stopping.
-    shutdown.cancel();
+    // Logging cannot fail or panic (see `init_logging`), so say why first.
     info!(signal = name, "stopping");
+    shutdown.cancel();
 }
 
 /// Cancels `shutdown` when `parent`, the process that started the runner,
 /// dies (the runner is then re-parented, and its parent pid changes).
 async fn stop_when_orphaned(parent: nix::unistd::Pid, shutdown: CancellationToken) {
-    if nix::unistd::getppid() != parent {
-        shutdown.cancel();
-        warn!(
-            parent = parent.as_raw(),
-            "the parent process died: stopping"
-        );
-        return;
-    }
     if parent.as_raw() <= 1 {
-        return; // started by init or a subreaper's parent already gone: nothing to watch
+        return; // started by init: nothing to watch
     }
+    // The first tick is immediate: a parent that died while we started is seen at once.
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
