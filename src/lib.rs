@@ -35,3 +35,23 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT (the runner's and the
+/// proxy's way to start a graceful stop).
+pub async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    // Logging cannot fail or panic (see `init_logging`), so say why first.
+    tracing::info!(signal = name, "stopping");
+    shutdown.cancel();
+}

@@ -183,7 +183,7 @@ fn serve(
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(host::stop_on_signal(shutdown.clone()));
+        tokio::spawn(extplug::stop_on_signal(shutdown.clone()));
         host::run(config, shutdown, |addr| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "extplug listening on http://{addr}");

@@ -109,6 +109,25 @@ async fn every_variable_fetched_lazily() {
     check_vars(false).await;
 }
 
+/// The proxy with the frame-counting relay in front of the real
+/// `demo-runner`; returns the proxy and the temp dir holding the relay's
+/// count file, `counts`.
+fn relay(routes: Value) -> (ProxyProc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let count_file = dir.path().join("counts");
+    let env = json!({
+        "BAD_RUNNER_MODE": "relay",
+        "RELAY_TARGET": common::demo_runner().display().to_string(),
+        "RELAY_COUNT_FILE": count_file.display().to_string(),
+    });
+    let proxy = ProxyProc::start(&config(
+        vec![common::example("bad-runner").display().to_string()],
+        env,
+        routes,
+    ));
+    (proxy, dir)
+}
+
 /// Frame counts by type, as the relay wrote them.
 fn counts(path: &std::path::Path) -> BTreeMap<u8, u64> {
     std::fs::read_to_string(path)
@@ -122,13 +141,6 @@ fn counts(path: &std::path::Path) -> BTreeMap<u8, u64> {
 #[tokio::test]
 async fn prefetch_makes_a_call_one_round_trip() {
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let count_file = dir.path().join("counts");
-    let env = json!({
-        "BAD_RUNNER_MODE": "relay",
-        "RELAY_TARGET": common::demo_runner().display().to_string(),
-        "RELAY_COUNT_FILE": count_file.display().to_string(),
-    });
     let vars = json!(["remote_addr", "uri", "route_id"]);
     let routes = json!([
         route(
@@ -144,11 +156,8 @@ async fn prefetch_makes_a_call_one_round_trip() {
             json!({"ext-plugin-pre-req": phase(&[("inject-vars", json!({"vars": vars, "prefetch": false}))])})
         ),
     ]);
-    let proxy = ProxyProc::start(&config(
-        vec![common::example("bad-runner").display().to_string()],
-        env,
-        routes,
-    ));
+    let (proxy, dir) = relay(routes);
+    let count_file = dir.path().join("counts");
     // Prepare both chains first, so that only calls are counted below.
     assert_eq!(get(&proxy.url("/pre")).await.status, 200);
     assert_eq!(get(&proxy.url("/lazy")).await.status, 200);
@@ -436,24 +445,14 @@ async fn a_body_asked_for_during_the_call_respects_the_limit() {
 #[tokio::test]
 async fn concurrent_first_requests_share_one_prepare_conf() {
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let count_file = dir.path().join("counts");
-    let env = json!({
-        "BAD_RUNNER_MODE": "relay",
-        "RELAY_TARGET": common::demo_runner().display().to_string(),
-        "RELAY_COUNT_FILE": count_file.display().to_string(),
-    });
     let routes = json!([route(
         "r",
         "/r",
         up.addr,
         json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers":{"x-a":"1"}}))])})
     )]);
-    let proxy = ProxyProc::start(&config(
-        vec![common::example("bad-runner").display().to_string()],
-        env,
-        routes,
-    ));
+    let (proxy, dir) = relay(routes);
+    let count_file = dir.path().join("counts");
     let url = proxy.url("/r");
     let requests: Vec<_> = (0..20)
         .map(|_| {

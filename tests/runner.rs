@@ -17,6 +17,12 @@ fn s(v: &str) -> String {
     v.to_string()
 }
 
+/// One call with `token` (a `say` chain): the runner still answers it.
+async fn assert_stops(c: &mut Client, token: u32) {
+    let outcome = c.call(token, get("/")).await.outcome;
+    assert!(matches!(outcome, RequestOutcome::Stop(_)), "{outcome:?}");
+}
+
 fn expect_error(answer: Answer, code: ErrorCode) -> String {
     match answer {
         Answer::Error(e) if e.code == code => e.message,
@@ -141,10 +147,7 @@ async fn unknown_token_unknown_plugin_and_bad_conf() {
     assert!(msg.contains("plugin `key-auth`"), "{msg}");
     // The connection still serves.
     let token = c.prepare(&[("say", SAY)]).await;
-    assert!(matches!(
-        c.call(token, get("/")).await.outcome,
-        RequestOutcome::Stop(_)
-    ));
+    assert_stops(&mut c, token).await;
 }
 
 #[tokio::test]
@@ -174,10 +177,7 @@ async fn bad_type_and_bad_payload_keep_the_connection() {
     c.raw(2, &bad).await;
     let msg = expect_error(c.answer().await.unwrap(), ErrorCode::BadRequest);
     assert!(msg.contains("srcIp has 5 bytes"), "{msg}");
-    assert!(matches!(
-        c.call(token, get("/")).await.outcome,
-        RequestOutcome::Stop(_)
-    ));
+    assert_stops(&mut c, token).await;
 }
 
 #[tokio::test]
@@ -200,10 +200,7 @@ async fn a_failing_or_panicking_plugin_fails_only_its_call() {
         ErrorCode::ServiceUnavailable,
     );
     assert!(msg.contains("panicked: panicking on purpose"), "{msg}");
-    assert!(matches!(
-        c.call(say, get("/")).await.outcome,
-        RequestOutcome::Stop(_)
-    ));
+    assert_stops(&mut c, say).await;
 }
 
 #[tokio::test]
@@ -216,15 +213,9 @@ async fn oversize_frame_closes_only_that_connection() {
     let msg = expect_error(c.answer().await.unwrap(), ErrorCode::BadRequest);
     assert!(msg.contains("2048") && msg.contains("1024"), "{msg}");
     assert!(c.answer().await.is_none(), "the connection is closed");
-    assert!(matches!(
-        other.call(token, get("/")).await.outcome,
-        RequestOutcome::Stop(_)
-    ));
+    assert_stops(&mut other, token).await;
     let mut fresh = runner.client().await;
-    assert!(matches!(
-        fresh.call(token, get("/")).await.outcome,
-        RequestOutcome::Stop(_)
-    ));
+    assert_stops(&mut fresh, token).await;
 }
 
 #[tokio::test]
@@ -431,10 +422,7 @@ async fn confs_expire_after_1_2_times_the_expire_time() {
     let mut c = runner.client().await;
     let token = c.prepare(&[("say", SAY)]).await;
     let prepared = Instant::now();
-    assert!(matches!(
-        c.call(token, get("/")).await.outcome,
-        RequestOutcome::Stop(_)
-    ));
+    assert_stops(&mut c, token).await;
     let used = Instant::now();
     let deadline = used + Duration::from_secs(10);
     loop {
@@ -608,10 +596,7 @@ async fn the_runner_survives_everything_above_on_one_process() {
     assert!(matches!(c.answer().await, Some(Answer::Error(_))));
     let mut ok = Client::connect(&runner.socket).await;
     let token = ok.prepare(&[("say", SAY)]).await;
-    assert!(matches!(
-        ok.call(token, get("/")).await.outcome,
-        RequestOutcome::Stop(_)
-    ));
+    assert_stops(&mut ok, token).await;
 }
 
 #[test]
@@ -767,13 +752,7 @@ async fn random_frames_on_many_connections_never_hurt_the_runner() {
     c.raw(2, &vec![0u8; 5000]).await;
     assert!(matches!(c.answer().await, Some(Answer::Error(_))));
     // Still serving, same process.
-    assert!(matches!(
-        good.call(token, get("/")).await.outcome,
-        RequestOutcome::Stop(_)
-    ));
+    assert_stops(&mut good, token).await;
     let mut fresh = runner.client().await;
-    assert!(matches!(
-        fresh.call(token, get("/")).await.outcome,
-        RequestOutcome::Stop(_)
-    ));
+    assert_stops(&mut fresh, token).await;
 }

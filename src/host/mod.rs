@@ -64,21 +64,3 @@ pub async fn run(
     info!("proxy stopped");
     Ok(())
 }
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-pub async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!(signal = name, "stopping");
-    shutdown.cancel();
-}

@@ -140,7 +140,7 @@ impl Runner {
         };
         let result = runtime.block_on(async {
             let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
+            tokio::spawn(crate::stop_on_signal(shutdown.clone()));
             tokio::spawn(stop_when_orphaned(parent, shutdown.clone()));
             self.serve(env, shutdown).await
         });
@@ -232,25 +232,6 @@ async fn sweep(shared: Arc<Shared>, lifetime: Duration) {
             info!(dropped, "expired confs dropped");
         }
     }
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    // Logging cannot fail or panic (see `init_logging`), so say why first.
-    info!(signal = name, "stopping");
-    shutdown.cancel();
 }
 
 /// Cancels `shutdown` when `parent`, the process that started the runner,
