@@ -8,3 +8,5 @@ scripts/ensure-capnp.sh
 cargo build --release --example demo-runner --bin extplug
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+# The rustdoc is the plugin author's first page: no broken links.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet

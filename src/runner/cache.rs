@@ -3,7 +3,7 @@
 //!
 //! The hot path (a call looking up its token) takes a read lock only on a
 //! connection's first use of a token: connections keep the `Arc<Entry>` they
-//! used and check it with two atomic loads ([`Entry::live`]).
+//! used and check it with two atomic loads ([`ConfCache::live`]).
 
 use runner_sdk::Chain;
 use std::collections::HashMap;

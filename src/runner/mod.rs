@@ -15,7 +15,7 @@
 //! }
 //! ```
 //!
-//! [`Runner::run`] reads the environment (see [`env`]), listens, serves until
+//! [`Runner::run`] reads the environment (see [`mod@env`]), listens, serves until
 //! SIGTERM or SIGINT or the death of its parent, drains, and exits.
 
 pub mod cache;
