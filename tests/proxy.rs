@@ -99,6 +99,15 @@ async fn stop_rewrite_and_continue_with_the_demo_runner() {
     assert_eq!(r.header("x-h"), Some("v"));
     assert_eq!(r.header("x-gone"), None);
     assert_eq!(r.header("x-api-key"), Some("k"));
+    // The runner's own log lines come through the proxy's, tagged with its pid.
+    let runner = proxy.children()[0];
+    let log = proxy.log();
+    assert!(
+        log.lines().any(|l| l.contains("extplug::runner_output")
+            && l.contains(&format!("pid={runner}"))
+            && l.contains("runner listening")),
+        "{log}"
+    );
     let got = get(&proxy.url("/nowhere")).await;
     assert_eq!(
         (got.status, got.text().as_str()),
@@ -489,4 +498,21 @@ fn config_errors_are_reported_with_route_and_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.json"));
+}
+
+#[tokio::test]
+async fn a_call_that_outlives_its_timeout_gives_503_and_the_next_call_works() {
+    let up = Upstream::start().await;
+    let proxy = scripted(&up, |c| c["ext-plugin"]["call_timeout_ms"] = json!(300));
+    let started = std::time::Instant::now();
+    assert_eq!(get(&proxy.url("/slow")).await.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(proxy.log().contains("runner call timed out after 300 ms"));
+    let got = get(&proxy.url("/after")).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(up.last().seen()["path"], "/after");
 }
