@@ -167,7 +167,21 @@ impl<'a> Request<'a> {
 
     /// The first value of header `name` (any case), as changed so far.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.header_values(name).into_iter().next()
+        // No Vec here: this is the read most plugins make on every call.
+        match self
+            .changes
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some((_, changed)) => changed.as_ref()?.first().map(String::as_str),
+            None => self
+                .parts
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v),
+        }
     }
 
     /// Every value of header `name` (any case), as changed so far.
@@ -381,4 +395,102 @@ fn flatten(list: Vec<(String, Option<Vec<String>>)>) -> Vec<(String, Option<Stri
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::TestRequest;
+    use crate::{async_trait, Chain, ConfError, Filter, Plugin, PluginError, Registry, Request};
+
+    /// Reads and writes headers and args, and records what it read.
+    struct Probe;
+
+    impl Plugin for Probe {
+        fn name(&self) -> &str {
+            "probe"
+        }
+        fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> {
+            Ok(Box::new(Probe))
+        }
+    }
+
+    #[async_trait]
+    impl Filter for Probe {
+        async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+            assert_eq!(req.header("X-A"), Some("1"));
+            assert_eq!(req.header_values("x-a"), vec!["1", "2"]);
+            req.add_header("x-a", "3");
+            assert_eq!(req.header_values("x-a"), vec!["1", "2", "3"]);
+            req.remove_header("x-a");
+            assert_eq!(req.header("x-a"), None);
+            assert!(req.header_values("x-a").is_empty());
+            req.set_header("X-B", "b");
+            assert_eq!(req.header("x-b"), Some("b"));
+            assert_eq!(req.arg("flag"), Some(""));
+            assert_eq!(
+                req.args().iter().find(|(n, _)| *n == "flag"),
+                Some(&("flag", None))
+            );
+            req.add_arg("q", "2");
+            req.set_path("/new");
+            assert_eq!(req.path(), "/new");
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reads_see_writes_and_the_outcome_is_the_net_change() {
+        let plugins = Registry::new().with(Probe);
+        let chain = Chain::prepare(&plugins, [("probe", "{}")]).unwrap();
+        let req = TestRequest::get("/old")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .arg("q", Some("1"))
+            .arg("flag", None);
+        let (outcome, _) = futures::executor::block_on(req.run_chain(&chain)).unwrap();
+        let crate::RequestOutcome::Rewrite(rw) = outcome else {
+            panic!("{outcome:?}")
+        };
+        let s = |v: &str| v.to_string();
+        assert_eq!(rw.path.as_deref(), Some("/new"));
+        assert_eq!(rw.headers, vec![(s("x-a"), None), (s("x-b"), Some(s("b")))]);
+        assert_eq!(
+            rw.args,
+            vec![(s("q"), Some(s("1"))), (s("q"), Some(s("2")))]
+        );
+    }
+
+    #[test]
+    fn reads_alone_are_no_change() {
+        struct Reader;
+        impl Plugin for Reader {
+            fn name(&self) -> &str {
+                "reader"
+            }
+            fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> {
+                Ok(Box::new(Reader))
+            }
+        }
+        #[async_trait]
+        impl Filter for Reader {
+            async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+                let _ = (
+                    req.header("host"),
+                    req.path(),
+                    req.args().len(),
+                    req.src_ip(),
+                );
+                let _ = req.body().await?;
+                let _ = req.var("remote_addr").await?;
+                Ok(())
+            }
+        }
+        let plugins = Registry::new().with(Reader);
+        let req = TestRequest::post("/")
+            .header("host", "h")
+            .body("x")
+            .var("remote_addr", "1.2.3.4");
+        let outcome = futures::executor::block_on(req.run(&plugins, &[("reader", "{}")])).unwrap();
+        assert_eq!(outcome, crate::RequestOutcome::Continue);
+    }
 }
