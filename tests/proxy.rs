@@ -516,3 +516,25 @@ async fn a_call_that_outlives_its_timeout_gives_503_and_the_next_call_works() {
     assert_eq!(got.status, 200);
     assert_eq!(up.last().seen()["path"], "/after");
 }
+
+#[tokio::test]
+async fn conf_token_not_found_drops_every_cached_token() {
+    let up = Upstream::start().await;
+    let proxy = scripted(&up, |c| {
+        let other = route(
+            "r2",
+            "/r2/*",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])}),
+        );
+        c["routes"].as_array_mut().unwrap().push(other);
+    });
+    assert_eq!(get(&proxy.url("/r2/first")).await.status, 200);
+    assert_eq!(up.last().seen()["prepares"], 1);
+    // Route r: prepared, refused, prepared again.
+    assert_eq!(get(&proxy.url("/tnf-once")).await.status, 200);
+    assert_eq!(up.last().seen()["prepares"], 3);
+    // Route r2's token went with it: prepared again too.
+    assert_eq!(get(&proxy.url("/r2/second")).await.status, 200);
+    assert_eq!(up.last().seen()["prepares"], 4);
+}

@@ -301,18 +301,20 @@ impl ExtClient {
         Ok(ticket)
     }
 
-    /// Forgets a route phase's token if it is still `token`.
-    fn forget(&self, phase: &PhaseConf, token: u32) {
-        let slot = self.slot(&phase.key);
-        let mut ticket = slot.ticket.lock().unwrap_or_else(|p| p.into_inner());
-        if ticket.as_ref().is_some_and(|t| t.token == token) {
-            *ticket = None;
+    /// Drops every cached token, as PROTOCOL.md asks on `confTokenNotFound`:
+    /// a runner that lost one token (restarted behind our back, or expired
+    /// it) has most likely lost them all. At worst a chain is prepared once
+    /// more than needed.
+    fn forget_all(&self) {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        for slot in slots.values() {
+            *slot.ticket.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 
     /// Runs a request phase: HTTP_REQ_CALL with `parts` under `ticket`'s
-    /// token. On `confTokenNotFound` the token is dropped, the chain prepared
-    /// again and the call retried: three attempts in all.
+    /// token. On `confTokenNotFound` the cached tokens are dropped, the chain
+    /// prepared again and the call retried: three attempts in all.
     ///
     /// # Errors
     /// See [`CallError`].
@@ -369,7 +371,7 @@ impl ExtClient {
                     } if attempt < 3 => {
                         let token = *call.token();
                         warn!(route_phase = %phase.key, token, attempt, %message, "token not found: preparing again");
-                        self.forget(phase, token);
+                        self.forget_all();
                         *call.token() = self.ticket(phase).await?.token;
                         attempt += 1;
                         continue;
