@@ -538,3 +538,21 @@ async fn conf_token_not_found_drops_every_cached_token() {
     assert_eq!(get(&proxy.url("/r2/second")).await.status, 200);
     assert_eq!(up.last().seen()["prepares"], 4);
 }
+
+#[tokio::test]
+async fn a_runner_program_that_does_not_exist_gives_503_and_a_clear_log() {
+    let up = Upstream::start().await;
+    let routes = json!([route(
+        "r",
+        "/x",
+        up.addr,
+        json!({"ext-plugin-pre-req": phase(&[("say", json!({"body":"x"}))])})
+    )]);
+    let proxy = ProxyProc::start(&config(vec!["/no/such/runner".into()], json!({}), routes));
+    assert_eq!(get(&proxy.url("/x")).await.status, 503);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains(r#"cannot start "/no/such/runner""#) {
+        assert!(Instant::now() < deadline, "{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
