@@ -3,7 +3,46 @@
 //!
 //! Another Rust proxy can embed the parts: [`supervisor::Supervisor`] to run
 //! the runner, [`client::ExtClient`] to call it with `runner_sdk` request and
-//! response views, and apply the outcomes itself.
+//! response views, and apply the outcomes itself:
+//!
+//! ```no_run
+//! use extplug::host::client::{ExtClient, InfoProvider};
+//! use extplug::host::config::Config;
+//! use extplug::host::supervisor::Supervisor;
+//! use extplug::runner_sdk::{async_trait, InfoKey, Method, RequestOutcome, RequestParts};
+//!
+//! /// Answers the runner's questions during a call (variables, bodies).
+//! struct NoInfo;
+//!
+//! #[async_trait]
+//! impl InfoProvider for NoInfo {
+//!     async fn provide(&mut self, _key: InfoKey<'_>) -> Option<bytes::Bytes> {
+//!         None
+//!     }
+//! }
+//!
+//! # async fn embed(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+//! let supervisor = Supervisor::start(config.runner.clone())?;
+//! let client = ExtClient::new(&config.runner, supervisor.state());
+//! let phase = config.routes[0].pre_req.as_ref().expect("a pre-req phase");
+//! let ticket = client.ticket(phase).await?; // PREPARE_CONF, cached
+//! let parts = RequestParts {
+//!     id: client.next_id(),
+//!     src_ip: "127.0.0.1".parse()?,
+//!     method: Method::GET,
+//!     path: "/hello",
+//!     args: vec![],
+//!     headers: vec![("host", "example.com")],
+//!     extra_info: vec![], // what `ticket.needs` lists, to save round trips
+//! };
+//! match client.call_request(phase, &ticket, parts, &mut NoInfo).await? {
+//!     RequestOutcome::Stop(stop) => { /* answer the client with it */ }
+//!     RequestOutcome::Rewrite(rw) => { /* apply it, then proxy */ }
+//!     RequestOutcome::Continue => { /* proxy unchanged */ }
+//! }
+//! supervisor.stop().await;
+//! # Ok(()) }
+//! ```
 
 pub mod client;
 pub mod config;
