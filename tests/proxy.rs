@@ -291,8 +291,9 @@ async fn degradation_on_and_off_when_the_runner_never_listens() {
     }
 }
 
-#[tokio::test]
-async fn the_runner_killed_mid_traffic_every_request_is_answered_and_service_resumes() {
+/// Kills the runner with `signal` while four clients send requests: every
+/// request gets an answer, and the service comes back with a new runner.
+async fn kill_the_runner_mid_traffic(signal: Signal) {
     let up = Upstream::start().await;
     let routes = json!([route(
         "r",
@@ -318,7 +319,7 @@ async fn the_runner_killed_mid_traffic_every_request_is_answered_and_service_res
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(30)).await;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), signal).unwrap();
     for c in clients {
         for status in c.await.unwrap() {
             assert!(status == 200 || status == 503, "{status}");
@@ -348,6 +349,24 @@ async fn the_runner_killed_mid_traffic_every_request_is_answered_and_service_res
         proxy.log().matches("conf prepared").count() >= 2,
         "tokens were prepared again"
     );
+}
+
+#[tokio::test]
+async fn the_runner_killed_mid_traffic_every_request_is_answered_and_service_resumes() {
+    kill_the_runner_mid_traffic(Signal::SIGKILL).await;
+}
+
+#[tokio::test]
+async fn the_runner_stopped_with_sigterm_mid_traffic_is_restarted() {
+    kill_the_runner_mid_traffic(Signal::SIGTERM).await;
+}
+
+#[tokio::test]
+async fn the_runner_crashing_mid_traffic_is_restarted() {
+    // SIGABRT, what `abort()` and failed assertions in C code raise. (Not
+    // SIGSEGV: the Rust runtime catches a SIGSEGV sent by `kill`, for its
+    // stack-overflow check, and the process goes on.)
+    kill_the_runner_mid_traffic(Signal::SIGABRT).await;
 }
 
 #[tokio::test]

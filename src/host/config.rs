@@ -3,6 +3,7 @@
 //! route and the field.
 
 use http::Method;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -83,6 +84,10 @@ pub struct Route {
     pub uris: Vec<UriPattern>,
     /// Allowed methods; `None` allows all.
     pub methods: Option<Vec<Method>>,
+    /// `status: 0` in APISIX: the route is kept but matches nothing.
+    pub enabled: bool,
+    /// Ties between equally specific matches go to the higher priority.
+    pub priority: i64,
     /// Where requests go.
     pub upstream: Upstream,
     /// `ext-plugin-pre-req`.
@@ -216,10 +221,22 @@ enum RawId {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     id: RawId,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    desc: Option<String>,
+    // APISIX bookkeeping: accepted so that a route copied from APISIX's Admin
+    // API parses as it is; none of it changes what the route does.
+    #[serde(rename = "name")]
+    _name: Option<IgnoredAny>,
+    #[serde(rename = "desc")]
+    _desc: Option<IgnoredAny>,
+    #[serde(rename = "labels")]
+    _labels: Option<IgnoredAny>,
+    #[serde(rename = "create_time")]
+    _create_time: Option<IgnoredAny>,
+    #[serde(rename = "update_time")]
+    _update_time: Option<IgnoredAny>,
+    /// 1 (default) enabled, 0 disabled, as in APISIX.
+    status: Option<u8>,
+    /// Breaks ties between equally specific matches (higher first), as in APISIX.
+    priority: Option<i64>,
     uri: Option<String>,
     uris: Option<Vec<String>>,
     methods: Option<Vec<String>>,
@@ -247,6 +264,15 @@ struct RawPhase {
     allow_degradation: bool,
     #[serde(default)]
     extra_info: Vec<String>,
+    /// APISIX's per-plugin metadata; `disable: true` turns the phase off.
+    #[serde(rename = "_meta")]
+    meta: Option<RawMeta>,
+}
+
+#[derive(Deserialize)]
+struct RawMeta {
+    #[serde(default)]
+    disable: bool,
 }
 
 #[derive(Deserialize)]
@@ -268,10 +294,24 @@ struct RawUpstream {
     scheme: Option<String>,
     #[serde(default)]
     pass_host: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    desc: Option<String>,
+    // APISIX bookkeeping and settings without effect here (`hash_on` only
+    // matters to `chash`; connections to nodes are always pooled).
+    #[serde(rename = "name")]
+    _name: Option<IgnoredAny>,
+    #[serde(rename = "desc")]
+    _desc: Option<IgnoredAny>,
+    #[serde(rename = "id")]
+    _id: Option<IgnoredAny>,
+    #[serde(rename = "labels")]
+    _labels: Option<IgnoredAny>,
+    #[serde(rename = "create_time")]
+    _create_time: Option<IgnoredAny>,
+    #[serde(rename = "update_time")]
+    _update_time: Option<IgnoredAny>,
+    #[serde(rename = "hash_on")]
+    _hash_on: Option<IgnoredAny>,
+    #[serde(rename = "keepalive_pool")]
+    _keepalive_pool: Option<IgnoredAny>,
 }
 
 fn default_lb() -> String {
@@ -396,7 +436,6 @@ fn parse_route(value: serde_json::Value) -> Result<Route, String> {
             format!("at `{path}`: {}", e.into_inner())
         }
     })?;
-    let _ = (&raw.name, &raw.desc);
     let id = match raw.id {
         RawId::Text(s) if !s.is_empty() => s,
         RawId::Text(_) => return Err("`id` is empty".into()),
@@ -434,6 +473,9 @@ fn parse_route(value: serde_json::Value) -> Result<Route, String> {
     let upstream = parse_upstream(raw.upstream)?;
     let phase = |p: Option<RawPhase>, phase: Phase| -> Result<Option<PhaseConf>, String> {
         let Some(p) = p else { return Ok(None) };
+        if p.meta.as_ref().is_some_and(|m| m.disable) {
+            return Ok(None);
+        }
         let field = format!("plugins.{}", phase.name());
         if p.conf.is_empty() {
             return Err(format!("`{field}.conf` is empty: list at least one plugin"));
@@ -455,7 +497,14 @@ fn parse_route(value: serde_json::Value) -> Result<Route, String> {
             key,
         }))
     };
+    let enabled = match raw.status {
+        None | Some(1) => true,
+        Some(0) => false,
+        Some(n) => return Err(format!("`status` {n} must be 1 (enabled) or 0 (disabled)")),
+    };
     Ok(Route {
+        enabled,
+        priority: raw.priority.unwrap_or(0),
         pre_req: phase(raw.plugins.pre_req, Phase::PreReq)?,
         post_req: phase(raw.plugins.post_req, Phase::PostReq)?,
         post_resp: phase(raw.plugins.post_resp, Phase::PostResp)?,
@@ -467,7 +516,6 @@ fn parse_route(value: serde_json::Value) -> Result<Route, String> {
 }
 
 fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
-    let _ = (&raw.name, &raw.desc);
     if raw.kind != "roundrobin" {
         return Err(format!(
             "`upstream.type` {:?} is not supported; extplug balances with \"roundrobin\"",
@@ -666,6 +714,38 @@ mod tests {
         assert!(
             err.contains("ext-plugin") && err.contains("unknown field `call_timeout`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_route_as_apisix_admin_api_returns_it_parses() {
+        let c = config(
+            r#"{"id":"1","uri":"/hello","name":"hello","desc":"d","methods":["GET"],"status":1,
+                "priority":3,"create_time":1700000000,"update_time":1700000001,"labels":{"env":"prod"},
+                "upstream":{"type":"roundrobin","scheme":"http","pass_host":"pass","hash_on":"vars",
+                  "nodes":{"127.0.0.1:1980":1},"keepalive_pool":{"size":320,"idle_timeout":60,"requests":1000},
+                  "timeout":{"connect":6,"send":6,"read":6}},
+                "plugins":{"ext-plugin-pre-req":{"conf":[{"name":"say","value":"{\"body\":\"hi\"}"}],
+                  "allow_degradation":false,"_meta":{"disable":false}},
+                  "ext-plugin-post-req":{"conf":[{"name":"say","value":"{}"}],"_meta":{"disable":true}}}}"#,
+        )
+        .unwrap();
+        let r = &c.routes[0];
+        assert!(r.enabled && r.priority == 3);
+        assert!(r.pre_req.is_some(), "enabled phase kept");
+        assert!(r.post_req.is_none(), "`_meta.disable` turns a phase off");
+        assert_eq!(r.upstream.read_timeout, Duration::from_secs(6));
+        let off =
+            config(r#"{"id":"2","uri":"/a","status":0,"upstream":{"nodes":{"127.0.0.1:1":1}}}"#)
+                .unwrap();
+        assert!(!off.routes[0].enabled);
+        let err = config(
+            r#"{"id":"3","uri":"/a","hosts":["a.com"],"upstream":{"nodes":{"127.0.0.1:1":1}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.0.contains("unknown field `hosts`"),
+            "a condition we cannot honour is refused: {err}"
         );
     }
 

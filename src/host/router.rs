@@ -1,6 +1,7 @@
 //! Route matching: exact URIs, or prefixes ending in `*`; the most specific
 //! match wins (an exact URI over any prefix, a longer prefix over a shorter
-//! one, then file order).
+//! one, then the higher `priority`, then file order). Disabled routes
+//! (`status: 0`) match nothing.
 
 use super::config::{Route, UriPattern};
 use http::Method;
@@ -28,8 +29,11 @@ impl Router {
     /// The index (in [`Router::routes`]) of the best route for `method` and
     /// `path`, if any.
     pub fn find(&self, method: &Method, path: &str) -> Option<usize> {
-        let mut best: Option<(usize, (bool, usize))> = None;
+        let mut best: Option<(usize, (bool, usize, i64))> = None;
         for (index, route) in self.routes.iter().enumerate() {
+            if !route.enabled {
+                continue;
+            }
             if let Some(methods) = &route.methods {
                 if !methods.contains(method) {
                     continue;
@@ -37,9 +41,9 @@ impl Router {
             }
             for pattern in &route.uris {
                 let score = match pattern {
-                    UriPattern::Exact(uri) if uri == path => (true, uri.len()),
+                    UriPattern::Exact(uri) if uri == path => (true, uri.len(), route.priority),
                     UriPattern::Prefix(prefix) if path.starts_with(prefix.as_str()) => {
-                        (false, prefix.len())
+                        (false, prefix.len(), route.priority)
                     }
                     _ => continue,
                 };
@@ -80,5 +84,15 @@ mod tests {
         assert_eq!(id(Method::POST, "/g").as_deref(), Some("all"));
         let r = router(&format!(r#"{{"id":"only","uri":"/only",{up}}}"#));
         assert!(r.find(&Method::GET, "/nope").is_none());
+        let r = router(&format!(
+            r#"{{"id":"low","uri":"/p/*",{up}}},{{"id":"high","uri":"/p/*","priority":5,{up}}},
+               {{"id":"off","uri":"/p/x","status":0,{up}}}"#
+        ));
+        let id = |m: Method, p: &str| r.find(&m, p).map(|i| r.routes()[i].id.clone());
+        assert_eq!(
+            id(Method::GET, "/p/x").as_deref(),
+            Some("high"),
+            "priority breaks the tie; disabled skipped"
+        );
     }
 }
