@@ -575,3 +575,37 @@ async fn a_runner_program_that_does_not_exist_gives_503_and_a_clear_log() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_frozen_runner_is_replaced_after_calls_keep_timing_out() {
+    let up = Upstream::start().await;
+    let routes = json!([route(
+        "r",
+        "/f",
+        up.addr,
+        json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers":{"x-via":"runner"}}))])})
+    )]);
+    let mut c = config(demo(), json!({}), routes);
+    c["ext-plugin"]["call_timeout_ms"] = json!(300);
+    c["ext-plugin"]["restart_after_timeouts"] = json!(2);
+    let proxy = ProxyProc::start(&c);
+    proxy.wait_runner_ready(1);
+    assert_eq!(get(&proxy.url("/f")).await.status, 200);
+    let runner = proxy.children()[0];
+    // Alive, but answers nothing: what a deadlocked plugin looks like.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), Signal::SIGSTOP).unwrap();
+    assert_eq!(get(&proxy.url("/f")).await.status, 503);
+    assert_eq!(get(&proxy.url("/f")).await.status, 503);
+    proxy.wait_runner_ready(2);
+    assert!(proxy.log().contains("runner stopped answering: killing it"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&proxy.url("/f")).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "service did not resume: {}",
+            proxy.log()
+        );
+    }
+    assert_eq!(up.last().header("x-via"), Some("runner"));
+    assert!(!alive(runner), "the frozen runner was killed");
+}

@@ -3,7 +3,7 @@
 //! answers and the `confTokenNotFound` retry.
 
 use super::config::{PhaseConf, RunnerConf};
-use super::supervisor::RunnerState;
+use super::supervisor::{Restarter, RunnerState};
 use crate::wire::{
     Encode, ErrorCode, ExtraInfoAnswer, Frame, FrameCodec, FrameError, MessageType, Payload,
     PrepareConf, ReqCall, RespCall,
@@ -95,6 +95,11 @@ pub struct ExtClient {
     pool: Mutex<Vec<PooledConn>>,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
     next_id: AtomicU32,
+    /// Replaces a runner that stopped answering, when set.
+    restarter: Option<Restarter>,
+    restart_after: u32,
+    /// Calls timed out in a row (any success resets it).
+    timeouts: AtomicU32,
 }
 
 impl ExtClient {
@@ -109,6 +114,32 @@ impl ExtClient {
             pool: Mutex::new(Vec::new()),
             slots: RwLock::default(),
             next_id: AtomicU32::new(1),
+            restarter: None,
+            restart_after: conf.restart_after_timeouts,
+            timeouts: AtomicU32::new(0),
+        }
+    }
+
+    /// Lets the client have a stuck runner replaced: after
+    /// `restart_after_timeouts` calls in a row time out, it asks `restarter`.
+    pub fn with_restarter(mut self, restarter: Restarter) -> Self {
+        self.restarter = Some(restarter);
+        self
+    }
+
+    /// Counts a timed-out call on the runner of `generation`.
+    fn timed_out(&self, generation: u64) {
+        let n = self.timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.restart_after > 0 && n >= self.restart_after {
+            if let Some(restarter) = &self.restarter {
+                self.timeouts.store(0, Ordering::Relaxed);
+                warn!(
+                    generation,
+                    timeouts = n,
+                    "runner calls keep timing out: asking for a new runner"
+                );
+                restarter.restart(generation);
+            }
         }
     }
 
@@ -214,10 +245,18 @@ impl ExtClient {
                     .map_err(broken)?;
             }
         };
-        let frame = tokio::time::timeout(self.call_timeout, work)
-            .await
-            .map_err(|_| CallError::TimedOut(self.call_timeout))??;
         let generation = pooled.generation;
+        let frame = match tokio::time::timeout(self.call_timeout, work).await {
+            Ok(result) => result?,
+            Err(_) => {
+                self.timed_out(generation);
+                return Err(CallError::TimedOut(self.call_timeout));
+            }
+        };
+        // Read first: no shared write per call while all is well.
+        if self.timeouts.load(Ordering::Relaxed) != 0 {
+            self.timeouts.store(0, Ordering::Relaxed);
+        }
         self.checkin(pooled);
         Ok((frame, generation))
     }

@@ -73,6 +73,9 @@ pub struct RunnerConf {
     pub stop_grace: Duration,
     /// Idle connections kept open to the runner.
     pub pool_size: usize,
+    /// Calls timing out in a row before the runner is deemed stuck and
+    /// replaced; 0 never replaces it.
+    pub restart_after_timeouts: u32,
 }
 
 /// One route.
@@ -192,6 +195,8 @@ struct RawRunner {
     stop_grace_ms: u64,
     #[serde(default = "default_pool")]
     pool_size: usize,
+    #[serde(default = "default_restart_after")]
+    restart_after_timeouts: u32,
 }
 
 fn default_expire() -> u64 {
@@ -208,6 +213,9 @@ fn default_stop_grace() -> u64 {
 }
 fn default_pool() -> usize {
     64
+}
+fn default_restart_after() -> u32 {
+    3
 }
 
 #[derive(Deserialize)]
@@ -399,6 +407,7 @@ impl Config {
             start_timeout: Duration::from_millis(r.start_timeout_ms),
             stop_grace: Duration::from_millis(r.stop_grace_ms),
             pool_size: r.pool_size,
+            restart_after_timeouts: r.restart_after_timeouts,
         };
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, value) in raw.routes.into_iter().enumerate() {

@@ -93,7 +93,10 @@ pub async fn run(
         })?;
     let supervisor =
         supervisor::Supervisor::start(config.runner.clone()).map_err(HostError::RunnerDir)?;
-    let client = Arc::new(client::ExtClient::new(&config.runner, supervisor.state()));
+    let client = Arc::new(
+        client::ExtClient::new(&config.runner, supervisor.state())
+            .with_restarter(supervisor.restarter()),
+    );
     let proxy = Arc::new(proxy::Proxy::new(&config, client));
     let addr = listener.local_addr().unwrap_or(config.listen);
     info!(%addr, routes = config.routes.len(), "proxy listening");

@@ -55,7 +55,22 @@ pub enum RunnerState {
 pub struct Supervisor {
     state: watch::Receiver<RunnerState>,
     shutdown: CancellationToken,
+    restart: Restarter,
     task: JoinHandle<()>,
+}
+
+/// Asks the supervisor to replace a runner that is alive but no longer
+/// answers (a deadlocked plugin, a stopped process): it is killed with
+/// SIGKILL and started again, as after a crash.
+#[derive(Debug, Clone)]
+pub struct Restarter(tokio::sync::mpsc::UnboundedSender<u64>);
+
+impl Restarter {
+    /// Replaces the runner of `generation`; does nothing if that runner is
+    /// already gone (so a late request never kills its successor).
+    pub fn restart(&self, generation: u64) {
+        let _ = self.0.send(generation);
+    }
 }
 
 impl Supervisor {
@@ -68,12 +83,19 @@ impl Supervisor {
         let dir = tempfile::Builder::new().prefix("extplug-").tempdir()?;
         let (tx, state) = watch::channel(RunnerState::Starting { generation: 1 });
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(supervise(conf, dir, tx, shutdown.clone()));
+        let (restart, restarts) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(conf, dir, tx, restarts, shutdown.clone()));
         Ok(Supervisor {
             state,
             shutdown,
+            restart: Restarter(restart),
             task,
         })
+    }
+
+    /// A handle to replace a runner that stopped answering.
+    pub fn restarter(&self) -> Restarter {
+        self.restart.clone()
     }
 
     /// A receiver of the runner's state.
@@ -93,11 +115,12 @@ async fn supervise(
     conf: RunnerConf,
     dir: tempfile::TempDir,
     tx: watch::Sender<RunnerState>,
+    mut restarts: tokio::sync::mpsc::UnboundedReceiver<u64>,
     shutdown: CancellationToken,
 ) {
     let mut generation = 0u64;
     let mut backoff = Duration::ZERO;
-    loop {
+    'supervise: loop {
         generation += 1;
         let socket = dir.path().join(format!("runner-{generation}.sock"));
         tx.send_replace(RunnerState::Starting { generation });
@@ -122,11 +145,22 @@ async fn supervise(
                             socket: Arc::new(socket.clone()),
                             generation,
                         });
-                        tokio::select! {
-                            status = child.wait() => format!("exited ({})", describe(status)),
-                            _ = shutdown.cancelled() => {
-                                stop_child(&mut child, conf.stop_grace).await;
-                                break;
+                        loop {
+                            tokio::select! {
+                                status = child.wait() => break format!("exited ({})", describe(status)),
+                                Some(asked) = restarts.recv() => {
+                                    if asked != generation {
+                                        continue; // about a runner already replaced
+                                    }
+                                    warn!(pid, generation, "runner stopped answering: killing it");
+                                    kill_group(&child, Signal::SIGKILL);
+                                    let _ = child.wait().await;
+                                    break "killed: it stopped answering calls".to_owned();
+                                }
+                                _ = shutdown.cancelled() => {
+                                    stop_child(&mut child, conf.stop_grace).await;
+                                    break 'supervise;
+                                }
                             }
                         }
                     }
