@@ -475,3 +475,28 @@ async fn concurrent_first_requests_share_one_prepare_conf() {
         "20 calls and their answers: {counts:?}"
     );
 }
+
+#[tokio::test]
+async fn a_head_answer_read_by_the_response_phase_keeps_its_length() {
+    let up = Upstream::start().await;
+    let routes = json!([route(
+        "r",
+        "/h",
+        up.addr,
+        json!({"ext-plugin-post-resp": phase(&[("body-size", json!({}))])})
+    )]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    let got = send("HEAD", &proxy.url("/h"), &[], "").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.header("x-body-size"),
+        Some("0"),
+        "a HEAD answer has no body"
+    );
+    assert_eq!(
+        got.header("content-length"),
+        Some("16"),
+        "the GET's length, as the upstream said"
+    );
+    assert!(got.body.is_empty());
+}

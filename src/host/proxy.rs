@@ -438,9 +438,17 @@ impl Proxy {
         let body = match body {
             RespBody::Streaming(b) => b.map_err(BoxError::from).boxed(),
             RespBody::Buffered(bytes) => {
-                head.headers.remove(TRANSFER_ENCODING);
-                head.headers
-                    .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                // A HEAD answer, a 1xx, 204 or 304 has no body: its framing
+                // headers describe something else and stay as they are.
+                let bodiless = ex.head.method == http::Method::HEAD
+                    || head.status.is_informational()
+                    || head.status == StatusCode::NO_CONTENT
+                    || head.status == StatusCode::NOT_MODIFIED;
+                if !bodiless {
+                    head.headers.remove(TRANSFER_ENCODING);
+                    head.headers
+                        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                }
                 full(bytes)
             }
         };
