@@ -396,6 +396,33 @@ impl Proxy {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Response<Body> {
+        // The access log is at debug level (`RUST_LOG=extplug::access=debug`):
+        // off by default, it costs nothing on the hot path.
+        if !tracing::enabled!(target: "extplug::access", tracing::Level::DEBUG) {
+            return self.route(req, peer, local).await;
+        }
+        let started = std::time::Instant::now();
+        let (method, target) = (req.method().clone(), req.uri().to_string());
+        let resp = self.route(req, peer, local).await;
+        debug!(
+            target: "extplug::access",
+            client = %peer,
+            %method,
+            %target,
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+        resp
+    }
+
+    /// Routes and answers one request.
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Response<Body> {
         let path = decode_path(req.uri().path()).into_owned();
         let Some(index) = self.router.find(req.method(), &path) else {
             return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
