@@ -609,3 +609,34 @@ async fn a_frozen_runner_is_replaced_after_calls_keep_timing_out() {
     assert_eq!(up.last().header("x-via"), Some("runner"));
     assert!(!alive(runner), "the frozen runner was killed");
 }
+
+#[tokio::test]
+async fn the_access_log_is_there_at_debug_level() {
+    let up = Upstream::start().await;
+    let routes = json!([route("r", "/a", up.addr, json!({}))]);
+    let proxy = ProxyProc::start_logging(
+        &config(demo(), json!({}), routes),
+        "info,extplug::access=debug",
+    );
+    assert_eq!(get(&proxy.url("/a?q=1")).await.status, 200);
+    assert_eq!(get(&proxy.url("/none")).await.status, 404);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = proxy.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("extplug::access"))
+            .collect();
+        if lines.len() == 2 {
+            assert!(
+                lines[0].contains("method=GET target=/a?q=1 status=200"),
+                "{}",
+                lines[0]
+            );
+            assert!(lines[1].contains("target=/none status=404"), "{}", lines[1]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -151,6 +151,11 @@ pub struct ProxyProc {
 impl ProxyProc {
     /// Starts `extplug proxy` with `config` and waits for its "listening" line.
     pub fn start(config: &serde_json::Value) -> ProxyProc {
+        Self::start_logging(config, "info")
+    }
+
+    /// [`ProxyProc::start`] with this `RUST_LOG`.
+    pub fn start_logging(config: &serde_json::Value, filter: &str) -> ProxyProc {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
@@ -158,7 +163,7 @@ impl ProxyProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_extplug"))
             .args(["proxy", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
