@@ -3,29 +3,17 @@
 
 mod common;
 
+use common::conf::{self, demo, phase, route};
 use common::http::{get, send, ProxyProc, Upstream};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+/// The shared configuration, with a longer call timeout: these calls carry bodies.
 fn config(cmd: Vec<String>, env: Value, routes: Value) -> Value {
-    json!({
-        "listen": "127.0.0.1:0",
-        "ext-plugin": { "cmd": cmd, "env": env, "call_timeout_ms": 5000 },
-        "routes": routes,
-    })
-}
-
-fn demo() -> Vec<String> {
-    vec![common::demo_runner().display().to_string()]
-}
-
-fn phase(entries: &[(&str, Value)]) -> Value {
-    json!({ "conf": entries.iter().map(|(n, v)| json!({"name": n, "value": v.to_string()})).collect::<Vec<_>>() })
-}
-
-fn route(id: &str, uri: &str, up: SocketAddr, plugins: Value) -> Value {
-    json!({ "id": id, "uri": uri, "upstream": { "nodes": { up.to_string(): 1 } }, "plugins": plugins })
+    let mut c = conf::config(cmd, env, routes);
+    c["ext-plugin"]["call_timeout_ms"] = json!(5000);
+    c
 }
 
 const ALL_VARS: [&str; 17] = [
@@ -380,18 +368,7 @@ async fn upstream_down_with_a_response_phase_is_502() {
 #[tokio::test]
 async fn a_runner_that_closes_mid_extra_info_fails_only_that_call() {
     let up = Upstream::start().await;
-    let env = json!({ "BAD_RUNNER_MODE": "scripted" });
-    let routes = json!([route(
-        "r",
-        "/*",
-        up.addr,
-        json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
-    )]);
-    let proxy = ProxyProc::start(&config(
-        vec![common::example("bad-runner").display().to_string()],
-        env,
-        routes,
-    ));
+    let proxy = conf::scripted(&up, |c| c["ext-plugin"]["call_timeout_ms"] = json!(5000));
     assert_eq!(get(&proxy.url("/close-mid-extra")).await.status, 503);
     assert!(
         proxy
@@ -407,20 +384,10 @@ async fn a_runner_that_closes_mid_extra_info_fails_only_that_call() {
 #[tokio::test]
 async fn a_body_asked_for_during_the_call_respects_the_limit() {
     let up = Upstream::start().await;
-    let env = json!({ "BAD_RUNNER_MODE": "scripted" });
-    let routes = json!([route(
-        "r",
-        "/*",
-        up.addr,
-        json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
-    )]);
-    let mut c = config(
-        vec![common::example("bad-runner").display().to_string()],
-        env,
-        routes,
-    );
-    c["max_request_body_bytes"] = json!(100);
-    let proxy = ProxyProc::start(&c);
+    let proxy = conf::scripted(&up, |c| {
+        c["ext-plugin"]["call_timeout_ms"] = json!(5000);
+        c["max_request_body_bytes"] = json!(100);
+    });
     let got = send("POST", &proxy.url("/lazy-body"), &[], vec![b'a'; 100]).await;
     assert_eq!(got.status, 200);
     let r = up.last();

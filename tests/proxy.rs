@@ -3,49 +3,12 @@
 
 mod common;
 
+use common::conf::{bad, config, demo, phase, route, scripted};
 use common::http::{alive, get, send, ProxyProc, Upstream};
 use nix::sys::signal::Signal;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-fn demo() -> Vec<String> {
-    vec![common::demo_runner().display().to_string()]
-}
-
-fn bad(mode: &str) -> (Vec<String>, Value) {
-    (
-        vec![common::example("bad-runner").display().to_string()],
-        json!({ "BAD_RUNNER_MODE": mode, "RUNNER_TEST_VAR": "from-config" }),
-    )
-}
-
-fn config(cmd: Vec<String>, env: Value, routes: Value) -> Value {
-    json!({
-        "listen": "127.0.0.1:0",
-        "ext-plugin": { "cmd": cmd, "env": env, "call_timeout_ms": 2000, "start_timeout_ms": 5000, "stop_grace_ms": 500 },
-        "routes": routes,
-    })
-}
-
-/// A route phase with `(plugin, conf as JSON)` entries.
-fn phase(entries: &[(&str, Value)]) -> Value {
-    json!({ "conf": entries.iter().map(|(n, v)| json!({"name": n, "value": v.to_string()})).collect::<Vec<_>>() })
-}
-
-/// The proxy with the scripted runner on one catch-all route; `tweak` may
-/// change the configuration first.
-fn scripted(up: &Upstream, tweak: impl FnOnce(&mut Value)) -> ProxyProc {
-    let (cmd, env) = bad("scripted");
-    let pre_req = json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])});
-    let mut c = config(cmd, env, json!([route("r", "/*", up.addr, pre_req)]));
-    tweak(&mut c);
-    ProxyProc::start(&c)
-}
-
-fn route(id: &str, uri: &str, up: SocketAddr, plugins: Value) -> Value {
-    json!({ "id": id, "uri": uri, "upstream": { "type": "roundrobin", "nodes": { up.to_string(): 1 } }, "plugins": plugins })
-}
 
 #[tokio::test]
 async fn stop_rewrite_and_continue_with_the_demo_runner() {

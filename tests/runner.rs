@@ -287,17 +287,7 @@ async fn sigterm_drains_the_call_in_flight_and_removes_the_socket() {
     let mut c = runner.client().await;
     let token = c.prepare(&[("body-size", "{}")]).await;
     // No body sent up front: the plugin asks for it, and the call waits on us.
-    c.conn
-        .send(&extplug::wire::ReqCall {
-            conf_token: token,
-            parts: get("/"),
-        })
-        .await
-        .unwrap();
-    let Some(Answer::Other(frame)) = c.answer().await else {
-        panic!("expected EXTRA_INFO")
-    };
-    assert_eq!(frame.kind, 3);
+    let frame = c.call_until_extra_info(token, get("/")).await;
     let payload = extplug::wire::Payload::parse(&frame.payload).unwrap();
     assert_eq!(
         payload.extra_info_req().unwrap(),
@@ -342,25 +332,10 @@ async fn a_host_that_closes_mid_extra_info_hurts_nobody_else() {
     let token = c
         .prepare(&[("inject-vars", r#"{"vars":["a"],"prefetch":false}"#)])
         .await;
-    c.conn
-        .send(&extplug::wire::ReqCall {
-            conf_token: token,
-            parts: get("/"),
-        })
-        .await
-        .unwrap();
-    assert!(matches!(c.answer().await, Some(Answer::Other(f)) if f.kind == 3));
+    c.call_until_extra_info(token, get("/")).await;
     drop(c);
     let mut other = runner.client().await;
-    other
-        .conn
-        .send(&extplug::wire::ReqCall {
-            conf_token: token,
-            parts: get("/"),
-        })
-        .await
-        .unwrap();
-    assert!(matches!(other.answer().await, Some(Answer::Other(f)) if f.kind == 3));
+    other.call_until_extra_info(token, get("/")).await;
     other
         .conn
         .send(&extplug::wire::ExtraInfoAnswer(Some(b"v")))

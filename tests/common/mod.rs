@@ -166,6 +166,22 @@ impl Client {
         self.answer().await.expect("connection closed")
     }
 
+    /// Sends a call whose chain asks for something during the call, and
+    /// returns the EXTRA_INFO request frame that comes back first.
+    pub async fn call_until_extra_info(&mut self, token: u32, parts: RequestParts<'_>) -> Frame {
+        self.conn
+            .send(&ReqCall {
+                conf_token: token,
+                parts,
+            })
+            .await
+            .unwrap();
+        match self.answer().await {
+            Some(Answer::Other(frame)) if frame.kind == 3 => frame,
+            other => panic!("expected EXTRA_INFO, got {other:?}"),
+        }
+    }
+
     /// Calls with `parts`; panics unless the answer is a call answer.
     pub async fn call(&mut self, token: u32, parts: RequestParts<'_>) -> ReqCallAnswer {
         match self.call_answer(token, parts).await {
@@ -188,6 +204,7 @@ pub fn get(path: &str) -> RequestParts<'_> {
     }
 }
 
+pub mod conf;
 pub mod http;
 
 /// Builds an example (once per test binary per name) and returns its path.
