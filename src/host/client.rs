@@ -151,6 +151,10 @@ impl ExtClient {
     /// The runner's socket and generation, waiting while it starts (up to the
     /// start timeout) and failing at once while it is down.
     async fn ready(&self) -> Result<(Arc<PathBuf>, u64), CallError> {
+        // The usual case first, without cloning the receiver.
+        if let RunnerState::Ready { socket, generation } = &*self.state.borrow() {
+            return Ok((socket.clone(), *generation));
+        }
         let mut state = self.state.clone();
         let deadline = Instant::now() + self.start_timeout;
         loop {
