@@ -1,7 +1,7 @@
 //! # extplug
 //!
 //! Out-of-process plugins for API gateways, on the protocol of Apache APISIX's
-//! external plugins with Cap'n Proto payloads (see `PROTOCOL.md` and
+//! external plugins with Cap'n Proto payloads (see `docs/PROTOCOL.md` and
 //! `schema/ext_plugin.capnp`).
 //!
 //! - [`wire`]: frames and typed messages; the only module that touches bytes.
