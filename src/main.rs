@@ -4,6 +4,8 @@
 //! - `extplug demo`: the proxy with the example runner on a built-in
 //!   configuration and echo upstream.
 //! - `extplug check --config FILE`: validate a configuration and exit.
+//! - `extplug echo --listen ADDR`: the demo's echo upstream on its own, to
+//!   try a configuration against.
 
 mod bench;
 
@@ -32,6 +34,16 @@ enum Command {
         /// The JSON configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Where to listen, overriding the file's `listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run an echo upstream: every request is answered with a JSON object of
+    /// what it received (method, path, query, headers, body).
+    Echo {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9081")]
+        listen: std::net::SocketAddr,
     },
     /// Run the proxy with the example runner on a built-in configuration.
     Demo {
@@ -100,15 +112,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match host::config::Config::load(&config) {
             Ok(c) => {
-                println!("{}: valid, {} routes", config.display(), c.routes.len());
+                let n = c.routes.len();
+                let routes = if n == 1 { "route" } else { "routes" };
+                println!("{}: valid: {n} {routes}", config.display());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.to_string()),
         },
-        Command::Proxy { config } => match host::config::Config::load(&config) {
-            Ok(c) => serve(c, None),
+        Command::Proxy { config, listen } => match host::config::Config::load(&config) {
+            Ok(mut c) => {
+                if let Some(listen) = listen {
+                    c.listen = listen;
+                }
+                serve(c, None)
+            }
             Err(e) => fail(&e.to_string()),
         },
+        Command::Echo { listen } => echo(listen),
         Command::Demo { listen, runner } => demo(&listen, runner),
         Command::Bench { what } => run_bench(what),
     }
@@ -201,6 +221,28 @@ fn serve(
             ExitCode::FAILURE
         }
     }
+}
+
+/// Serves the echo upstream until SIGTERM/SIGINT. Prints `extplug echo
+/// listening on http://ADDR` once it accepts connections.
+fn echo(listen: std::net::SocketAddr) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("starting the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        // Handlers first: a signal right after the listening line must stop
+        // us cleanly, not by its default action.
+        let stopped = extplug::stop_on_signal(CancellationToken::new());
+        let addr = match host::demo::start_echo_on(listen).await {
+            Ok(addr) => addr,
+            Err(e) => return fail(&format!("cannot listen on {listen}: {e}")),
+        };
+        println!("extplug echo listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+        stopped.await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn demo(listen: &str, runner: Option<PathBuf>) -> ExitCode {

@@ -50,13 +50,23 @@ curl -i {base}/vars -d 'hello'
     )
 }
 
-/// Starts the echo upstream: it answers every request with a JSON object of
-/// what it received (method, path, query, headers, body).
+/// Starts the echo upstream on a free port of 127.0.0.1: it answers every
+/// request with a JSON object of what it received (method, path, query,
+/// headers, body).
 ///
 /// # Errors
 /// `127.0.0.1:0` cannot be bound.
 pub async fn start_echo() -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    start_echo_on("127.0.0.1:0".parse().expect("a valid address")).await
+}
+
+/// Starts the echo upstream on `addr` (`extplug echo --listen ADDR`), and
+/// returns the address it listens on (the port filled in when it was 0).
+///
+/// # Errors
+/// `addr` cannot be bound.
+pub async fn start_echo_on(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
