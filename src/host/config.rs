@@ -797,4 +797,18 @@ mod tests {
         );
         assert_eq!(smooth_schedule(&[2, 2]).unwrap(), vec![0, 1]);
     }
+
+    #[test]
+    fn the_client_body_timeout_defaults_to_60_s_and_must_be_positive() {
+        let base = r#""ext-plugin":{"cmd":["r"]},"routes":[]"#;
+        let c = Config::parse(&format!("{{{base}}}")).unwrap();
+        assert_eq!(c.client_body_timeout, Duration::from_secs(60));
+        let c = Config::parse(&format!(r#"{{{base},"client_body_timeout_ms":250}}"#)).unwrap();
+        assert_eq!(c.client_body_timeout, Duration::from_millis(250));
+        let err = Config::parse(&format!(r#"{{{base},"client_body_timeout_ms":0}}"#)).unwrap_err();
+        assert!(
+            err.to_string().contains("`client_body_timeout_ms`"),
+            "{err}"
+        );
+    }
 }
