@@ -115,13 +115,12 @@ async fn no_path_reaches_admin_without_its_plugins() {
                 got.text()
             ));
         }
-        if status == 400 {
-            assert!(
-                got.text().contains("bad request path")
-                    || got.header("content-length") == Some("0"),
-                "{target}: a 400 says why: {}",
-                got.text()
-            );
+        if status == 400
+            && got.status == 400
+            && !got.text().contains("bad request path")
+            && got.header("content-length") != Some("0")
+        {
+            failures.push(format!("{target}: a 400 says why, got {}", got.text()));
         }
     }
     // With the key, the dot-segment forms reach /admin/* (so 401 above was
