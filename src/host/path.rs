@@ -382,6 +382,40 @@ mod tests {
     }
 
     #[test]
+    fn normalizing_is_idempotent_and_encoding_round_trips() {
+        // A small deterministic generator over the characters that matter.
+        const PARTS: [&str; 16] = [
+            "/", "//", ".", "..", "%2e", "%2E", "a", "%25", "%20", "%3b", "é", "%c3%a9", "~",
+            "%41", "+", "%2",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut checked = 0;
+        for _ in 0..20_000 {
+            let mut raw = String::from("/");
+            for _ in 0..(state % 9) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                raw.push_str(PARTS[(state % 16) as usize]);
+            }
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let Ok(p) = normalize(&raw) else { continue };
+            checked += 1;
+            let again = normalize(&p.encoded()).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(again, p, "{raw}");
+            assert_eq!(normalize_decoded(p.as_str()).unwrap(), p, "{raw}");
+            assert!(
+                !p.as_str().split('/').any(|s| s == "." || s == ".."),
+                "{raw}"
+            );
+            assert!(!p.as_str().contains("//"), "{raw}");
+        }
+        assert!(checked > 1000, "only {checked} inputs were valid");
+    }
+
+    #[test]
     fn no_input_panics() {
         for raw in [
             "/%", "/%a", "/%%", "/é/%", "/\u{80}", "//..//..", "/./.", "/%ff",
