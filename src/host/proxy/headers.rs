@@ -1,7 +1,7 @@
 //! The one header filter. Everything that leaves the proxy (the request to
 //! the upstream, the answer to the client) and every header list a plugin
 //! supplies (stop headers, rewrite headers, rewrite response headers,
-//! response-phase headers) goes through [`filter_map`] or [`from_plugin`].
+//! response-phase headers) goes through `filter_map` or `from_plugin`.
 //!
 //! The proxy owns message framing: `content-length` and `transfer-encoding`
 //! are always dropped here and set by the proxy from the body it actually
