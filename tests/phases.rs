@@ -467,3 +467,106 @@ async fn a_head_answer_read_by_the_response_phase_keeps_its_length() {
     );
     assert!(got.body.is_empty());
 }
+
+/// Posts `Content-Length: 100` with only 10 bytes to `path`, then stalls
+/// (`close` false) or closes its writing half (`close` true).
+async fn partial_post(addr: SocketAddr, path: &str, close: bool) -> common::raw::RawResponse {
+    let mut conn = common::raw::RawConn::connect(addr).await;
+    let head = format!("POST {path} HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n0123456789");
+    conn.send(head.as_bytes()).await;
+    if close {
+        conn.shutdown_write().await;
+    }
+    conn.response().await.expect("closed without an answer")
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_or_stops_is_408_or_400_and_never_forwarded() {
+    let up = Upstream::start().await;
+    let degraded = |entries: &[(&str, Value)]| {
+        let mut p = phase(entries);
+        p["allow_degradation"] = json!(true);
+        json!({ "ext-plugin-pre-req": p })
+    };
+    let routes = json!([
+        // The body is prefetched for the call.
+        route(
+            "declared",
+            "/declared",
+            up.addr,
+            degraded(&[("body-size", json!({}))])
+        ),
+        // The body streams to the upstream.
+        route("stream", "/stream", up.addr, json!({})),
+    ]);
+    let mut c = config(demo(), json!({}), routes);
+    c["client_body_timeout_ms"] = json!(300);
+    let proxy = ProxyProc::start(&c);
+    for path in ["/declared", "/stream"] {
+        let got = partial_post(proxy.addr, path, false).await;
+        assert_eq!(got.status, 408, "{path} stalled: {}", got.text());
+        let got = partial_post(proxy.addr, path, true).await;
+        assert_eq!(got.status, 400, "{path} closed: {}", got.text());
+    }
+    // A whole body still goes through both.
+    for path in ["/declared", "/stream"] {
+        let got = send("POST", &proxy.url(path), &[], "0123456789").await;
+        assert_eq!(got.status, 200, "{path}");
+        assert_eq!(up.last().body, "0123456789");
+    }
+    let seen: Vec<String> = up.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(
+        seen,
+        ["/declared", "/stream"],
+        "no partial body was forwarded"
+    );
+}
+
+#[tokio::test]
+async fn a_body_read_lazily_that_stalls_is_408_even_with_degradation() {
+    let up = Upstream::start().await;
+    let proxy = conf::scripted(&up, |c| {
+        c["client_body_timeout_ms"] = json!(300);
+        c["routes"][0]["plugins"]["ext-plugin-pre-req"]["allow_degradation"] = json!(true);
+    });
+    let got = partial_post(proxy.addr, "/lazy-body", false).await;
+    assert_eq!(got.status, 408, "{}", got.text());
+    let got = partial_post(proxy.addr, "/lazy-body", true).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert!(
+        up.requests().is_empty(),
+        "the request never goes on without its body: {:?}",
+        up.requests()
+    );
+    // The same call with the whole body works.
+    let got = send("POST", &proxy.url("/lazy-body"), &[], "0123456789").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(up.last().header("x-lazy-body-len"), Some("10"));
+}
+
+#[tokio::test]
+async fn an_upstream_body_cut_short_is_502_when_a_plugin_needs_it() {
+    // An upstream that promises 100 bytes, sends 5, and closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort")
+                .await;
+        }
+    });
+    let post_resp = json!({"ext-plugin-post-resp": phase(&[("body-size", json!({}))])});
+    let routes = json!([route("cut", "/cut", addr, post_resp)]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    let got = get(&proxy.url("/cut")).await;
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert!(
+        got.text().contains("upstream body failed"),
+        "{}",
+        got.text()
+    );
+}

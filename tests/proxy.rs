@@ -603,3 +603,47 @@ async fn the_access_log_is_there_at_debug_level() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn plugin_framing_headers_cannot_break_a_keep_alive_connection() {
+    let up = Upstream::start().await;
+    let say = json!({"body": "hello", "headers": {
+        "content-length": "100",
+        "transfer-encoding": "chunked",
+        "connection": "x-hop",
+        "x-hop": "1",
+        "x-kept": "yes"
+    }});
+    let routes = json!([
+        route(
+            "say",
+            "/say",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("say", say)])})
+        ),
+        route("up", "/up", up.addr, json!({})),
+    ]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    let mut conn = common::raw::RawConn::connect(proxy.addr).await;
+    // Two requests on one connection: the second is answered only if the
+    // first answer's framing was the proxy's, not the plugin's.
+    conn.send(b"GET /say HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let first = conn.response().await.expect("no first answer");
+    assert_eq!((first.status, first.text().as_str()), (200, "hello"));
+    assert_eq!(first.headers_named("content-length"), ["5"]);
+    assert!(first.header("transfer-encoding").is_none());
+    assert!(first.header("x-hop").is_none(), "named in connection");
+    assert_eq!(first.header("x-kept"), Some("yes"));
+    conn.send(b"GET /up HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let second = conn.response().await.expect("no second answer");
+    assert_eq!(
+        (second.status, second.text().as_str()),
+        (200, "upstream says hi")
+    );
+    assert_eq!(up.requests().len(), 1);
+    assert!(
+        proxy.log().contains("plugin header dropped"),
+        "drops are logged:\n{}",
+        proxy.log()
+    );
+}

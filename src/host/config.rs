@@ -53,6 +53,9 @@ pub struct Config {
     pub max_response_body: usize,
     /// How long requests in flight may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// The longest wait for the next bytes of a client's request body, like
+    /// nginx's `client_body_timeout`: past it the client gets 408.
+    pub client_body_timeout: Duration,
 }
 
 /// The `ext-plugin` section.
@@ -167,6 +170,8 @@ struct RawConfig {
     max_response_body_bytes: usize,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace_ms: u64,
+    #[serde(default = "default_client_body_timeout")]
+    client_body_timeout_ms: u64,
 }
 
 fn default_listen() -> String {
@@ -177,6 +182,9 @@ fn default_max_body() -> usize {
 }
 fn default_shutdown_grace() -> u64 {
     10_000
+}
+fn default_client_body_timeout() -> u64 {
+    60_000
 }
 
 #[derive(Deserialize)]
@@ -382,6 +390,11 @@ impl Config {
                 raw.listen
             ))
         })?;
+        if raw.client_body_timeout_ms == 0 {
+            return Err(ConfigError(
+                "`client_body_timeout_ms` must be greater than 0".into(),
+            ));
+        }
         let r = raw.ext_plugin;
         if r.cmd.is_empty() || r.cmd[0].is_empty() {
             return Err(ConfigError(
@@ -432,6 +445,7 @@ impl Config {
             max_request_body: raw.max_request_body_bytes,
             max_response_body: raw.max_response_body_bytes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
+            client_body_timeout: Duration::from_millis(raw.client_body_timeout_ms),
         })
     }
 }
@@ -782,5 +796,19 @@ mod tests {
             vec![0, 0, 1, 0, 2, 0, 0]
         );
         assert_eq!(smooth_schedule(&[2, 2]).unwrap(), vec![0, 1]);
+    }
+
+    #[test]
+    fn the_client_body_timeout_defaults_to_60_s_and_must_be_positive() {
+        let base = r#""ext-plugin":{"cmd":["r"]},"routes":[]"#;
+        let c = Config::parse(&format!("{{{base}}}")).unwrap();
+        assert_eq!(c.client_body_timeout, Duration::from_secs(60));
+        let c = Config::parse(&format!(r#"{{{base},"client_body_timeout_ms":250}}"#)).unwrap();
+        assert_eq!(c.client_body_timeout, Duration::from_millis(250));
+        let err = Config::parse(&format!(r#"{{{base},"client_body_timeout_ms":0}}"#)).unwrap_err();
+        assert!(
+            err.to_string().contains("`client_body_timeout_ms`"),
+            "{err}"
+        );
     }
 }

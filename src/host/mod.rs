@@ -47,6 +47,7 @@
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod path;
 pub mod proxy;
 pub mod router;
 pub mod supervisor;

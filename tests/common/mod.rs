@@ -206,6 +206,7 @@ pub fn get(path: &str) -> RequestParts<'_> {
 
 pub mod conf;
 pub mod http;
+pub mod raw;
 
 /// Builds an example (once per test binary per name) and returns its path.
 pub fn example(name: &str) -> PathBuf {

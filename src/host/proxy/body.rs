@@ -1,0 +1,252 @@
+//! Message bodies: one type, [`MessageBody`], for the client's request body
+//! and the upstream's response body, with one failure model.
+//!
+//! A body streams through unless a plugin needs it whole; then it is read
+//! once, within a size limit and an idle timeout (the longest wait for the
+//! next bytes, like nginx's `client_body_timeout`). A failure is sticky: once
+//! a body could not be read, it can never be forwarded (not even as an
+//! empty body) and the pipeline answers with the failure's status
+//! (400/408/413 for a request, 502 for a response). A body that fails while
+//! it streams to the upstream records its failure in the same place, so the
+//! pipeline can tell "the client stalled" from "the upstream failed".
+
+use super::{full, Body, BoxError};
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// Why a body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// Over the size limit (declared or actual).
+    #[error("body is over {0} bytes")]
+    TooLarge(usize),
+    /// No bytes arrived for the idle timeout.
+    #[error("no body bytes for {0:?}")]
+    TimedOut(Duration),
+    /// The peer closed or sent a malformed body.
+    #[error("body could not be read: {0}")]
+    Read(String),
+}
+
+/// Where a body comes from; decides the status of a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The client's request body.
+    Request,
+    /// The upstream's response body.
+    Response,
+}
+
+impl BodyError {
+    /// The status the client gets for this failure on `side`.
+    pub(crate) fn status(&self, side: Side) -> http::StatusCode {
+        use http::StatusCode as S;
+        match (side, self) {
+            (Side::Response, _) => S::BAD_GATEWAY,
+            (Side::Request, BodyError::TooLarge(_)) => S::PAYLOAD_TOO_LARGE,
+            (Side::Request, BodyError::TimedOut(_)) => S::REQUEST_TIMEOUT,
+            (Side::Request, BodyError::Read(_)) => S::BAD_REQUEST,
+        }
+    }
+}
+
+enum State {
+    /// Not read yet.
+    Streaming(Incoming),
+    /// Read whole (or replaced by a plugin).
+    Buffered(Bytes),
+    /// Handed to the upstream (or the client) as a stream.
+    Sent,
+}
+
+/// A request or response body: streaming, or buffered for a plugin.
+pub(crate) struct MessageBody {
+    state: State,
+    /// The declared `content-length`, checked against `limit` up front.
+    declared: Option<u64>,
+    limit: usize,
+    idle: Duration,
+    /// The first failure, also when it happens while streaming.
+    failure: Arc<OnceLock<BodyError>>,
+}
+
+impl MessageBody {
+    /// A body still to be read, with its message's headers (for the
+    /// declared length), a size limit for buffering, and an idle timeout.
+    pub(crate) fn new(body: Incoming, headers: &HeaderMap, limit: usize, idle: Duration) -> Self {
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        MessageBody {
+            state: State::Streaming(body),
+            declared,
+            limit,
+            idle,
+            failure: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The first failure of this body, if any.
+    pub(crate) fn failure(&self) -> Option<&BodyError> {
+        self.failure.get()
+    }
+
+    fn fail(&self, e: BodyError) -> BodyError {
+        let _ = self.failure.set(e);
+        self.failure
+            .get()
+            .cloned()
+            .unwrap_or(BodyError::Read(String::new()))
+    }
+
+    /// Reads the body whole (once; later calls return the same bytes).
+    ///
+    /// # Errors
+    /// Over the limit, idle too long, or unreadable; the failure sticks.
+    pub(crate) async fn buffer(&mut self) -> Result<Bytes, BodyError> {
+        if let Some(e) = self.failure() {
+            return Err(e.clone());
+        }
+        match std::mem::replace(&mut self.state, State::Sent) {
+            State::Buffered(bytes) => {
+                self.state = State::Buffered(bytes.clone());
+                Ok(bytes)
+            }
+            State::Sent => Err(self.fail(BodyError::Read("the body was already sent".into()))),
+            State::Streaming(body) => {
+                if self.declared.is_some_and(|n| n > self.limit as u64) {
+                    return Err(self.fail(BodyError::TooLarge(self.limit)));
+                }
+                let timed = IdleTimeout::new(body, self.idle, self.failure.clone());
+                match Limited::new(timed, self.limit).collect().await {
+                    Ok(collected) => {
+                        let bytes = collected.to_bytes();
+                        self.state = State::Buffered(bytes.clone());
+                        Ok(bytes)
+                    }
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        Err(self.fail(BodyError::TooLarge(self.limit)))
+                    }
+                    // `IdleTimeout` recorded the precise failure already.
+                    Err(e) => Err(self.fail(BodyError::Read(e.to_string()))),
+                }
+            }
+        }
+    }
+
+    /// Replaces the body (a plugin's rewrite).
+    pub(crate) fn replace(&mut self, bytes: Bytes) {
+        self.state = State::Buffered(bytes);
+    }
+
+    /// The body if it was buffered.
+    pub(crate) fn buffered(&self) -> Option<Bytes> {
+        match &self.state {
+            State::Buffered(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    /// The body to send on, and its length when it is buffered (the proxy
+    /// sets `content-length` from it). A buffered body stays available.
+    ///
+    /// # Errors
+    /// The body failed before (or was already sent): it must not be sent
+    /// as if it were complete.
+    pub(crate) fn send(&mut self) -> Result<(Body, Option<usize>), BodyError> {
+        if let Some(e) = self.failure() {
+            return Err(e.clone());
+        }
+        match std::mem::replace(&mut self.state, State::Sent) {
+            State::Buffered(bytes) => {
+                self.state = State::Buffered(bytes.clone());
+                let len = bytes.len();
+                Ok((full(bytes), Some(len)))
+            }
+            State::Streaming(body) => Ok((
+                IdleTimeout::new(body, self.idle, self.failure.clone()).boxed(),
+                None,
+            )),
+            State::Sent => Err(self.fail(BodyError::Read("the body was already sent".into()))),
+        }
+    }
+}
+
+/// A body that fails when no frame arrives for `idle`, and records its
+/// failure (timeout or read error) in the shared slot.
+struct IdleTimeout {
+    inner: Incoming,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// The clock starts at the first poll, not when the body is handed on
+    /// (connecting to the upstream is not the client's idle time).
+    started: bool,
+    failure: Arc<OnceLock<BodyError>>,
+}
+
+impl IdleTimeout {
+    fn new(inner: Incoming, idle: Duration, failure: Arc<OnceLock<BodyError>>) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            started: false,
+            failure,
+        }
+    }
+}
+
+impl hyper::body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if !this.started {
+            this.started = true;
+            let deadline = Instant::now() + this.idle;
+            this.sleep.as_mut().reset(deadline);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                let e = BodyError::Read(e.to_string());
+                let _ = this.failure.set(e.clone());
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(other) => {
+                let deadline = Instant::now() + this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(other.map(|r| r.map_err(BoxError::from)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let e = BodyError::TimedOut(this.idle);
+                    let _ = this.failure.set(e.clone());
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

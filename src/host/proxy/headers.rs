@@ -1,0 +1,290 @@
+//! The one header filter. Everything that leaves the proxy (the request to
+//! the upstream, the answer to the client) and every header list a plugin
+//! supplies (stop headers, rewrite headers, rewrite response headers,
+//! response-phase headers) goes through `filter_map` or `from_plugin`.
+//!
+//! The proxy owns message framing: `content-length` and `transfer-encoding`
+//! are always dropped here and set by the proxy from the body it actually
+//! sends, so that no plugin (or upstream) can desynchronize a keep-alive
+//! connection. Hop-by-hop headers and the names listed in `Connection`
+//! never cross the proxy. Invalid names or values from a plugin are dropped
+//! by the same code path.
+//!
+//! Drops of plugin-supplied headers are logged at `warn` with the route and
+//! the name, and counted per reason ([`dropped`]); drops from ordinary
+//! traffic (a client's `connection: keep-alive`) are routine, logged at
+//! `debug` and not counted.
+
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::{debug, warn};
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the common
+/// non-standard `keep-alive` and `proxy-connection`).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Framing headers: the proxy sets them itself.
+const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+
+/// Response headers a plugin's rewrite may not add (PROTOCOL.md section 3),
+/// beyond the framing and hop-by-hop ones.
+const PROTECTED_RESP_HEADERS: [&str; 6] = [
+    "connection",
+    "content-encoding",
+    "content-type",
+    "location",
+    "server",
+    "www-authenticate",
+];
+
+/// Why a header was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// `content-length` or `transfer-encoding`: the proxy sets framing.
+    Framing,
+    /// A hop-by-hop header.
+    HopByHop,
+    /// A name listed in the `Connection` header.
+    ConnectionListed,
+    /// Not a valid header name.
+    InvalidName,
+    /// Not a valid header value.
+    InvalidValue,
+    /// A response header a request-phase rewrite may not add.
+    Protected,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 6] = [
+        DropReason::Framing,
+        DropReason::HopByHop,
+        DropReason::ConnectionListed,
+        DropReason::InvalidName,
+        DropReason::InvalidValue,
+        DropReason::Protected,
+    ];
+
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Framing => "framing",
+            DropReason::HopByHop => "hop_by_hop",
+            DropReason::ConnectionListed => "connection_listed",
+            DropReason::InvalidName => "invalid_name",
+            DropReason::InvalidValue => "invalid_value",
+            DropReason::Protected => "protected",
+        }
+    }
+}
+
+/// Plugin-supplied headers dropped since start, per reason.
+static DROPPED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+/// How many plugin-supplied headers were dropped since the process
+/// started, per reason (for metrics).
+pub fn dropped() -> Vec<(DropReason, u64)> {
+    DropReason::ALL
+        .iter()
+        .map(|&r| (r, DROPPED[r as usize].load(Ordering::Relaxed)))
+        .collect()
+}
+
+/// Where a header list comes from, for logs and counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A plugin's stop, rewrite or response-phase answer.
+    Plugin,
+    /// A plugin's rewrite `respHeaders`: also refuses protected names.
+    PluginRespHeaders,
+    /// The client's request or the upstream's answer.
+    Traffic,
+}
+
+fn dropped_one(route: &str, origin: Origin, name: &str, reason: DropReason) {
+    if origin == Origin::Traffic {
+        debug!(
+            route,
+            header = name,
+            reason = reason.name(),
+            "header dropped"
+        );
+    } else {
+        DROPPED[reason as usize].fetch_add(1, Ordering::Relaxed);
+        warn!(
+            route,
+            header = name,
+            reason = reason.name(),
+            "plugin header dropped"
+        );
+    }
+}
+
+/// Names listed in the `Connection` values.
+fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> HashSet<String> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The verdict on one (valid) name.
+fn verdict(name: &str, listed: &HashSet<String>, origin: Origin) -> Option<DropReason> {
+    if FRAMING.contains(&name) {
+        Some(DropReason::Framing)
+    } else if HOP_BY_HOP.contains(&name) {
+        Some(DropReason::HopByHop)
+    } else if listed.contains(name) {
+        Some(DropReason::ConnectionListed)
+    } else if origin == Origin::PluginRespHeaders && PROTECTED_RESP_HEADERS.contains(&name) {
+        Some(DropReason::Protected)
+    } else {
+        None
+    }
+}
+
+/// Filters a header map in place (what goes to the upstream or back to the
+/// client).
+pub(crate) fn filter_map(headers: &mut HeaderMap, route: &str, origin: Origin) {
+    let listed = connection_listed(
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    let drop: Vec<(HeaderName, DropReason)> = headers
+        .keys()
+        .filter_map(|n| verdict(n.as_str(), &listed, origin).map(|r| (n.clone(), r)))
+        .collect();
+    for (name, reason) in drop {
+        dropped_one(route, origin, name.as_str(), reason);
+        headers.remove(&name);
+    }
+}
+
+/// Parses and filters a plugin's header list (values `None` pass through:
+/// they mean "delete" in a rewrite). Names are lower-cased.
+pub(crate) fn from_plugin<V: AsRef<str>>(
+    pairs: impl IntoIterator<Item = (String, Option<V>)>,
+    route: &str,
+    origin: Origin,
+) -> Vec<(HeaderName, Option<HeaderValue>)> {
+    let pairs: Vec<(String, Option<V>)> = pairs.into_iter().collect();
+    let listed = connection_listed(
+        pairs
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .filter_map(|(_, v)| v.as_ref().map(|v| v.as_ref().as_bytes())),
+    );
+    let mut out = Vec::with_capacity(pairs.len());
+    for (name, value) in &pairs {
+        let Ok(parsed) = HeaderName::from_bytes(name.as_bytes()) else {
+            dropped_one(route, origin, name, DropReason::InvalidName);
+            continue;
+        };
+        if let Some(reason) = verdict(parsed.as_str(), &listed, origin) {
+            dropped_one(route, origin, parsed.as_str(), reason);
+            continue;
+        }
+        let value = match value {
+            None => None,
+            Some(v) => match HeaderValue::from_str(v.as_ref()) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    dropped_one(route, origin, parsed.as_str(), DropReason::InvalidValue);
+                    continue;
+                }
+            },
+        };
+        out.push((parsed, value));
+    }
+    out
+}
+
+/// [`from_plugin`] for a list where every value is set (stop and
+/// response-phase headers): an append-ready map.
+pub(crate) fn map_from_plugin(
+    pairs: impl IntoIterator<Item = (String, String)>,
+    route: &str,
+    origin: Origin,
+) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in from_plugin(pairs.into_iter().map(|(n, v)| (n, Some(v))), route, origin) {
+        if let Some(value) = value {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_hop_by_hop_listed_and_invalid_are_dropped() {
+        let before = dropped();
+        let pairs = vec![
+            ("Content-Length".to_owned(), "100".to_owned()),
+            ("transfer-encoding".to_owned(), "chunked".to_owned()),
+            ("connection".to_owned(), "x-secret, close".to_owned()),
+            ("x-secret".to_owned(), "1".to_owned()),
+            ("upgrade".to_owned(), "h2c".to_owned()),
+            ("bad name".to_owned(), "v".to_owned()),
+            ("x-bad-value".to_owned(), "a\nb".to_owned()),
+            ("X-Kept".to_owned(), "yes".to_owned()),
+            ("x-kept".to_owned(), "again".to_owned()),
+        ];
+        let map = map_from_plugin(pairs, "r", Origin::Plugin);
+        assert_eq!(map.len(), 2);
+        assert_eq!(
+            map.get_all("x-kept").iter().collect::<Vec<_>>(),
+            ["yes", "again"]
+        );
+        let after = dropped();
+        let grew = |r: DropReason| {
+            after.iter().find(|(x, _)| *x == r).unwrap().1
+                - before.iter().find(|(x, _)| *x == r).unwrap().1
+        };
+        // Other tests may run at the same time: at least these.
+        assert!(grew(DropReason::Framing) >= 2);
+        assert!(grew(DropReason::HopByHop) >= 2);
+        assert!(grew(DropReason::ConnectionListed) >= 1);
+        assert!(grew(DropReason::InvalidName) >= 1);
+        assert!(grew(DropReason::InvalidValue) >= 1);
+    }
+
+    #[test]
+    fn protected_response_headers_only_for_resp_headers() {
+        let pairs = || vec![("content-type".to_owned(), "text/evil".to_owned())];
+        assert!(map_from_plugin(pairs(), "r", Origin::PluginRespHeaders).is_empty());
+        assert_eq!(map_from_plugin(pairs(), "r", Origin::Plugin).len(), 1);
+    }
+
+    #[test]
+    fn a_map_loses_framing_and_connection_names() {
+        let mut map = HeaderMap::new();
+        map.insert("connection", HeaderValue::from_static("keep-alive, x-hop"));
+        map.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        map.insert("x-hop", HeaderValue::from_static("1"));
+        map.insert("content-length", HeaderValue::from_static("3"));
+        map.insert("x-end", HeaderValue::from_static("1"));
+        filter_map(&mut map, "r", Origin::Traffic);
+        assert_eq!(
+            map.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-end"]
+        );
+    }
+}

@@ -1,0 +1,481 @@
+//! The request pipeline: normalize the path, route, run the request phases
+//! and apply their outcomes, forward, run the response phase, and set the
+//! answer's framing.
+//!
+//! A body failure decides the answer wherever it happened (prefetch for a
+//! call, a lazy EXTRA_INFO read, streaming to the upstream): 400/408/413 for
+//! the client's body, 502 for the upstream's, with or without degradation.
+
+use super::body::{BodyError, MessageBody, Side};
+use super::headers::{self, Origin};
+use super::query::{parse_query, rewrite_query, target};
+use super::{error_response, full, Body, Proxy};
+use crate::host::client::{CallError, InfoProvider};
+use crate::host::config::{Phase, PhaseConf, Route};
+use crate::host::path::{self, NormalizedPath};
+use crate::host::vars::{self, VarCtx};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use runner_sdk::{async_trait, InfoKey, RequestOutcome, RequestParts, ResponseParts, Rewrite};
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tracing::{debug, error, warn};
+
+/// Everything about one request as it goes through the phases.
+pub(crate) struct Exchange {
+    pub(crate) route: Arc<Route>,
+    /// The request as it is now; its URI is the canonical origin-form
+    /// target of `path` (what the upstream gets).
+    pub(crate) head: http::request::Parts,
+    /// The request target as received (`request_uri`).
+    original_uri: Uri,
+    /// The normalized path, decoded: what was routed and what the runner sees.
+    path: NormalizedPath,
+    pub(crate) body: MessageBody,
+    pub(crate) peer: SocketAddr,
+    local: SocketAddr,
+    request_id: String,
+    /// Response headers added by request-phase rewrites (filtered).
+    resp_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Exchange {
+    fn var_ctx(&self) -> VarCtx<'_> {
+        VarCtx {
+            head: &self.head,
+            original_uri: &self.original_uri,
+            peer: self.peer,
+            local: self.local,
+            route_id: &self.route.id,
+            request_id: &self.request_id,
+        }
+    }
+
+    /// Logs a body failure and gives the client's answer for it.
+    pub(crate) fn body_failed(&self, side: Side, e: &BodyError) -> Response<Body> {
+        let status = e.status(side);
+        let message = match side {
+            Side::Request => {
+                warn!(route = %self.route.id, cause = %e, status = status.as_u16(), "request body failed");
+                format!("cannot read the request body: {e}")
+            }
+            Side::Response => {
+                error!(route = %self.route.id, cause = %e, "upstream body failed: 502");
+                format!("upstream body failed: {e}")
+            }
+        };
+        error_response(status, &message)
+    }
+}
+
+/// How a phase failed.
+enum PhaseError {
+    /// A body could not be read (its failure is also recorded in the body).
+    Body(BodyError),
+    /// The runner call failed: 503 or degradation.
+    Call(CallError),
+}
+
+impl From<CallError> for PhaseError {
+    fn from(e: CallError) -> Self {
+        PhaseError::Call(e)
+    }
+}
+
+impl From<BodyError> for PhaseError {
+    fn from(e: BodyError) -> Self {
+        PhaseError::Body(e)
+    }
+}
+
+/// A HEAD answer, a 1xx, 204 or 304 has no body.
+fn bodiless(method: &Method, status: StatusCode) -> bool {
+    method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+impl Proxy {
+    /// Normalizes, routes and answers one request.
+    pub(super) async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Response<Body> {
+        let path = match path::normalize(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(client = %peer, target = %req.uri(), cause = %e, "bad request path: 400");
+                return error_response(StatusCode::BAD_REQUEST, &format!("bad request path: {e}"));
+            }
+        };
+        let Some(index) = self.router.find(req.method(), path.as_str()) else {
+            return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
+        };
+        let rt = &self.routes[index];
+        let (mut head, body) = req.into_parts();
+        let original_uri = head.uri.clone();
+        head.uri = match target(&path, original_uri.query()) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return error_response(StatusCode::BAD_REQUEST, &format!("bad request target: {e}"))
+            }
+        };
+        let body = MessageBody::new(
+            body,
+            &head.headers,
+            self.max_request_body,
+            self.client_body_timeout,
+        );
+        let mut ex = Exchange {
+            route: rt.route.clone(),
+            original_uri,
+            head,
+            path,
+            body,
+            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            local,
+            request_id: self.ids.next(),
+            resp_headers: Vec::new(),
+        };
+        for phase in [Phase::PreReq, Phase::PostReq] {
+            let Some(pc) = rt.route.phase(phase) else {
+                continue;
+            };
+            if let Some(answer) = self.request_phase(phase, pc, &mut ex).await {
+                return answer;
+            }
+        }
+        let upstream = match rt.forward(&mut ex).await {
+            Ok(resp) => resp,
+            Err(answer) => return answer,
+        };
+        let (mut head, body) = upstream.into_parts();
+        let mut body = MessageBody::new(
+            body,
+            &head.headers,
+            self.max_response_body,
+            rt.route.upstream.read_timeout,
+        );
+        // The upstream's length of a bodiless answer (HEAD, 304) describes
+        // the resource: it goes back to the client as it was.
+        let upstream_length = head.headers.get(CONTENT_LENGTH).cloned();
+        if let Some(pc) = rt.route.phase(Phase::PostResp) {
+            if let Err(answer) = self.response_phase(pc, &mut ex, &mut head, &mut body).await {
+                return answer;
+            }
+        }
+        headers::filter_map(&mut head.headers, &ex.route.id, Origin::Traffic);
+        for (name, value) in std::mem::take(&mut ex.resp_headers) {
+            head.headers.append(name, value);
+        }
+        let (body, len) = match body.send() {
+            Ok(sent) => sent,
+            Err(e) => return ex.body_failed(Side::Response, &e),
+        };
+        if bodiless(&ex.head.method, head.status) {
+            if let Some(v) = upstream_length {
+                head.headers.insert(CONTENT_LENGTH, v);
+            }
+        } else if let Some(len) = len {
+            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        Response::from_parts(head, body)
+    }
+
+    /// Runs one request phase and applies its outcome. `Some` is the answer
+    /// to send now (a stop, or an error).
+    async fn request_phase(
+        &self,
+        phase: Phase,
+        pc: &PhaseConf,
+        ex: &mut Exchange,
+    ) -> Option<Response<Body>> {
+        let result = self.call_request_phase(pc, ex).await;
+        // A body that failed during the call (a lazy read answered "not
+        // available" to the runner) decides the answer, whatever the call
+        // gave: the request must not go on without its body.
+        if let Some(e) = ex.body.failure().cloned() {
+            return Some(ex.body_failed(Side::Request, &e));
+        }
+        match result {
+            Ok(RequestOutcome::Continue) => None,
+            Ok(RequestOutcome::Stop(stop)) => {
+                let route = ex.route.id.clone();
+                let len = stop.body.len();
+                let mut resp = Response::new(full(Bytes::from(stop.body)));
+                *resp.status_mut() = stop.status;
+                *resp.headers_mut() =
+                    headers::map_from_plugin(stop.headers, &route, Origin::Plugin);
+                if !bodiless(&ex.head.method, stop.status) {
+                    resp.headers_mut()
+                        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+                }
+                Some(resp)
+            }
+            Ok(RequestOutcome::Rewrite(rw)) => {
+                apply_rewrite(ex, rw);
+                None
+            }
+            Err(PhaseError::Body(e)) => Some(ex.body_failed(Side::Request, &e)),
+            Err(PhaseError::Call(e)) => self.call_failed(phase, pc, ex, e),
+        }
+    }
+
+    /// Logs a failed call; the 503 answer, or `None` when degradation is allowed.
+    fn call_failed(
+        &self,
+        phase: Phase,
+        pc: &PhaseConf,
+        ex: &Exchange,
+        e: CallError,
+    ) -> Option<Response<Body>> {
+        if pc.allow_degradation {
+            warn!(route = %ex.route.id, phase = phase.name(), cause = %e, "ext-plugin call failed; degraded: going on unchanged");
+            None
+        } else {
+            error!(route = %ex.route.id, phase = phase.name(), cause = %e, "ext-plugin call failed: 503");
+            Some(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ext-plugin runner unavailable",
+            ))
+        }
+    }
+
+    async fn call_request_phase(
+        &self,
+        pc: &PhaseConf,
+        ex: &mut Exchange,
+    ) -> Result<RequestOutcome, PhaseError> {
+        let ticket = self.client.ticket(pc).await?;
+        let body = if ticket.needs.request_body {
+            Some(ex.body.buffer().await?)
+        } else {
+            None
+        };
+        let args = parse_query(ex.head.uri.query());
+        let headers: Vec<(&str, Cow<'_, str>)> = ex
+            .head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        // Field by field, so that the body stays mutable for the provider.
+        let ctx = VarCtx {
+            head: &ex.head,
+            original_uri: &ex.original_uri,
+            peer: ex.peer,
+            local: ex.local,
+            route_id: &ex.route.id,
+            request_id: &ex.request_id,
+        };
+        let values: Vec<(&str, Option<String>)> = ticket
+            .needs
+            .vars
+            .iter()
+            .map(|n| (n.as_str(), vars::lookup(n, &ctx)))
+            .collect();
+        let mut extra_info: Vec<(&str, Option<&[u8]>)> = values
+            .iter()
+            .map(|(n, v)| (*n, v.as_deref().map(str::as_bytes)))
+            .collect();
+        if let Some(body) = &body {
+            extra_info.push(("$request_body", Some(body)));
+        }
+        let parts = RequestParts {
+            id: self.client.next_id(),
+            src_ip: ex.peer.ip(),
+            method: ex.head.method.clone(),
+            path: ex.path.as_str(),
+            args: args
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_deref()))
+                .collect(),
+            headers: headers.iter().map(|(n, v)| (*n, v.as_ref())).collect(),
+            extra_info,
+        };
+        let mut provider = RequestInfo {
+            ctx,
+            body: &mut ex.body,
+        };
+        Ok(self
+            .client
+            .call_request(pc, &ticket, parts, &mut provider)
+            .await?)
+    }
+
+    /// Runs the response phase over the upstream's answer. `Err` is the
+    /// answer to send instead (502 for a lost upstream body, 503).
+    async fn response_phase(
+        &self,
+        pc: &PhaseConf,
+        ex: &mut Exchange,
+        head: &mut http::response::Parts,
+        body: &mut MessageBody,
+    ) -> Result<(), Response<Body>> {
+        let result = self.call_response_phase(pc, ex, head, body).await;
+        if let Some(e) = body.failure().cloned() {
+            return Err(ex.body_failed(Side::Response, &e));
+        }
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(PhaseError::Body(e)) => return Err(ex.body_failed(Side::Response, &e)),
+            Err(PhaseError::Call(e)) => {
+                return match self.call_failed(Phase::PostResp, pc, ex, e) {
+                    Some(answer) => Err(answer),
+                    None => Ok(()),
+                }
+            }
+        };
+        if let Some(status) = outcome.status {
+            head.status = status;
+        }
+        if let Some(headers) = outcome.headers {
+            head.headers = headers::map_from_plugin(headers, &ex.route.id, Origin::Plugin);
+        }
+        if let Some(new_body) = outcome.body {
+            body.replace(Bytes::from(new_body));
+        }
+        Ok(())
+    }
+
+    async fn call_response_phase(
+        &self,
+        pc: &PhaseConf,
+        ex: &mut Exchange,
+        head: &http::response::Parts,
+        body: &mut MessageBody,
+    ) -> Result<runner_sdk::ResponseOutcome, PhaseError> {
+        let ticket = self.client.ticket(pc).await?;
+        let resp_body = if ticket.needs.response_body {
+            Some(body.buffer().await?)
+        } else {
+            None
+        };
+        let headers: Vec<(&str, Cow<'_, str>)> = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        let ctx = ex.var_ctx();
+        let values: Vec<(&str, Option<Bytes>)> = ticket
+            .needs
+            .vars
+            .iter()
+            .map(|n| (n.as_str(), vars::lookup(n, &ctx).map(Bytes::from)))
+            .collect();
+        let mut extra_info: Vec<(&str, Option<&[u8]>)> =
+            values.iter().map(|(n, v)| (*n, v.as_deref())).collect();
+        if let Some(b) = &resp_body {
+            extra_info.push(("$response_body", Some(b)));
+        }
+        let parts = ResponseParts {
+            id: self.client.next_id(),
+            status: head.status,
+            headers: headers.iter().map(|(n, v)| (*n, v.as_ref())).collect(),
+            extra_info,
+        };
+        let mut provider = ResponseInfo {
+            ctx,
+            req_body: ex.body.buffered(),
+            body,
+        };
+        Ok(self
+            .client
+            .call_response(pc, &ticket, parts, &mut provider)
+            .await?)
+    }
+}
+
+/// Applies a request-phase rewrite to the request.
+fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
+    let route = ex.route.id.clone();
+    if rw.path.is_some() || !rw.args.is_empty() {
+        let new_path = match rw.path.as_deref().map(path::normalize_decoded) {
+            None => Some(ex.path.clone()),
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                warn!(route = %route, cause = %e, "runner's rewrite path refused; path and args kept");
+                None
+            }
+        };
+        if let Some(new_path) = new_path {
+            let query = if rw.args.is_empty() {
+                ex.head.uri.query().map(str::to_owned)
+            } else {
+                Some(rewrite_query(ex.head.uri.query(), &rw.args))
+            };
+            match target(&new_path, query.as_deref()) {
+                Ok(uri) => {
+                    ex.head.uri = uri;
+                    ex.path = new_path;
+                }
+                Err(e) => {
+                    warn!(route = %route, cause = %e, "runner's rewrite gives an invalid URI; path and args kept")
+                }
+            }
+        }
+    }
+    let mut replaced = HashSet::new();
+    for (name, value) in headers::from_plugin(rw.headers, &route, Origin::Plugin) {
+        if replaced.insert(name.clone()) {
+            ex.head.headers.remove(&name);
+        }
+        if let Some(value) = value {
+            ex.head.headers.append(name, value);
+        }
+    }
+    let resp_headers = rw.resp_headers.into_iter().map(|(n, v)| (n, Some(v)));
+    for (name, value) in headers::from_plugin(resp_headers, &route, Origin::PluginRespHeaders) {
+        if let Some(value) = value {
+            ex.resp_headers.push((name, value));
+        }
+    }
+    if let Some(body) = rw.body {
+        ex.body.replace(Bytes::from(body));
+    }
+}
+
+/// EXTRA_INFO during a request phase: variables, and the request body (read
+/// now if it was not yet). A body that cannot be read is "not available" to
+/// the runner, and its failure decides the answer after the call.
+struct RequestInfo<'a> {
+    ctx: VarCtx<'a>,
+    body: &'a mut MessageBody,
+}
+
+#[async_trait]
+impl InfoProvider for RequestInfo<'_> {
+    async fn provide(&mut self, key: InfoKey<'_>) -> Option<Bytes> {
+        match key {
+            InfoKey::Var(name) => vars::lookup(name, &self.ctx).map(Bytes::from),
+            InfoKey::RequestBody => self.body.buffer().await.ok(),
+            InfoKey::ResponseBody => None,
+        }
+    }
+}
+
+/// EXTRA_INFO during the response phase: variables, the request body if it
+/// was read, and the upstream body (read now if it was not yet).
+struct ResponseInfo<'a> {
+    ctx: VarCtx<'a>,
+    req_body: Option<Bytes>,
+    body: &'a mut MessageBody,
+}
+
+#[async_trait]
+impl InfoProvider for ResponseInfo<'_> {
+    async fn provide(&mut self, key: InfoKey<'_>) -> Option<Bytes> {
+        match key {
+            InfoKey::Var(name) => vars::lookup(name, &self.ctx).map(Bytes::from),
+            InfoKey::RequestBody => self.req_body.clone(),
+            InfoKey::ResponseBody => self.body.buffer().await.ok(),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The query string and the request target: argument parsing for the
+//! runner, argument rewrites, and the origin-form target sent upstream.
+
+use crate::host::path::NormalizedPath;
+use http::Uri;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+use std::collections::HashSet;
+
+/// Characters escaped in a query argument's name or value.
+const QUERY: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'&')
+    .add(b'=')
+    .add(b'+')
+    .add(b'%');
+
+/// One query component decoded (`+` is a space; invalid UTF-8 replaced).
+fn decode(s: &str) -> String {
+    percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Query arguments, one entry per value, decoded (`+` is a space);
+/// `None` for an argument without `=`. Empty segments are skipped.
+pub(crate) fn parse_query(query: Option<&str>) -> Vec<(String, Option<String>)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|seg| match seg.split_once('=') {
+            Some((k, v)) => (decode(k), Some(decode(v))),
+            None => (decode(seg), None),
+        })
+        .collect()
+}
+
+/// Applies argument changes to the original query: named arguments lose all
+/// their values, set values are appended; other arguments are kept as sent.
+pub(crate) fn rewrite_query(query: Option<&str>, changes: &[(String, Option<String>)]) -> String {
+    let names: HashSet<&str> = changes.iter().map(|(n, _)| n.as_str()).collect();
+    let mut out: Vec<String> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|seg| !seg.is_empty())
+        .filter(|seg| {
+            let name = seg.split_once('=').map_or(*seg, |(k, _)| k);
+            !names.contains(decode(name).as_str())
+        })
+        .map(str::to_owned)
+        .collect();
+    for (name, value) in changes {
+        if let Some(value) = value {
+            out.push(format!(
+                "{}={}",
+                utf8_percent_encode(name, QUERY),
+                utf8_percent_encode(value, QUERY)
+            ));
+        }
+    }
+    out.join("&")
+}
+
+/// The origin-form target for `path` (encoded canonically) and `query`
+/// (as it is; an empty query is left out).
+///
+/// # Errors
+/// The query holds characters a URI cannot.
+pub(crate) fn target(path: &NormalizedPath, query: Option<&str>) -> Result<Uri, http::Error> {
+    let encoded = path.encoded();
+    let pq = match query.filter(|q| !q.is_empty()) {
+        Some(q) => format!("{encoded}?{q}"),
+        None => encoded,
+    };
+    Ok(pq.parse::<Uri>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing_keeps_repeats_and_tells_no_value_from_empty() {
+        let args = parse_query(Some("xx=y&xx=z&&y=&&z&a%20b=c+d"));
+        let expect: Vec<(String, Option<String>)> = vec![
+            ("xx".into(), Some("y".into())),
+            ("xx".into(), Some("z".into())),
+            ("y".into(), Some("".into())),
+            ("z".into(), None),
+            ("a b".into(), Some("c d".into())),
+        ];
+        assert_eq!(args, expect);
+    }
+
+    #[test]
+    fn query_rewrite_keeps_the_rest_of_the_original() {
+        let q = rewrite_query(
+            Some("a=1&b=2&a=3&keep=%2F&flag"),
+            &[
+                ("a".into(), Some("x y".into())),
+                ("a".into(), Some("z".into())),
+                ("b".into(), None),
+                ("new".into(), Some("&".into())),
+            ],
+        );
+        assert_eq!(q, "keep=%2F&flag&a=x%20y&a=z&new=%26");
+    }
+
+    #[test]
+    fn the_target_is_canonical() {
+        let p = crate::host::path::normalize("/a/../b%20c/").unwrap();
+        assert_eq!(target(&p, Some("x=1")).unwrap().to_string(), "/b%20c/?x=1");
+        assert_eq!(target(&p, Some("")).unwrap().to_string(), "/b%20c/");
+    }
+}
