@@ -4,6 +4,7 @@
 
 use bytes::BytesMut;
 use extplug::host::config::Config;
+use extplug::host::path::normalize;
 use extplug::runner_sdk::RequestOutcome;
 use extplug::wire::{FrameCodec, Payload, MAX_PAYLOAD};
 use std::path::{Path, PathBuf};
@@ -91,5 +92,23 @@ fn config_inputs() {
                 let _ = e.to_string();
             }
         }
+    }
+}
+
+#[test]
+fn path_inputs() {
+    for (name, data) in inputs("path") {
+        let Ok(raw) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        let Ok(path) = normalize(raw) else {
+            continue;
+        };
+        let decoded = path.as_str();
+        assert!(
+            decoded.starts_with('/') && !decoded.contains('\0'),
+            "{name:?}"
+        );
+        assert_eq!(normalize(&path.encoded()).as_ref(), Ok(&path), "{name:?}");
     }
 }
