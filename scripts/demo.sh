@@ -6,4 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-capnp.sh
 cargo build --release --example demo-runner --bin extplug
-exec target/release/extplug demo "$@"
+# Cargo knows where it put the binaries (CARGO_TARGET_DIR, a config file...).
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+exec "${target_dir:-target}/release/extplug" demo "$@"
