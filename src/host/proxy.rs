@@ -23,7 +23,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use runner_sdk::{async_trait, InfoKey, RequestOutcome, RequestParts, ResponseParts, Rewrite};
 use std::borrow::Cow;
@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 /// Any error of a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -339,54 +339,16 @@ impl Proxy {
     }
 
     /// Serves `listener` until `shutdown`, then stops accepting and lets the
-    /// requests in flight finish, for at most `grace`.
+    /// requests in flight finish, for at most `grace`; with the default
+    /// client limits (see [`super::server::serve`] to choose them).
+    // [h-server] the accept loop moved to server.rs.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: CancellationToken,
         grace: Duration,
     ) {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let local = listener.local_addr().ok();
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!(cause = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().ok().or(local).unwrap_or(peer);
-            let proxy = self.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, local).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(cause = %e, "client connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-        info!("stopped accepting; finishing requests in flight");
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            warn!(
-                grace_ms = grace.as_millis() as u64,
-                "requests still in flight after the grace period"
-            );
-        }
+        super::server::serve(self, listener, Default::default(), shutdown, grace).await;
     }
 
     /// Answers one client request.
@@ -646,14 +608,8 @@ impl Proxy {
                 headers.insert(HOST, v);
             }
         }
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", ex.peer.ip()),
-            None => ex.peer.ip().to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
-        }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        // [h-server] X-Forwarded-For/-Proto/-Host, X-Real-IP: ingress.rs.
+        super::ingress::forwarding_headers(&mut headers, ex.peer.ip(), ex.head.headers.get(HOST));
         let body = match std::mem::replace(&mut ex.body, ReqBody::Taken) {
             ReqBody::Streaming(b) => b.map_err(BoxError::from).boxed(),
             ReqBody::Buffered(bytes) => {
