@@ -87,6 +87,10 @@ impl Default for ClientLimits {
     }
 }
 
+/// The most `max_client_connections` can be (far past any file descriptor
+/// limit; it keeps the connection semaphore in its range).
+const MAX_CLIENT_CONNECTIONS: usize = 10_000_000;
+
 /// The bounds of `max_request_header_bytes`: hyper needs room for a request
 /// line, and its read buffer (about 400 KiB) caps what it can hold.
 const HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=262_144;
@@ -501,10 +505,11 @@ fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError> {
             "`client_header_timeout_ms` must be greater than 0".into(),
         ));
     }
-    if raw.max_client_connections == 0 {
-        return Err(ConfigError(
-            "`max_client_connections` must be greater than 0".into(),
-        ));
+    if !(1..=MAX_CLIENT_CONNECTIONS).contains(&raw.max_client_connections) {
+        return Err(ConfigError(format!(
+            "`max_client_connections` {} must be between 1 and {MAX_CLIENT_CONNECTIONS}",
+            raw.max_client_connections
+        )));
     }
     if !HEADER_BYTES_RANGE.contains(&raw.max_request_header_bytes) {
         return Err(ConfigError(format!(
@@ -884,6 +889,7 @@ mod tests {
         for (field, value) in [
             ("client_header_timeout_ms", "0"),
             ("max_client_connections", "0"),
+            ("max_client_connections", "100000000000"),
             ("max_request_header_bytes", "100"),
             ("max_request_header_bytes", "10000000"),
             ("keepalive_timeout_ms", "-1"),

@@ -35,6 +35,9 @@ use tracing::{debug, info, warn};
 /// over unread bytes and lose the last answer (nginx's lingering close).
 const LINGER: Duration = Duration::from_secs(2);
 
+/// At most one "connection limit reached" warning in this time.
+const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// What a client whose header was cut short by the timeout gets.
 const TIMEOUT_ANSWER: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
@@ -56,14 +59,20 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();
     let local = listener.local_addr().ok();
+    let mut last_warned: Option<tokio::time::Instant> = None;
     loop {
         let permit = match slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                warn!(
-                    max_client_connections = limits.max_connections,
-                    "connection limit reached; new connections wait until one closes"
-                );
+                // Once per saturated stretch, not once per freed slot.
+                let now = tokio::time::Instant::now();
+                if last_warned.is_none_or(|t| now.duration_since(t) >= LIMIT_WARNING_EVERY) {
+                    last_warned = Some(now);
+                    warn!(
+                        max_client_connections = limits.max_connections,
+                        "connection limit reached; new connections wait until one closes"
+                    );
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     permit = slots.clone().acquire_owned() => match permit {
