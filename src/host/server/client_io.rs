@@ -6,6 +6,13 @@
 //! waiting for its next request: one timer cannot be nginx's
 //! `client_header_timeout` and `keepalive_timeout` at once.
 //!
+//! The raw head of each request is scanned here too: hyper drops the
+//! `Content-Length` of a request that also has `Transfer-Encoding`, so only
+//! the bytes tell that it had both. A head is scanned from the bytes read
+//! while no request is being served; a pipelined request whose head arrived
+//! while an earlier one was served has no verdict, and hyper then frames it
+//! by `Transfer-Encoding` alone and closes the connection after it.
+//!
 //! The socket is shared (`Arc<TcpStream>`) with the connection's task, so that
 //! the task can still answer 408 and close gracefully after hyper is gone.
 
