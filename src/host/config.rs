@@ -56,7 +56,47 @@ pub struct Config {
     /// The longest wait for the next bytes of a client's request body, like
     /// nginx's `client_body_timeout`: past it the client gets 408.
     pub client_body_timeout: Duration,
+    /// Limits on client connections (timeouts, counts, header size).
+    pub client: ClientLimits,
 }
+
+/// Limits on the proxy's client side, with nginx-like defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// How long a client has to send a request's whole header, from the
+    /// connection's start or the first byte of a later request (nginx's
+    /// `client_header_timeout`).
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection is kept open (nginx's
+    /// `keepalive_timeout`); zero turns keep-alive off.
+    pub keepalive_timeout: Duration,
+    /// Client connections served at once; past it, new connections wait in
+    /// the listen backlog until one closes.
+    pub max_connections: usize,
+    /// The largest request header (request line included); past it: 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ClientLimits {
+    /// nginx's defaults: 60 s header, 75 s keep-alive, 10,000 connections,
+    /// 32 KiB of header.
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_millis(default_client_header_timeout()),
+            keepalive_timeout: Duration::from_millis(default_keepalive_timeout()),
+            max_connections: default_max_client_connections(),
+            max_header_bytes: default_max_request_header(),
+        }
+    }
+}
+
+/// The most `max_client_connections` can be (far past any file descriptor
+/// limit; it keeps the connection semaphore in its range).
+const MAX_CLIENT_CONNECTIONS: usize = 10_000_000;
+
+/// The bounds of `max_request_header_bytes`: hyper needs room for a request
+/// line, and its read buffer (about 400 KiB) caps what it can hold.
+const HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=262_144;
 
 /// The `ext-plugin` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +212,14 @@ struct RawConfig {
     shutdown_grace_ms: u64,
     #[serde(default = "default_client_body_timeout")]
     client_body_timeout_ms: u64,
+    #[serde(default = "default_client_header_timeout")]
+    client_header_timeout_ms: u64,
+    #[serde(default = "default_keepalive_timeout")]
+    keepalive_timeout_ms: u64,
+    #[serde(default = "default_max_client_connections")]
+    max_client_connections: usize,
+    #[serde(default = "default_max_request_header")]
+    max_request_header_bytes: usize,
 }
 
 fn default_listen() -> String {
@@ -185,6 +233,18 @@ fn default_shutdown_grace() -> u64 {
 }
 fn default_client_body_timeout() -> u64 {
     60_000
+}
+fn default_client_header_timeout() -> u64 {
+    60_000
+}
+fn default_keepalive_timeout() -> u64 {
+    75_000
+}
+fn default_max_client_connections() -> usize {
+    10_000
+}
+fn default_max_request_header() -> usize {
+    32 * 1024
 }
 
 #[derive(Deserialize)]
@@ -395,6 +455,7 @@ impl Config {
                 "`client_body_timeout_ms` must be greater than 0".into(),
             ));
         }
+        let client = client_limits(&raw)?;
         let r = raw.ext_plugin;
         if r.cmd.is_empty() || r.cmd[0].is_empty() {
             return Err(ConfigError(
@@ -446,8 +507,38 @@ impl Config {
             max_response_body: raw.max_response_body_bytes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
             client_body_timeout: Duration::from_millis(raw.client_body_timeout_ms),
+            client,
         })
     }
+}
+
+/// Checks the client-side limits; errors name the field.
+fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError> {
+    if raw.client_header_timeout_ms == 0 {
+        return Err(ConfigError(
+            "`client_header_timeout_ms` must be greater than 0".into(),
+        ));
+    }
+    if !(1..=MAX_CLIENT_CONNECTIONS).contains(&raw.max_client_connections) {
+        return Err(ConfigError(format!(
+            "`max_client_connections` {} must be between 1 and {MAX_CLIENT_CONNECTIONS}",
+            raw.max_client_connections
+        )));
+    }
+    if !HEADER_BYTES_RANGE.contains(&raw.max_request_header_bytes) {
+        return Err(ConfigError(format!(
+            "`max_request_header_bytes` {} must be between {} and {}",
+            raw.max_request_header_bytes,
+            HEADER_BYTES_RANGE.start(),
+            HEADER_BYTES_RANGE.end()
+        )));
+    }
+    Ok(ClientLimits {
+        header_timeout: Duration::from_millis(raw.client_header_timeout_ms),
+        keepalive_timeout: Duration::from_millis(raw.keepalive_timeout_ms),
+        max_connections: raw.max_client_connections,
+        max_header_bytes: raw.max_request_header_bytes,
+    })
 }
 
 fn parse_route(value: serde_json::Value) -> Result<Route, String> {
@@ -787,6 +878,43 @@ mod tests {
             c.routes[0].upstream.nodes,
             vec![("127.0.0.1:1".to_string(), 2)]
         );
+    }
+
+    #[test]
+    fn client_limits_default_like_nginx_and_errors_name_the_field() {
+        let c = config(OK_ROUTE).unwrap();
+        assert_eq!(c.client, ClientLimits::default());
+        assert_eq!(c.client.header_timeout, Duration::from_secs(60));
+        assert_eq!(c.client.keepalive_timeout, Duration::from_secs(75));
+        let c = Config::parse(
+            r#"{"ext-plugin":{"cmd":["r"]},"routes":[],"client_header_timeout_ms":300,
+                "keepalive_timeout_ms":0,"max_client_connections":2,"max_request_header_bytes":4096}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.client,
+            ClientLimits {
+                header_timeout: Duration::from_millis(300),
+                keepalive_timeout: Duration::ZERO,
+                max_connections: 2,
+                max_header_bytes: 4096,
+            }
+        );
+        for (field, value) in [
+            ("client_header_timeout_ms", "0"),
+            ("max_client_connections", "0"),
+            ("max_client_connections", "100000000000"),
+            ("max_request_header_bytes", "100"),
+            ("max_request_header_bytes", "10000000"),
+            ("keepalive_timeout_ms", "-1"),
+        ] {
+            let err = Config::parse(&format!(
+                r#"{{"ext-plugin":{{"cmd":["r"]}},"routes":[],"{field}":{value}}}"#
+            ))
+            .unwrap_err()
+            .0;
+            assert!(err.contains(field), "{field}={value}: {err}");
+        }
     }
 
     #[test]

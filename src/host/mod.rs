@@ -47,9 +47,11 @@
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod ingress;
 pub mod path;
 pub mod proxy;
 pub mod router;
+pub mod server;
 pub mod supervisor;
 pub mod vars;
 
@@ -102,7 +104,14 @@ pub async fn run(
     let addr = listener.local_addr().unwrap_or(config.listen);
     info!(%addr, routes = config.routes.len(), "proxy listening");
     on_listening(addr);
-    proxy.serve(listener, shutdown, config.shutdown_grace).await;
+    server::serve(
+        proxy,
+        listener,
+        config.client,
+        shutdown,
+        config.shutdown_grace,
+    )
+    .await;
     supervisor.stop().await;
     info!("proxy stopped");
     Ok(())

@@ -35,14 +35,13 @@ use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::debug;
 use upstream::RouteRuntime;
 
 /// Any error of a body.
@@ -131,54 +130,15 @@ impl Proxy {
     }
 
     /// Serves `listener` until `shutdown`, then stops accepting and lets the
-    /// requests in flight finish, for at most `grace`.
+    /// requests in flight finish, for at most `grace`; with the default
+    /// client limits (see [`crate::host::server::serve`] to choose them).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: CancellationToken,
         grace: Duration,
     ) {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let local = listener.local_addr().ok();
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!(cause = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().ok().or(local).unwrap_or(peer);
-            let proxy = self.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, local).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(cause = %e, "client connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-        info!("stopped accepting; finishing requests in flight");
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            warn!(
-                grace_ms = grace.as_millis() as u64,
-                "requests still in flight after the grace period"
-            );
-        }
+        crate::host::server::serve(self, listener, Default::default(), shutdown, grace).await;
     }
 
     /// Answers one client request.

@@ -68,14 +68,12 @@ impl RouteRuntime {
                 headers.insert(HOST, v);
             }
         }
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", ex.peer.ip()),
-            None => ex.peer.ip().to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
-        }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        // X-Forwarded-For/-Proto/-Host and X-Real-IP, from the client's Host.
+        crate::host::ingress::forwarding_headers(
+            &mut headers,
+            ex.peer.ip(),
+            ex.head.headers.get(HOST),
+        );
         // The proxy sets the framing: a buffered body's length here; a
         // streamed body's framing is hyper's, from the client's (already
         // validated) length, or chunked.

@@ -1,0 +1,208 @@
+//! Checks every client request passes before anything else sees it, and the
+//! forwarding headers the upstream gets. Pure functions: no I/O, no state.
+//!
+//! - [`check_method`]: a method the runner protocol cannot carry is 405;
+//! - [`framing_conflict`]: a request head with both `Content-Length` and
+//!   `Transfer-Encoding` (a request-smuggling shape) is 400;
+//! - [`forwarding_headers`]: `X-Forwarded-For` appended, `X-Real-IP`,
+//!   `X-Forwarded-Proto` and `X-Forwarded-Host` set, as nginx and APISIX do.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use std::net::IpAddr;
+
+/// The methods of PROTOCOL.md's `Method` enum, the only ones a runner can be
+/// told about; the `Allow` header of a 405.
+pub const CARRIED_METHODS: &str =
+    "GET, HEAD, POST, PUT, DELETE, MKCOL, COPY, MOVE, OPTIONS, PROPFIND, PROPPATCH, LOCK, UNLOCK, PATCH, TRACE";
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// A request refused at the door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The status to answer with.
+    pub status: StatusCode,
+    /// What was wrong, for the client (`error_msg`) and the log.
+    pub message: String,
+    /// Close the connection after the answer: the rest of the byte stream
+    /// cannot be trusted to be framed as the client meant.
+    pub close: bool,
+}
+
+impl Rejection {
+    /// The answer: APISIX's JSON error shape, `Allow` on a 405,
+    /// `Connection: close` when the connection must end.
+    pub fn into_response<E>(self) -> Response<BoxBody<Bytes, E>> {
+        let body = serde_json::json!({ "error_msg": self.message }).to_string();
+        let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+        *resp.status_mut() = self.status;
+        let headers = resp.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(ALLOW, HeaderValue::from_static(CARRIED_METHODS));
+        }
+        if self.close {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// Refuses (405) a method that PROTOCOL.md's `Method` enum cannot carry:
+/// the runner could not be told what the request is. `CONNECT` is one.
+///
+/// # Errors
+/// The [`Rejection`] to answer with, naming the method.
+pub fn check_method(method: &Method) -> Result<(), Rejection> {
+    if crate::wire::message::method_to_schema(method).is_some() {
+        return Ok(());
+    }
+    Err(Rejection {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!(
+            "method {method} is not supported: the plugin protocol carries only {CARRIED_METHODS}"
+        ),
+        close: false,
+    })
+}
+
+/// Refuses (400, connection closed) a request whose head, as the client
+/// sent it, has both `Content-Length` and `Transfer-Encoding`.
+///
+/// `conflict` is [`framing_conflict`] over the raw head: hyper drops the
+/// `Content-Length` of such a request before the proxy sees it.
+///
+/// # Errors
+/// The [`Rejection`] to answer with.
+pub fn check_framing(conflict: bool) -> Result<(), Rejection> {
+    if !conflict {
+        return Ok(());
+    }
+    Err(Rejection {
+        status: StatusCode::BAD_REQUEST,
+        message: "the request has both Content-Length and Transfer-Encoding".into(),
+        close: true,
+    })
+}
+
+/// Whether a raw request head (request line and header lines, as read from
+/// the socket) has both a `Content-Length` and a `Transfer-Encoding` line.
+/// Names compare case-insensitively; lines that are not `name: value` are
+/// skipped (hyper judges those).
+pub fn framing_conflict(head: &[u8]) -> bool {
+    let (mut cl, mut te) = (false, false);
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        cl |= name.eq_ignore_ascii_case(b"content-length");
+        te |= name.eq_ignore_ascii_case(b"transfer-encoding");
+    }
+    cl && te
+}
+
+/// Sets the headers that tell the upstream who the client is, as nginx and
+/// APISIX do: `X-Forwarded-For` gets `peer` appended to every value the
+/// client sent (all lines joined, in order), `X-Real-IP` is `peer`,
+/// `X-Forwarded-Proto` is `http`, and `X-Forwarded-Host` is the client's
+/// `host` (removed when the client sent none, so that a client cannot pose
+/// as another host by sending only `X-Forwarded-Host`).
+pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>) {
+    let peer = peer.to_canonical();
+    let mut xff: Vec<u8> = Vec::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        let value = value.as_bytes().trim_ascii();
+        if !value.is_empty() {
+            xff.extend_from_slice(value);
+            xff.extend_from_slice(b", ");
+        }
+    }
+    xff.extend_from_slice(peer.to_string().as_bytes());
+    // The client's values were valid header values and the joiner is too.
+    if let Ok(v) = HeaderValue::from_bytes(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+        headers.insert(X_REAL_IP, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_protocol_are_405_with_allow() {
+        for m in ["GET", "PROPFIND", "TRACE", "PATCH"] {
+            assert!(check_method(&Method::from_bytes(m.as_bytes()).unwrap()).is_ok());
+        }
+        for m in ["CONNECT", "PURGE", "BREW"] {
+            let r = check_method(&Method::from_bytes(m.as_bytes()).unwrap()).unwrap_err();
+            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+            assert!(r.message.contains(m), "{}", r.message);
+            let resp = r.into_response::<std::convert::Infallible>();
+            assert_eq!(resp.headers()[ALLOW], CARRIED_METHODS);
+        }
+    }
+
+    #[test]
+    fn framing_conflict_needs_both_headers_in_any_case_and_order() {
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\nContent-LENGTH: 5\r\n\r\n";
+        assert!(framing_conflict(both));
+        assert!(!framing_conflict(
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert!(!framing_conflict(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nx-content-length: 5\r\n\r\n"
+        ));
+        // The request line is not a header, whatever its target says.
+        assert!(!framing_conflict(
+            b"POST /content-length:1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        let r = check_framing(true).unwrap_err();
+        assert!(r.close && r.status == StatusCode::BAD_REQUEST);
+        let resp = r.into_response::<std::convert::Infallible>();
+        assert_eq!(resp.headers()[CONNECTION], "close");
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_set() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
+        h.insert(X_REAL_IP, HeaderValue::from_static("9.9.9.9"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let host = HeaderValue::from_static("example.com:8080");
+        forwarding_headers(&mut h, "::ffff:10.0.0.1".parse().unwrap(), Some(&host));
+        let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1"]);
+        assert_eq!(h[X_REAL_IP], "10.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "example.com:8080");
+
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
+        forwarding_headers(&mut h, "::1".parse().unwrap(), None);
+        assert_eq!(h[X_FORWARDED_FOR], "::1");
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+    }
+}

@@ -1,0 +1,368 @@
+//! One client connection's socket as hyper sees it, and the connection's
+//! clock: what it is doing (reading a header, serving, idle) and since when.
+//!
+//! The timeouts live here rather than in hyper because hyper 1's
+//! `header_read_timeout` also runs while a keep-alive connection is idle
+//! waiting for its next request: one timer cannot be nginx's
+//! `client_header_timeout` and `keepalive_timeout` at once.
+//!
+//! The raw head of each request is scanned here too: hyper drops the
+//! `Content-Length` of a request that also has `Transfer-Encoding`, so only
+//! the bytes tell that it had both. A head is scanned from the bytes read
+//! while no request is being served; a pipelined request whose head arrived
+//! while an earlier one was served has no verdict, and hyper then frames it
+//! by `Transfer-Encoding` alone and closes the connection after it.
+//!
+//! The socket is shared (`Arc<TcpStream>`) with the connection's task, so that
+//! the task can still answer 408 and close gracefully after hyper is gone.
+
+use super::super::ingress;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// What the connection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request header, since `since`.
+    Header { since: Instant, got_bytes: bool },
+    /// Between requests of a keep-alive connection, since `since`.
+    Idle { since: Instant },
+    /// At least one request is being served.
+    Busy,
+}
+
+/// Why the connection's time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expiry {
+    /// The header did not arrive in time; `got_bytes` if part of it did.
+    Header { got_bytes: bool },
+    /// The keep-alive connection stayed idle too long.
+    Idle,
+}
+
+struct State {
+    phase: Phase,
+    in_flight: usize,
+    /// Whether the bytes read now are the start of a request head.
+    scanning: bool,
+    /// The head read so far, while `scanning`.
+    head: Vec<u8>,
+    /// [`ingress::framing_conflict`] of the last head read whole.
+    verdict: Option<bool>,
+}
+
+/// A connection's clock, shared by its socket, its service and its task.
+pub(super) struct Clock {
+    state: Mutex<State>,
+    changed: Notify,
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+    max_head: usize,
+}
+
+impl Clock {
+    /// A clock for a connection accepted now.
+    pub(super) fn new(
+        header_timeout: Duration,
+        keepalive_timeout: Duration,
+        max_head: usize,
+    ) -> Self {
+        Clock {
+            state: Mutex::new(State {
+                phase: Phase::Header {
+                    since: Instant::now(),
+                    got_bytes: false,
+                },
+                in_flight: 0,
+                scanning: true,
+                head: Vec::new(),
+                verdict: None,
+            }),
+            changed: Notify::new(),
+            header_timeout,
+            keepalive_timeout,
+            max_head,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain data behind.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves when the phase changed since the last call.
+    pub(super) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// When the current phase runs out; `None` while serving.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self.lock().phase {
+            Phase::Header { since, .. } => Some(since + self.header_timeout),
+            Phase::Idle { since } => Some(since + self.keepalive_timeout),
+            Phase::Busy => None,
+        }
+    }
+
+    /// Why the connection's time is up, if it is.
+    pub(super) fn expired(&self) -> Option<Expiry> {
+        let now = Instant::now();
+        match self.lock().phase {
+            Phase::Header { since, got_bytes } if now >= since + self.header_timeout => {
+                Some(Expiry::Header { got_bytes })
+            }
+            Phase::Idle { since } if now >= since + self.keepalive_timeout => Some(Expiry::Idle),
+            _ => None,
+        }
+    }
+
+    /// True when closing now loses nothing: no request served, none begun.
+    pub(super) fn quiet(&self) -> bool {
+        matches!(
+            self.lock().phase,
+            Phase::Idle { .. }
+                | Phase::Header {
+                    got_bytes: false,
+                    ..
+                }
+        )
+    }
+
+    /// Bytes came from the client.
+    fn on_read(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        match &mut s.phase {
+            Phase::Busy => return,
+            Phase::Idle { .. } => {
+                // The first byte of the next request: its header's clock starts.
+                s.phase = Phase::Header {
+                    since: Instant::now(),
+                    got_bytes: true,
+                };
+                self.changed.notify_one();
+            }
+            Phase::Header { got_bytes, .. } => *got_bytes = true,
+        }
+        if s.scanning {
+            scan(&mut s, bytes, self.max_head);
+        }
+    }
+
+    /// A request's header was read and its service called: the clock stops
+    /// until the returned guard (kept with the response body) is dropped.
+    /// Also returns the [`ingress::framing_conflict`] verdict of its raw
+    /// head, when the head was seen whole.
+    pub(super) fn request_started(self: &Arc<Self>) -> (InFlight, Option<bool>) {
+        let mut s = self.lock();
+        s.in_flight += 1;
+        s.phase = Phase::Busy;
+        s.scanning = false;
+        s.head = Vec::new();
+        let verdict = s.verdict.take();
+        drop(s);
+        self.changed.notify_one();
+        (InFlight(self.clone()), verdict)
+    }
+}
+
+/// Looks for the end of a request head in what was read so far; once found,
+/// records whether it frames its body twice.
+fn scan(s: &mut State, bytes: &[u8], max_head: usize) {
+    let from = s.head.len().saturating_sub(3);
+    s.head.extend_from_slice(bytes);
+    // Empty lines before a request are skipped, as hyper does.
+    let lead = s
+        .head
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(s.head.len());
+    let from = from.max(lead);
+    // The head ends at an empty line: `\n` then `\n` or `\r\n` (hyper
+    // accepts bare line feeds).
+    let end = (from..s.head.len()).find(|&i| {
+        s.head[i] == b'\n'
+            && (s.head.get(i + 1) == Some(&b'\n')
+                || s.head.get(i + 1..i + 3) == Some(b"\r\n".as_slice()))
+    });
+    if let Some(end) = end {
+        s.verdict = Some(ingress::framing_conflict(&s.head[lead..end]));
+        s.scanning = false;
+        s.head = Vec::new();
+    } else if s.head.len() > max_head {
+        // hyper answers 431 to this one.
+        s.scanning = false;
+        s.head = Vec::new();
+    }
+}
+
+/// A request being served; dropping it restarts the connection's clock.
+pub(super) struct InFlight(Arc<Clock>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.in_flight -= 1;
+        if s.in_flight == 0 {
+            s.phase = Phase::Idle {
+                since: Instant::now(),
+            };
+            s.scanning = true;
+            s.head = Vec::new();
+            s.verdict = None;
+            drop(s);
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// The client socket, telling the clock what it reads.
+pub(super) struct ClientIo {
+    stream: Arc<TcpStream>,
+    clock: Arc<Clock>,
+}
+
+impl ClientIo {
+    pub(super) fn new(stream: Arc<TcpStream>, clock: Arc<Clock>) -> Self {
+        ClientIo { stream, clock }
+    }
+}
+
+/// Sends FIN: no more bytes from this side. A socket that is already
+/// disconnected is not an error.
+pub(super) fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    use nix::sys::socket::{shutdown, Shutdown};
+    match shutdown(stream.as_raw_fd(), Shutdown::Write) {
+        Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match self.stream.try_read(unfilled) {
+                Ok(n) => {
+                    self.clock.on_read(&unfilled[..n]);
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes go straight to the socket.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(shutdown_write(&self.stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock() -> Arc<Clock> {
+        Arc::new(Clock::new(
+            Duration::from_secs(60),
+            Duration::from_secs(75),
+            1024,
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_head_read_in_pieces_gets_its_verdict() {
+        let c = clock();
+        c.on_read(b"\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Enc");
+        c.on_read(b"oding: chunked\r\n");
+        c.on_read(b"\r\n0\r\n\r\n");
+        let (guard, verdict) = c.request_started();
+        assert_eq!(verdict, Some(true));
+        assert_eq!(c.deadline(), None, "no clock while serving");
+        // Body bytes read while serving are not a head.
+        c.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        drop(guard);
+        assert!(c.quiet());
+        c.on_read(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert!(!c.quiet(), "a request began");
+        assert_eq!(c.request_started().1, Some(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn header_and_idle_clocks() {
+        let c = clock();
+        assert!(c.quiet());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(c.expired(), Some(Expiry::Header { got_bytes: false }));
+        let (guard, _) = c.request_started();
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(c.expired(), None);
+        drop(guard);
+        tokio::time::advance(Duration::from_secs(74)).await;
+        assert_eq!(c.expired(), None);
+        c.on_read(b"GET");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(
+            c.expired(),
+            None,
+            "the header clock starts at its first byte"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(c.expired(), Some(Expiry::Header { got_bytes: true }));
+    }
+}
