@@ -49,6 +49,7 @@ pub mod config;
 pub mod demo;
 pub mod proxy;
 pub mod router;
+pub mod runner_dir;
 pub mod supervisor;
 pub mod vars;
 
