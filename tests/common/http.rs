@@ -168,8 +168,10 @@ impl ProxyBuilder<'_> {
         self
     }
 
-    /// Sets a variable in the proxy's environment (`TMPDIR` for one that
-    /// puts its runner's directory apart from the other tests').
+    /// Sets a variable in the proxy's environment. `TMPDIR` (where the
+    /// runner's directory goes) is by default a directory of this
+    /// `ProxyProc`'s own, removed with it: whatever a proxy leaves (when
+    /// SIGKILLed, say) goes with it, and no test sees another's.
     pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
         self.env.push((
             name.to_owned(),
@@ -227,6 +229,9 @@ impl ProxyProc {
                 sh
             }
         };
+        if !b.env.iter().any(|(k, _)| k == "TMPDIR") {
+            cmd.env("TMPDIR", dir.path());
+        }
         let mut child = cmd
             .args(["proxy", "--config"])
             .arg(&path)
@@ -327,21 +332,9 @@ impl ProxyProc {
 
 impl Drop for ProxyProc {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // A graceful stop: the proxy stops its runner and removes the
-            // runner's directory, which SIGKILL would leave behind.
-            let pid = nix::unistd::Pid::from_raw(self.pid());
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + DROP_GRACE;
-            while let Ok(None) = self.child.try_wait() {
-                if Instant::now() >= deadline {
-                    let _ = self.child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let _ = self.child.wait();
+        // A graceful stop: the proxy stops its runner and removes the
+        // runner's directory, which SIGKILL would leave behind.
+        super::stop_gracefully(&mut self.child, DROP_GRACE);
     }
 }
 
