@@ -369,3 +369,27 @@ async fn a_killed_proxys_directory_is_removed_by_the_next_one() {
         "SIGTERM leaves nothing"
     );
 }
+
+/// A socket directory that cannot be made stops the proxy at start, with a
+/// message that says where.
+#[test]
+fn a_socket_directory_that_cannot_be_made_stops_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    let c = config(demo(), json!({}), json!([]));
+    std::fs::write(&path, c.to_string()).unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_extplug"))
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .env("TMPDIR", &missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot prepare the runner's socket directory")
+            && stderr.contains(&missing.display().to_string()),
+        "{stderr}"
+    );
+}

@@ -70,7 +70,8 @@ pub enum HostError {
         /// The error.
         source: std::io::Error,
     },
-    /// The runner's private directory could not be created.
+    /// The runner's private directory could not be created, or is not
+    /// private (the message names the path and what is wrong).
     #[error("cannot prepare the runner's socket directory: {0}")]
     RunnerDir(std::io::Error),
 }
