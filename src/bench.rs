@@ -331,7 +331,20 @@ pub async fn proxy(runner: &Path, chain: &[(String, String)], load: &Load) {
         |secs| drive_proxy(addr, "/plugin", load, secs),
     )
     .await;
-    let _ = child.kill().await;
+    // SIGTERM, so that the proxy removes its runner's directory (SIGKILL
+    // would leave it behind); SIGKILL only if it does not stop in time.
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> usize {

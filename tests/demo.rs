@@ -11,8 +11,8 @@ struct Demo(std::process::Child);
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // SIGTERM: the demo removes its runner's directory as it stops.
+        common::stop_gracefully(&mut self.0, common::http::DROP_GRACE);
     }
 }
 

@@ -1,6 +1,15 @@
 //! The ext-plugin client: a pool of runner connections (one call at a time on
 //! each), a token cache per route phase, and calls with a deadline, EXTRA_INFO
 //! answers and the `confTokenNotFound` retry.
+//!
+//! A token is only ever sent to the runner generation that issued it: a
+//! restarted runner numbers its chains anew, so an old token could name
+//! another route's chain there. A call whose ticket is from another
+//! generation than its connection prepares the chain again first.
+//!
+//! The call timeout is the runner's time only: while the host gathers an
+//! EXTRA_INFO answer (reading a slow client's body, say) the clock stops, so
+//! a slow client can neither time the call out nor get the runner replaced.
 
 use super::config::{PhaseConf, RunnerConf};
 use super::supervisor::{Restarter, RunnerState};
@@ -21,7 +30,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 /// Why a call to the runner failed. Every one of them gives the client 503,
 /// unless the route phase allows degradation.
@@ -62,6 +71,14 @@ pub struct Ticket {
     pub needs: Arc<Needs>,
     generation: u64,
     expires: Instant,
+}
+
+impl Ticket {
+    /// The runner generation that issued the token: the token means nothing
+    /// to any other.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
 }
 
 /// Answers the runner's EXTRA_INFO requests during a call.
@@ -148,20 +165,27 @@ impl ExtClient {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The runner's socket and generation, waiting while it starts (up to the
-    /// start timeout) and failing at once while it is down.
-    async fn ready(&self) -> Result<(Arc<PathBuf>, u64), CallError> {
+    /// The runner's socket, generation and pid, waiting while it starts (up
+    /// to the start timeout) and failing at once while it is down.
+    async fn ready(&self) -> Result<(Arc<PathBuf>, u64, u32), CallError> {
         // The usual case first, without cloning the receiver.
-        if let RunnerState::Ready { socket, generation } = &*self.state.borrow() {
-            return Ok((socket.clone(), *generation));
+        if let RunnerState::Ready {
+            socket,
+            generation,
+            pid,
+        } = &*self.state.borrow()
+        {
+            return Ok((socket.clone(), *generation, *pid));
         }
         let mut state = self.state.clone();
         let deadline = Instant::now() + self.start_timeout;
         loop {
             match &*state.borrow_and_update() {
-                RunnerState::Ready { socket, generation } => {
-                    return Ok((socket.clone(), *generation))
-                }
+                RunnerState::Ready {
+                    socket,
+                    generation,
+                    pid,
+                } => return Ok((socket.clone(), *generation, *pid)),
                 RunnerState::Down { reason } => return Err(CallError::RunnerDown(reason.clone())),
                 RunnerState::Stopped => {
                     return Err(CallError::RunnerDown("the host is stopping".into()))
@@ -176,8 +200,10 @@ impl ExtClient {
         }
     }
 
+    /// A connection to the current runner: pooled, or new (and then checked
+    /// to be served by the runner process itself).
     async fn checkout(&self) -> Result<PooledConn, CallError> {
-        let (socket, generation) = self.ready().await?;
+        let (socket, generation, pid) = self.ready().await?;
         {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             while let Some(conn) = pool.pop() {
@@ -190,6 +216,13 @@ impl ExtClient {
             .await
             .map_err(|_| CallError::TimedOut(self.call_timeout))?
             .map_err(CallError::Connect)?;
+        if let Err(why) = super::supervisor::check_peer(&stream, pid) {
+            error!(generation, socket = %socket.display(), "{why}: connection refused");
+            return Err(CallError::Connect(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                why,
+            )));
+        }
         Ok(PooledConn {
             conn: Framed::new(stream, FrameCodec::default()),
             generation,
@@ -203,59 +236,81 @@ impl ExtClient {
         }
     }
 
-    /// Sends `msg` and returns the final answer frame (type `expect` or
-    /// ERROR), answering EXTRA_INFO requests on the way. The connection goes
-    /// back to the pool only after a complete exchange.
+    /// Sends `msg` on a connection to the current runner; see
+    /// [`ExtClient::exchange_on`].
     async fn exchange<M: Encode>(
         &self,
         msg: &M,
         expect: MessageType,
+        provider: Option<&mut dyn InfoProvider>,
+    ) -> Result<(Frame, u64), CallError> {
+        let pooled = self.checkout().await?;
+        self.exchange_on(pooled, msg, expect, provider).await
+    }
+
+    /// Sends `msg` on `pooled` and returns the final answer frame (type
+    /// `expect` or ERROR) and the runner generation, answering EXTRA_INFO
+    /// requests on the way. The connection goes back to the pool only after a
+    /// complete exchange.
+    ///
+    /// The call timeout bounds the time spent waiting for the runner (to
+    /// take a frame, to answer one) only: the time `provider` takes is
+    /// added to the deadline, as it is the client's time, not the runner's.
+    async fn exchange_on<M: Encode>(
+        &self,
+        mut pooled: PooledConn,
+        msg: &M,
+        expect: MessageType,
         mut provider: Option<&mut dyn InfoProvider>,
     ) -> Result<(Frame, u64), CallError> {
-        let mut pooled = self.checkout().await?;
-        let conn = &mut pooled.conn;
-        let work = async {
-            conn.send(msg).await.map_err(broken)?;
-            loop {
-                let frame = match conn.next().await {
-                    None => {
-                        return Err(CallError::Broken("the runner closed the connection".into()))
-                    }
-                    Some(frame) => frame.map_err(broken)?,
-                };
-                if frame.kind == expect as u8 || frame.kind == MessageType::Error as u8 {
-                    return Ok(frame);
-                }
-                if frame.kind != MessageType::ExtraInfo as u8 {
-                    return Err(CallError::Malformed(format!(
-                        "got a frame of type {} while waiting for type {}",
-                        frame.kind, expect as u8
-                    )));
-                }
-                let Some(provider) = provider.as_deref_mut() else {
-                    return Err(CallError::Malformed(
-                        "EXTRA_INFO during PREPARE_CONF".into(),
-                    ));
-                };
-                let payload = Payload::parse(&frame.payload)
-                    .map_err(|e| CallError::Malformed(e.to_string()))?;
-                let key = payload
-                    .extra_info_req()
-                    .map_err(|e| CallError::Malformed(e.to_string()))?;
-                debug!(?key, "EXTRA_INFO");
-                let value = provider.provide(key).await;
-                conn.send(&ExtraInfoAnswer(value.as_deref()))
-                    .await
-                    .map_err(broken)?;
-            }
-        };
         let generation = pooled.generation;
-        let frame = match tokio::time::timeout(self.call_timeout, work).await {
-            Ok(result) => result?,
-            Err(_) => {
-                self.timed_out(generation);
-                return Err(CallError::TimedOut(self.call_timeout));
+        let limit = self.call_timeout;
+        let timed_out = |_| {
+            self.timed_out(generation);
+            CallError::TimedOut(limit)
+        };
+        let mut deadline = Instant::now() + limit;
+        let conn = &mut pooled.conn;
+        tokio::time::timeout_at(deadline, conn.send(msg))
+            .await
+            .map_err(timed_out)?
+            .map_err(broken)?;
+        let frame = loop {
+            let frame = match tokio::time::timeout_at(deadline, conn.next())
+                .await
+                .map_err(timed_out)?
+            {
+                None => return Err(CallError::Broken("the runner closed the connection".into())),
+                Some(frame) => frame.map_err(broken)?,
+            };
+            if frame.kind == expect as u8 || frame.kind == MessageType::Error as u8 {
+                break frame;
             }
+            if frame.kind != MessageType::ExtraInfo as u8 {
+                return Err(CallError::Malformed(format!(
+                    "got a frame of type {} while waiting for type {}",
+                    frame.kind, expect as u8
+                )));
+            }
+            let Some(provider) = provider.as_deref_mut() else {
+                return Err(CallError::Malformed(
+                    "EXTRA_INFO during PREPARE_CONF".into(),
+                ));
+            };
+            let payload =
+                Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
+            let key = payload
+                .extra_info_req()
+                .map_err(|e| CallError::Malformed(e.to_string()))?;
+            debug!(?key, "EXTRA_INFO");
+            let asked = Instant::now();
+            let value = provider.provide(key).await;
+            // The clock stops while we gather the answer.
+            deadline += asked.elapsed();
+            tokio::time::timeout_at(deadline, conn.send(&ExtraInfoAnswer(value.as_deref())))
+                .await
+                .map_err(timed_out)?
+                .map_err(broken)?;
         };
         // Read first: no shared write per call while all is well.
         if self.timeouts.load(Ordering::Relaxed) != 0 {
@@ -340,6 +395,7 @@ impl ExtClient {
             generation,
             expires: Instant::now() + self.token_lifetime,
         };
+        debug!(route_phase = %phase.key, token = ticket.token, generation, "chain prepared");
         *slot.ticket.lock().unwrap_or_else(|p| p.into_inner()) = Some(ticket.clone());
         Ok(ticket)
     }
@@ -356,7 +412,9 @@ impl ExtClient {
     }
 
     /// Runs a request phase: HTTP_REQ_CALL with `parts` under `ticket`'s
-    /// token. On `confTokenNotFound` the cached tokens are dropped, the chain
+    /// token. The token goes only to the runner that issued it: if that
+    /// runner was replaced since, the chain is prepared again on the new one
+    /// first. On `confTokenNotFound` the cached tokens are dropped, the chain
     /// prepared again and the call retried: three attempts in all.
     ///
     /// # Errors
@@ -372,7 +430,7 @@ impl ExtClient {
             conf_token: ticket.token,
             parts,
         };
-        self.call(phase, call, provider).await
+        self.call(phase, call, ticket.generation, provider).await
     }
 
     /// Runs the response phase: HTTP_RESP_CALL, with the same retry as
@@ -391,19 +449,42 @@ impl ExtClient {
             conf_token: ticket.token,
             parts,
         };
-        self.call(phase, call, provider).await
+        self.call(phase, call, ticket.generation, provider).await
     }
 
-    /// One call, with the `confTokenNotFound` retry.
+    /// One call, sent only to the runner generation that issued its token
+    /// (`generation`), with the `confTokenNotFound` retry: three attempts in
+    /// all, preparing again included.
     async fn call<C: Call>(
         &self,
         phase: &PhaseConf,
         mut call: C,
+        mut generation: u64,
         provider: &mut dyn InfoProvider,
     ) -> Result<C::Outcome, CallError> {
         let mut attempt = 1;
         loop {
-            let (frame, _) = self.exchange(&call, C::KIND, Some(&mut *provider)).await?;
+            let pooled = self.checkout().await?;
+            if pooled.generation != generation {
+                // The runner was replaced since the ticket was issued (while
+                // the request body was read, say): the new one may know this
+                // token as another route's chain. Prepare on the new one.
+                self.checkin(pooled);
+                if attempt >= 3 {
+                    return Err(CallError::RunnerDown(
+                        "the runner was replaced during the call, again and again".into(),
+                    ));
+                }
+                debug!(route_phase = %phase.key, token = *call.token(), from = generation, "ticket from a replaced runner: preparing again");
+                let ticket = self.ticket(phase).await?;
+                *call.token() = ticket.token;
+                generation = ticket.generation;
+                attempt += 1;
+                continue;
+            }
+            let (frame, _) = self
+                .exchange_on(pooled, &call, C::KIND, Some(&mut *provider))
+                .await?;
             let payload =
                 Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
             if frame.kind == MessageType::Error as u8 {
@@ -415,7 +496,9 @@ impl ExtClient {
                         let token = *call.token();
                         warn!(route_phase = %phase.key, token, attempt, %message, "token not found: preparing again");
                         self.forget_all();
-                        *call.token() = self.ticket(phase).await?.token;
+                        let ticket = self.ticket(phase).await?;
+                        *call.token() = ticket.token;
+                        generation = ticket.generation;
                         attempt += 1;
                         continue;
                     }

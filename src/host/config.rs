@@ -104,11 +104,16 @@ pub struct RunnerConf {
     /// The runner's argv (a relative program path is resolved against the
     /// proxy's working directory).
     pub cmd: Vec<String>,
-    /// Extra environment for the runner.
+    /// Extra environment for the runner. The runner's environment is
+    /// otherwise cleared, except for `PATH`, `HOME`, `LANG`, `LC_*`, `TZ`,
+    /// `RUST_LOG` and `RUST_BACKTRACE`; the `APISIX_*` variables the host
+    /// sets cannot be named here.
     pub env: BTreeMap<String, String>,
     /// `APISIX_CONF_EXPIRE_TIME` for the runner; the proxy keeps tokens 0.9 x this.
     pub conf_expire: Duration,
-    /// Time limit of one call, EXTRA_INFO exchanges included.
+    /// Time limit of the runner's part of one call (waiting for its
+    /// answers, EXTRA_INFO requests included); the time the host takes to
+    /// gather an EXTRA_INFO answer (reading the client's body) does not count.
     pub call_timeout: Duration,
     /// How long the runner has to open its socket.
     pub start_timeout: Duration,
@@ -473,6 +478,7 @@ impl Config {
                 )));
             }
         }
+        check_env(&r.env)?;
         let runner = RunnerConf {
             cmd: r.cmd,
             env: r.env,
@@ -539,6 +545,28 @@ fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError> {
         max_connections: raw.max_client_connections,
         max_header_bytes: raw.max_request_header_bytes,
     })
+}
+
+/// The runner's configured environment: names the host sets itself, and
+/// names or values that cannot be in an environment, are refused.
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let field = format!("`ext-plugin.env.{name}`");
+        if super::supervisor::RESERVED_ENV.contains(&name.as_str()) {
+            return Err(ConfigError(format!(
+                "{field}: the host sets {name} for the runner itself; remove it from `env`"
+            )));
+        }
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(ConfigError(format!(
+                "`ext-plugin.env`: {name:?} is not a variable name (empty, or has `=` or NUL)"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(ConfigError(format!("{field}: the value has a NUL byte")));
+        }
+    }
+    Ok(())
 }
 
 fn parse_route(value: serde_json::Value) -> Result<Route, String> {
@@ -861,6 +889,28 @@ mod tests {
             err.0.contains("unknown field `hosts`"),
             "a condition we cannot honour is refused: {err}"
         );
+    }
+
+    #[test]
+    fn runner_env_may_not_set_what_the_host_sets() {
+        for name in ["APISIX_LISTEN_ADDRESS", "APISIX_CONF_EXPIRE_TIME"] {
+            let err = Config::parse(&format!(
+                r#"{{"ext-plugin":{{"cmd":["r"],"env":{{"{name}":"x"}}}},"routes":[]}}"#
+            ))
+            .unwrap_err()
+            .0;
+            assert!(
+                err.contains(&format!("ext-plugin.env.{name}")) && err.contains("sets"),
+                "{err}"
+            );
+        }
+        let err = Config::parse(r#"{"ext-plugin":{"cmd":["r"],"env":{"A=B":"x"}},"routes":[]}"#)
+            .unwrap_err()
+            .0;
+        assert!(err.contains("\"A=B\" is not a variable name"), "{err}");
+        let ok =
+            Config::parse(r#"{"ext-plugin":{"cmd":["r"],"env":{"APISIX_OTHER":"x"}},"routes":[]}"#);
+        assert!(ok.is_ok());
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub mod ingress;
 pub mod path;
 pub mod proxy;
 pub mod router;
+pub mod runner_dir;
 pub mod server;
 pub mod supervisor;
 pub mod vars;
@@ -72,7 +73,8 @@ pub enum HostError {
         /// The error.
         source: std::io::Error,
     },
-    /// The runner's private directory could not be created.
+    /// The runner's private directory could not be created, or is not
+    /// private (the message names the path and what is wrong).
     #[error("cannot prepare the runner's socket directory: {0}")]
     RunnerDir(std::io::Error),
 }

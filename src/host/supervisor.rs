@@ -1,12 +1,15 @@
-//! The runner process: started with its socket in a private directory,
-//! watched until its socket accepts connections, its output forwarded to our
-//! log, restarted whenever it exits, stopped with SIGTERM then SIGKILL.
+//! The runner process: started with its socket in a private directory
+//! ([`super::runner_dir`]) and a cleared environment, watched until its socket
+//! accepts connections (served by the runner itself, not by another process),
+//! its output forwarded to our log, restarted whenever it exits, stopped with
+//! SIGTERM then SIGKILL.
 //!
 //! The runner's state is published on a `watch` channel ([`RunnerState`]):
 //! the client reads it before each call, so calls made while the runner is
 //! down fail at once instead of hanging.
 
 use super::config::RunnerConf;
+use super::runner_dir::RunnerDir;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -40,6 +43,9 @@ pub enum RunnerState {
         socket: Arc<PathBuf>,
         /// Counts starts; tokens from another generation are void.
         generation: u64,
+        /// The runner's pid: a connection whose peer is another process
+        /// (see [`check_peer`]) is refused.
+        pid: u32,
     },
     /// Exited or failed to start; a restart is coming (calls fail at once).
     Down {
@@ -76,11 +82,15 @@ impl Restarter {
 impl Supervisor {
     /// Starts the runner described by `conf` and keeps it running.
     ///
+    /// Directories left in the temp dir by hosts that were killed are
+    /// removed first (see [`super::runner_dir`]).
+    ///
     /// # Errors
-    /// The private socket directory could not be created.
+    /// The private socket directory could not be created, or is not private
+    /// (the message names the path and what is wrong).
     pub fn start(conf: RunnerConf) -> std::io::Result<Supervisor> {
         // 0700, removed when the supervisor's task ends.
-        let dir = tempfile::Builder::new().prefix("extplug-").tempdir()?;
+        let dir = RunnerDir::create()?;
         let (tx, state) = watch::channel(RunnerState::Starting { generation: 1 });
         let shutdown = CancellationToken::new();
         let (restart, restarts) = tokio::sync::mpsc::unbounded_channel();
@@ -113,7 +123,7 @@ impl Supervisor {
 
 async fn supervise(
     conf: RunnerConf,
-    dir: tempfile::TempDir,
+    dir: RunnerDir,
     tx: watch::Sender<RunnerState>,
     mut restarts: tokio::sync::mpsc::UnboundedReceiver<u64>,
     shutdown: CancellationToken,
@@ -131,7 +141,7 @@ async fn supervise(
                 let pid = child.id().unwrap_or(0);
                 info!(pid, generation, cmd = ?conf.cmd, "runner started");
                 let ready = tokio::select! {
-                    ready = wait_ready(&socket, conf.start_timeout) => ready,
+                    ready = wait_ready(&socket, conf.start_timeout, pid) => ready,
                     status = child.wait() => Err(format!("exited before opening its socket ({})", describe(status))),
                     _ = shutdown.cancelled() => {
                         stop_child(&mut child, conf.stop_grace).await;
@@ -144,6 +154,7 @@ async fn supervise(
                         tx.send_replace(RunnerState::Ready {
                             socket: Arc::new(socket.clone()),
                             generation,
+                            pid,
                         });
                         loop {
                             tokio::select! {
@@ -204,20 +215,32 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
+/// The variables the host sets for the runner; the configured `env` may not
+/// name them (the configuration is refused).
+pub const RESERVED_ENV: [&str; 2] = ["APISIX_LISTEN_ADDRESS", "APISIX_CONF_EXPIRE_TIME"];
+
+/// Whether the host's variable `name` is passed on to the runner. Everything
+/// else is not (as nginx clears its workers' environment): the host's secrets
+/// stay the host's.
+pub fn inherited(name: &str) -> bool {
+    matches!(
+        name,
+        "PATH" | "HOME" | "LANG" | "TZ" | "RUST_LOG" | "RUST_BACKTRACE"
+    ) || name.starts_with("LC_")
+}
+
 /// Starts the runner in its own process group, with a parent-death signal,
-/// its output forwarded to our log.
+/// a cleared environment (see [`inherited`]) plus the configured `env` and
+/// the `APISIX_*` variables, its output forwarded to our log.
 fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<Child> {
     let mut cmd = Command::new(&conf.cmd[0]);
     cmd.args(&conf.cmd[1..])
-        .env(
-            "APISIX_LISTEN_ADDRESS",
-            format!("unix:{}", socket.display()),
-        )
-        .env(
-            "APISIX_CONF_EXPIRE_TIME",
-            conf.conf_expire.as_secs().to_string(),
-        )
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(inherited)))
         .envs(&conf.env)
+        // Last: the configured `env` cannot override them.
+        .env(RESERVED_ENV[0], format!("unix:{}", socket.display()))
+        .env(RESERVED_ENV[1], conf.conf_expire.as_secs().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -267,12 +290,13 @@ async fn forward(stream: impl AsyncRead + Unpin, pid: u32, name: &'static str) {
     }
 }
 
-/// Polls the socket until it accepts a connection or `timeout` passes.
-async fn wait_ready(socket: &Path, timeout: Duration) -> Result<(), String> {
+/// Polls the socket until it accepts a connection or `timeout` passes; the
+/// process behind it must be the runner (`pid`).
+async fn wait_ready(socket: &Path, timeout: Duration, pid: u32) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
-        if tokio::net::UnixStream::connect(socket).await.is_ok() {
-            return Ok(());
+        if let Ok(stream) = tokio::net::UnixStream::connect(socket).await {
+            return check_peer(&stream, pid);
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -282,6 +306,36 @@ async fn wait_ready(socket: &Path, timeout: Duration) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Checks that the process serving `stream` is the runner we started
+/// (`runner_pid`) or one of its own children that stayed in its process group
+/// (a runner started through a wrapper script): the socket directory is
+/// private, and this makes sure no other process answers in the runner's
+/// place.
+///
+/// # Errors
+/// The peer is another process, or its credentials cannot be read; the
+/// message names both pids.
+pub fn check_peer(stream: &tokio::net::UnixStream, runner_pid: u32) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read the credentials of the runner's socket peer: {e}"))?;
+    let Some(peer) = cred.pid() else {
+        return Err("the runner's socket peer has no pid".into());
+    };
+    if u32::try_from(peer).ok() == Some(runner_pid) {
+        return Ok(());
+    }
+    // The runner leads its own process group (`process_group(0)`); another
+    // session's process cannot join it.
+    let group = nix::unistd::getpgid(Some(Pid::from_raw(peer))).ok();
+    if group.is_some_and(|g| u32::try_from(g.as_raw()).ok() == Some(runner_pid)) {
+        return Ok(());
+    }
+    Err(format!(
+        "the runner's socket is served by pid {peer}, not by the runner (pid {runner_pid}) or its process group"
+    ))
 }
 
 fn kill_group(child: &Child, signal: Signal) {

@@ -139,7 +139,9 @@ async fn answer(
         .unwrap())
 }
 
-/// A running `extplug proxy`, stopped (SIGKILL) when dropped.
+/// A running `extplug proxy`, stopped when dropped: SIGTERM, so that it
+/// removes its runner's directory, then SIGKILL if it is still there after
+/// [`DROP_GRACE`].
 pub struct ProxyProc {
     pub child: Child,
     pub addr: SocketAddr,
@@ -148,22 +150,93 @@ pub struct ProxyProc {
     pub log: PathBuf,
 }
 
+/// How long a dropped [`ProxyProc`] has to stop after SIGTERM.
+pub const DROP_GRACE: Duration = Duration::from_secs(5);
+
+/// How to start a [`ProxyProc`]: `ProxyProc::builder(&config)...start()`.
+pub struct ProxyBuilder<'a> {
+    config: &'a serde_json::Value,
+    filter: String,
+    env: Vec<(String, String)>,
+    umask: Option<u32>,
+}
+
+impl ProxyBuilder<'_> {
+    /// The proxy's `RUST_LOG` (default `info`).
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.filter = filter.to_owned();
+        self
+    }
+
+    /// Sets a variable in the proxy's environment. `TMPDIR` (where the
+    /// runner's directory goes) is by default a directory of this
+    /// `ProxyProc`'s own, removed with it: whatever a proxy leaves (when
+    /// SIGKILLed, say) goes with it, and no test sees another's.
+    pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.env.push((
+            name.to_owned(),
+            value.as_ref().to_string_lossy().into_owned(),
+        ));
+        self
+    }
+
+    /// Runs the proxy under this umask (through `sh -c 'umask ...; exec ...'`).
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
+        self
+    }
+
+    /// Starts `extplug proxy` and waits for its "listening" line.
+    pub fn start(self) -> ProxyProc {
+        ProxyProc::spawn(self)
+    }
+}
+
 impl ProxyProc {
     /// Starts `extplug proxy` with `config` and waits for its "listening" line.
     pub fn start(config: &serde_json::Value) -> ProxyProc {
-        Self::start_logging(config, "info")
+        Self::builder(config).start()
     }
 
     /// [`ProxyProc::start`] with this `RUST_LOG`.
     pub fn start_logging(config: &serde_json::Value, filter: &str) -> ProxyProc {
+        Self::builder(config).log_filter(filter).start()
+    }
+
+    /// A proxy with more settings than [`ProxyProc::start`] takes.
+    pub fn builder(config: &serde_json::Value) -> ProxyBuilder<'_> {
+        ProxyBuilder {
+            config,
+            filter: "info".to_owned(),
+            env: Vec::new(),
+            umask: None,
+        }
+    }
+
+    fn spawn(b: ProxyBuilder<'_>) -> ProxyProc {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
-        std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_string_pretty(b.config).unwrap()).unwrap();
         let log = dir.path().join("proxy.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_extplug"))
+        let exe = env!("CARGO_BIN_EXE_extplug");
+        let mut cmd = match b.umask {
+            None => Command::new(exe),
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {mask:03o}; exec \"$0\" \"$@\""))
+                    .arg(exe);
+                sh
+            }
+        };
+        if !b.env.iter().any(|(k, _)| k == "TMPDIR") {
+            cmd.env("TMPDIR", dir.path());
+        }
+        let mut child = cmd
             .args(["proxy", "--config"])
             .arg(&path)
-            .env("RUST_LOG", filter)
+            .env("RUST_LOG", &b.filter)
+            .envs(b.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -209,6 +282,19 @@ impl ProxyProc {
         children_of(self.pid())
     }
 
+    /// Waits until the log has `needle` at least `n` times (up to 20 s).
+    pub fn wait_log(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not {n} times in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits until the proxy has a runner child whose socket is ready: the
     /// log says "runner ready" `n` times.
     pub fn wait_runner_ready(&self, n: usize) {
@@ -246,8 +332,9 @@ impl ProxyProc {
 
 impl Drop for ProxyProc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // A graceful stop: the proxy stops its runner and removes the
+        // runner's directory, which SIGKILL would leave behind.
+        super::stop_gracefully(&mut self.child, DROP_GRACE);
     }
 }
 

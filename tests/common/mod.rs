@@ -208,6 +208,25 @@ pub mod conf;
 pub mod http;
 pub mod raw;
 
+/// Stops `child` as an operator would: SIGTERM, then SIGKILL if it is still
+/// running after `grace`; always reaps it. (SIGKILL alone would leave the
+/// proxy's runner directory behind.)
+pub fn stop_gracefully(child: &mut Child, grace: Duration) {
+    if let Ok(None) = child.try_wait() {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while let Ok(None) = child.try_wait() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = child.wait();
+}
+
 /// Builds an example (once per test binary per name) and returns its path.
 pub fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());

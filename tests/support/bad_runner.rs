@@ -6,6 +6,12 @@
 //! - `scripted`: a hand-written protocol server whose answers depend on the
 //!   request path (see [`scripted_answer`]); it reports what it received in
 //!   request header `x-seen` (JSON), so the upstream records it.
+//! - `foreign-listener`: never listens itself; starts another process, in a
+//!   process group of its own, that serves the socket in `scripted` mode (a
+//!   process that is not the runner answering in its place).
+//! - `hijack-after-ready`: `scripted`, but after its first connection (the
+//!   host's readiness check) starts such a foreign process, which replaces
+//!   the socket with its own.
 //! - `relay`: starts the real `demo-runner` (`RELAY_TARGET`) on a socket of
 //!   its own and relays every frame both ways, counting frames by type in
 //!   `RELAY_COUNT_FILE` (`type:count` lines), to count round trips.
@@ -44,7 +50,13 @@ async fn main() {
             std::future::pending::<()>().await;
         }
         "ignore-sigterm" => ignore_sigterm().await,
-        "scripted" => scripted().await,
+        "scripted" => scripted(false).await,
+        "hijack-after-ready" => scripted(true).await,
+        "foreign-listener" => {
+            // Blocks the main thread: this mode has nothing else to do.
+            let status = spawn_foreign().wait();
+            eprintln!("bad-runner: the foreign listener exited: {status:?}");
+        }
         "relay" => relay().await,
         other => panic!("unknown BAD_RUNNER_MODE {other:?}"),
     }
@@ -77,13 +89,42 @@ struct Script {
     failed_once: AtomicBool,
 }
 
-async fn scripted() {
+/// Starts a copy of this program in `scripted` mode, in a process group of
+/// its own (so it is not part of the runner's group), killed when we die.
+/// Called on the main thread: the parent-death signal follows the thread
+/// that forked, and the main thread lives as long as we do.
+#[allow(unsafe_code)]
+fn spawn_foreign() -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.env("BAD_RUNNER_MODE", "scripted").process_group(0);
+    // SAFETY: one async-signal-safe system call between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+/// The scripted server; with `hijack`, a foreign process takes the socket
+/// over after the first connection.
+async fn scripted(hijack: bool) {
     let path = socket_path();
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).unwrap();
+    eprintln!(
+        "bad-runner: pid {} listening on its socket",
+        std::process::id()
+    );
     let script = Arc::new(Script::default());
+    let mut foreign = None;
     loop {
         let (stream, _) = listener.accept().await.unwrap();
+        if hijack && foreign.is_none() {
+            foreign = Some(spawn_foreign());
+        }
         let script = script.clone();
         tokio::spawn(async move {
             let mut conn = Framed::new(stream, FrameCodec::default());
