@@ -204,6 +204,92 @@ async fn a_failing_or_panicking_plugin_fails_only_its_call() {
 }
 
 #[tokio::test]
+async fn a_panic_while_preparing_is_bad_request_naming_the_plugin() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    for (mode, during) in [("configure-panic", "configure"), ("needs-panic", "needs")] {
+        let conf = format!(r#"{{"mode":"{mode}"}}"#);
+        let msg = expect_error(
+            c.prepare_answer(&[("say", SAY), ("fault", &conf)], None)
+                .await,
+            ErrorCode::BadRequest,
+        );
+        assert!(
+            msg.contains(&format!("plugin `fault` panicked in {during}")),
+            "{msg}"
+        );
+    }
+    // The same connection still serves.
+    let token = c.prepare(&[("say", SAY)]).await;
+    assert_stops(&mut c, token).await;
+}
+
+#[tokio::test]
+async fn a_status_outside_200_to_599_is_never_sent() {
+    use extplug::wire::{Payload, RespCall};
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    for status in [101u16, 600, 999] {
+        let conf = format!(r#"{{"mode":"stop-status","status":{status}}}"#);
+        let token = c.prepare(&[("fault", &conf)]).await;
+        let msg = expect_error(
+            c.call_answer(token, get("/")).await,
+            ErrorCode::ServiceUnavailable,
+        );
+        assert!(
+            msg.contains(&format!("plugin `fault` set stop status {status}")),
+            "{msg}"
+        );
+        let conf = format!(r#"{{"mode":"response-status","status":{status}}}"#);
+        let token = c.prepare(&[("fault", &conf)]).await;
+        c.conn
+            .send(&RespCall {
+                conf_token: token,
+                parts: extplug::runner_sdk::ResponseParts {
+                    id: 3,
+                    status: StatusCode::OK,
+                    headers: vec![],
+                    extra_info: vec![],
+                },
+            })
+            .await
+            .unwrap();
+        let msg = expect_error(c.answer().await.unwrap(), ErrorCode::ServiceUnavailable);
+        assert!(
+            msg.contains(&format!("plugin `fault` set response status {status}")),
+            "{msg}"
+        );
+    }
+    // In range, the same plugin's answer goes through.
+    let token = c
+        .prepare(&[("fault", r#"{"mode":"response-status","status":599}"#)])
+        .await;
+    c.conn
+        .send(&RespCall {
+            conf_token: token,
+            parts: extplug::runner_sdk::ResponseParts {
+                id: 4,
+                status: StatusCode::OK,
+                headers: vec![],
+                extra_info: vec![],
+            },
+        })
+        .await
+        .unwrap();
+    let Some(Answer::Other(frame)) = c.answer().await else {
+        panic!("expected a response-phase answer")
+    };
+    let answer = Payload::parse(&frame.payload)
+        .unwrap()
+        .resp_call_answer()
+        .unwrap();
+    assert_eq!(
+        answer.outcome.status,
+        Some(StatusCode::from_u16(599).unwrap())
+    );
+}
+
+#[tokio::test]
 async fn oversize_frame_closes_only_that_connection() {
     let runner = RunnerProc::start(&[("EXTPLUG_MAX_FRAME", "1024")]);
     let mut other = runner.client().await;

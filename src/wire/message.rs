@@ -445,7 +445,7 @@ impl<'a> Payload<'a> {
     /// Reads the answer to HTTP_REQ_CALL. A stop status of 0 becomes 200.
     ///
     /// # Errors
-    /// A stop status that is not an HTTP status, or a malformed message.
+    /// A stop status outside 200..=599 (other than 0), or a malformed message.
     pub fn req_call_answer(&self) -> Result<ReqCallAnswer, DecodeError> {
         use schema::http_req_call_resp::action;
         const WHAT: &str = "HttpReqCallResp";
@@ -455,17 +455,9 @@ impl<'a> Payload<'a> {
                 action::Continue(()) => RequestOutcome::Continue,
                 action::Stop(stop) => {
                     let stop = stop?;
-                    let status = match stop.get_status() {
-                        0 => StatusCode::OK,
-                        n => match StatusCode::from_u16(n) {
-                            Ok(s) => s,
-                            Err(_) => {
-                                return Ok(Err(bad(
-                                    WHAT,
-                                    format!("stop status {n} is not an HTTP status"),
-                                )))
-                            }
-                        },
+                    let status = match answer_status(stop.get_status()) {
+                        Ok(status) => status.unwrap_or(StatusCode::OK),
+                        Err(reason) => return Ok(Err(bad(WHAT, format!("stop {reason}")))),
                     };
                     let mut headers = Vec::new();
                     for pair in stop.get_headers()?.iter() {
@@ -513,19 +505,14 @@ impl<'a> Payload<'a> {
     /// Reads the answer to HTTP_RESP_CALL. A status of 0 keeps the upstream's.
     ///
     /// # Errors
-    /// A status that is not an HTTP status, or a malformed message.
+    /// A status outside 200..=599 (other than 0), or a malformed message.
     pub fn resp_call_answer(&self) -> Result<RespCallAnswer, DecodeError> {
         const WHAT: &str = "HttpRespCallResp";
         let inner = || -> capnp::Result<Result<RespCallAnswer, DecodeError>> {
             let root: schema::http_resp_call_resp::Reader = self.message.get_root()?;
-            let status = match root.get_status() {
-                0 => None,
-                n => match StatusCode::from_u16(n) {
-                    Ok(s) => Some(s),
-                    Err(_) => {
-                        return Ok(Err(bad(WHAT, format!("status {n} is not an HTTP status"))))
-                    }
-                },
+            let status = match answer_status(root.get_status()) {
+                Ok(status) => status,
+                Err(reason) => return Ok(Err(bad(WHAT, reason))),
             };
             let headers = if root.has_headers() {
                 let mut list = Vec::new();
@@ -554,6 +541,19 @@ impl<'a> Payload<'a> {
             }))
         };
         inner().map_err(|e| bad(WHAT, e))?
+    }
+}
+
+/// A status in a runner's answer: 0 means "the default" (`None`); anything
+/// else must be in [`runner_sdk::ALLOWED_STATUS`] (200..=599), so that the
+/// host never acts on a 1xx or a 600+ answer.
+fn answer_status(n: u16) -> Result<Option<StatusCode>, String> {
+    if n == 0 {
+        return Ok(None);
+    }
+    match StatusCode::from_u16(n) {
+        Ok(status) if runner_sdk::ALLOWED_STATUS.contains(&n) => Ok(Some(status)),
+        _ => Err(format!("status {n} is outside 200..=599")),
     }
 }
 
@@ -1102,6 +1102,49 @@ mod tests {
             .req_call_answer()
             .unwrap_err();
         assert!(err.to_string().contains("stop status 1000"), "{err}");
+        // Real HTTP statuses that a runner must not answer with: 1xx and 600+.
+        for n in [100u16, 101, 199, 600, 999] {
+            let mut msg = Builder::new_default();
+            msg.init_root::<schema::http_req_call_resp::Builder>()
+                .init_action()
+                .init_stop()
+                .set_status(n);
+            let mut bytes = Vec::new();
+            capnp::serialize::write_message(&mut bytes, &msg).unwrap();
+            let err = Payload::parse(&bytes)
+                .unwrap()
+                .req_call_answer()
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("stop status {n} is outside 200..=599")),
+                "{err}"
+            );
+            let mut msg = Builder::new_default();
+            msg.init_root::<schema::http_resp_call_resp::Builder>()
+                .set_status(n);
+            let mut bytes = Vec::new();
+            capnp::serialize::write_message(&mut bytes, &msg).unwrap();
+            let err = Payload::parse(&bytes)
+                .unwrap()
+                .resp_call_answer()
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("status {n} is outside 200..=599")),
+                "{err}"
+            );
+        }
+        // The bounds themselves, and 0, are fine.
+        for (n, want) in [(0u16, None), (200, Some(200)), (599, Some(599))] {
+            let mut msg = Builder::new_default();
+            msg.init_root::<schema::http_resp_call_resp::Builder>()
+                .set_status(n);
+            let mut bytes = Vec::new();
+            capnp::serialize::write_message(&mut bytes, &msg).unwrap();
+            let answer = Payload::parse(&bytes).unwrap().resp_call_answer().unwrap();
+            assert_eq!(answer.outcome.status.map(|s| s.as_u16()), want);
+        }
     }
 
     #[test]
