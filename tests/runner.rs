@@ -37,6 +37,16 @@ async fn tokens_are_distinct_and_keys_idempotent() {
     let a = c.prepare(&[("say", SAY)]).await;
     let b = c.prepare(&[("say", SAY)]).await;
     assert!(a != 0 && b != 0 && a != b);
+    // A second runner process starts its tokens elsewhere (random start):
+    // a token from one is almost never valid in the other.
+    let other = RunnerProc::start(&[]);
+    let mut o = other.client().await;
+    let first = o.prepare(&[("say", SAY)]).await;
+    assert!(first != 0 && first != a, "both processes started at {a}");
+    expect_error(
+        o.call_answer(b, get("/")).await,
+        ErrorCode::ConfTokenNotFound,
+    );
     let Answer::Prepared(k1) = c.prepare_answer(&[("say", SAY)], Some("route-1#3")).await else {
         panic!()
     };
@@ -120,11 +130,14 @@ async fn rewrites_merge_and_the_later_one_wins() {
 async fn unknown_token_unknown_plugin_and_bad_conf() {
     let runner = RunnerProc::start(&[]);
     let mut c = runner.client().await;
+    // Tokens start at a random value: the one prepared is the only one known.
+    let known = c.prepare(&[("say", SAY)]).await;
+    let unknown = known.wrapping_add(424242).max(1);
     let msg = expect_error(
-        c.call_answer(424242, get("/")).await,
+        c.call_answer(unknown, get("/")).await,
         ErrorCode::ConfTokenNotFound,
     );
-    assert!(msg.contains("424242"), "{msg}");
+    assert!(msg.contains(&unknown.to_string()), "{msg}");
     let msg = expect_error(
         c.prepare_answer(&[("say", SAY), ("nope", "{}")], None)
             .await,
