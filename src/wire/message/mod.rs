@@ -1,0 +1,20 @@
+//! Typed protocol messages and their Cap'n Proto form.
+//!
+//! - `types.rs`: the messages as Rust types;
+//! - `encode.rs`: [`Encode`], writing a message straight into the output buffer;
+//! - `decode.rs`: [`Payload`], reading a frame's payload without copying it
+//!   (the views it hands out, `&str` and `&[u8]`, point into the frame).
+
+mod decode;
+mod encode;
+mod types;
+
+pub use decode::{reader_options, DecodeError, Payload};
+pub use encode::{method_to_schema, Encode};
+pub use types::{
+    ErrorCode, ErrorResp, ExtraInfoAnswer, MessageType, PrepareConf, Prepared, ReqCall,
+    ReqCallAnswer, RespCall, RespCallAnswer,
+};
+
+#[cfg(test)]
+mod tests;
