@@ -17,6 +17,10 @@
 //!
 //! [`Runner::run`] reads the environment (see [`mod@env`]), listens, serves until
 //! SIGTERM or SIGINT or the death of its parent, drains, and exits.
+//!
+//! Limits, each a builder method and a variable: EXTRA_INFO round trips per
+//! call ([`Runner::max_extra_info`]), connections at once
+//! ([`Runner::max_connections`]), who may connect ([`Runner::allow_uid`]).
 
 pub mod cache;
 mod conn;
@@ -192,6 +196,12 @@ impl Runner {
     /// Listens on `env`'s socket and serves until `shutdown` is cancelled,
     /// then stops accepting, lets calls in flight finish (up to the drain
     /// grace), and removes the socket.
+    ///
+    /// The socket is bound under umask 0177, then given its mode. Each
+    /// connection's peer uid is checked (the runner's own, or an allowed
+    /// one: [`Runner::allow_uid`], `EXTPLUG_ALLOWED_UIDS`); others are closed
+    /// unanswered and logged. At most `max_connections` are served at once;
+    /// at the cap the runner stops accepting until one closes.
     ///
     /// # Errors
     /// The socket could not be set up.

@@ -68,30 +68,43 @@ pub fn method_to_schema(m: &Method) -> Option<schema::Method> {
     })
 }
 
-/// Writes pairs; a `None` value is left null.
-fn write_pairs<'p>(
-    mut list: capnp::struct_list::Builder<'_, schema::pair::Owned>,
-    pairs: impl Iterator<Item = (&'p str, Option<&'p str>)>,
-) {
-    for (i, (name, value)) in pairs.enumerate() {
-        let mut pair = list.reborrow().get(i as u32);
-        pair.set_name(name);
+/// One entry of a `Pair` (text value) or `PairData` (data value) list being
+/// built.
+trait PairSlot<V: ?Sized> {
+    /// Sets the name, and the value unless it is `None` (left null).
+    fn fill(self, name: &str, value: Option<&V>);
+}
+
+impl PairSlot<str> for schema::pair::Builder<'_> {
+    fn fill(mut self, name: &str, value: Option<&str>) {
+        self.set_name(name);
         if let Some(value) = value {
-            pair.set_value(value);
+            self.set_value(value);
         }
     }
 }
 
-fn write_extra_info(
-    mut list: capnp::struct_list::Builder<'_, schema::pair_data::Owned>,
-    info: &[(&str, Option<&[u8]>)],
-) {
-    for (i, (name, value)) in info.iter().enumerate() {
-        let mut pair = list.reborrow().get(i as u32);
-        pair.set_name(*name);
+impl PairSlot<[u8]> for schema::pair_data::Builder<'_> {
+    fn fill(mut self, name: &str, value: Option<&[u8]>) {
+        self.set_name(name);
         if let Some(value) = value {
-            pair.set_value(value);
+            self.set_value(value);
         }
+    }
+}
+
+/// Writes a `Pair` or `PairData` list (initialized to the pairs' number);
+/// a `None` value is left null.
+fn write_pairs<'p, O, V>(
+    mut list: capnp::struct_list::Builder<'_, O>,
+    pairs: impl IntoIterator<Item = (&'p str, Option<&'p V>)>,
+) where
+    O: capnp::traits::OwnedStruct,
+    V: ?Sized + 'p,
+    for<'b> O::Builder<'b>: PairSlot<V>,
+{
+    for (i, (name, value)) in pairs.into_iter().enumerate() {
+        list.reborrow().get(i as u32).fill(name, value);
     }
 }
 
@@ -174,9 +187,9 @@ impl Encode for ReqCall<'_> {
         );
         root.set_conf_token(self.conf_token);
         if !p.extra_info.is_empty() {
-            write_extra_info(
+            write_pairs(
                 root.init_extra_info(p.extra_info.len() as u32),
-                &p.extra_info,
+                p.extra_info.iter().copied(),
             );
         }
         Ok(())
@@ -254,9 +267,9 @@ impl Encode for RespCall<'_> {
         );
         root.set_conf_token(self.conf_token);
         if !p.extra_info.is_empty() {
-            write_extra_info(
+            write_pairs(
                 root.init_extra_info(p.extra_info.len() as u32),
-                &p.extra_info,
+                p.extra_info.iter().copied(),
             );
         }
         Ok(())

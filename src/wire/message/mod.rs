@@ -4,6 +4,10 @@
 //! - `encode.rs`: [`Encode`], writing a message straight into the output buffer;
 //! - `decode.rs`: [`Payload`], reading a frame's payload without copying it
 //!   (the views it hands out, `&str` and `&[u8]`, point into the frame).
+//!
+//! `Pair` and `PairData` lists, which most messages carry, are written by
+//! one generic writer and read by one generic reader (`write_pairs`,
+//! `read_pairs`), so every list follows the same null rules.
 
 mod decode;
 mod encode;
