@@ -25,12 +25,14 @@
 pub mod cache;
 mod conn;
 pub mod env;
+mod peer;
 pub mod socket;
 
 pub use env::{EnvError, RunnerEnv};
 
 use cache::ConfCache;
 use conn::Shared;
+use peer::PeerCheck;
 use runner_sdk::{Plugin, Registry};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -301,44 +303,6 @@ impl Runner {
         drop(socket_file);
         info!("runner stopped");
         Ok(())
-    }
-}
-
-/// Who may connect: the runner's own effective uid and the allowed ones.
-struct PeerCheck {
-    allowed: Vec<u32>,
-}
-
-impl PeerCheck {
-    fn new(mut allowed: Vec<u32>) -> PeerCheck {
-        allowed.insert(0, nix::unistd::geteuid().as_raw());
-        allowed.sort_unstable();
-        allowed.dedup();
-        PeerCheck { allowed }
-    }
-
-    /// True when the peer's uid (from the kernel, `SO_PEERCRED`) is allowed.
-    /// Otherwise logs the uid and pid and returns false: the caller drops
-    /// the stream, which closes it before anything is read or answered.
-    /// The socket's mode is the first gate; this one still holds when the
-    /// mode was opened wide (`EXTPLUG_SOCKET_MODE=0666`).
-    fn admits(&self, stream: &tokio::net::UnixStream) -> bool {
-        match stream.peer_cred() {
-            Ok(cred) if self.allowed.contains(&cred.uid()) => true,
-            Ok(cred) => {
-                warn!(
-                    uid = cred.uid(),
-                    pid = cred.pid(),
-                    allowed = ?self.allowed,
-                    "closing a connection from a uid that is not allowed (see EXTPLUG_ALLOWED_UIDS)"
-                );
-                false
-            }
-            Err(e) => {
-                warn!(cause = %e, "closing a connection whose credentials cannot be read");
-                false
-            }
-        }
     }
 }
 
