@@ -6,7 +6,7 @@ mod common;
 use common::{get, Answer, Client, RunnerProc};
 use extplug::runner_sdk::{RequestOutcome, Rewrite, StatusCode, Stop};
 use extplug::wire::ErrorCode;
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -37,6 +37,16 @@ async fn tokens_are_distinct_and_keys_idempotent() {
     let a = c.prepare(&[("say", SAY)]).await;
     let b = c.prepare(&[("say", SAY)]).await;
     assert!(a != 0 && b != 0 && a != b);
+    // A second runner process starts its tokens elsewhere (random start):
+    // a token from one is almost never valid in the other.
+    let other = RunnerProc::start(&[]);
+    let mut o = other.client().await;
+    let first = o.prepare(&[("say", SAY)]).await;
+    assert!(first != 0 && first != a, "both processes started at {a}");
+    expect_error(
+        o.call_answer(b, get("/")).await,
+        ErrorCode::ConfTokenNotFound,
+    );
     let Answer::Prepared(k1) = c.prepare_answer(&[("say", SAY)], Some("route-1#3")).await else {
         panic!()
     };
@@ -120,11 +130,14 @@ async fn rewrites_merge_and_the_later_one_wins() {
 async fn unknown_token_unknown_plugin_and_bad_conf() {
     let runner = RunnerProc::start(&[]);
     let mut c = runner.client().await;
+    // Tokens start at a random value: the one prepared is the only one known.
+    let known = c.prepare(&[("say", SAY)]).await;
+    let unknown = known.wrapping_add(424242).max(1);
     let msg = expect_error(
-        c.call_answer(424242, get("/")).await,
+        c.call_answer(unknown, get("/")).await,
         ErrorCode::ConfTokenNotFound,
     );
-    assert!(msg.contains("424242"), "{msg}");
+    assert!(msg.contains(&unknown.to_string()), "{msg}");
     let msg = expect_error(
         c.prepare_answer(&[("say", SAY), ("nope", "{}")], None)
             .await,
@@ -201,6 +214,92 @@ async fn a_failing_or_panicking_plugin_fails_only_its_call() {
     );
     assert!(msg.contains("panicked: panicking on purpose"), "{msg}");
     assert_stops(&mut c, say).await;
+}
+
+#[tokio::test]
+async fn a_panic_while_preparing_is_bad_request_naming_the_plugin() {
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    for (mode, during) in [("configure-panic", "configure"), ("needs-panic", "needs")] {
+        let conf = format!(r#"{{"mode":"{mode}"}}"#);
+        let msg = expect_error(
+            c.prepare_answer(&[("say", SAY), ("fault", &conf)], None)
+                .await,
+            ErrorCode::BadRequest,
+        );
+        assert!(
+            msg.contains(&format!("plugin `fault` panicked in {during}")),
+            "{msg}"
+        );
+    }
+    // The same connection still serves.
+    let token = c.prepare(&[("say", SAY)]).await;
+    assert_stops(&mut c, token).await;
+}
+
+#[tokio::test]
+async fn a_status_outside_200_to_599_is_never_sent() {
+    use extplug::wire::{Payload, RespCall};
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    for status in [101u16, 600, 999] {
+        let conf = format!(r#"{{"mode":"stop-status","status":{status}}}"#);
+        let token = c.prepare(&[("fault", &conf)]).await;
+        let msg = expect_error(
+            c.call_answer(token, get("/")).await,
+            ErrorCode::ServiceUnavailable,
+        );
+        assert!(
+            msg.contains(&format!("plugin `fault` set stop status {status}")),
+            "{msg}"
+        );
+        let conf = format!(r#"{{"mode":"response-status","status":{status}}}"#);
+        let token = c.prepare(&[("fault", &conf)]).await;
+        c.conn
+            .send(&RespCall {
+                conf_token: token,
+                parts: extplug::runner_sdk::ResponseParts {
+                    id: 3,
+                    status: StatusCode::OK,
+                    headers: vec![],
+                    extra_info: vec![],
+                },
+            })
+            .await
+            .unwrap();
+        let msg = expect_error(c.answer().await.unwrap(), ErrorCode::ServiceUnavailable);
+        assert!(
+            msg.contains(&format!("plugin `fault` set response status {status}")),
+            "{msg}"
+        );
+    }
+    // In range, the same plugin's answer goes through.
+    let token = c
+        .prepare(&[("fault", r#"{"mode":"response-status","status":599}"#)])
+        .await;
+    c.conn
+        .send(&RespCall {
+            conf_token: token,
+            parts: extplug::runner_sdk::ResponseParts {
+                id: 4,
+                status: StatusCode::OK,
+                headers: vec![],
+                extra_info: vec![],
+            },
+        })
+        .await
+        .unwrap();
+    let Some(Answer::Other(frame)) = c.answer().await else {
+        panic!("expected a response-phase answer")
+    };
+    let answer = Payload::parse(&frame.payload)
+        .unwrap()
+        .resp_call_answer()
+        .unwrap();
+    assert_eq!(
+        answer.outcome.status,
+        Some(StatusCode::from_u16(599).unwrap())
+    );
 }
 
 #[tokio::test]
@@ -449,6 +548,176 @@ fn the_socket_is_0600_and_a_stale_socket_is_replaced() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
 }
 
+/// Starts the demo-runner on `dir/r.sock` with `env`, its stderr in
+/// `dir/runner.log`.
+fn runner_logging_to_file(dir: tempfile::TempDir, env: &[(&str, &str)]) -> RunnerProc {
+    let socket = dir.path().join("r.sock");
+    let log = std::fs::File::create(dir.path().join("runner.log")).unwrap();
+    let mut cmd = std::process::Command::new(common::demo_runner());
+    cmd.env(
+        "APISIX_LISTEN_ADDRESS",
+        format!("unix:{}", socket.display()),
+    )
+    .env("RUST_LOG", "warn")
+    .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let mut proc = RunnerProc { child, dir, socket };
+    proc.wait_ready();
+    proc
+}
+
+/// Runs the bad-runner's `connect` mode (one PREPARE_CONF) as uid/gid 65534
+/// against `runner`, from a copy of the binary in the runner's temp dir (so
+/// that the build directory need not be readable by that user).
+fn connect_as_nobody(runner: &RunnerProc) -> String {
+    use std::os::unix::process::CommandExt;
+    let client = runner.dir.path().join("connect-client");
+    if !client.exists() {
+        std::fs::copy(common::example("bad-runner"), &client).unwrap();
+        std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = std::process::Command::new(&client)
+        .uid(65534)
+        .gid(65534)
+        .env("BAD_RUNNER_MODE", "connect")
+        .env(
+            "APISIX_LISTEN_ADDRESS",
+            format!("unix:{}", runner.socket.display()),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn connections_from_another_uid_are_closed_unless_allowed() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: needs root to connect as another uid (65534)");
+        return;
+    }
+    // The socket open to all (mode 0666, directory traversable): only the
+    // peer check stands between uid 65534 and the runner.
+    let open_dir = || {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    };
+    let runner = runner_logging_to_file(open_dir(), &[("EXTPLUG_SOCKET_MODE", "0666")]);
+    let mode = std::fs::metadata(&runner.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o666);
+    let said = connect_as_nobody(&runner);
+    assert_eq!(said.trim(), "closed", "uid 65534 was served");
+    let log = std::fs::read_to_string(runner.dir.path().join("runner.log")).unwrap();
+    assert!(
+        log.contains("uid=65534") && log.contains("not allowed"),
+        "{log}"
+    );
+    // The runner's own uid is still served.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = runner.client().await;
+        c.prepare(&[("say", SAY)]).await;
+    });
+    // Listed in EXTPLUG_ALLOWED_UIDS: served.
+    let runner = runner_logging_to_file(
+        open_dir(),
+        &[
+            ("EXTPLUG_SOCKET_MODE", "0666"),
+            ("EXTPLUG_ALLOWED_UIDS", "12345,65534"),
+        ],
+    );
+    let said = connect_as_nobody(&runner);
+    assert_eq!(said.trim(), "answered type 1");
+}
+
+#[tokio::test]
+async fn extra_info_round_trips_per_call_are_capped() {
+    let runner = RunnerProc::start(&[("EXTPLUG_MAX_EXTRA_INFO", "2")]);
+    let mut c = runner.client().await;
+    let token = c
+        .prepare(&[("inject-vars", r#"{"vars":["a","b","c"],"prefetch":false}"#)])
+        .await;
+    for round in 0..3 {
+        // Two round trips are answered, the third is refused.
+        c.call_until_extra_info(token, get("/")).await;
+        c.conn
+            .send(&extplug::wire::ExtraInfoAnswer(Some(b"v")))
+            .await
+            .unwrap();
+        match c.answer().await {
+            Some(Answer::Other(frame)) if frame.kind == 3 => {}
+            other => panic!("expected a second EXTRA_INFO, got {other:?}"),
+        }
+        c.conn
+            .send(&extplug::wire::ExtraInfoAnswer(Some(b"v")))
+            .await
+            .unwrap();
+        let msg = expect_error(c.answer().await.unwrap(), ErrorCode::ServiceUnavailable);
+        assert!(
+            msg.contains("plugin `inject-vars`")
+                && msg.contains("more than 2 EXTRA_INFO round trips")
+                && msg.contains("EXTPLUG_MAX_EXTRA_INFO"),
+            "round {round}: {msg}"
+        );
+    }
+    // Within the cap, the call is answered.
+    let token = c
+        .prepare(&[("inject-vars", r#"{"vars":["a","b"],"prefetch":false}"#)])
+        .await;
+    c.call_until_extra_info(token, get("/")).await;
+    for _ in 0..2 {
+        c.conn
+            .send(&extplug::wire::ExtraInfoAnswer(Some(b"v")))
+            .await
+            .unwrap();
+        if let Some(Answer::Call(answer)) = c.answer().await {
+            assert!(matches!(answer.outcome, RequestOutcome::Rewrite(_)));
+            return;
+        }
+    }
+    panic!("no answer after two round trips");
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_new_connections_wait() {
+    let runner = RunnerProc::start(&[("EXTPLUG_MAX_CONNECTIONS", "2")]);
+    let mut a = runner.client().await;
+    let mut b = runner.client().await;
+    a.prepare(&[("say", SAY)]).await;
+    b.prepare(&[("say", SAY)]).await;
+    // A third connection waits in the backlog: connected, but not served.
+    let mut c = runner.client().await;
+    c.conn
+        .send(&extplug::wire::PrepareConf {
+            conf: vec![("say", SAY)],
+            key: None,
+        })
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), c.conn.next()).await;
+    assert!(early.is_err(), "served over the cap: {early:?}");
+    // One closes: the waiting one is served.
+    drop(a);
+    assert!(matches!(c.answer().await, Some(Answer::Prepared(_))));
+    b.prepare(&[("say", SAY)]).await;
+}
+
 fn run_with_env(env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = std::process::Command::new(common::demo_runner());
     cmd.env_remove("APISIX_LISTEN_ADDRESS")
@@ -482,6 +751,27 @@ fn bad_environment_exits_non_zero_with_a_clear_message() {
                 ("APISIX_CONF_EXPIRE_TIME", "soon"),
             ],
             "positive whole number",
+        ),
+        (
+            &[
+                ("APISIX_LISTEN_ADDRESS", &sock),
+                ("EXTPLUG_ALLOWED_UIDS", "1000,bob"),
+            ],
+            "EXTPLUG_ALLOWED_UIDS=\"1000,bob\": \"bob\" is not a user id",
+        ),
+        (
+            &[
+                ("APISIX_LISTEN_ADDRESS", &sock),
+                ("EXTPLUG_MAX_CONNECTIONS", "0"),
+            ],
+            "EXTPLUG_MAX_CONNECTIONS=\"0\"",
+        ),
+        (
+            &[
+                ("APISIX_LISTEN_ADDRESS", &sock),
+                ("EXTPLUG_MAX_EXTRA_INFO", "lots"),
+            ],
+            "EXTPLUG_MAX_EXTRA_INFO=\"lots\"",
         ),
     ];
     for (env, expected) in cases {

@@ -5,8 +5,9 @@ use crate::request::Request;
 use crate::response::Response;
 use crate::{Filter, Needs, Plugin, PluginError};
 use futures::FutureExt;
+use http::StatusCode;
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// The plugins a runner offers, by name.
@@ -70,6 +71,16 @@ pub enum PrepareError {
         /// What was wrong.
         reason: String,
     },
+    /// The plugin panicked in [`Plugin::configure`] or [`Filter::needs`].
+    #[error("plugin `{plugin}` panicked in {during}: {message}")]
+    Panicked {
+        /// The plugin's name.
+        plugin: String,
+        /// `configure` or `needs`.
+        during: &'static str,
+        /// The panic's message, when it had one.
+        message: String,
+    },
 }
 
 /// Why a call failed. The runner answers it with `serviceUnavailable`.
@@ -91,7 +102,22 @@ pub enum CallError {
         /// The panic's message, when it had one.
         message: String,
     },
+    /// A filter answered with a status the protocol does not allow: a stop
+    /// or a response status must be in 200..=599 (1xx is not a final
+    /// answer, and a gateway cannot send 600 and above).
+    #[error("plugin `{plugin}` set {phase} status {status}, outside 200..=599")]
+    BadStatus {
+        /// The plugin's name.
+        plugin: String,
+        /// `stop` or `response`.
+        phase: &'static str,
+        /// The status it set.
+        status: u16,
+    },
 }
+
+/// The statuses a plugin may answer with (stop, or a response-phase status).
+pub const ALLOWED_STATUS: std::ops::RangeInclusive<u16> = 200..=599;
 
 /// A route phase's configured filters, in order, with their combined needs.
 pub struct Chain {
@@ -127,11 +153,23 @@ impl Chain {
                     name: name.to_owned(),
                     available: registry.names().join(", "),
                 })?;
-            let filter = plugin.configure(value).map_err(|e| PrepareError::BadConf {
+            // A panic here answers this PREPARE_CONF like a refused conf, not
+            // the connection's end: plugin code is untrusted in the same way
+            // as in a call.
+            let panicked = |during, panic: Box<dyn std::any::Any + Send>| PrepareError::Panicked {
                 plugin: name.to_owned(),
-                reason: e.0,
-            })?;
-            needs.merge(filter.needs());
+                during,
+                message: panic_message(&*panic),
+            };
+            let filter = catch_unwind(AssertUnwindSafe(|| plugin.configure(value)))
+                .map_err(|p| panicked("configure", p))?
+                .map_err(|e| PrepareError::BadConf {
+                    plugin: name.to_owned(),
+                    reason: e.0,
+                })?;
+            let filter_needs = catch_unwind(AssertUnwindSafe(|| filter.needs()))
+                .map_err(|p| panicked("needs", p))?;
+            needs.merge(filter_needs);
             filters.push((name.to_owned(), filter));
         }
         Ok(Chain { filters, needs })
@@ -156,7 +194,8 @@ impl Chain {
         for (name, filter) in &self.filters {
             let result = AssertUnwindSafe(filter.request(req)).catch_unwind().await;
             check(name, result)?;
-            if req.is_stopped() {
+            if let Some(status) = req.stop_status() {
+                check_status(name, "stop", status)?;
                 break;
             }
         }
@@ -172,6 +211,10 @@ impl Chain {
         for (name, filter) in &self.filters {
             let result = AssertUnwindSafe(filter.response(resp)).catch_unwind().await;
             check(name, result)?;
+            if let Some(status) = resp.changed_status() {
+                // Checked after each filter, so the error names the one that set it.
+                check_status(name, "response", status)?;
+            }
         }
         Ok(())
     }
@@ -188,16 +231,121 @@ fn check(
             plugin: plugin.to_owned(),
             source,
         }),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".to_owned());
-            Err(CallError::Panicked {
-                plugin: plugin.to_owned(),
-                message,
-            })
+        Err(panic) => Err(CallError::Panicked {
+            plugin: plugin.to_owned(),
+            message: panic_message(&*panic),
+        }),
+    }
+}
+
+/// Fails the call when `plugin` left a status outside [`ALLOWED_STATUS`].
+fn check_status(plugin: &str, phase: &'static str, status: StatusCode) -> Result<(), CallError> {
+    if ALLOWED_STATUS.contains(&status.as_u16()) {
+        return Ok(());
+    }
+    Err(CallError::BadStatus {
+        plugin: plugin.to_owned(),
+        phase,
+        status: status.as_u16(),
+    })
+}
+
+/// A panic payload's message (`panic!` gives a `&str` or a `String`).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{TestError, TestRequest, TestResponse};
+    use crate::{async_trait, ConfError, Stop};
+
+    /// Misbehaves as its conf says: `configure`, `needs`, or a status.
+    struct Odd;
+
+    struct OddFilter(String);
+
+    impl Plugin for Odd {
+        fn name(&self) -> &str {
+            "odd"
+        }
+        fn configure(&self, conf: &str) -> Result<Box<dyn Filter>, ConfError> {
+            if conf == "configure" {
+                panic!("boom in configure");
+            }
+            Ok(Box::new(OddFilter(conf.to_owned())))
+        }
+    }
+
+    #[async_trait]
+    impl Filter for OddFilter {
+        fn needs(&self) -> Needs {
+            if self.0 == "needs" {
+                panic!("boom in needs");
+            }
+            Needs::default()
+        }
+        async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+            let status: u16 = self.0.parse()?;
+            req.stop(Stop::new(StatusCode::from_u16(status)?));
+            Ok(())
+        }
+        async fn response(&self, resp: &mut Response<'_>) -> Result<(), PluginError> {
+            let status: u16 = self.0.parse()?;
+            resp.set_status(StatusCode::from_u16(status)?);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panic_in_configure_or_needs_is_a_prepare_error_naming_the_plugin() {
+        let registry = Registry::new().with(Odd);
+        for during in ["configure", "needs"] {
+            let err = Chain::prepare(&registry, [("odd", during)]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("plugin `odd` panicked in {during}: boom in {during}")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_status_outside_200_to_599_fails_the_call_naming_the_plugin() {
+        let registry = Registry::new().with(Odd);
+        for status in ["100", "199", "600", "999"] {
+            let err = TestRequest::get("/")
+                .run(&registry, &[("odd", status)])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, TestError::Call(CallError::BadStatus { plugin, phase: "stop", status: s })
+                    if plugin == "odd" && s.to_string() == status),
+                "{err}"
+            );
+            let err = TestResponse::new(StatusCode::OK)
+                .run(&registry, &[("odd", status)])
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("plugin `odd` set response status {status}")),
+                "{err}"
+            );
+        }
+        for status in ["200", "599"] {
+            TestRequest::get("/")
+                .run(&registry, &[("odd", status)])
+                .await
+                .unwrap();
+            TestResponse::new(StatusCode::OK)
+                .run(&registry, &[("odd", status)])
+                .await
+                .unwrap();
         }
     }
 }

@@ -51,7 +51,7 @@ mod response;
 pub mod testing;
 
 pub use async_trait::async_trait;
-pub use chain::{CallError, Chain, PrepareError, Registry};
+pub use chain::{CallError, Chain, PrepareError, Registry, ALLOWED_STATUS};
 pub use http::{Method, StatusCode};
 pub use info::{InfoKey, InfoSource};
 pub use request::{Request, RequestOutcome, RequestParts, Rewrite, Stop};

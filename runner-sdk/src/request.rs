@@ -349,6 +349,8 @@ impl<'a> Request<'a> {
 
     /// Answers the client with `stop` and ends the chain: the filters after
     /// this one do not run, and earlier changes to the request are dropped.
+    /// The status must be in 200..=599: the runner fails the call (naming
+    /// this plugin) otherwise.
     pub fn stop(&mut self, stop: Stop) {
         self.changes.stop = Some(stop);
     }
@@ -356,6 +358,11 @@ impl<'a> Request<'a> {
     /// True once a filter called [`Request::stop`].
     pub fn is_stopped(&self) -> bool {
         self.changes.stop.is_some()
+    }
+
+    /// The status of the stop recorded so far, if any.
+    pub(crate) fn stop_status(&self) -> Option<StatusCode> {
+        self.changes.stop.as_ref().map(|s| s.status)
     }
 
     /// The net effect of every change recorded so far.

@@ -110,9 +110,15 @@ impl<'a> Response<'a> {
         self.info.get(InfoKey::ResponseBody).await
     }
 
-    /// Replaces the status sent to the client.
+    /// Replaces the status sent to the client. It must be in 200..=599: the
+    /// runner fails the call (naming this plugin) otherwise.
     pub fn set_status(&mut self, status: StatusCode) {
         self.status = Some(status);
+    }
+
+    /// The status set by a filter so far, if any.
+    pub(crate) fn changed_status(&self) -> Option<StatusCode> {
+        self.status
     }
 
     /// The header list, copied on the first header change.

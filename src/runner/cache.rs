@@ -7,7 +7,7 @@
 
 use runner_sdk::Chain;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -43,25 +43,64 @@ pub struct ConfCache {
     lifetime: Duration,
     capacity: usize,
     epoch: Instant,
-    next_token: AtomicU32,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     by_token: HashMap<u32, Arc<Entry>>,
     by_key: HashMap<String, u32>,
+    /// The next token to hand out (never 0).
+    next_token: u32,
+    /// Tokens handed out so far: at 2^32 - 1 every token was used once.
+    issued: u64,
+}
+
+/// A random, non-zero first token, so that a token from another runner
+/// process (an earlier one the host still remembers, say) is almost never
+/// valid here.
+///
+/// The randomness is std's `RandomState`: its SipHash keys come from the
+/// operating system's random source, so hashing anything with it gives an
+/// unpredictable value, with no extra dependency. Time and pid are mixed in
+/// for good measure. This is not a secret: it only makes collisions between
+/// processes unlikely (1 in 2^32).
+fn random_first_token() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(now.as_nanos());
+    }
+    let bits = hasher.finish();
+    match (bits ^ (bits >> 32)) as u32 {
+        0 => 1,
+        token => token,
+    }
+}
+
+/// The token after `token`, wrapping from `u32::MAX` to 1 (0 is never a token).
+fn next_after(token: u32) -> u32 {
+    token.checked_add(1).unwrap_or(1)
 }
 
 impl ConfCache {
     /// A cache whose entries live `lifetime` after their last use, holding at
-    /// most `capacity` entries (the least recently used goes first).
+    /// most `capacity` entries (the least recently used goes first). Tokens
+    /// start at a random non-zero value and count up, wrapping and skipping 0.
     pub fn new(lifetime: Duration, capacity: usize) -> Self {
+        Self::starting_at(lifetime, capacity, random_first_token())
+    }
+
+    /// As [`ConfCache::new`], with the first token given (`0` counts as 1).
+    fn starting_at(lifetime: Duration, capacity: usize, first_token: u32) -> Self {
         ConfCache {
-            inner: RwLock::default(),
+            inner: RwLock::new(Inner {
+                next_token: first_token.max(1),
+                ..Inner::default()
+            }),
             lifetime,
             capacity: capacity.max(1),
             epoch: Instant::now(),
-            next_token: AtomicU32::new(1),
         }
     }
 
@@ -139,10 +178,14 @@ impl ConfCache {
                 Self::remove_locked(&mut inner, token);
             }
         }
-        let token = self
-            .next_token
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_add(1))
-            .map_err(|_| CacheError::TokensExhausted)?;
+        // Unique for the life of the process: after 2^32 - 1 tokens the next
+        // one would repeat one the host may still hold.
+        if inner.issued >= u64::from(u32::MAX) {
+            return Err(CacheError::TokensExhausted);
+        }
+        let token = inner.next_token;
+        inner.next_token = next_after(token);
+        inner.issued += 1;
         let entry = Arc::new(Entry {
             token,
             chain,
@@ -222,6 +265,37 @@ mod tests {
         let k2 = cache.insert(chain(), Some("route-1#v1")).unwrap().token;
         assert_eq!(k1, k2);
         assert_eq!(cache.get_by_key("route-1#v1").unwrap().token, k1);
+    }
+
+    #[test]
+    fn tokens_start_at_random_and_wrap_past_zero() {
+        let firsts: Vec<u32> = (0..4)
+            .map(|_| {
+                ConfCache::new(Duration::from_secs(10), 10)
+                    .insert(chain(), None)
+                    .unwrap()
+                    .token
+            })
+            .collect();
+        assert!(firsts.iter().all(|t| *t != 0));
+        // Four caches starting on the same value: 1 chance in 2^96.
+        assert!(firsts.iter().any(|t| *t != firsts[0]), "{firsts:?}");
+        let cache = ConfCache::starting_at(Duration::from_secs(10), 10, u32::MAX - 1);
+        let tokens: Vec<u32> = (0..4)
+            .map(|_| cache.insert(chain(), None).unwrap().token)
+            .collect();
+        assert_eq!(tokens, vec![u32::MAX - 1, u32::MAX, 1, 2]);
+    }
+
+    #[test]
+    fn tokens_run_out_after_every_u32_but_zero() {
+        let cache = ConfCache::starting_at(Duration::from_secs(10), 10, 5);
+        cache.inner.write().unwrap().issued = u64::from(u32::MAX) - 1;
+        assert_eq!(cache.insert(chain(), None).unwrap().token, 5);
+        assert!(matches!(
+            cache.insert(chain(), None),
+            Err(CacheError::TokensExhausted)
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub cache: ConfCache,
     pub max_frame: usize,
+    /// The most EXTRA_INFO round trips per call.
+    pub max_extra_info: u32,
 }
 
 type Conn = Framed<UnixStream, FrameCodec>;
@@ -293,6 +295,8 @@ async fn call<P: CallParts>(
     let mut source = ConnSource {
         conn,
         broken: false,
+        exchanges: 0,
+        max_exchanges: shared.max_extra_info,
     };
     let result = parts.run(&entry.chain, &mut source).await;
     let broken = source.broken;
@@ -313,6 +317,10 @@ struct ConnSource<'c> {
     /// Set when an exchange failed: the stream is out of step, so the
     /// connection closes after the call's answer.
     broken: bool,
+    /// EXTRA_INFO round trips made in this call.
+    exchanges: u32,
+    /// The cap on them (`EXTPLUG_MAX_EXTRA_INFO`).
+    max_exchanges: u32,
 }
 
 #[async_trait]
@@ -321,6 +329,16 @@ impl InfoSource for ConnSource<'_> {
         if self.broken {
             return Err("the connection to the host failed earlier in this call".into());
         }
+        if self.exchanges >= self.max_exchanges {
+            // The stream is still in step: only this call fails.
+            return Err(format!(
+                "more than {} EXTRA_INFO round trips in one call (the runner's cap, {})",
+                self.max_exchanges,
+                super::env::MAX_EXTRA_INFO
+            )
+            .into());
+        }
+        self.exchanges += 1;
         let result = exchange(self.conn, key).await;
         self.broken = result.is_err();
         result

@@ -14,6 +14,24 @@ pub const SOCKET_MODE: &str = "EXTPLUG_SOCKET_MODE";
 /// maximum 16,777,215).
 pub const MAX_FRAME: &str = "EXTPLUG_MAX_FRAME";
 
+/// extplug extra: the most EXTRA_INFO round trips one call may make
+/// (default [`DEFAULT_MAX_EXTRA_INFO`]); past it the call fails.
+pub const MAX_EXTRA_INFO: &str = "EXTPLUG_MAX_EXTRA_INFO";
+/// extplug extra: the most host connections served at once (default
+/// [`DEFAULT_MAX_CONNECTIONS`]); past it the runner stops accepting until
+/// one closes.
+pub const MAX_CONNECTIONS: &str = "EXTPLUG_MAX_CONNECTIONS";
+/// extplug extra: user ids allowed to connect besides the runner's own,
+/// comma-separated (`1000,1001`).
+pub const ALLOWED_UIDS: &str = "EXTPLUG_ALLOWED_UIDS";
+
+/// The default of `EXTPLUG_MAX_EXTRA_INFO`.
+pub const DEFAULT_MAX_EXTRA_INFO: u32 = 64;
+/// The default of `EXTPLUG_MAX_CONNECTIONS`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The largest value `EXTPLUG_MAX_EXTRA_INFO` and `EXTPLUG_MAX_CONNECTIONS` take.
+pub const MAX_LIMIT: usize = 1_000_000;
+
 /// The default of `APISIX_CONF_EXPIRE_TIME`, in seconds.
 pub const DEFAULT_CONF_EXPIRE_SECS: u64 = 3600;
 
@@ -35,6 +53,20 @@ pub enum EnvError {
     /// `EXTPLUG_MAX_FRAME` is not a size in range.
     #[error("{MAX_FRAME}={0:?} is not a byte count from 1 to 16777215")]
     BadMaxFrame(String),
+    /// `EXTPLUG_MAX_EXTRA_INFO` is not a count in range.
+    #[error("{MAX_EXTRA_INFO}={0:?} is not a whole number from 0 to {MAX_LIMIT}")]
+    BadMaxExtraInfo(String),
+    /// `EXTPLUG_MAX_CONNECTIONS` is not a count in range.
+    #[error("{MAX_CONNECTIONS}={0:?} is not a whole number from 1 to {MAX_LIMIT}")]
+    BadMaxConnections(String),
+    /// `EXTPLUG_ALLOWED_UIDS` is not a comma-separated list of user ids.
+    #[error("{ALLOWED_UIDS}={value:?}: {item:?} is not a user id (a comma-separated list of numbers such as 1000,1001 is expected)")]
+    BadAllowedUids {
+        /// The whole value.
+        value: String,
+        /// The entry that is not a uid.
+        item: String,
+    },
 }
 
 /// The runner's settings, as read from its environment.
@@ -48,6 +80,12 @@ pub struct RunnerEnv {
     pub socket_mode: Option<u32>,
     /// `EXTPLUG_MAX_FRAME`, when set.
     pub max_frame: Option<usize>,
+    /// `EXTPLUG_MAX_EXTRA_INFO`, when set.
+    pub max_extra_info: Option<u32>,
+    /// `EXTPLUG_MAX_CONNECTIONS`, when set.
+    pub max_connections: Option<usize>,
+    /// `EXTPLUG_ALLOWED_UIDS` (empty when unset).
+    pub allowed_uids: Vec<u32>,
 }
 
 impl RunnerEnv {
@@ -90,13 +128,52 @@ impl RunnerEnv {
                 _ => return Err(EnvError::BadMaxFrame(text)),
             },
         };
+        let max_extra_info = match lookup(MAX_EXTRA_INFO) {
+            None => None,
+            Some(text) => match text.trim().parse::<u32>() {
+                Ok(n) if n as usize <= MAX_LIMIT => Some(n),
+                _ => return Err(EnvError::BadMaxExtraInfo(text)),
+            },
+        };
+        let max_connections = match lookup(MAX_CONNECTIONS) {
+            None => None,
+            Some(text) => match text.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Some(n),
+                _ => return Err(EnvError::BadMaxConnections(text)),
+            },
+        };
+        let allowed_uids = match lookup(ALLOWED_UIDS) {
+            None => Vec::new(),
+            Some(text) => parse_uids(&text)?,
+        };
         Ok(RunnerEnv {
             socket_path,
             conf_expire,
             socket_mode,
             max_frame,
+            max_extra_info,
+            max_connections,
+            allowed_uids,
         })
     }
+}
+
+/// Reads `EXTPLUG_ALLOWED_UIDS`: numbers separated by commas (spaces around
+/// them allowed). An empty value allows no one else.
+fn parse_uids(text: &str) -> Result<Vec<u32>, EnvError> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|item| {
+            item.trim()
+                .parse::<u32>()
+                .map_err(|_| EnvError::BadAllowedUids {
+                    value: text.to_owned(),
+                    item: item.to_owned(),
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -135,5 +212,42 @@ mod tests {
         assert_eq!(err, EnvError::BadSocketMode("999".into()));
         let ok = read(&[(LISTEN_ADDRESS, "unix:/s"), (SOCKET_MODE, "0660")]).unwrap();
         assert_eq!(ok.socket_mode, Some(0o660));
+    }
+
+    #[test]
+    fn limits_and_allowed_uids() {
+        let env = read(&[(LISTEN_ADDRESS, "unix:/s")]).unwrap();
+        assert_eq!(
+            (env.max_extra_info, env.max_connections, env.allowed_uids),
+            (None, None, vec![])
+        );
+        let env = read(&[
+            (LISTEN_ADDRESS, "unix:/s"),
+            (MAX_EXTRA_INFO, "0"),
+            (MAX_CONNECTIONS, " 8 "),
+            (ALLOWED_UIDS, "1000, 65534"),
+        ])
+        .unwrap();
+        assert_eq!(env.max_extra_info, Some(0));
+        assert_eq!(env.max_connections, Some(8));
+        assert_eq!(env.allowed_uids, vec![1000, 65534]);
+        for bad in ["-1", "x", "1000001"] {
+            let err = read(&[(LISTEN_ADDRESS, "unix:/s"), (MAX_EXTRA_INFO, bad)]).unwrap_err();
+            assert_eq!(err, EnvError::BadMaxExtraInfo(bad.into()));
+        }
+        for bad in ["0", "many", ""] {
+            let err = read(&[(LISTEN_ADDRESS, "unix:/s"), (MAX_CONNECTIONS, bad)]).unwrap_err();
+            assert_eq!(err, EnvError::BadMaxConnections(bad.into()));
+        }
+        for (bad, item) in [("1000,bob", "bob"), ("1,,2", ""), ("-5", "-5")] {
+            let err = read(&[(LISTEN_ADDRESS, "unix:/s"), (ALLOWED_UIDS, bad)]).unwrap_err();
+            assert!(
+                err.to_string().contains(ALLOWED_UIDS)
+                    && err
+                        .to_string()
+                        .contains(&format!("{item:?} is not a user id")),
+                "{err}"
+            );
+        }
     }
 }

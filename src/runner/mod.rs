@@ -17,20 +17,27 @@
 //!
 //! [`Runner::run`] reads the environment (see [`mod@env`]), listens, serves until
 //! SIGTERM or SIGINT or the death of its parent, drains, and exits.
+//!
+//! Limits, each a builder method and a variable: EXTRA_INFO round trips per
+//! call ([`Runner::max_extra_info`]), connections at once
+//! ([`Runner::max_connections`]), who may connect ([`Runner::allow_uid`]).
 
 pub mod cache;
 mod conn;
 pub mod env;
+mod peer;
 pub mod socket;
 
 pub use env::{EnvError, RunnerEnv};
 
 use cache::ConfCache;
 use conn::Shared;
+use peer::PeerCheck;
 use runner_sdk::{Plugin, Registry};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -56,6 +63,9 @@ pub struct Runner {
     drain_grace: Duration,
     cache_capacity: usize,
     max_frame: usize,
+    max_extra_info: u32,
+    max_connections: usize,
+    allowed_uids: Vec<u32>,
 }
 
 impl Default for Runner {
@@ -65,8 +75,9 @@ impl Default for Runner {
 }
 
 impl Runner {
-    /// A runner with no plugins, socket mode 0600, a 10 s drain grace and
-    /// room for 100,000 prepared chains.
+    /// A runner with no plugins, socket mode 0600, a 10 s drain grace,
+    /// room for 100,000 prepared chains, 64 EXTRA_INFO round trips per call,
+    /// 1024 connections at once, and only its own uid allowed to connect.
     pub fn new() -> Self {
         Runner {
             registry: Registry::new(),
@@ -74,6 +85,9 @@ impl Runner {
             drain_grace: Duration::from_secs(10),
             cache_capacity: 100_000,
             max_frame: crate::wire::MAX_PAYLOAD,
+            max_extra_info: env::DEFAULT_MAX_EXTRA_INFO,
+            max_connections: env::DEFAULT_MAX_CONNECTIONS,
+            allowed_uids: Vec::new(),
         }
     }
 
@@ -109,6 +123,33 @@ impl Runner {
     /// least recently used is dropped.
     pub fn cache_capacity(mut self, capacity: usize) -> Self {
         self.cache_capacity = capacity;
+        self
+    }
+
+    /// The most EXTRA_INFO round trips one call may make (default 64;
+    /// `EXTPLUG_MAX_EXTRA_INFO` overrides). Past it the call fails with
+    /// `serviceUnavailable` naming the plugin and the cap: a plugin that
+    /// asks for values in a loop cannot keep a connection busy forever.
+    pub fn max_extra_info(mut self, max: u32) -> Self {
+        self.max_extra_info = max;
+        self
+    }
+
+    /// The most host connections served at once (default 1024, at least 1;
+    /// `EXTPLUG_MAX_CONNECTIONS` overrides). At the cap the runner stops
+    /// accepting (and logs it once) until a connection closes: new
+    /// connections wait in the socket's backlog rather than being refused,
+    /// so a host that opens a burst of connections is slowed, not failed.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// Also lets user id `uid` connect (the runner's own uid always may;
+    /// `EXTPLUG_ALLOWED_UIDS` adds more). A connection from any other uid,
+    /// as the kernel reports it (`SO_PEERCRED`), is closed unanswered.
+    pub fn allow_uid(mut self, uid: u32) -> Self {
+        self.allowed_uids.push(uid);
         self
     }
 
@@ -158,6 +199,12 @@ impl Runner {
     /// then stops accepting, lets calls in flight finish (up to the drain
     /// grace), and removes the socket.
     ///
+    /// The socket is bound under umask 0177, then given its mode. Each
+    /// connection's peer uid is checked (the runner's own, or an allowed
+    /// one: [`Runner::allow_uid`], `EXTPLUG_ALLOWED_UIDS`); others are closed
+    /// unanswered and logged. At most `max_connections` are served at once;
+    /// at the cap the runner stops accepting until one closes.
+    ///
     /// # Errors
     /// The socket could not be set up.
     pub async fn serve(
@@ -168,26 +215,65 @@ impl Runner {
         let mode = env.socket_mode.unwrap_or(self.socket_mode);
         let (listener, socket_file) = socket::bind(&env.socket_path, mode)?;
         let lifetime = env.conf_expire.mul_f64(1.2);
+        let max_connections = env.max_connections.unwrap_or(self.max_connections);
+        let mut allowed = self.allowed_uids;
+        allowed.extend(&env.allowed_uids);
+        let peers = PeerCheck::new(allowed);
         let shared = Arc::new(Shared {
             registry: self.registry,
             cache: ConfCache::new(lifetime, self.cache_capacity),
             max_frame: env.max_frame.unwrap_or(self.max_frame),
+            max_extra_info: env.max_extra_info.unwrap_or(self.max_extra_info),
         });
         info!(
             socket = %env.socket_path.display(),
             mode = format!("{mode:o}"),
             conf_lifetime_s = lifetime.as_secs_f64(),
+            max_connections,
+            max_extra_info = shared.max_extra_info,
+            allowed_uids = ?peers.allowed,
             plugins = ?shared.registry.names(),
             "runner listening"
         );
         let sweeper = tokio::spawn(sweep(shared.clone(), lifetime));
         let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(max_connections));
+        let mut last_cap_warning: Option<std::time::Instant> = None;
         loop {
+            // A slot first, then accept: at the cap, connections wait in the
+            // listen backlog instead of costing a task and buffers each.
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    // At most one line per 10 s: a host that keeps the runner
+                    // at its cap would otherwise log on every close.
+                    if last_cap_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        warn!(
+                            max_connections,
+                            "connection limit reached: not accepting until one closes"
+                        );
+                        last_cap_warning = Some(std::time::Instant::now());
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        slot = slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break, // never closed; stop if it were
+                        },
+                    }
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        tracker.spawn(conn::serve(stream, shared.clone(), shutdown.clone()));
+                        if peers.admits(&stream) {
+                            let (shared, shutdown) = (shared.clone(), shutdown.clone());
+                            tracker.spawn(async move {
+                                conn::serve(stream, shared, shutdown).await;
+                                drop(slot);
+                            });
+                        }
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait a little

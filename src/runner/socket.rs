@@ -1,5 +1,6 @@
 //! The listening socket's life: stale socket removed (never another kind of
-//! file), mode set, file removed when the runner stops.
+//! file), created under a restrictive umask then given its mode, file
+//! removed when the runner stops.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -64,11 +65,57 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Socket
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("inspecting")(e)),
     }
-    let listener = UnixListener::bind(path).map_err(io("binding"))?;
+    // bind() creates the file with 0777 & !umask: under the usual umask of
+    // 022 the socket would be connectable by anyone until the chmod below.
+    // Bind under 0177 (owner read/write only) so it never exists with a
+    // wider mode than 0600, then set the configured mode. The umask is
+    // process-wide: restored at once, and bound at start, before the
+    // runner creates any other file.
+    let listener = {
+        let _umask = Umask::set(0o177);
+        UnixListener::bind(path).map_err(io("binding"))?
+    };
     let file = SocketFile {
         path: path.to_path_buf(),
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io("setting the mode of"))?;
     Ok((listener, file))
+}
+
+/// A umask in force until dropped, then the previous one again.
+struct Umask(nix::sys::stat::Mode);
+
+impl Umask {
+    fn set(mask: u32) -> Umask {
+        use nix::sys::stat::{umask, Mode};
+        Umask(umask(Mode::from_bits_truncate(mask as nix::libc::mode_t)))
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        nix::sys::stat::umask(self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bound_with_the_mode_asked_and_the_umask_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = Umask::set(0o022);
+        for mode in [0o600, 0o660, 0o666] {
+            let path = dir.path().join(format!("s{mode:o}.sock"));
+            let (_listener, _file) = bind(&path, mode).unwrap();
+            let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(got, mode);
+            // The umask in force again is the one before the bind.
+            let now = Umask::set(0o022);
+            assert_eq!(now.0, nix::sys::stat::Mode::from_bits_truncate(0o022));
+        }
+        drop(before);
+    }
 }

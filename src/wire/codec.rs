@@ -10,6 +10,11 @@ pub const MAX_PAYLOAD: usize = (1 << 24) - 1;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 4;
 
+/// The most the decoder reserves ahead of the bytes it has, while a frame
+/// is incomplete. The buffer grows with what actually arrives, so a peer
+/// that declares 16 MiB and sends 10 bytes costs a few KiB, not 16 MiB.
+pub const RESERVE_CHUNK: usize = 64 * 1024;
+
 /// One frame as read from the socket: its type byte and its payload, not yet
 /// decoded (so that an unknown type or a bad payload can be answered without
 /// closing the connection).
@@ -125,7 +130,9 @@ impl Decoder for FrameCodec {
             });
         }
         if src.len() < HEADER_LEN + len {
-            src.reserve(HEADER_LEN + len - src.len());
+            // Room for the next chunk only: memory follows the bytes received,
+            // never the length declared (see RESERVE_CHUNK).
+            src.reserve((HEADER_LEN + len - src.len()).min(RESERVE_CHUNK));
             return Ok(None);
         }
         src.advance(HEADER_LEN);
@@ -253,6 +260,38 @@ mod tests {
             }
         ));
         assert!(buf.capacity() < 1024, "reserved {} bytes", buf.capacity());
+    }
+
+    #[test]
+    fn a_large_declared_length_reserves_only_what_arrives() {
+        let mut codec = FrameCodec::default();
+        // Declares the largest payload, then sends 10 bytes of it.
+        let mut buf = BytesMut::from(&[2u8, 0xff, 0xff, 0xff][..]);
+        buf.extend_from_slice(&[0; 10]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= 2 * RESERVE_CHUNK,
+            "reserved {} bytes for 14 received",
+            buf.capacity()
+        );
+        // As bytes arrive, the buffer grows with them and the frame completes.
+        let mut sent = 10;
+        while sent < MAX_PAYLOAD {
+            let n = (MAX_PAYLOAD - sent).min(1 << 20);
+            buf.extend_from_slice(&vec![1; n]);
+            sent += n;
+            let frame = codec.decode(&mut buf).unwrap();
+            assert!(
+                buf.capacity() <= 2 * (HEADER_LEN + sent) + RESERVE_CHUNK,
+                "capacity {} after {sent} bytes",
+                buf.capacity()
+            );
+            if sent == MAX_PAYLOAD {
+                assert_eq!(frame.expect("the whole frame").payload.len(), MAX_PAYLOAD);
+            } else {
+                assert!(frame.is_none());
+            }
+        }
     }
 
     #[test]

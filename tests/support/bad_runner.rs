@@ -15,6 +15,10 @@
 //! - `relay`: starts the real `demo-runner` (`RELAY_TARGET`) on a socket of
 //!   its own and relays every frame both ways, counting frames by type in
 //!   `RELAY_COUNT_FILE` (`type:count` lines), to count round trips.
+//! - `connect`: not a runner but a client: connects to the socket named by
+//!   `APISIX_LISTEN_ADDRESS`, sends one PREPARE_CONF (a `say` chain) and
+//!   prints on stdout `answered type N` or `closed` (the runner closed the
+//!   connection unanswered). Run as another uid to test the runner's peer check.
 
 #[path = "../../examples/plugins/mod.rs"]
 mod plugins;
@@ -58,6 +62,7 @@ async fn main() {
             eprintln!("bad-runner: the foreign listener exited: {status:?}");
         }
         "relay" => relay().await,
+        "connect" => connect().await,
         other => panic!("unknown BAD_RUNNER_MODE {other:?}"),
     }
 }
@@ -340,5 +345,30 @@ async fn relay() {
             let down = pipe(run_r, host_w, counts, file);
             tokio::select! { _ = up => {}, _ = down => {} }
         });
+    }
+}
+
+/// The `connect` mode: one PREPARE_CONF as a client; says what came back.
+async fn connect() {
+    let path = socket_path();
+    let stream = match UnixStream::connect(&path).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            println!("connect failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut conn = Framed::new(stream, FrameCodec::default());
+    let prepare = extplug::wire::PrepareConf {
+        conf: vec![("say", r#"{"body":"hi"}"#)],
+        key: None,
+    };
+    // A runner that closes at once may make this send fail: that is "closed" too.
+    let sent = conn.send(&prepare).await;
+    let answer = tokio::time::timeout(Duration::from_secs(20), conn.next()).await;
+    match (sent, answer) {
+        (_, Err(_)) => println!("no answer within 20 s"),
+        (Ok(()), Ok(Some(Ok(frame)))) => println!("answered type {}", frame.kind),
+        _ => println!("closed"),
     }
 }
