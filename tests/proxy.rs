@@ -557,8 +557,13 @@ async fn a_frozen_runner_is_replaced_after_calls_keep_timing_out() {
     let runner = proxy.children()[0];
     // Alive, but answers nothing: what a deadlocked plugin looks like.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), Signal::SIGSTOP).unwrap();
-    assert_eq!(get(&proxy.url("/f")).await.status, 503);
-    assert_eq!(get(&proxy.url("/f")).await.status, 503);
+    // A group stop takes effect when the thread that takes the signal runs:
+    // on a busy machine the other threads may answer a call before that.
+    wait_stopped(runner);
+    for _ in 0..2 {
+        let status = get(&proxy.url("/f")).await.status;
+        assert_eq!(status, 503, "log:\n{}", proxy.log());
+    }
     proxy.wait_runner_ready(2);
     assert!(proxy.log().contains("runner stopped answering: killing it"));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -646,4 +651,30 @@ async fn plugin_framing_headers_cannot_break_a_keep_alive_connection() {
         "drops are logged:\n{}",
         proxy.log()
     );
+}
+
+/// Waits until every thread of `pid` is stopped (state `T` in
+/// `/proc/PID/task/*/stat`).
+fn wait_stopped(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .collect();
+        let stopped = tasks.iter().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('T'))
+                })
+                .unwrap_or(false)
+        });
+        if stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
