@@ -174,6 +174,34 @@ pub(crate) fn filter_map(headers: &mut HeaderMap, route: &str, origin: Origin) {
     }
 }
 
+/// Applies the client's `Connection` header on receipt (RFC 9110 section
+/// 7.6.1): removes the fields it names, then the header itself. Done at
+/// ingress, before any phase, so that the client's list applies to the
+/// client's headers only: left in place, it would also remove a header a
+/// plugin sets later (an identity header for the upstream, say). The
+/// framing headers stay: hyper has framed the body from them, and the
+/// proxy drops them when it forwards.
+pub(crate) fn strip_connection_listed(headers: &mut HeaderMap, route: &str) {
+    let listed = connection_listed(
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    for name in listed {
+        if FRAMING.contains(&name.as_str()) {
+            continue;
+        }
+        let Ok(parsed) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        if headers.remove(&parsed).is_some() {
+            dropped_one(route, Origin::Traffic, &name, DropReason::ConnectionListed);
+        }
+    }
+    headers.remove(http::header::CONNECTION);
+}
+
 /// Parses and filters a plugin's header list (values `None` pass through:
 /// they mean "delete" in a rewrite). Names are lower-cased.
 pub(crate) fn from_plugin<V: AsRef<str>>(

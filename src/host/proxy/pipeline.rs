@@ -15,7 +15,7 @@ use crate::host::config::{Phase, PhaseConf, Route};
 use crate::host::path::{self, NormalizedPath};
 use crate::host::vars::{self, VarCtx};
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use runner_sdk::{async_trait, InfoKey, RequestOutcome, RequestParts, ResponseParts, Rewrite};
@@ -108,6 +108,12 @@ impl Proxy {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Response<Body> {
+        // RFC 9112 section 3.2: more than one Host is a 400. Forwarded, the
+        // upstream might pick another host than the one plugins saw.
+        if req.headers().get_all(HOST).iter().nth(1).is_some() {
+            debug!(client = %peer, "more than one Host header: 400");
+            return error_response(StatusCode::BAD_REQUEST, "more than one Host header");
+        }
         let path = match path::normalize(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {
@@ -133,6 +139,7 @@ impl Proxy {
             self.max_request_body,
             self.client_body_timeout,
         );
+        headers::strip_connection_listed(&mut head.headers, &rt.route.id);
         let mut ex = Exchange {
             route: rt.route.clone(),
             original_uri,
