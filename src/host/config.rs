@@ -412,6 +412,15 @@ impl Config {
                 )));
             }
         }
+        // The host and the runner add it (and 1.2 times it) to the clock,
+        // which panics on overflow: "never" must be a number that fits.
+        if r.conf_expire_time > u64::from(u32::MAX) {
+            return Err(ConfigError(format!(
+                "`ext-plugin.conf_expire_time` {} is too large (at most {} seconds)",
+                r.conf_expire_time,
+                u32::MAX
+            )));
+        }
         let runner = RunnerConf {
             cmd: r.cmd,
             env: r.env,
@@ -591,7 +600,10 @@ fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
     let secs = |v: Option<f64>, name: &str| -> Result<Duration, String> {
         match v {
             None => Ok(Duration::from_secs(60)),
-            Some(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+            // `try_`: a number too large for a `Duration` is an error, not a panic.
+            Some(s) if s > 0.0 && s.is_finite() => Duration::try_from_secs_f64(s).map_err(|_| {
+                format!("`upstream.timeout.{name}` {s} is too large a number of seconds")
+            }),
             Some(s) => Err(format!(
                 "`upstream.timeout.{name}` {s} must be a positive number of seconds"
             )),

@@ -182,6 +182,16 @@ impl MessageBody {
     }
 }
 
+/// `idle` from now. A timeout too long for the clock (an operator's "never",
+/// like `1e19` seconds) is about 30 years instead: `Instant + Duration`
+/// panics on overflow, and a panic here would drop the connection.
+fn deadline(idle: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(idle)
+        .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// A body that fails when no frame arrives for `idle`, and records its
 /// failure (timeout or read error) in the shared slot.
 struct IdleTimeout {
@@ -217,8 +227,7 @@ impl hyper::body::Body for IdleTimeout {
         let this = self.get_mut();
         if !this.started {
             this.started = true;
-            let deadline = Instant::now() + this.idle;
-            this.sleep.as_mut().reset(deadline);
+            this.sleep.as_mut().reset(deadline(this.idle));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
@@ -227,8 +236,7 @@ impl hyper::body::Body for IdleTimeout {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(other) => {
-                let deadline = Instant::now() + this.idle;
-                this.sleep.as_mut().reset(deadline);
+                this.sleep.as_mut().reset(deadline(this.idle));
                 Poll::Ready(other.map(|r| r.map_err(BoxError::from)))
             }
             Poll::Pending => match this.sleep.as_mut().poll(cx) {
