@@ -311,3 +311,113 @@ async fn plugin_headers_cannot_smuggle() {
     assert_eq!(r.header("x-kept"), Some("yes"));
     assert_eq!(up.requests()[1].target, "/public/next");
 }
+
+/// A header name with `_` is another spelling of a `-` name for CGI, WSGI
+/// and Rack upstreams (`HTTP_X_CONSUMER` for both): a plugin that sets
+/// `x-consumer` could be overridden by the client's `x_consumer`. nginx
+/// (so APISIX) drops such names by default (`underscores_in_headers off`);
+/// so does the proxy, for what the client sends.
+#[tokio::test]
+async fn client_header_names_with_underscores_are_dropped() {
+    let up = Upstream::start().await;
+    let set = ("rewrite", json!({"headers": {"x-consumer": "alice"}}));
+    let proxy = gateway(&up, &[set]);
+    let got = raw::get(
+        proxy.addr,
+        "/admin/x",
+        &[
+            ("x-api-key", KEY),
+            ("x_consumer", "mallory"),
+            ("X_Consumer", "eve"),
+        ],
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let r = up.last();
+    assert_eq!(r.headers_named("x-consumer"), ["alice"]);
+    assert!(
+        r.headers.iter().all(|(n, _)| !n.contains('_')),
+        "an underscore name reached the upstream: {:?}",
+        r.headers
+    );
+    // A key sent as `x_api_key` is not `x-api-key` either.
+    let got = raw::get(proxy.addr, "/admin/x", &[("x_api_key", KEY)]).await;
+    assert_eq!(got.status, 401);
+}
+
+/// RFC 9112 section 3.2.2: with an absolute-form target, the target's
+/// authority is the host, not the `Host` header; plugins (`host`, the
+/// `host` header) and the upstream get that one.
+#[tokio::test]
+async fn an_absolute_form_target_decides_the_host() {
+    let up = Upstream::start().await;
+    let inject = ("inject-vars", json!({"vars": ["host"]}));
+    let proxy = gateway(&up, &[inject]);
+    let got = raw::get(
+        proxy.addr,
+        "http://a.example:8080/admin/x",
+        &[("x-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let r = up.last();
+    assert_eq!(r.headers_named("host"), ["a.example:8080"]);
+    assert_eq!(r.header("x-var-host"), Some("a.example"));
+}
+
+/// An operator's very long upstream read timeout (a huge number of seconds)
+/// must not make every answer panic while its body streams.
+#[tokio::test]
+async fn a_huge_upstream_read_timeout_does_not_panic() {
+    let up = Upstream::start().await;
+    let mut r = route("all", "/*", up.addr, json!({}));
+    r["upstream"]["timeout"] = json!({"read": 1e19});
+    let proxy = ProxyProc::start(&config(demo(), json!({}), json!([r])));
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(b"GET /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await;
+    let got = conn.response().await;
+    assert_eq!(
+        got.as_ref().map(|g| (g.status, g.text())),
+        Some((200, "upstream says hi".to_owned())),
+        "{}",
+        proxy.log()
+    );
+}
+
+/// `extplug check` on `config`: its exit status and stderr.
+fn check(config: &Value) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_extplug"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Huge timeouts (an operator's "never") are refused when the configuration
+/// loads, with the field named. A huge `conf_expire_time` was accepted, and
+/// then the runner panicked at start (it multiplies it by 1.2) and the host
+/// would panic adding it to the clock; a huge `timeout.read` panicked the
+/// configuration loader.
+#[test]
+fn huge_timeouts_are_config_errors() {
+    let r = json!([{"id": "r", "uri": "/*", "upstream": {"nodes": {"127.0.0.1:1": 1}}}]);
+    let mut c = config(demo(), json!({}), r.clone());
+    c["ext-plugin"]["conf_expire_time"] = json!(u64::MAX);
+    let (ok, stderr) = check(&c);
+    assert!(!ok && stderr.contains("conf_expire_time"), "{stderr}");
+    let mut c = config(demo(), json!({}), r);
+    c["routes"][0]["upstream"]["timeout"] = json!({"read": 1e20});
+    let (ok, stderr) = check(&c);
+    assert!(
+        !ok && stderr.contains("timeout.read") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

@@ -174,14 +174,31 @@ pub(crate) fn filter_map(headers: &mut HeaderMap, route: &str, origin: Origin) {
     }
 }
 
-/// Applies the client's `Connection` header on receipt (RFC 9110 section
-/// 7.6.1): removes the fields it names, then the header itself. Done at
-/// ingress, before any phase, so that the client's list applies to the
-/// client's headers only: left in place, it would also remove a header a
-/// plugin sets later (an identity header for the upstream, say). The
-/// framing headers stay: hyper has framed the body from them, and the
-/// proxy drops them when it forwards.
-pub(crate) fn strip_connection_listed(headers: &mut HeaderMap, route: &str) {
+/// Cleans the client's request headers on receipt, before any phase:
+///
+/// - names with `_` are dropped (nginx's default, so APISIX's): CGI, WSGI
+///   and Rack upstreams read `x_user` and `x-user` as the same
+///   `HTTP_X_USER`, so the client could override a header a plugin set;
+/// - the client's `Connection` header is applied (RFC 9110 section 7.6.1):
+///   the fields it names are removed, then the header itself. Left in
+///   place, its list would also remove a header a plugin sets later (an
+///   identity header for the upstream, say). The framing headers stay:
+///   hyper has framed the body from them, and the proxy drops them when it
+///   forwards.
+pub(crate) fn from_client(headers: &mut HeaderMap, route: &str) {
+    let underscored: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in underscored {
+        debug!(
+            route,
+            header = name.as_str(),
+            "client header with `_` dropped"
+        );
+        headers.remove(&name);
+    }
     let listed = connection_listed(
         headers
             .get_all(http::header::CONNECTION)

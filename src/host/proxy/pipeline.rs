@@ -139,7 +139,18 @@ impl Proxy {
             self.max_request_body,
             self.client_body_timeout,
         );
-        headers::strip_connection_listed(&mut head.headers, &rt.route.id);
+        headers::from_client(&mut head.headers, &rt.route.id);
+        // RFC 9112 section 3.2.2: an absolute-form target's authority is
+        // the host, whatever `Host` says (one Host for plugins and upstream).
+        if let Some(authority) = original_uri.authority() {
+            let host = match authority.port() {
+                Some(port) => format!("{}:{port}", authority.host()),
+                None => authority.host().to_owned(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                head.headers.insert(HOST, v);
+            }
+        }
         let mut ex = Exchange {
             route: rt.route.clone(),
             original_uri,
