@@ -421,3 +421,29 @@ fn huge_timeouts_are_config_errors() {
         "{stderr}"
     );
 }
+
+/// APISIX sends `X-Real-IP: $remote_addr`, so upstreams behind it trust the
+/// header: a client's own `X-Real-IP` must not get through as the proxy's.
+/// `X-Forwarded-For` keeps the client's list and appends the peer (as
+/// nginx's `$proxy_add_x_forwarded_for`), and `X-Forwarded-Proto` is ours.
+#[tokio::test]
+async fn the_client_cannot_choose_its_forwarded_address() {
+    let up = Upstream::start().await;
+    let proxy = gateway(&up, &[]);
+    let got = raw::get(
+        proxy.addr,
+        "/public/x",
+        &[
+            ("x-real-ip", "10.9.9.9"),
+            ("X-Real-IP", "10.8.8.8"),
+            ("x-forwarded-for", "10.7.7.7"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let r = up.last();
+    assert_eq!(r.headers_named("x-real-ip"), ["127.0.0.1"]);
+    assert_eq!(r.headers_named("x-forwarded-for"), ["10.7.7.7, 127.0.0.1"]);
+    assert_eq!(r.headers_named("x-forwarded-proto"), ["http"]);
+}

@@ -76,6 +76,12 @@ impl RouteRuntime {
             headers.insert("x-forwarded-for", v);
         }
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        // APISIX sets it (so upstreams behind it trust it): a client's own
+        // `X-Real-IP` must not reach the upstream as if the proxy said so.
+        headers.remove("x-real-ip");
+        if let Ok(v) = HeaderValue::from_str(&ex.peer.ip().to_string()) {
+            headers.insert("x-real-ip", v);
+        }
         // The proxy sets the framing: a buffered body's length here; a
         // streamed body's framing is hyper's, from the client's (already
         // validated) length, or chunked.
