@@ -447,3 +447,64 @@ async fn the_client_cannot_choose_its_forwarded_address() {
     assert_eq!(r.headers_named("x-forwarded-for"), ["10.7.7.7, 127.0.0.1"]);
     assert_eq!(r.headers_named("x-forwarded-proto"), ["http"]);
 }
+
+/// Requests are routed by their normalized, decoded path, so a route URI
+/// written encoded or with dot segments never matches: its requests fall to
+/// a broader route, without its plugins (`/files/my%20docs/x` reached the
+/// catch-all). Such a configuration is refused, naming the URI and the form
+/// that matches.
+#[test]
+fn route_uris_that_can_never_match_are_config_errors() {
+    for (uri, says) in [
+        ("/files/my%20docs/*", "my docs"),
+        ("/caf%C3%A9", "café"),
+        ("/admin//*", "\"/admin/*\""),
+        ("/admin/./x", "\"/admin/x\""),
+        ("/a/../admin/*", "\"/admin/*\""),
+        ("/admin;v=1/*", "`;`"),
+        ("/admin\\x", "backslash"),
+    ] {
+        let r = json!([
+            {"id": "guarded", "uri": uri, "upstream": {"nodes": {"127.0.0.1:1": 1}}},
+            {"id": "all", "uri": "/*", "upstream": {"nodes": {"127.0.0.1:1": 1}}},
+        ]);
+        let (ok, stderr) = check(&config(demo(), json!({}), r));
+        assert!(
+            !ok && stderr.contains("guarded") && stderr.contains(says),
+            "{uri}: {stderr}"
+        );
+    }
+    // What a request can have is accepted: dot files, a prefix ending in a
+    // partial segment, a literal `%` that is no escape, unicode.
+    for uri in [
+        "/.well-known/*",
+        "/admin*",
+        "/a/.x*",
+        "/100%",
+        "/café/*",
+        "/",
+        "/*",
+    ] {
+        let r = json!([{"id": "r", "uri": uri, "upstream": {"nodes": {"127.0.0.1:1": 1}}}]);
+        let (ok, stderr) = check(&config(demo(), json!({}), r));
+        assert!(ok, "{uri}: {stderr}");
+    }
+}
+
+/// The bypass the check above prevents, end to end: with the route written
+/// decoded, the encoded request reaches the guarded route.
+#[tokio::test]
+async fn a_decoded_route_uri_guards_its_encoded_requests() {
+    let up = Upstream::start().await;
+    let auth = json!({"ext-plugin-pre-req": phase(&[("key-auth", json!({"keys": [KEY]}))])});
+    let routes = json!([
+        route("docs", "/files/my docs/*", up.addr, auth),
+        route("all", "/*", up.addr, json!({})),
+    ]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    for target in ["/files/my%20docs/x", "/files/my%20docs/../my%20docs/x"] {
+        let got = raw::get(proxy.addr, target, &[]).await;
+        assert_eq!(got.status, 401, "{target}");
+    }
+    assert!(up.requests().is_empty());
+}
