@@ -508,3 +508,22 @@ async fn a_decoded_route_uri_guards_its_encoded_requests() {
     }
     assert!(up.requests().is_empty());
 }
+
+/// The runner's call times out while it waits for a body read lazily (the
+/// client is slow, but within `client_body_timeout_ms`), with degradation
+/// on: the half-read body must not go upstream, and the answer says what
+/// happened.
+#[tokio::test]
+async fn a_lazy_body_read_cut_by_the_call_timeout_is_never_forwarded() {
+    let up = Upstream::start().await;
+    let proxy = common::conf::scripted(&up, |c| {
+        c["routes"][0]["plugins"]["ext-plugin-pre-req"]["allow_degradation"] = json!(true);
+    });
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(b"POST /lazy-body HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await;
+    let got = conn.response().await.expect("closed without an answer");
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    assert_eq!(got.status, 503, "{}", got.text());
+    assert!(got.text().contains("cut short"), "{}", got.text());
+}

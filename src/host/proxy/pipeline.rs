@@ -64,7 +64,7 @@ impl Exchange {
                 format!("cannot read the request body: {e}")
             }
             Side::Response => {
-                error!(route = %self.route.id, cause = %e, "upstream body failed: 502");
+                error!(route = %self.route.id, cause = %e, status = status.as_u16(), "upstream body failed");
                 format!("upstream body failed: {e}")
             }
         };
