@@ -527,3 +527,78 @@ async fn a_lazy_body_read_cut_by_the_call_timeout_is_never_forwarded() {
     assert_eq!(got.status, 503, "{}", got.text());
     assert!(got.text().contains("cut short"), "{}", got.text());
 }
+
+/// Classic client-side smuggling: whatever hyper makes of the framing, the
+/// proxy re-frames what it forwards, so every request the upstream gets was
+/// routed (and `/admin/*` ones authenticated) by the proxy.
+#[tokio::test]
+async fn smuggled_requests_are_routed_by_the_proxy() {
+    let up = Upstream::start().await;
+    let proxy = gateway(&up, &[]);
+    let smuggled = "GET /admin/x HTTP/1.1\r\nhost: t\r\n\r\n";
+    let requests = [
+        // CL.TE and TE.CL.
+        format!(
+            "POST /public/a HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
+            5 + smuggled.len()
+        ),
+        format!(
+            "POST /public/a HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+            smuggled.len()
+        ),
+        // Obfuscated transfer-encodings.
+        format!("POST /public/a HTTP/1.1\r\nhost: t\r\ntransfer-encoding: xchunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nhost: t\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST /public/a HTTP/1.1\r\nhost: t\r\nx: y\r\n transfer-encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        // Conflicting or signed lengths.
+        format!("POST /public/a HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\ncontent-length: {}\r\n\r\n{smuggled}", smuggled.len()),
+        format!("POST /public/a HTTP/1.1\r\nhost: t\r\ncontent-length: +{}\r\n\r\n{smuggled}", smuggled.len()),
+    ];
+    for request in &requests {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(request.as_bytes()).await;
+        conn.shutdown_write().await;
+        // Read every answer the proxy gives on this connection.
+        while let Some(resp) = conn.response().await {
+            if resp.header("connection") == Some("close") {
+                break;
+            }
+        }
+    }
+    for r in up.requests() {
+        assert!(
+            !r.target.starts_with("/admin"),
+            "{} reached the upstream without key-auth",
+            r.target
+        );
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("/admin")
+                || r.headers_named("content-length") == [r.body.len().to_string()],
+            "a body with a request in it went upstream unframed: {r:?}"
+        );
+    }
+}
+
+/// Methods are case-sensitive, but some upstream frameworks upper-case them
+/// (Symfony, Laravel): `get` must not dodge a `GET`-only guarded route and
+/// reach such an upstream through a broader route. nginx (so APISIX)
+/// refuses a method that is not upper-case; so does the proxy.
+#[tokio::test]
+async fn a_lower_case_method_cannot_dodge_a_method_route() {
+    let up = Upstream::start().await;
+    let auth = json!({"ext-plugin-pre-req": phase(&[("key-auth", json!({"keys": [KEY]}))])});
+    let mut guarded = route("admin", "/admin/*", up.addr, auth);
+    guarded["methods"] = json!(["GET", "POST"]);
+    let routes = json!([guarded, route("all", "/*", up.addr, json!({}))]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    for method in ["get", "Get", "pOST"] {
+        let request = format!("{method} /admin/x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+        assert_eq!(raw_status(&proxy, &request).await, Some(400), "{method}");
+    }
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    // Upper-case extension methods still go through.
+    let request = "PURGE /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw_status(&proxy, request).await, Some(200));
+    assert_eq!(up.last().method, "PURGE");
+}

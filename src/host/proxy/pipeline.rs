@@ -108,6 +108,20 @@ impl Proxy {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Response<Body> {
+        // Methods are case-sensitive, but some upstream frameworks upper-case
+        // them: `get` would dodge a `GET`-only route and still act as GET
+        // there. nginx refuses such methods (A-Z, `_`, `-` only); so do we.
+        let method = req.method().as_str();
+        if !method
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+        {
+            debug!(client = %peer, method, "method not in upper case: 400");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("method {method:?} is not in upper case"),
+            );
+        }
         // RFC 9112 section 3.2: more than one Host is a 400. Forwarded, the
         // upstream might pick another host than the one plugins saw.
         if req.headers().get_all(HOST).iter().nth(1).is_some() {
