@@ -602,3 +602,86 @@ async fn a_lower_case_method_cannot_dodge_a_method_route() {
     assert_eq!(raw_status(&proxy, request).await, Some(200));
     assert_eq!(up.last().method, "PURGE");
 }
+
+/// An upstream on a bare socket that records the exact bytes of one
+/// request (head and body, chunked or not) and answers 200.
+async fn raw_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<Vec<u8>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let find = |hay: &[u8], needle: &[u8], from: usize| {
+            hay.get(from..)?
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .map(|p| p + from)
+        };
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(head_end) = find(&buf, b"\r\n\r\n", 0) else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let done = if head.contains("transfer-encoding: chunked") {
+                find(&buf, b"\r\n0\r\n", head_end)
+                    .and_then(|last| find(&buf, b"\r\n\r\n", last + 2))
+                    .is_some()
+            } else {
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                buf.len() >= head_end + 4 + len
+            };
+            if done {
+                break;
+            }
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await;
+        let _ = tx.send(buf);
+    });
+    (addr, rx)
+}
+
+/// Trailer fields the client sends after a chunked body were never seen by
+/// a plugin: they must not reach the upstream (where some frameworks merge
+/// trailers into the headers).
+#[tokio::test]
+async fn client_trailers_do_not_reach_the_upstream() {
+    let (addr, seen) = raw_upstream().await;
+    let set = json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers": {"x-consumer": "alice"}}))])});
+    let routes = json!([route("r", "/*", addr, set)]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(
+        b"POST /x HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\ntrailer: x-consumer\r\nte: trailers\r\nconnection: close\r\n\r\n\
+          a\r\n0123456789\r\n0\r\nx-consumer: mallory\r\n\r\n",
+    )
+    .await;
+    let got = conn.response().await.expect("no answer");
+    assert_eq!(got.status, 200, "{}", got.text());
+    let bytes = tokio::time::timeout(std::time::Duration::from_secs(20), seen)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("0123456789"), "{text}");
+    assert!(text.contains("x-consumer: alice"), "{text}");
+    assert!(
+        !text.contains("mallory"),
+        "the client's trailer went upstream:\n{text}"
+    );
+}
