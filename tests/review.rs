@@ -685,3 +685,15 @@ async fn client_trailers_do_not_reach_the_upstream() {
         "the client's trailer went upstream:\n{text}"
     );
 }
+
+/// A runner's rewrite may list a header twice (append semantics); for
+/// `Host` that would send the upstream two hosts (RFC 9112 section 3.2:
+/// exactly one). The last value wins, as a later "set" would.
+#[tokio::test]
+async fn a_rewrite_with_two_hosts_sends_one() {
+    let up = Upstream::start().await;
+    let proxy = common::conf::scripted(&up, |_| {});
+    let got = raw::get(proxy.addr, "/dup-host", &[]).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(up.last().headers_named("host"), ["b.example"]);
+}

@@ -463,6 +463,14 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
             ex.head.headers.append(name, value);
         }
     }
+    // One Host only (RFC 9112 section 3.2): a list that repeats it keeps
+    // the last value, as a later "set" would.
+    if ex.head.headers.get_all(HOST).iter().nth(1).is_some() {
+        if let Some(last) = ex.head.headers.get_all(HOST).iter().last().cloned() {
+            warn!(route = %route, "runner's rewrite set Host more than once; the last value is kept");
+            ex.head.headers.insert(HOST, last);
+        }
+    }
     let resp_headers = rw.resp_headers.into_iter().map(|(n, v)| (n, Some(v)));
     for (name, value) in headers::from_plugin(resp_headers, &route, Origin::PluginRespHeaders) {
         if let Some(value) = value {
