@@ -466,7 +466,7 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
     // One Host only (RFC 9112 section 3.2): a list that repeats it keeps
     // the last value, as a later "set" would.
     if ex.head.headers.get_all(HOST).iter().nth(1).is_some() {
-        if let Some(last) = ex.head.headers.get_all(HOST).iter().last().cloned() {
+        if let Some(last) = ex.head.headers.get_all(HOST).iter().next_back().cloned() {
             warn!(route = %route, "runner's rewrite set Host more than once; the last value is kept");
             ex.head.headers.insert(HOST, last);
         }
