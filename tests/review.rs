@@ -697,3 +697,36 @@ async fn a_rewrite_with_two_hosts_sends_one() {
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(up.last().headers_named("host"), ["b.example"]);
 }
+
+/// h2c and WebSocket upgrade smuggling: an upgraded upstream connection
+/// would let the client talk to the upstream past the proxy. `Upgrade`,
+/// `Connection` and what it lists never reach the upstream, and the client
+/// gets a plain answer.
+#[tokio::test]
+async fn upgrade_requests_are_not_passed_on() {
+    let up = Upstream::start().await;
+    let proxy = gateway(&up, &[]);
+    for (upgrade, extra) in [
+        ("h2c", ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")),
+        (
+            "websocket",
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ),
+    ] {
+        let got = raw::get(
+            proxy.addr,
+            "/public/x",
+            &[
+                ("upgrade", upgrade),
+                ("connection", &format!("Upgrade, {}", extra.0)),
+                extra,
+            ],
+        )
+        .await;
+        assert_eq!(got.status, 200, "{upgrade}: {}", got.text());
+        let r = up.last();
+        for name in ["upgrade", "connection", extra.0] {
+            assert!(r.header(name).is_none(), "{upgrade}: {name} went upstream");
+        }
+    }
+}
