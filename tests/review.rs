@@ -730,3 +730,39 @@ async fn upgrade_requests_are_not_passed_on() {
         }
     }
 }
+
+/// A `Host` that is not a host (nginx's `ngx_http_validate_host`): a path,
+/// `..`, user info or spaces would reach upstreams that build file paths or
+/// links from it (`root /srv/$host`). Such requests are 400.
+#[tokio::test]
+async fn a_host_that_is_not_a_host_is_refused() {
+    let up = Upstream::start().await;
+    let proxy = gateway(&up, &[]);
+    for host in [
+        "..",
+        "a/../b",
+        "a.example/admin",
+        "user@a.example",
+        "a b",
+        "a\\b",
+    ] {
+        let request =
+            format!("GET /public/x HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        assert_eq!(raw_status(&proxy, &request).await, Some(400), "{host:?}");
+    }
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    // An empty Host is what RFC 9112 asks for when there is no authority.
+    for host in [
+        "a.example",
+        "A.Example:8080",
+        "[::1]:80",
+        "127.0.0.1",
+        "a.example.",
+        "",
+    ] {
+        let request =
+            format!("GET /public/x HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        assert_eq!(raw_status(&proxy, &request).await, Some(200), "{host:?}");
+        assert_eq!(up.last().headers_named("host"), [host]);
+    }
+}

@@ -174,6 +174,20 @@ pub(crate) fn filter_map(headers: &mut HeaderMap, route: &str, origin: Origin) {
     }
 }
 
+/// Whether a `Host` value is a host, as nginx's `ngx_http_validate_host`
+/// sees it: empty (RFC 9112 allows it), or an authority without user info
+/// and without `..`. A path, spaces or `..` would reach upstreams that build
+/// file paths or links from it.
+pub(crate) fn valid_host(value: &HeaderValue) -> bool {
+    let Ok(host) = value.to_str() else {
+        return false;
+    };
+    host.is_empty()
+        || (!host.contains('@')
+            && !host.contains("..")
+            && host.parse::<http::uri::Authority>().is_ok())
+}
+
 /// Cleans the client's request headers on receipt, before any phase:
 ///
 /// - names with `_` are dropped (nginx's default, so APISIX's): CGI, WSGI

@@ -128,6 +128,10 @@ impl Proxy {
             debug!(client = %peer, "more than one Host header: 400");
             return error_response(StatusCode::BAD_REQUEST, "more than one Host header");
         }
+        if let Some(host) = req.headers().get(HOST).filter(|h| !headers::valid_host(h)) {
+            debug!(client = %peer, ?host, "bad Host header: 400");
+            return error_response(StatusCode::BAD_REQUEST, "the Host header is not a host");
+        }
         let path = match path::normalize(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {
