@@ -363,6 +363,12 @@ async fn an_absolute_form_target_decides_the_host() {
     let r = up.last();
     assert_eq!(r.headers_named("host"), ["a.example:8080"]);
     assert_eq!(r.header("x-var-host"), Some("a.example"));
+    // The authority is checked as a Host is (user info is refused too).
+    for target in ["http://user@a.example/admin/x", "http://a..b/admin/x"] {
+        let got = raw::get(proxy.addr, target, &[("x-api-key", KEY)]).await;
+        assert_eq!(got.status, 400, "{target}");
+    }
+    assert_eq!(up.requests().len(), 1);
 }
 
 /// An operator's very long upstream read timeout (a huge number of seconds)

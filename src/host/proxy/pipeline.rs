@@ -100,6 +100,40 @@ fn bodiless(method: &Method, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED
 }
 
+/// What nginx refuses before routing; `Err` says why (the answer is 400):
+/// - a method not in upper case (A-Z, `_`, `-`): methods are case-sensitive,
+///   but some upstream frameworks upper-case them, so `get` would dodge a
+///   `GET`-only route and still act as GET there;
+/// - more than one `Host` (RFC 9112 section 3.2): the upstream might pick
+///   another host than the one plugins saw;
+/// - a `Host`, or an absolute-form target's authority, that is not a host
+///   ([`headers::valid_host`]; user info in a target is refused too).
+fn check_head(req: &Request<Incoming>) -> Result<(), String> {
+    let refuse = Err;
+    let method = req.method().as_str();
+    if !method
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+    {
+        return refuse(format!("method {method:?} is not in upper case"));
+    }
+    let hosts = req.headers().get_all(HOST);
+    if hosts.iter().nth(1).is_some() {
+        return refuse("more than one Host header".into());
+    }
+    if hosts.iter().any(|h| !headers::valid_host(h)) {
+        return refuse("the Host header is not a host".into());
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| HeaderValue::from_str(a.as_str()));
+    if authority.is_some_and(|a| !a.is_ok_and(|a| headers::valid_host(&a))) {
+        return refuse("the request target's authority is not a host".into());
+    }
+    Ok(())
+}
+
 impl Proxy {
     /// Normalizes, routes and answers one request.
     pub(super) async fn route(
@@ -108,29 +142,9 @@ impl Proxy {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Response<Body> {
-        // Methods are case-sensitive, but some upstream frameworks upper-case
-        // them: `get` would dodge a `GET`-only route and still act as GET
-        // there. nginx refuses such methods (A-Z, `_`, `-` only); so do we.
-        let method = req.method().as_str();
-        if !method
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
-        {
-            debug!(client = %peer, method, "method not in upper case: 400");
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("method {method:?} is not in upper case"),
-            );
-        }
-        // RFC 9112 section 3.2: more than one Host is a 400. Forwarded, the
-        // upstream might pick another host than the one plugins saw.
-        if req.headers().get_all(HOST).iter().nth(1).is_some() {
-            debug!(client = %peer, "more than one Host header: 400");
-            return error_response(StatusCode::BAD_REQUEST, "more than one Host header");
-        }
-        if let Some(host) = req.headers().get(HOST).filter(|h| !headers::valid_host(h)) {
-            debug!(client = %peer, ?host, "bad Host header: 400");
-            return error_response(StatusCode::BAD_REQUEST, "the Host header is not a host");
+        if let Err(why) = check_head(&req) {
+            debug!(client = %peer, target = %req.uri(), "{why}: 400");
+            return error_response(StatusCode::BAD_REQUEST, &why);
         }
         let path = match path::normalize(req.uri().path()) {
             Ok(p) => p,
@@ -161,11 +175,7 @@ impl Proxy {
         // RFC 9112 section 3.2.2: an absolute-form target's authority is
         // the host, whatever `Host` says (one Host for plugins and upstream).
         if let Some(authority) = original_uri.authority() {
-            let host = match authority.port() {
-                Some(port) => format!("{}:{port}", authority.host()),
-                None => authority.host().to_owned(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&host) {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                 head.headers.insert(HOST, v);
             }
         }
