@@ -109,27 +109,26 @@ fn bodiless(method: &Method, status: StatusCode) -> bool {
 /// - a `Host`, or an absolute-form target's authority, that is not a host
 ///   ([`headers::valid_host`]; user info in a target is refused too).
 fn check_head(req: &Request<Incoming>) -> Result<(), String> {
-    let refuse = Err;
     let method = req.method().as_str();
     if !method
         .bytes()
         .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
     {
-        return refuse(format!("method {method:?} is not in upper case"));
+        return Err(format!("method {method:?} is not in upper case"));
     }
     let hosts = req.headers().get_all(HOST);
     if hosts.iter().nth(1).is_some() {
-        return refuse("more than one Host header".into());
+        return Err("more than one Host header".into());
     }
     if hosts.iter().any(|h| !headers::valid_host(h)) {
-        return refuse("the Host header is not a host".into());
+        return Err("the Host header is not a host".into());
     }
     let authority = req
         .uri()
         .authority()
         .map(|a| HeaderValue::from_str(a.as_str()));
     if authority.is_some_and(|a| !a.is_ok_and(|a| headers::valid_host(&a))) {
-        return refuse("the request target's authority is not a host".into());
+        return Err("the request target's authority is not a host".into());
     }
     Ok(())
 }
