@@ -371,16 +371,18 @@ async fn an_absolute_form_target_decides_the_host() {
     assert_eq!(up.requests().len(), 1);
 }
 
-/// An operator's very long upstream read timeout (a huge number of seconds)
-/// must not make every answer panic while its body streams.
+/// An operator's very long timeouts (a huge number of seconds or ms) must
+/// not make every request panic while a body streams.
 #[tokio::test]
 async fn a_huge_upstream_read_timeout_does_not_panic() {
     let up = Upstream::start().await;
     let mut r = route("all", "/*", up.addr, json!({}));
-    r["upstream"]["timeout"] = json!({"read": 1e19});
-    let proxy = ProxyProc::start(&config(demo(), json!({}), json!([r])));
+    r["upstream"]["timeout"] = json!({"read": 1e19, "connect": 1e19, "send": 1e19});
+    let mut c = config(demo(), json!({}), json!([r]));
+    c["client_body_timeout_ms"] = json!(u64::MAX);
+    let proxy = ProxyProc::start(&c);
     let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(b"GET /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+    conn.send(b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi")
         .await;
     let got = conn.response().await;
     assert_eq!(
