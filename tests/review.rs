@@ -774,3 +774,27 @@ async fn a_host_that_is_not_a_host_is_refused() {
         assert_eq!(up.last().headers_named("host"), [host]);
     }
 }
+
+/// The runner's `path` is the routed path, decoded, whatever form the
+/// client used; the upstream gets the same path encoded.
+#[tokio::test]
+async fn the_runner_path_is_the_routed_path() {
+    let up = Upstream::start().await;
+    let proxy = common::conf::scripted(&up, |_| {});
+    for (target, path, forwarded) in [
+        ("/a/%2e%2e/b%20c/./d", "/b c/d", "/b%20c/d"),
+        ("http://x.example//a/../%7e", "/~", "/~"),
+        (
+            "/caf%c3%a9/%252e%252e",
+            "/café/%2e%2e",
+            "/caf%C3%A9/%252e%252e",
+        ),
+        ("/a/..%3f/b", "/a/..?/b", "/a/..%3F/b"),
+    ] {
+        let got = raw::get(proxy.addr, target, &[]).await;
+        assert_eq!(got.status, 200, "{target}: {}", got.text());
+        let r = up.last();
+        assert_eq!(r.seen()["path"], path, "{target}");
+        assert_eq!(r.target, forwarded, "{target}");
+    }
+}
