@@ -798,3 +798,49 @@ async fn the_runner_path_is_the_routed_path() {
         assert_eq!(r.target, forwarded, "{target}");
     }
 }
+
+/// A plugin's 204 or 304 (a stop with a body, or a response-phase status
+/// over the upstream's answer): the client must get no body bytes and no
+/// `content-length` on a 204 (RFC 9110 section 8.6), or a lenient client
+/// would read the next answer on a keep-alive connection as this one's body.
+#[tokio::test]
+async fn a_bodiless_status_from_a_plugin_sends_no_body() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::start().await;
+    let stop = |status: u16| json!({"ext-plugin-pre-req": phase(&[("say", json!({"status": status, "body": "SMUGGLED"}))])});
+    let resp = |status: u16| json!({"ext-plugin-post-resp": phase(&[("response-headers", json!({"status": status}))])});
+    let routes = json!([
+        route("s204", "/s204", up.addr, stop(204)),
+        route("s304", "/s304", up.addr, stop(304)),
+        route("r204", "/r204", up.addr, resp(204)),
+        route("r304", "/r304", up.addr, resp(304)),
+        route("up", "/up", up.addr, json!({})),
+    ]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    for path in ["/s204", "/s304", "/r204", "/r304"] {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let two = format!(
+            "GET {path} HTTP/1.1\r\nhost: t\r\n\r\nGET /up HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut s, two.as_bytes())
+            .await
+            .unwrap();
+        let mut bytes = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            s.read_to_end(&mut bytes),
+        )
+        .await
+        .expect("no end within 20 s")
+        .unwrap();
+        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+        let (first, rest) = text.split_once("\r\n\r\n").expect("no first head");
+        assert!(
+            rest.starts_with("http/1.1 200 ") && rest.ends_with("upstream says hi"),
+            "{path}: body bytes after the first head:\n{text}"
+        );
+        if path.ends_with("204") {
+            assert!(!first.contains("content-length"), "{path}:\n{text}");
+        }
+    }
+}

@@ -225,7 +225,12 @@ impl Proxy {
             Err(e) => return ex.body_failed(Side::Response, &e),
         };
         if bodiless(&ex.head.method, head.status) {
-            if let Some(v) = upstream_length {
+            // Never on a 1xx or 204 (RFC 9110 section 8.6): a plugin may have
+            // turned the upstream's 200 into a 204, and a lenient client
+            // would read the next answer on the connection as its body.
+            let may_have_length =
+                head.status != StatusCode::NO_CONTENT && !head.status.is_informational();
+            if let Some(v) = upstream_length.filter(|_| may_have_length) {
                 head.headers.insert(CONTENT_LENGTH, v);
             }
         } else if let Some(len) = len {
