@@ -844,3 +844,31 @@ async fn a_bodiless_status_from_a_plugin_sends_no_body() {
         }
     }
 }
+
+/// `/admin/*` does not cover `/admin` (APISIX's semantics, kept): when the
+/// bare path goes to another route, the operator is told at start.
+#[tokio::test]
+async fn an_uncovered_bare_prefix_is_logged_at_start() {
+    let up = Upstream::start().await;
+    let proxy = gateway(&up, &[]);
+    let got = raw::get(proxy.addr, "/admin", &[]).await;
+    assert_eq!(got.status, 200, "the catch-all serves the bare path");
+    assert_eq!(up.last().target, "/admin");
+    let log = proxy.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("do not guard the bare path")
+            && l.contains("route=admin")
+            && l.contains("goes_to=all")),
+        "{log}"
+    );
+    // Guarded both ways: no warning.
+    let auth = json!({"ext-plugin-pre-req": phase(&[("key-auth", json!({"keys": [KEY]}))])});
+    let mut both = route("admin", "/admin/*", up.addr, auth);
+    both["uris"] = json!(["/admin", "/admin/*"]);
+    both.as_object_mut().unwrap().remove("uri");
+    let routes = json!([both, route("all", "/*", up.addr, json!({}))]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    assert_eq!(raw::get(proxy.addr, "/admin", &[]).await.status, 401);
+    assert!(!proxy.log().contains("do not guard"), "{}", proxy.log());
+}
