@@ -479,6 +479,15 @@ impl Config {
             }
         }
         check_env(&r.env)?;
+        // The host and the runner add it (and 1.2 times it) to the clock,
+        // which panics on overflow: "never" must be a number that fits.
+        if r.conf_expire_time > u64::from(u32::MAX) {
+            return Err(ConfigError(format!(
+                "`ext-plugin.conf_expire_time` {} is too large (at most {} seconds)",
+                r.conf_expire_time,
+                u32::MAX
+            )));
+        }
         let runner = RunnerConf {
             cmd: r.cmd,
             env: r.env,
@@ -595,6 +604,7 @@ fn parse_route(value: serde_json::Value) -> Result<Route, String> {
         if !uri.starts_with('/') {
             return Err(format!("`uri` {uri:?} must start with `/`"));
         }
+        check_route_uri(&uri)?;
         uris.push(match uri.strip_suffix('*') {
             Some(prefix) => UriPattern::Prefix(prefix.to_owned()),
             None => UriPattern::Exact(uri),
@@ -710,7 +720,10 @@ fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
     let secs = |v: Option<f64>, name: &str| -> Result<Duration, String> {
         match v {
             None => Ok(Duration::from_secs(60)),
-            Some(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+            // `try_`: a number too large for a `Duration` is an error, not a panic.
+            Some(s) if s > 0.0 && s.is_finite() => Duration::try_from_secs_f64(s).map_err(|_| {
+                format!("`upstream.timeout.{name}` {s} is too large a number of seconds")
+            }),
             Some(s) => Err(format!(
                 "`upstream.timeout.{name}` {s} must be a positive number of seconds"
             )),
@@ -728,6 +741,51 @@ fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
         read_timeout: secs(read, "read")?,
         pass_host_node,
     })
+}
+
+/// Requests are routed by their normalized, decoded path
+/// ([`crate::host::path`]): a route URI in another form would never match,
+/// and its requests would fall to a broader route, without this route's
+/// plugins. Refuses percent escapes, `;`, and dot segments or repeated
+/// slashes in whole segments (a prefix's last, partial segment may start
+/// with a dot: `/.well-known*`).
+fn check_route_uri(uri: &str) -> Result<(), String> {
+    let (text, star) = match uri.strip_suffix('*') {
+        Some(prefix) => (prefix, "*"),
+        None => (uri, ""),
+    };
+    let b = text.as_bytes();
+    let escape = (0..b.len()).find(|&i| {
+        b[i] == b'%'
+            && b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+    });
+    if let Some(at) = escape {
+        let hint = crate::host::path::normalize(text)
+            .map(|p| format!("; write {:?}", format!("{p}{star}")))
+            .unwrap_or_default();
+        return Err(format!(
+            "`uri` {uri:?} has a percent escape at byte {at}, but routes match the decoded path{hint}"
+        ));
+    }
+    if let Some(at) = text.find(';') {
+        return Err(format!(
+            "`uri` {uri:?} has a `;` at byte {at}: requests with `;` in the path are refused"
+        ));
+    }
+    let whole = match text.rfind('/') {
+        Some(i) if !star.is_empty() => &text[..=i],
+        _ => text,
+    };
+    let normalized = crate::host::path::normalize_decoded(whole)
+        .map_err(|e| format!("`uri` {uri:?} is not a path a request can have: {e}"))?;
+    if normalized.as_str() != whole {
+        return Err(format!(
+            "`uri` {uri:?} never matches: requests are routed by their normalized path; write {:?}",
+            format!("{normalized}{}{star}", &text[whole.len()..])
+        ));
+    }
+    Ok(())
 }
 
 /// nginx's smooth weighted round robin, unrolled into one cycle.

@@ -226,6 +226,15 @@ async fn scripted_answer(
                 .unwrap();
             return false;
         }
+        // Two values for Host (a runner may send a header list with
+        // repeats): the upstream must still get one Host.
+        "/dup-host" => RequestOutcome::Rewrite(Rewrite {
+            headers: vec![
+                ("host".into(), Some("a.example".into())),
+                ("host".into(), Some("b.example".into())),
+            ],
+            ..Rewrite::default()
+        }),
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             RequestOutcome::Continue

@@ -35,6 +35,10 @@ pub(crate) enum BodyError {
     /// The peer closed or sent a malformed body.
     #[error("body could not be read: {0}")]
     Read(String),
+    /// The read was abandoned half-way (the ext-plugin call that asked for
+    /// the body timed out): what was read is gone, so the body is lost.
+    #[error("the body read was cut short when the ext-plugin call ended")]
+    Interrupted,
 }
 
 /// Where a body comes from; decides the status of a failure.
@@ -51,6 +55,8 @@ impl BodyError {
     pub(crate) fn status(&self, side: Side) -> http::StatusCode {
         use http::StatusCode as S;
         match (side, self) {
+            // Neither peer's fault: the runner's call ended first.
+            (_, BodyError::Interrupted) => S::SERVICE_UNAVAILABLE,
             (Side::Response, _) => S::BAD_GATEWAY,
             (Side::Request, BodyError::TooLarge(_)) => S::PAYLOAD_TOO_LARGE,
             (Side::Request, BodyError::TimedOut(_)) => S::REQUEST_TIMEOUT,
@@ -128,7 +134,13 @@ impl MessageBody {
                     return Err(self.fail(BodyError::TooLarge(self.limit)));
                 }
                 let timed = IdleTimeout::new(body, self.idle, self.failure.clone());
-                match Limited::new(timed, self.limit).collect().await {
+                // Dropped before the read ends (the call asking for the body
+                // timed out), the body is half-consumed: record that, or the
+                // next use would blame the client ("already sent").
+                let guard = InterruptGuard(Some(self.failure.clone()));
+                let collected = Limited::new(timed, self.limit).collect().await;
+                guard.disarm();
+                match collected {
                     Ok(collected) => {
                         let bytes = collected.to_bytes();
                         self.state = State::Buffered(bytes.clone());
@@ -182,6 +194,33 @@ impl MessageBody {
     }
 }
 
+/// Records [`BodyError::Interrupted`] when dropped armed.
+struct InterruptGuard(Option<Arc<OnceLock<BodyError>>>);
+
+impl InterruptGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for InterruptGuard {
+    fn drop(&mut self) {
+        if let Some(failure) = self.0.take() {
+            let _ = failure.set(BodyError::Interrupted);
+        }
+    }
+}
+
+/// `idle` from now. A timeout too long for the clock (an operator's "never",
+/// like `1e19` seconds) is about 30 years instead: `Instant + Duration`
+/// panics on overflow, and a panic here would drop the connection.
+fn deadline(idle: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(idle)
+        .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// A body that fails when no frame arrives for `idle`, and records its
 /// failure (timeout or read error) in the shared slot.
 struct IdleTimeout {
@@ -217,8 +256,7 @@ impl hyper::body::Body for IdleTimeout {
         let this = self.get_mut();
         if !this.started {
             this.started = true;
-            let deadline = Instant::now() + this.idle;
-            this.sleep.as_mut().reset(deadline);
+            this.sleep.as_mut().reset(deadline(this.idle));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
@@ -227,8 +265,7 @@ impl hyper::body::Body for IdleTimeout {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(other) => {
-                let deadline = Instant::now() + this.idle;
-                this.sleep.as_mut().reset(deadline);
+                this.sleep.as_mut().reset(deadline(this.idle));
                 Poll::Ready(other.map(|r| r.map_err(BoxError::from)))
             }
             Poll::Pending => match this.sleep.as_mut().poll(cx) {

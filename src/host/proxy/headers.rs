@@ -174,6 +174,65 @@ pub(crate) fn filter_map(headers: &mut HeaderMap, route: &str, origin: Origin) {
     }
 }
 
+/// Whether a `Host` value is a host, as nginx's `ngx_http_validate_host`
+/// sees it: empty (RFC 9112 allows it), or an authority without user info
+/// and without `..`. A path, spaces or `..` would reach upstreams that build
+/// file paths or links from it.
+pub(crate) fn valid_host(value: &HeaderValue) -> bool {
+    let Ok(host) = value.to_str() else {
+        return false;
+    };
+    host.is_empty()
+        || (!host.contains('@')
+            && !host.contains("..")
+            && host.parse::<http::uri::Authority>().is_ok())
+}
+
+/// Cleans the client's request headers on receipt, before any phase:
+///
+/// - names with `_` are dropped (nginx's default, so APISIX's): CGI, WSGI
+///   and Rack upstreams read `x_user` and `x-user` as the same
+///   `HTTP_X_USER`, so the client could override a header a plugin set;
+/// - the client's `Connection` header is applied (RFC 9110 section 7.6.1):
+///   the fields it names are removed, then the header itself. Left in
+///   place, its list would also remove a header a plugin sets later (an
+///   identity header for the upstream, say). The framing headers stay:
+///   hyper has framed the body from them, and the proxy drops them when it
+///   forwards.
+pub(crate) fn from_client(headers: &mut HeaderMap, route: &str) {
+    let underscored: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in underscored {
+        debug!(
+            route,
+            header = name.as_str(),
+            "client header with `_` dropped"
+        );
+        headers.remove(&name);
+    }
+    let listed = connection_listed(
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    for name in listed {
+        if FRAMING.contains(&name.as_str()) {
+            continue;
+        }
+        let Ok(parsed) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        if headers.remove(&parsed).is_some() {
+            dropped_one(route, Origin::Traffic, &name, DropReason::ConnectionListed);
+        }
+    }
+    headers.remove(http::header::CONNECTION);
+}
+
 /// Parses and filters a plugin's header list (values `None` pass through:
 /// they mean "delete" in a rewrite). Names are lower-cased.
 pub(crate) fn from_plugin<V: AsRef<str>>(

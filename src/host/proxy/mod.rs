@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 use upstream::RouteRuntime;
 
 /// Any error of a body.
@@ -109,10 +109,48 @@ fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
+/// Warns at start about a guarded prefix route `/p/*` whose bare `/p` goes
+/// to another route: as in APISIX, `/p/*` does not cover `/p`, and an
+/// operator may not know that `/p` reaches the upstream without the plugins.
+fn warn_uncovered_prefixes(router: &Router) {
+    use super::config::{Phase, UriPattern};
+    for (index, route) in router.routes().iter().enumerate() {
+        let guarded = [Phase::PreReq, Phase::PostReq]
+            .into_iter()
+            .any(|p| route.phase(p).is_some());
+        if !guarded || !route.enabled {
+            continue;
+        }
+        let method = route
+            .methods
+            .as_ref()
+            .and_then(|m| m.first().cloned())
+            .unwrap_or(http::Method::GET);
+        for pattern in &route.uris {
+            let UriPattern::Prefix(prefix) = pattern else {
+                continue;
+            };
+            let Some(bare) = prefix.strip_suffix('/').filter(|b| !b.is_empty()) else {
+                continue;
+            };
+            if let Some(other) = router.find(&method, bare).filter(|&o| o != index) {
+                warn!(
+                    route = %route.id,
+                    uri = %format!("{prefix}*"),
+                    path = bare,
+                    goes_to = %router.routes()[other].id,
+                    "this route's plugins do not guard the bare path: it goes to another route; add it to `uris` if it should be guarded"
+                );
+            }
+        }
+    }
+}
+
 impl Proxy {
     /// A proxy for `config`'s routes, calling the runner through `client`.
     pub fn new(config: &Config, client: Arc<ExtClient>) -> Self {
         let router = Router::new(config.routes.clone());
+        warn_uncovered_prefixes(&router);
         let routes = router
             .routes()
             .iter()

@@ -15,7 +15,7 @@ use crate::host::config::{Phase, PhaseConf, Route};
 use crate::host::path::{self, NormalizedPath};
 use crate::host::vars::{self, VarCtx};
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use runner_sdk::{async_trait, InfoKey, RequestOutcome, RequestParts, ResponseParts, Rewrite};
@@ -64,7 +64,7 @@ impl Exchange {
                 format!("cannot read the request body: {e}")
             }
             Side::Response => {
-                error!(route = %self.route.id, cause = %e, "upstream body failed: 502");
+                error!(route = %self.route.id, cause = %e, status = status.as_u16(), "upstream body failed");
                 format!("upstream body failed: {e}")
             }
         };
@@ -100,6 +100,39 @@ fn bodiless(method: &Method, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED
 }
 
+/// What nginx refuses before routing; `Err` says why (the answer is 400):
+/// - a method not in upper case (A-Z, `_`, `-`): methods are case-sensitive,
+///   but some upstream frameworks upper-case them, so `get` would dodge a
+///   `GET`-only route and still act as GET there;
+/// - more than one `Host` (RFC 9112 section 3.2): the upstream might pick
+///   another host than the one plugins saw;
+/// - a `Host`, or an absolute-form target's authority, that is not a host
+///   ([`headers::valid_host`]; user info in a target is refused too).
+fn check_head(req: &Request<Incoming>) -> Result<(), String> {
+    let method = req.method().as_str();
+    if !method
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+    {
+        return Err(format!("method {method:?} is not in upper case"));
+    }
+    let hosts = req.headers().get_all(HOST);
+    if hosts.iter().nth(1).is_some() {
+        return Err("more than one Host header".into());
+    }
+    if hosts.iter().any(|h| !headers::valid_host(h)) {
+        return Err("the Host header is not a host".into());
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| HeaderValue::from_str(a.as_str()));
+    if authority.is_some_and(|a| !a.is_ok_and(|a| headers::valid_host(&a))) {
+        return Err("the request target's authority is not a host".into());
+    }
+    Ok(())
+}
+
 impl Proxy {
     /// Normalizes, routes and answers one request.
     pub(super) async fn route(
@@ -108,6 +141,10 @@ impl Proxy {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Response<Body> {
+        if let Err(why) = check_head(&req) {
+            debug!(client = %peer, target = %req.uri(), "{why}: 400");
+            return error_response(StatusCode::BAD_REQUEST, &why);
+        }
         let path = match path::normalize(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {
@@ -133,6 +170,14 @@ impl Proxy {
             self.max_request_body,
             self.client_body_timeout,
         );
+        headers::from_client(&mut head.headers, &rt.route.id);
+        // RFC 9112 section 3.2.2: an absolute-form target's authority is
+        // the host, whatever `Host` says (one Host for plugins and upstream).
+        if let Some(authority) = original_uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                head.headers.insert(HOST, v);
+            }
+        }
         let mut ex = Exchange {
             route: rt.route.clone(),
             original_uri,
@@ -180,7 +225,12 @@ impl Proxy {
             Err(e) => return ex.body_failed(Side::Response, &e),
         };
         if bodiless(&ex.head.method, head.status) {
-            if let Some(v) = upstream_length {
+            // Never on a 1xx or 204 (RFC 9110 section 8.6): a plugin may have
+            // turned the upstream's 200 into a 204, and a lenient client
+            // would read the next answer on the connection as its body.
+            let may_have_length =
+                head.status != StatusCode::NO_CONTENT && !head.status.is_informational();
+            if let Some(v) = upstream_length.filter(|_| may_have_length) {
                 head.headers.insert(CONTENT_LENGTH, v);
             }
         } else if let Some(len) = len {
@@ -429,6 +479,14 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
         }
         if let Some(value) = value {
             ex.head.headers.append(name, value);
+        }
+    }
+    // One Host only (RFC 9112 section 3.2): a list that repeats it keeps
+    // the last value, as a later "set" would.
+    if ex.head.headers.get_all(HOST).iter().nth(1).is_some() {
+        if let Some(last) = ex.head.headers.get_all(HOST).iter().next_back().cloned() {
+            warn!(route = %route, "runner's rewrite set Host more than once; the last value is kept");
+            ex.head.headers.insert(HOST, last);
         }
     }
     let resp_headers = rw.resp_headers.into_iter().map(|(n, v)| (n, Some(v)));
