@@ -54,12 +54,30 @@ impl Rejection {
     }
 }
 
-/// Refuses (405) a method that PROTOCOL.md's `Method` enum cannot carry:
+/// Whether `method` is made of upper-case letters, `_` and `-` only, as
+/// nginx requires of a method.
+pub fn method_is_upper_case(method: &str) -> bool {
+    method
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+}
+
+/// Refuses (400) a method that is not in upper case, and (405) one that
+/// PROTOCOL.md's `Method` enum cannot carry:
 /// the runner could not be told what the request is. `CONNECT` is one.
 ///
 /// # Errors
 /// The [`Rejection`] to answer with, naming the method.
 pub fn check_method(method: &Method) -> Result<(), Rejection> {
+    if !method_is_upper_case(method.as_str()) {
+        // nginx's answer: some upstream frameworks upper-case methods, so
+        // `get` must not dodge a route limited to `GET`.
+        return Err(Rejection {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("method {:?} is not in upper case", method.as_str()),
+            close: false,
+        });
+    }
     if crate::wire::message::method_to_schema(method).is_some() {
         return Ok(());
     }

@@ -110,10 +110,7 @@ fn bodiless(method: &Method, status: StatusCode) -> bool {
 ///   ([`headers::valid_host`]; user info in a target is refused too).
 fn check_head(req: &Request<Incoming>) -> Result<(), String> {
     let method = req.method().as_str();
-    if !method
-        .bytes()
-        .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
-    {
+    if !crate::host::ingress::method_is_upper_case(method) {
         return Err(format!("method {method:?} is not in upper case"));
     }
     let hosts = req.headers().get_all(HOST);
