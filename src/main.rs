@@ -3,7 +3,9 @@
 //! - `extplug proxy --config FILE`: the HTTP reverse proxy with its runner.
 //! - `extplug demo`: the proxy with the example runner on a built-in
 //!   configuration and echo upstream.
-//! - `extplug check --config FILE`: validate a configuration and exit.
+//! - `extplug check --config FILE`: validate a configuration with a
+//!   throwaway runner (every chain prepared), and exit; `--offline`: the
+//!   file only.
 //! - `extplug echo --listen ADDR`: the demo's echo upstream on its own, to
 //!   try a configuration against.
 
@@ -54,11 +56,16 @@ enum Command {
         #[arg(long)]
         runner: Option<PathBuf>,
     },
-    /// Check a configuration file and exit (0: valid; 2: not, with the reason).
+    /// Check a configuration and exit (0: valid; 2: not, with the reason):
+    /// the file, then, with a throwaway runner, that the runner starts and
+    /// prepares every route's chains.
     Check {
         /// The JSON configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Check the file only; do not start the runner.
+        #[arg(long)]
+        offline: bool,
     },
     /// Benchmarks, measured side by side (see README, "Benchmarks").
     Bench {
@@ -110,13 +117,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     extplug::init_logging();
     match cli.command {
-        Command::Check { config } => match host::config::Config::load(&config) {
-            Ok(c) => {
-                let n = c.routes.len();
-                let routes = if n == 1 { "route" } else { "routes" };
-                println!("{}: valid: {n} {routes}", config.display());
-                ExitCode::SUCCESS
-            }
+        Command::Check { config, offline } => match host::config::Config::load(&config) {
+            Ok(c) => check(&config, &c, offline),
             Err(e) => fail(&e.to_string()),
         },
         Command::Proxy { config, listen } => match host::config::Config::load(&config) {
@@ -185,6 +187,51 @@ fn run_bench(what: BenchCommand) -> ExitCode {
     }
 }
 
+/// `extplug check` of a loaded configuration: with `offline`, nothing more;
+/// else a throwaway runner prepares every chain, and is stopped again (its
+/// socket directory removed).
+fn check(path: &std::path::Path, config: &host::config::Config, offline: bool) -> ExitCode {
+    let n = config.routes.len();
+    let routes = if n == 1 { "route" } else { "routes" };
+    if offline {
+        println!("{}: valid: {n} {routes} (file only)", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("starting the runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        let (supervisor, _client) = host::start_runner(config).await?;
+        supervisor.stop().await;
+        Ok::<(), host::HostError>(())
+    });
+    match result {
+        Ok(()) => {
+            let chains: usize = config
+                .routes
+                .iter()
+                .map(|r| {
+                    [
+                        r.pre_req.is_some(),
+                        r.post_req.is_some(),
+                        r.post_resp.is_some(),
+                    ]
+                    .iter()
+                    .filter(|p| **p)
+                    .count()
+                })
+                .sum();
+            println!(
+                "{}: valid: {n} {routes}; the runner prepared all {chains} chains",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("{}: {e}", path.display())),
+    }
+}
+
 fn fail(message: &str) -> ExitCode {
     eprintln!("extplug: {message}");
     ExitCode::from(2)
@@ -216,6 +263,7 @@ fn serve(
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_config_error() => fail(&e.to_string()),
         Err(e) => {
             eprintln!("extplug: {e}");
             ExitCode::FAILURE

@@ -228,7 +228,7 @@ async fn a_panic_while_preparing_is_bad_request_naming_the_plugin() {
             ErrorCode::BadRequest,
         );
         assert!(
-            msg.contains(&format!("plugin `fault` panicked in {during}")),
+            msg.contains(&format!("conf[1]: plugin \"fault\" panicked in {during}")),
             "{msg}"
         );
     }
