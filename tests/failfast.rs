@@ -223,7 +223,7 @@ fn a_route_error_has_its_line_and_column() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     let want = format!(
-        "{}:11:37: route `2` (routes[1]): at `plugins.ext-plugin-pre-req.conf[0]`: unknown field `valu`",
+        "{}:11:43: route `2` (routes[1]): at `plugins.ext-plugin-pre-req.conf[0].valu`: unknown field `valu`",
         path.display()
     );
     assert!(stderr.contains(&want), "{stderr}\nwanted: {want}");
