@@ -143,21 +143,24 @@ async fn unknown_token_unknown_plugin_and_bad_conf() {
             .await,
         ErrorCode::BadRequest,
     );
-    assert!(msg.contains("`nope`"), "{msg}");
+    assert!(
+        msg.contains(r#"conf[1]: unknown plugin "nope" (this runner has: "#),
+        "{msg}"
+    );
     let msg = expect_error(
         c.prepare_answer(&[("say", r#"{"status":200}"#)], None)
             .await,
         ErrorCode::BadRequest,
     );
     assert!(
-        msg.contains("plugin `say`") && msg.contains("body"),
+        msg.contains(r#"conf[0]: plugin "say": "#) && msg.contains("body"),
         "{msg}"
     );
     let msg = expect_error(
         c.prepare_answer(&[("key-auth", "not json")], None).await,
         ErrorCode::BadRequest,
     );
-    assert!(msg.contains("plugin `key-auth`"), "{msg}");
+    assert!(msg.contains(r#"conf[0]: plugin "key-auth": "#), "{msg}");
     // The connection still serves.
     let token = c.prepare(&[("say", SAY)]).await;
     assert_stops(&mut c, token).await;
