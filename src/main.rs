@@ -126,7 +126,7 @@ fn main() -> ExitCode {
                 if let Some(listen) = listen {
                     c.listen = listen;
                 }
-                serve(c, None)
+                serve(c, Some(&config), None)
             }
             Err(e) => fail(&e.to_string()),
         },
@@ -240,8 +240,12 @@ fn fail(message: &str) -> ExitCode {
 /// Runs the proxy until SIGTERM/SIGINT. Prints `extplug listening on
 /// http://ADDR` on stdout once it accepts connections (tests and scripts
 /// wait for that line), then `after_listening`'s text.
+///
+/// A configuration the runner refuses (or a runner that does not start) is
+/// reported once, prefixed with `path` when there is one, with exit status 2.
 fn serve(
     config: host::config::Config,
+    path: Option<&std::path::Path>,
     after_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) -> String>>,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
@@ -263,7 +267,10 @@ fn serve(
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is_config_error() => fail(&e.to_string()),
+        Err(e) if e.is_config_error() => match path {
+            Some(path) => fail(&format!("{}: {e}", path.display())),
+            None => fail(&e.to_string()),
+        },
         Err(e) => {
             eprintln!("extplug: {e}");
             ExitCode::FAILURE
@@ -323,6 +330,7 @@ fn demo(listen: &str, runner: Option<PathBuf>) -> ExitCode {
     let _keep = runtime;
     serve(
         config,
+        None,
         Some(Box::new(move |addr| {
             format!(
                 "echo upstream on http://{upstream}; runner {}\nTry:\n{}",

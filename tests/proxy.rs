@@ -206,7 +206,7 @@ fn confs_refused_by_the_runner_refuse_the_start() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(
         out.stderr.contains(
-            r#"extplug: route r: ext-plugin-pre-req: conf[0]: unknown plugin "no-such-plugin""#
+            r#"config.json: route r: ext-plugin-pre-req: conf[0]: unknown plugin "no-such-plugin""#
         ),
         "{}",
         out.stderr
