@@ -229,3 +229,22 @@ fn a_route_error_has_its_line_and_column() {
     assert!(stderr.contains(&want), "{stderr}\nwanted: {want}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_runner_environment_error_is_printed_once() {
+    let out = std::process::Command::new(common::demo_runner())
+        .env_clear()
+        .env("APISIX_LISTEN_ADDRESS", "unix:/tmp/never-used.sock")
+        .env("APISIX_CONF_EXPIRE_TIME", "soon")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches(r#"APISIX_CONF_EXPIRE_TIME="soon" is not a positive whole number"#)
+            .count(),
+        1,
+        "{stderr}"
+    );
+}

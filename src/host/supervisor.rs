@@ -175,11 +175,12 @@ async fn supervise(
         let socket = dir.path().join(format!("runner-{generation}.sock"));
         tx.send_replace(RunnerState::Starting { generation });
         let started = Instant::now();
-        let spawned = match first_start.is_some() {
+        let spawned = if first_start.is_some() {
             // Checked first so that the message says what is wrong with
             // the file (spawn's error is just ENOENT or EACCES).
-            true => check_program(&conf).and_then(|()| spawn(&conf, &socket)),
-            false => spawn(&conf, &socket),
+            check_program(&conf).and_then(|()| spawn(&conf, &socket))
+        } else {
+            spawn(&conf, &socket)
         };
         let reason = match spawned {
             Err(e) => format!("cannot start {:?}: {e}", conf.cmd[0]),
