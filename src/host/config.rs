@@ -522,8 +522,9 @@ impl Config {
                 // serde's place is within the route's text.
                 let (l, c) = match at {
                     Some((1, c)) => (line, column + c.saturating_sub(1)),
-                    Some((l, c)) => (line + l - 1, c),
-                    None => (line, column),
+                    Some((l, c)) if l > 1 => (line + l - 1, c),
+                    // No place (serde_json gives line 0 then): the route's start.
+                    _ => (line, column),
                 };
                 ConfigError(format!("{l}:{c}: route {id} (routes[{i}]): {e}"))
             })?;
