@@ -202,12 +202,24 @@ fn check(path: &std::path::Path, config: &host::config::Config, offline: bool) -
         Err(e) => return fail(&format!("starting the runtime: {e}")),
     };
     let result = runtime.block_on(async {
-        let (supervisor, _client) = host::start_runner(config).await?;
-        supervisor.stop().await;
-        Ok::<(), host::HostError>(())
+        // A signal stops the check cleanly: its runner stopped, its
+        // directory removed.
+        let interrupted = CancellationToken::new();
+        tokio::spawn(extplug::stop_on_signal(interrupted.clone()));
+        match host::start_runner(config, &interrupted).await? {
+            Some((supervisor, _client)) => {
+                supervisor.stop().await;
+                Ok::<bool, host::HostError>(true)
+            }
+            None => Ok(false),
+        }
     });
     match result {
-        Ok(()) => {
+        Ok(false) => {
+            eprintln!("extplug: check interrupted");
+            ExitCode::FAILURE
+        }
+        Ok(true) => {
             let chains: usize = config
                 .routes
                 .iter()

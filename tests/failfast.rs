@@ -248,3 +248,55 @@ fn a_runner_environment_error_is_printed_once() {
         "{stderr}"
     );
 }
+
+/// SIGTERM while the runner is still starting stops the proxy then, not
+/// after the start timeout, and leaves no runner or directory behind.
+#[test]
+fn a_signal_during_the_start_stops_the_proxy_cleanly() {
+    let (cmd, env) = bad("never-listen");
+    let routes = json!([route(
+        "r1",
+        "/x",
+        "127.0.0.1:1".parse().unwrap(),
+        json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
+    )]);
+    let mut c = config(cmd, env, routes);
+    c["ext-plugin"]["start_timeout_ms"] = json!(120_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, c.to_string()).unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let log = dir.path().join("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_extplug"))
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .env("TMPDIR", &tmp)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The runner's own line: it runs, and will never listen.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("bad-runner: never listening")
+    {
+        assert!(std::time::Instant::now() < deadline, "no runner");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let runner = common::http::children_of(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(out.stdout.is_empty(), "it never listened");
+    assert!(stderr.contains("stopped while starting"), "{stderr}");
+    assert!(
+        runner.iter().all(|p| !common::http::alive(*p)),
+        "{runner:?}"
+    );
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{stderr}");
+}

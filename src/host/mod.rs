@@ -99,9 +99,14 @@ impl HostError {
     }
 }
 
+/// The runner, started and checked by [`start_runner`], and its client.
+pub type Started = (supervisor::Supervisor, Arc<client::ExtClient>);
+
 /// Starts the runner for `config` and checks the configuration with it:
 /// waits for its first start, then prepares every chain ([`preflight`]).
-/// The runner is stopped again when either fails.
+/// The runner is stopped again when either fails, or when `shutdown` is
+/// cancelled meanwhile (then `Ok(None)`: a signal during a slow start stops
+/// at once).
 ///
 /// # Errors
 /// The runner's directory cannot be created ([`HostError::RunnerDir`]), the
@@ -109,22 +114,44 @@ impl HostError {
 /// ([`HostError::Refused`]).
 pub async fn start_runner(
     config: &Config,
-) -> Result<(supervisor::Supervisor, Arc<client::ExtClient>), HostError> {
+    shutdown: &CancellationToken,
+) -> Result<Option<Started>, HostError> {
     let mut supervisor =
         supervisor::Supervisor::start(config.runner.clone()).map_err(HostError::RunnerDir)?;
-    if let Err(reason) = supervisor.started().await {
-        supervisor.stop().await;
-        return Err(HostError::RunnerStart(reason));
+    let started = tokio::select! {
+        started = supervisor.started() => Some(started),
+        _ = shutdown.cancelled() => None,
+    };
+    match started {
+        Some(Ok(())) => {}
+        Some(Err(reason)) => {
+            supervisor.stop().await;
+            return Err(HostError::RunnerStart(reason));
+        }
+        None => {
+            supervisor.stop().await;
+            return Ok(None);
+        }
     }
     let client = Arc::new(
         client::ExtClient::new(&config.runner, supervisor.state())
             .with_restarter(supervisor.restarter()),
     );
-    if let Err(refused) = preflight(config, &client).await {
-        supervisor.stop().await;
-        return Err(refused.into());
+    let checked = tokio::select! {
+        checked = preflight(config, &client) => Some(checked),
+        _ = shutdown.cancelled() => None,
+    };
+    match checked {
+        Some(Ok(())) => Ok(Some((supervisor, client))),
+        Some(Err(refused)) => {
+            supervisor.stop().await;
+            Err(refused.into())
+        }
+        None => {
+            supervisor.stop().await;
+            Ok(None)
+        }
     }
-    Ok((supervisor, client))
 }
 
 /// Runs the proxy for `config` until `shutdown`: starts the runner and has
@@ -147,7 +174,10 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
-    let (supervisor, client) = start_runner(&config).await?;
+    let Some((supervisor, client)) = start_runner(&config, &shutdown).await? else {
+        info!("stopped while starting");
+        return Ok(());
+    };
     let proxy = Arc::new(proxy::Proxy::new(&config, client));
     let addr = listener.local_addr().unwrap_or(config.listen);
     info!(%addr, routes = config.routes.len(), "proxy listening");
