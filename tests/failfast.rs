@@ -268,7 +268,7 @@ fn a_signal_during_the_start_stops_the_proxy_cleanly() {
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let log = dir.path().join("log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_extplug"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_extplug"))
         .args(["proxy", "--config"])
         .arg(&path)
         .env("TMPDIR", &tmp)
