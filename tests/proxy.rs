@@ -520,21 +520,6 @@ fn a_runner_program_that_does_not_exist_refuses_the_start_with_a_clear_message()
     assert!(!out.stderr.contains("runner down"), "{}", out.stderr);
 }
 
-/// Whether every thread of `pid` is stopped (state `T` or `t`).
-fn all_threads_stopped(pid: i32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|task| {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().next());
-        matches!(state, Some("T" | "t"))
-    })
-}
-
 #[tokio::test]
 async fn a_frozen_runner_is_replaced_after_calls_keep_timing_out() {
     let up = Upstream::start().await;
@@ -553,15 +538,7 @@ async fn a_frozen_runner_is_replaced_after_calls_keep_timing_out() {
     let runner = proxy.children()[0];
     // Alive, but answers nothing: what a deadlocked plugin looks like.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), Signal::SIGSTOP).unwrap();
-    // A stop takes effect when each of its threads is interrupted: wait
-    // until every one is stopped (`T`), or one may still answer.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !all_threads_stopped(runner) {
-        assert!(Instant::now() < deadline, "the runner did not stop");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let got = get(&proxy.url("/f")).await;
-    assert_eq!(got.status, 503, "{}", proxy.log());
+    assert_eq!(get(&proxy.url("/f")).await.status, 503);
     assert_eq!(get(&proxy.url("/f")).await.status, 503);
     proxy.wait_runner_ready(2);
     assert!(proxy.log().contains("runner stopped answering: killing it"));
