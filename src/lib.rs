@@ -18,8 +18,16 @@ pub mod wire;
 pub use runner::Runner;
 pub use runner_sdk;
 
+/// Set (to `1`) by the host in its runner's environment: the runner's
+/// output is relayed into the host's log, which adds its own timestamp, so
+/// [`init_logging`] then leaves out the runner's timestamp and colors (one
+/// timestamp per relayed line).
+pub const LOG_RELAYED: &str = "EXTPLUG_LOG_RELAYED";
+
 /// Starts `tracing` output to stderr, filtered by `RUST_LOG` (default
-/// `info`). Does nothing if a subscriber is already installed.
+/// `info`). Does nothing if a subscriber is already installed. With
+/// [`LOG_RELAYED`] set to `1` (a runner started by the host), lines have no
+/// timestamp and no colors: the host's log adds its own.
 ///
 /// A stderr that cannot be written (a pipe whose reader died with the host)
 /// must never stop the process: write errors are dropped, and
@@ -28,12 +36,17 @@ pub use runner_sdk;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let relayed = std::env::var_os(LOG_RELAYED).is_some_and(|v| v == "1");
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(!relayed && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if relayed {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT (the runner's and the

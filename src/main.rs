@@ -3,7 +3,9 @@
 //! - `extplug proxy --config FILE`: the HTTP reverse proxy with its runner.
 //! - `extplug demo`: the proxy with the example runner on a built-in
 //!   configuration and echo upstream.
-//! - `extplug check --config FILE`: validate a configuration and exit.
+//! - `extplug check --config FILE`: validate a configuration with a
+//!   throwaway runner (every chain prepared), and exit; `--offline`: the
+//!   file only.
 //! - `extplug echo --listen ADDR`: the demo's echo upstream on its own, to
 //!   try a configuration against.
 
@@ -54,11 +56,16 @@ enum Command {
         #[arg(long)]
         runner: Option<PathBuf>,
     },
-    /// Check a configuration file and exit (0: valid; 2: not, with the reason).
+    /// Check a configuration and exit (0: valid; 2: not, with the reason):
+    /// the file, then, with a throwaway runner, that the runner starts and
+    /// prepares every route's chains.
     Check {
         /// The JSON configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Check the file only; do not start the runner.
+        #[arg(long)]
+        offline: bool,
     },
     /// Benchmarks, measured side by side (see README, "Benchmarks").
     Bench {
@@ -110,13 +117,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     extplug::init_logging();
     match cli.command {
-        Command::Check { config } => match host::config::Config::load(&config) {
-            Ok(c) => {
-                let n = c.routes.len();
-                let routes = if n == 1 { "route" } else { "routes" };
-                println!("{}: valid: {n} {routes}", config.display());
-                ExitCode::SUCCESS
-            }
+        Command::Check { config, offline } => match host::config::Config::load(&config) {
+            Ok(c) => check(&config, &c, offline),
             Err(e) => fail(&e.to_string()),
         },
         Command::Proxy { config, listen } => match host::config::Config::load(&config) {
@@ -124,7 +126,7 @@ fn main() -> ExitCode {
                 if let Some(listen) = listen {
                     c.listen = listen;
                 }
-                serve(c, None)
+                serve(c, Some(&config), None)
             }
             Err(e) => fail(&e.to_string()),
         },
@@ -185,6 +187,63 @@ fn run_bench(what: BenchCommand) -> ExitCode {
     }
 }
 
+/// `extplug check` of a loaded configuration: with `offline`, nothing more;
+/// else a throwaway runner prepares every chain, and is stopped again (its
+/// socket directory removed).
+fn check(path: &std::path::Path, config: &host::config::Config, offline: bool) -> ExitCode {
+    let n = config.routes.len();
+    let routes = if n == 1 { "route" } else { "routes" };
+    if offline {
+        println!("{}: valid: {n} {routes} (file only)", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("starting the runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        // A signal stops the check cleanly: its runner stopped, its
+        // directory removed.
+        let interrupted = CancellationToken::new();
+        tokio::spawn(extplug::stop_on_signal(interrupted.clone()));
+        match host::start_runner(config, &interrupted).await? {
+            Some((supervisor, _client)) => {
+                supervisor.stop().await;
+                Ok::<bool, host::HostError>(true)
+            }
+            None => Ok(false),
+        }
+    });
+    match result {
+        Ok(false) => {
+            eprintln!("extplug: check interrupted");
+            ExitCode::FAILURE
+        }
+        Ok(true) => {
+            let chains: usize = config
+                .routes
+                .iter()
+                .map(|r| {
+                    [
+                        r.pre_req.is_some(),
+                        r.post_req.is_some(),
+                        r.post_resp.is_some(),
+                    ]
+                    .iter()
+                    .filter(|p| **p)
+                    .count()
+                })
+                .sum();
+            println!(
+                "{}: valid: {n} {routes}; the runner prepared all {chains} chains",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("{}: {e}", path.display())),
+    }
+}
+
 fn fail(message: &str) -> ExitCode {
     eprintln!("extplug: {message}");
     ExitCode::from(2)
@@ -193,8 +252,12 @@ fn fail(message: &str) -> ExitCode {
 /// Runs the proxy until SIGTERM/SIGINT. Prints `extplug listening on
 /// http://ADDR` on stdout once it accepts connections (tests and scripts
 /// wait for that line), then `after_listening`'s text.
+///
+/// A configuration the runner refuses (or a runner that does not start) is
+/// reported once, prefixed with `path` when there is one, with exit status 2.
 fn serve(
     config: host::config::Config,
+    path: Option<&std::path::Path>,
     after_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) -> String>>,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
@@ -216,6 +279,10 @@ fn serve(
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_config_error() => match path {
+            Some(path) => fail(&format!("{}: {e}", path.display())),
+            None => fail(&e.to_string()),
+        },
         Err(e) => {
             eprintln!("extplug: {e}");
             ExitCode::FAILURE
@@ -275,6 +342,7 @@ fn demo(listen: &str, runner: Option<PathBuf>) -> ExitCode {
     let _keep = runtime;
     serve(
         config,
+        None,
         Some(Box::new(move |addr| {
             format!(
                 "echo upstream on http://{upstream}; runner {}\nTry:\n{}",

@@ -281,7 +281,7 @@ async fn the_socket_directory_is_private_whatever_the_umask() {
 }
 
 /// Another process serving the runner's socket from the start: the runner
-/// is never deemed ready, and requests get 503.
+/// is never deemed ready, and the proxy refuses to start (exit 2).
 #[tokio::test]
 async fn a_socket_served_by_another_process_is_never_ready() {
     let up = Upstream::start().await;
@@ -292,11 +292,23 @@ async fn a_socket_served_by_another_process_is_never_ready() {
         up.addr,
         json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
     )]);
-    let proxy = ProxyProc::start(&config(cmd, env, routes));
-    proxy.wait_log("not by the runner", 1);
-    assert!(!proxy.log().contains("runner ready"), "{}", proxy.log());
-    let got = get(&proxy.url("/x")).await;
-    assert_eq!(got.status, 503, "{}", proxy.log());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config(cmd, env, routes).to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_extplug"))
+        .args(["proxy", "--config"])
+        .arg(&path)
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the runner did not start") && stderr.contains("not by the runner"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("runner ready"), "{stderr}");
+    assert!(out.stdout.is_empty(), "it never listened");
     assert!(up.requests().is_empty());
 }
 
@@ -306,14 +318,19 @@ async fn a_socket_served_by_another_process_is_never_ready() {
 #[tokio::test]
 async fn a_socket_taken_over_by_another_process_is_refused() {
     let up = Upstream::start().await;
-    let (cmd, env) = bad("hijack-after-ready");
+    let (cmd, mut env) = bad("hijack-after-ready");
+    // After the readiness check and the start-up PREPARE_CONF; no pool, so
+    // that the request needs a new connection.
+    env["BAD_RUNNER_HIJACK_AFTER"] = json!("2");
     let routes = json!([route(
         "r",
         "/x",
         up.addr,
         json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])})
     )]);
-    let proxy = ProxyProc::start(&config(cmd, env, routes));
+    let mut c = config(cmd, env, routes);
+    c["ext-plugin"]["pool_size"] = json!(0);
+    let proxy = ProxyProc::start(&c);
     proxy.wait_runner_ready(1);
     // The runner's line, then the foreign process's.
     proxy.wait_log("listening on its socket", 2);

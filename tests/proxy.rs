@@ -194,64 +194,45 @@ async fn both_request_phases_run_in_order() {
     );
 }
 
-#[tokio::test]
-async fn confs_refused_by_the_runner_give_503() {
-    let up = Upstream::start().await;
+#[test]
+fn confs_refused_by_the_runner_refuse_the_start() {
     let routes = json!([route(
         "r",
         "/x",
-        up.addr,
+        "127.0.0.1:1".parse().unwrap(),
         json!({"ext-plugin-pre-req": phase(&[("no-such-plugin", json!({}))])})
     )]);
-    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
-    assert_eq!(get(&proxy.url("/x")).await.status, 503);
-    let log = proxy.log();
+    let out = common::extplug_exits(&["proxy"], &config(demo(), json!({}), routes), "info");
+    assert_eq!(out.code, Some(2), "{out:?}");
     assert!(
-        log.contains("badRequest") && log.contains("no-such-plugin"),
-        "{log}"
+        out.stderr.contains(
+            r#"config.json: route r: ext-plugin-pre-req: conf[0]: unknown plugin "no-such-plugin""#
+        ),
+        "{}",
+        out.stderr
     );
+    assert!(!out.stdout.contains("listening"), "{}", out.stdout);
 }
 
+/// A call that times out: 503 on a strict route, on to the upstream on a
+/// route that allows degradation.
 #[tokio::test]
-async fn degradation_on_and_off_when_the_runner_never_listens() {
+async fn degradation_on_and_off_when_the_runner_call_fails() {
     let up = Upstream::start().await;
-    let (cmd, env) = bad("never-listen");
-    let routes = json!([
-        route(
-            "strict",
-            "/strict",
-            up.addr,
-            json!({"ext-plugin-pre-req": phase(&[("say", json!({"body":"x"}))])})
-        ),
-        route(
-            "lenient",
-            "/lenient",
-            up.addr,
-            json!({"ext-plugin-pre-req": {
-            "conf": [{"name": "say", "value": "{\"body\":\"x\"}"}], "allow_degradation": true }})
-        ),
-    ]);
-    let mut c = config(cmd, env, routes);
-    c["ext-plugin"]["start_timeout_ms"] = json!(300);
-    let proxy = ProxyProc::start(&c);
+    let strict = scripted(&up, |c| c["ext-plugin"]["call_timeout_ms"] = json!(300));
+    let lenient = scripted(&up, |c| {
+        c["ext-plugin"]["call_timeout_ms"] = json!(300);
+        c["routes"][0]["plugins"]["ext-plugin-pre-req"]["allow_degradation"] = json!(true);
+    });
     let started = Instant::now();
-    let got = get(&proxy.url("/strict")).await;
+    let got = get(&strict.url("/slow")).await;
     assert_eq!(got.status, 503);
     assert!(started.elapsed() < Duration::from_secs(10));
-    let got = get(&proxy.url("/lenient")).await;
-    assert_eq!(
-        (got.status, got.text().as_str()),
-        (200, "upstream says hi"),
-        "degraded: on to the upstream"
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !proxy
-        .log()
-        .contains("did not open its socket within 300 ms")
-    {
-        assert!(Instant::now() < deadline, "{}", proxy.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(up.requests().is_empty());
+    let got = get(&lenient.url("/slow")).await;
+    assert_eq!(got.status, 200, "degraded: on to the upstream");
+    assert!(up.last().header("x-seen").is_none(), "unchanged");
+    assert!(lenient.log().contains("degraded: going on unchanged"));
 }
 
 /// Kills the runner with `signal` while four clients send requests: every
@@ -511,8 +492,9 @@ async fn conf_token_not_found_drops_every_cached_token() {
         );
         c["routes"].as_array_mut().unwrap().push(other);
     });
+    // Both chains were prepared at start; the first request reuses r2's.
     assert_eq!(get(&proxy.url("/r2/first")).await.status, 200);
-    assert_eq!(up.last().seen()["prepares"], 1);
+    assert_eq!(up.last().seen()["prepares"], 2);
     // Route r: prepared, refused, prepared again.
     assert_eq!(get(&proxy.url("/tnf-once")).await.status, 200);
     assert_eq!(up.last().seen()["prepares"], 3);
@@ -521,22 +503,21 @@ async fn conf_token_not_found_drops_every_cached_token() {
     assert_eq!(up.last().seen()["prepares"], 4);
 }
 
-#[tokio::test]
-async fn a_runner_program_that_does_not_exist_gives_503_and_a_clear_log() {
-    let up = Upstream::start().await;
+#[test]
+fn a_runner_program_that_does_not_exist_refuses_the_start_with_a_clear_message() {
     let routes = json!([route(
         "r",
         "/x",
-        up.addr,
+        "127.0.0.1:1".parse().unwrap(),
         json!({"ext-plugin-pre-req": phase(&[("say", json!({"body":"x"}))])})
     )]);
-    let proxy = ProxyProc::start(&config(vec!["/no/such/runner".into()], json!({}), routes));
-    assert_eq!(get(&proxy.url("/x")).await.status, 503);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !proxy.log().contains(r#"cannot start "/no/such/runner""#) {
-        assert!(Instant::now() < deadline, "{}", proxy.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let c = config(vec!["/no/such/runner".into()], json!({}), routes);
+    let out = common::extplug_exits(&["proxy"], &c, "info");
+    assert_eq!(out.code, Some(2), "{out:?}");
+    // Said once (not also logged), and not retried.
+    let message = r#"the runner did not start: cannot start "/no/such/runner": no such file"#;
+    assert_eq!(out.stderr.matches(message).count(), 1, "{}", out.stderr);
+    assert!(!out.stderr.contains("runner down"), "{}", out.stderr);
 }
 
 #[tokio::test]

@@ -143,21 +143,24 @@ async fn unknown_token_unknown_plugin_and_bad_conf() {
             .await,
         ErrorCode::BadRequest,
     );
-    assert!(msg.contains("`nope`"), "{msg}");
+    assert!(
+        msg.contains(r#"conf[1]: unknown plugin "nope" (this runner has: "#),
+        "{msg}"
+    );
     let msg = expect_error(
         c.prepare_answer(&[("say", r#"{"status":200}"#)], None)
             .await,
         ErrorCode::BadRequest,
     );
     assert!(
-        msg.contains("plugin `say`") && msg.contains("body"),
+        msg.contains(r#"conf[0]: plugin "say": "#) && msg.contains("body"),
         "{msg}"
     );
     let msg = expect_error(
         c.prepare_answer(&[("key-auth", "not json")], None).await,
         ErrorCode::BadRequest,
     );
-    assert!(msg.contains("plugin `key-auth`"), "{msg}");
+    assert!(msg.contains(r#"conf[0]: plugin "key-auth": "#), "{msg}");
     // The connection still serves.
     let token = c.prepare(&[("say", SAY)]).await;
     assert_stops(&mut c, token).await;
@@ -228,7 +231,7 @@ async fn a_panic_while_preparing_is_bad_request_naming_the_plugin() {
             ErrorCode::BadRequest,
         );
         assert!(
-            msg.contains(&format!("plugin `fault` panicked in {during}")),
+            msg.contains(&format!("conf[1]: plugin \"fault\" panicked in {during}")),
             "{msg}"
         );
     }

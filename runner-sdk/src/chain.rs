@@ -56,24 +56,30 @@ impl Registry {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PrepareError {
     /// No plugin of that name is registered.
-    #[error("unknown plugin `{name}` (this runner has: {available})")]
+    #[error("conf[{index}]: unknown plugin {name:?} (this runner has: {available})")]
     UnknownPlugin {
+        /// The entry's position in the chain, from 0.
+        index: usize,
         /// The name asked for.
         name: String,
         /// The registered names, comma-separated.
         available: String,
     },
     /// The plugin refused its configuration.
-    #[error("plugin `{plugin}`: invalid configuration: {reason}")]
+    #[error("conf[{index}]: plugin {plugin:?}: {reason}")]
     BadConf {
+        /// The entry's position in the chain, from 0.
+        index: usize,
         /// The plugin's name.
         plugin: String,
         /// What was wrong.
         reason: String,
     },
     /// The plugin panicked in [`Plugin::configure`] or [`Filter::needs`].
-    #[error("plugin `{plugin}` panicked in {during}: {message}")]
+    #[error("conf[{index}]: plugin {plugin:?} panicked in {during}: {message}")]
     Panicked {
+        /// The entry's position in the chain, from 0.
+        index: usize,
         /// The plugin's name.
         plugin: String,
         /// `configure` or `needs`.
@@ -146,10 +152,11 @@ impl Chain {
     ) -> Result<Chain, PrepareError> {
         let mut filters = Vec::new();
         let mut needs = Needs::default();
-        for (name, value) in conf {
+        for (index, (name, value)) in conf.into_iter().enumerate() {
             let plugin = registry
                 .get(name)
                 .ok_or_else(|| PrepareError::UnknownPlugin {
+                    index,
                     name: name.to_owned(),
                     available: registry.names().join(", "),
                 })?;
@@ -157,6 +164,7 @@ impl Chain {
             // the connection's end: plugin code is untrusted in the same way
             // as in a call.
             let panicked = |during, panic: Box<dyn std::any::Any + Send>| PrepareError::Panicked {
+                index,
                 plugin: name.to_owned(),
                 during,
                 message: panic_message(&*panic),
@@ -164,6 +172,7 @@ impl Chain {
             let filter = catch_unwind(AssertUnwindSafe(|| plugin.configure(value)))
                 .map_err(|p| panicked("configure", p))?
                 .map_err(|e| PrepareError::BadConf {
+                    index,
                     plugin: name.to_owned(),
                     reason: e.0,
                 })?;
@@ -309,7 +318,7 @@ mod tests {
             let err = Chain::prepare(&registry, [("odd", during)]).unwrap_err();
             assert_eq!(
                 err.to_string(),
-                format!("plugin `odd` panicked in {during}: boom in {during}")
+                format!("conf[0]: plugin \"odd\" panicked in {during}: boom in {during}")
             );
         }
     }

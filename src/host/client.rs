@@ -33,7 +33,8 @@ use tokio_util::codec::Framed;
 use tracing::{debug, error, warn};
 
 /// Why a call to the runner failed. Every one of them gives the client 503,
-/// unless the route phase allows degradation.
+/// unless the route phase allows degradation; except [`CallError::ChainRefused`]:
+/// a configuration error, 500 whatever the degradation setting.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The runner is not running (it exited and is being restarted, or the
@@ -54,6 +55,13 @@ pub enum CallError {
         /// The runner's message.
         message: String,
     },
+    /// The runner refused to prepare the route phase's chain (`badRequest`
+    /// on PREPARE_CONF: an unknown plugin, a bad plugin configuration). The
+    /// refusal is remembered for the runner's generation: until the runner
+    /// is replaced, the chain is not prepared again and this comes back at
+    /// once (it is logged once, when the runner refuses).
+    #[error("the runner refused the chain: {0}")]
+    ChainRefused(String),
     /// The runner's answer does not follow the protocol.
     #[error("malformed answer from the runner: {0}")]
     Malformed(String),
@@ -89,11 +97,13 @@ pub trait InfoProvider: Send {
     async fn provide(&mut self, key: InfoKey<'_>) -> Option<bytes::Bytes>;
 }
 
-/// One route phase's cached token, and a lock that makes concurrent requests
-/// share one PREPARE_CONF.
+/// One route phase's cached token (or the runner's refusal of its chain,
+/// with the runner generation that refused), and a lock that makes
+/// concurrent requests share one PREPARE_CONF.
 #[derive(Default)]
 struct Slot {
     ticket: Mutex<Option<Ticket>>,
+    refused: Mutex<Option<(u64, String)>>,
     preparing: tokio::sync::Mutex<()>,
 }
 
@@ -351,20 +361,48 @@ impl ExtClient {
         (ticket.generation == current && Instant::now() < ticket.expires).then_some(ticket)
     }
 
+    /// The current runner's refusal of the slot's chain, if it refused it.
+    fn refusal(&self, slot: &Slot) -> Option<CallError> {
+        let refused = slot.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let (generation, message) = refused.as_ref()?;
+        match &*self.state.borrow() {
+            RunnerState::Ready { generation: g, .. } if g == generation => {
+                Some(CallError::ChainRefused(message.clone()))
+            }
+            _ => None,
+        }
+    }
+
     /// The token for a route phase: cached, or prepared now (once for all
     /// the requests that need it at the same moment).
     ///
     /// # Errors
-    /// The runner is down or refused the chain (`badRequest` names the
-    /// plugin), or the exchange failed.
+    /// The runner is down, or refused the chain ([`CallError::ChainRefused`],
+    /// remembered for that runner), or the exchange failed.
     pub async fn ticket(&self, phase: &PhaseConf) -> Result<Ticket, CallError> {
+        self.prepare(phase, true).await
+    }
+
+    /// [`ExtClient::ticket`] for the start-up check: a refusal is not
+    /// logged, as the caller reports it (once, as its error).
+    pub(crate) async fn ticket_unlogged(&self, phase: &PhaseConf) -> Result<Ticket, CallError> {
+        self.prepare(phase, false).await
+    }
+
+    async fn prepare(&self, phase: &PhaseConf, log_refusal: bool) -> Result<Ticket, CallError> {
         let slot = self.slot(&phase.key);
         if let Some(ticket) = self.valid(&slot) {
             return Ok(ticket);
         }
+        if let Some(refused) = self.refusal(&slot) {
+            return Err(refused);
+        }
         let _one_at_a_time = slot.preparing.lock().await;
         if let Some(ticket) = self.valid(&slot) {
             return Ok(ticket);
+        }
+        if let Some(refused) = self.refusal(&slot) {
+            return Err(refused);
         }
         let req = PrepareConf {
             conf: phase
@@ -378,7 +416,22 @@ impl ExtClient {
         let payload =
             Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
         if frame.kind == MessageType::Error as u8 {
-            return Err(refused(&payload));
+            return Err(match refused(&payload) {
+                CallError::Refused {
+                    code: ErrorCode::BadRequest,
+                    message,
+                } => {
+                    // Once per route phase and runner: every request after
+                    // this one gets the remembered refusal, unlogged.
+                    if log_refusal {
+                        error!(route_phase = %phase.key, generation, "the runner refused the chain: {message}; answering 500 until the runner is replaced");
+                    }
+                    *slot.refused.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((generation, message.clone()));
+                    CallError::ChainRefused(message)
+                }
+                other => other,
+            });
         }
         let prepared = payload
             .prepared()

@@ -203,12 +203,15 @@ pub struct Upstream {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
+struct RawConfig<'a> {
     #[serde(default = "default_listen")]
     listen: String,
     #[serde(rename = "ext-plugin")]
     ext_plugin: RawRunner,
-    routes: Vec<serde_json::Value>,
+    // Raw text, borrowed from the file: each route is parsed on its own,
+    // and its position in the file gives its errors a line and column.
+    #[serde(borrow)]
+    routes: Vec<&'a serde_json::value::RawValue>,
     #[serde(default = "default_max_body")]
     max_request_body_bytes: usize,
     #[serde(default = "default_max_body")]
@@ -436,18 +439,33 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        Self::parse(&text).map_err(|e| {
+            // `file:line:col: ...` when the message starts with a position.
+            let sep = if e.0.starts_with(|c: char| c.is_ascii_digit()) {
+                ":"
+            } else {
+                ": "
+            };
+            ConfigError(format!("{}{sep}{}", path.display(), e.0))
+        })
     }
 
     /// Parses and checks a configuration text.
     ///
     /// # Errors
-    /// As for [`Config::load`].
+    /// As for [`Config::load`]; a message starts with `line:column: ` when
+    /// the error has a place in the text (a route's own checks point at
+    /// the route's start).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError(format!("at `{path}`: {}", e.into_inner()))
+            let inner = e.into_inner();
+            let (line, column) = (inner.line(), inner.column());
+            ConfigError(format!(
+                "{line}:{column}: at `{path}`: {}",
+                without_position(&inner)
+            ))
         })?;
         let listen: SocketAddr = raw.listen.parse().map_err(|_| {
             ConfigError(format!(
@@ -499,17 +517,29 @@ impl Config {
             restart_after_timeouts: r.restart_after_timeouts,
         };
         let mut routes = Vec::with_capacity(raw.routes.len());
-        for (i, value) in raw.routes.into_iter().enumerate() {
-            let id = match value.get("id") {
-                Some(serde_json::Value::String(s)) => format!("`{s}`"),
-                Some(serde_json::Value::Number(n)) => format!("`{n}`"),
+        for (i, raw_route) in raw.routes.into_iter().enumerate() {
+            let route_text = raw_route.get();
+            // The route's text is a slice of `text`: its offset is its place.
+            let offset = (route_text.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+            let (line, column) = line_column(text, offset);
+            let id = match serde_json::from_str::<RouteId>(route_text).map(|r| r.id) {
+                Ok(Some(serde_json::Value::String(s))) => format!("`{s}`"),
+                Ok(Some(serde_json::Value::Number(n))) => format!("`{n}`"),
                 _ => "without id".to_owned(),
             };
-            let route = parse_route(value)
-                .map_err(|e| ConfigError(format!("route {id} (routes[{i}]): {e}")))?;
+            let route = parse_route(route_text).map_err(|(e, at)| {
+                // serde's place is within the route's text.
+                let (l, c) = match at {
+                    Some((1, c)) => (line, column + c.saturating_sub(1)),
+                    Some((l, c)) if l > 1 => (line + l - 1, c),
+                    // No place (serde_json gives line 0 then): the route's start.
+                    _ => (line, column),
+                };
+                ConfigError(format!("{l}:{c}: route {id} (routes[{i}]): {e}"))
+            })?;
             if routes.iter().any(|r: &Route| r.id == route.id) {
                 return Err(ConfigError(format!(
-                    "route {id} (routes[{i}]): the id is used twice"
+                    "{line}:{column}: route {id} (routes[{i}]): the id is used twice"
                 )));
             }
             routes.push(route);
@@ -578,15 +608,49 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn parse_route(value: serde_json::Value) -> Result<Route, String> {
-    let raw: RawRoute = serde_path_to_error::deserialize(value).map_err(|e| {
+/// A route's `id` alone, to name the route in its errors.
+#[derive(Deserialize)]
+struct RouteId {
+    id: Option<serde_json::Value>,
+}
+
+/// The 1-based line and column (in bytes, as serde_json counts) of `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = 1 + before.iter().filter(|b| **b == b'\n').count();
+    let start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |p| p + 1);
+    (line, offset - start + 1)
+}
+
+/// serde_json's message without its ` at line L column C` (we say where).
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    text.strip_suffix(&suffix).unwrap_or(&text).to_owned()
+}
+
+/// Parses one route's text. The error's `(line, column)` in that text is
+/// given when serde found it; a rule broken after parsing has none.
+fn parse_route(text: &str) -> Result<Route, (String, Option<(usize, usize)>)> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let raw: RawRoute = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = Some((inner.line(), inner.column()));
+        let message = without_position(&inner);
         if path == "." {
-            e.into_inner().to_string()
+            (message, at)
         } else {
-            format!("at `{path}`: {}", e.into_inner())
+            (format!("at `{path}`: {message}"), at)
         }
     })?;
+    route_from_raw(raw).map_err(|e| (e, None))
+}
+
+fn route_from_raw(raw: RawRoute) -> Result<Route, String> {
     let id = match raw.id {
         RawId::Text(s) if !s.is_empty() => s,
         RawId::Text(_) => return Err("`id` is empty".into()),
@@ -915,6 +979,23 @@ mod tests {
             err.contains("ext-plugin") && err.contains("unknown field `call_timeout`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn route_errors_have_the_line_and_column_in_the_file() {
+        let text = "{\"ext-plugin\":{\"cmd\":[\"r\"]},\"routes\":[\n  {\"id\":\"a\",\"uri\":\"/a\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}},\n  {\"id\":\"b\",\"uri\":\"/b\",\"methods\":[\"GET\"], \"bad\":1,\n   \"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}},\n  {\"id\":\"c\",\"uri\":\"b\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}}]}";
+        let err = Config::parse(text).unwrap_err().0;
+        assert_eq!(err, "3:47: route `b` (routes[1]): at `bad`: unknown field `bad`, expected one of `id`, `name`, `desc`, `labels`, `create_time`, `update_time`, `status`, `priority`, `uri`, `uris`, `methods`, `upstream`, `plugins`");
+        // A rule checked after parsing points at the route's start.
+        let text = text.replace(", \"bad\":1", "");
+        let err = Config::parse(&text).unwrap_err().0;
+        assert!(
+            err.starts_with("5:3: route `c` (routes[2]): `uri` \"b\" must start with"),
+            "{err}"
+        );
+        // Outside the routes too.
+        let err = Config::parse("{\n \"listen\": 5}").unwrap_err().0;
+        assert!(err.starts_with("2:12: at `listen`: invalid type"), "{err}");
     }
 
     #[test]

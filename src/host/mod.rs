@@ -22,8 +22,10 @@
 //! }
 //!
 //! # async fn embed(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-//! let supervisor = Supervisor::start(config.runner.clone())?;
+//! let mut supervisor = Supervisor::start(config.runner.clone())?;
+//! supervisor.started().await?; // the first start fails fast
 //! let client = ExtClient::new(&config.runner, supervisor.state());
+//! extplug::host::preflight(&config, &client).await?; // every chain, once
 //! let phase = config.routes[0].pre_req.as_ref().expect("a pre-req phase");
 //! let ticket = client.ticket(phase).await?; // PREPARE_CONF, cached
 //! let parts = RequestParts {
@@ -49,14 +51,17 @@ pub mod config;
 pub mod demo;
 pub mod ingress;
 pub mod path;
+pub mod preflight;
 pub mod proxy;
 pub mod router;
+pub mod runner_cmd;
 pub mod runner_dir;
 pub mod server;
 pub mod supervisor;
 pub mod vars;
 
 use config::Config;
+pub use preflight::{preflight, ConfigRefused};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -77,14 +82,87 @@ pub enum HostError {
     /// private (the message names the path and what is wrong).
     #[error("cannot prepare the runner's socket directory: {0}")]
     RunnerDir(std::io::Error),
+    /// The runner did not start the first time (missing or not executable
+    /// program, exited before opening its socket, did not open it in time).
+    #[error("the runner did not start: {0}")]
+    RunnerStart(String),
+    /// The runner refused a route's chain at start (see [`preflight`]).
+    #[error(transparent)]
+    Refused(#[from] ConfigRefused),
 }
 
-/// Runs the proxy for `config` until `shutdown`: starts the runner, listens
-/// (calling `on_listening` with the bound address), serves, then finishes
-/// requests in flight, stops the runner, and returns.
+impl HostError {
+    /// Whether the configuration is at fault (a refused chain, a runner that
+    /// cannot start): `extplug` exits with 2 then, as for a bad file.
+    pub fn is_config_error(&self) -> bool {
+        matches!(self, HostError::RunnerStart(_) | HostError::Refused(_))
+    }
+}
+
+/// The runner, started and checked by [`start_runner`], and its client.
+pub type Started = (supervisor::Supervisor, Arc<client::ExtClient>);
+
+/// Starts the runner for `config` and checks the configuration with it:
+/// waits for its first start, then prepares every chain ([`preflight`]).
+/// The runner is stopped again when either fails, or when `shutdown` is
+/// cancelled meanwhile (then `Ok(None)`: a signal during a slow start stops
+/// at once).
 ///
 /// # Errors
-/// The address cannot be bound, or the runner's directory cannot be created.
+/// The runner's directory cannot be created ([`HostError::RunnerDir`]), the
+/// runner does not start ([`HostError::RunnerStart`]), or it refuses a chain
+/// ([`HostError::Refused`]).
+pub async fn start_runner(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<Started>, HostError> {
+    let mut supervisor =
+        supervisor::Supervisor::start(config.runner.clone()).map_err(HostError::RunnerDir)?;
+    let started = tokio::select! {
+        started = supervisor.started() => Some(started),
+        _ = shutdown.cancelled() => None,
+    };
+    match started {
+        Some(Ok(())) => {}
+        Some(Err(reason)) => {
+            supervisor.stop().await;
+            return Err(HostError::RunnerStart(reason));
+        }
+        None => {
+            supervisor.stop().await;
+            return Ok(None);
+        }
+    }
+    let client = Arc::new(
+        client::ExtClient::new(&config.runner, supervisor.state())
+            .with_restarter(supervisor.restarter()),
+    );
+    let checked = tokio::select! {
+        checked = preflight(config, &client) => Some(checked),
+        _ = shutdown.cancelled() => None,
+    };
+    match checked {
+        Some(Ok(())) => Ok(Some((supervisor, client))),
+        Some(Err(refused)) => {
+            supervisor.stop().await;
+            Err(refused.into())
+        }
+        None => {
+            supervisor.stop().await;
+            Ok(None)
+        }
+    }
+}
+
+/// Runs the proxy for `config` until `shutdown`: starts the runner and has
+/// it prepare every chain ([`start_runner`]), listens (calling
+/// `on_listening` with the bound address), serves, then finishes requests
+/// in flight, stops the runner, and returns.
+///
+/// # Errors
+/// The address cannot be bound, the runner's directory cannot be created,
+/// the runner does not start, or it refuses a route's chain: then
+/// `on_listening` is never called.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
@@ -96,12 +174,10 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
-    let supervisor =
-        supervisor::Supervisor::start(config.runner.clone()).map_err(HostError::RunnerDir)?;
-    let client = Arc::new(
-        client::ExtClient::new(&config.runner, supervisor.state())
-            .with_restarter(supervisor.restarter()),
-    );
+    let Some((supervisor, client)) = start_runner(&config, &shutdown).await? else {
+        info!("stopped while starting");
+        return Ok(());
+    };
     let proxy = Arc::new(proxy::Proxy::new(&config, client));
     let addr = listener.local_addr().unwrap_or(config.listen);
     info!(%addr, routes = config.routes.len(), "proxy listening");

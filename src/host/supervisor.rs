@@ -4,6 +4,11 @@
 //! its output forwarded to our log, restarted whenever it exits, stopped with
 //! SIGTERM then SIGKILL.
 //!
+//! The first start fails fast: a program that is missing or not executable,
+//! or a runner that exits or does not open its socket in time, ends the
+//! supervisor and is reported by [`Supervisor::started`] (the host refuses
+//! to start). Only a runner that was ready once is restarted.
+//!
 //! The runner's state is published on a `watch` channel ([`RunnerState`]):
 //! the client reads it before each call, so calls made while the runner is
 //! down fail at once instead of hanging.
@@ -12,9 +17,10 @@ use super::config::RunnerConf;
 use super::runner_dir::RunnerDir;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
@@ -63,6 +69,7 @@ pub struct Supervisor {
     shutdown: CancellationToken,
     restart: Restarter,
     task: JoinHandle<()>,
+    first_start: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
 }
 
 /// Asks the supervisor to replace a runner that is alive but no longer
@@ -80,7 +87,9 @@ impl Restarter {
 }
 
 impl Supervisor {
-    /// Starts the runner described by `conf` and keeps it running.
+    /// Starts the runner described by `conf` and keeps it running. Whether
+    /// the first start worked is told by [`Supervisor::started`]: if it did
+    /// not, the supervisor has ended (no restart).
     ///
     /// Directories left in the temp dir by hosts that were killed are
     /// removed first (see [`super::runner_dir`]).
@@ -94,13 +103,41 @@ impl Supervisor {
         let (tx, state) = watch::channel(RunnerState::Starting { generation: 1 });
         let shutdown = CancellationToken::new();
         let (restart, restarts) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(supervise(conf, dir, tx, restarts, shutdown.clone()));
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(supervise(
+            conf,
+            dir,
+            tx,
+            restarts,
+            first_tx,
+            shutdown.clone(),
+        ));
         Ok(Supervisor {
             state,
             shutdown,
             restart: Restarter(restart),
             task,
+            first_start: Some(first_rx),
         })
+    }
+
+    /// Waits until the first runner opens its socket. Later calls return
+    /// `Ok` at once.
+    ///
+    /// # Errors
+    /// The first start failed: the program is missing or not executable
+    /// (checked before spawning, like `execvp` would find it), it exited
+    /// before opening its socket (with its exit status and its last lines
+    /// on stderr), or it did not open it within the start timeout. The
+    /// runner is not restarted then; the message says what went wrong.
+    pub async fn started(&mut self) -> Result<(), String> {
+        let Some(first) = self.first_start.take() else {
+            return Ok(());
+        };
+        match first.await {
+            Ok(result) => result,
+            Err(_) => Err("the supervisor stopped before the runner started".to_owned()),
+        }
     }
 
     /// A handle to replace a runner that stopped answering.
@@ -126,8 +163,11 @@ async fn supervise(
     dir: RunnerDir,
     tx: watch::Sender<RunnerState>,
     mut restarts: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    first_start: tokio::sync::oneshot::Sender<Result<(), String>>,
     shutdown: CancellationToken,
 ) {
+    // Taken when the first runner is ready, or has failed (then we end).
+    let mut first_start = Some(first_start);
     let mut generation = 0u64;
     let mut backoff = Duration::ZERO;
     'supervise: loop {
@@ -135,14 +175,25 @@ async fn supervise(
         let socket = dir.path().join(format!("runner-{generation}.sock"));
         tx.send_replace(RunnerState::Starting { generation });
         let started = Instant::now();
-        let reason = match spawn(&conf, &socket) {
+        let spawned = if first_start.is_some() {
+            // Checked first so that the message says what is wrong with
+            // the file (spawn's error is just ENOENT or EACCES).
+            check_program(&conf).and_then(|()| spawn(&conf, &socket))
+        } else {
+            spawn(&conf, &socket)
+        };
+        let reason = match spawned {
             Err(e) => format!("cannot start {:?}: {e}", conf.cmd[0]),
-            Ok(mut child) => {
+            Ok((mut child, stderr_tail)) => {
                 let pid = child.id().unwrap_or(0);
                 info!(pid, generation, cmd = ?conf.cmd, "runner started");
                 let ready = tokio::select! {
                     ready = wait_ready(&socket, conf.start_timeout, pid) => ready,
-                    status = child.wait() => Err(format!("exited before opening its socket ({})", describe(status))),
+                    status = child.wait() => Err(format!(
+                        "exited before opening its socket ({}){}",
+                        describe(status),
+                        stderr_tail.last_lines().await
+                    )),
                     _ = shutdown.cancelled() => {
                         stop_child(&mut child, conf.stop_grace).await;
                         break;
@@ -156,6 +207,9 @@ async fn supervise(
                             generation,
                             pid,
                         });
+                        if let Some(first) = first_start.take() {
+                            let _ = first.send(Ok(()));
+                        }
                         loop {
                             tokio::select! {
                                 status = child.wait() => break format!("exited ({})", describe(status)),
@@ -183,6 +237,15 @@ async fn supervise(
                 }
             }
         };
+        if let Some(first) = first_start.take() {
+            // Not logged here: the host reports it once, as its start error.
+            let _ = std::fs::remove_file(&socket);
+            tx.send_replace(RunnerState::Down {
+                reason: reason.clone(),
+            });
+            let _ = first.send(Err(reason));
+            break;
+        }
         if started.elapsed() >= HEALTHY_AFTER {
             backoff = Duration::ZERO;
         }
@@ -216,8 +279,14 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
 }
 
 /// The variables the host sets for the runner; the configured `env` may not
-/// name them (the configuration is refused).
-pub const RESERVED_ENV: [&str; 2] = ["APISIX_LISTEN_ADDRESS", "APISIX_CONF_EXPIRE_TIME"];
+/// name them (the configuration is refused). The third tells the runner
+/// that its output is relayed into the host's log (see
+/// [`crate::LOG_RELAYED`]: one timestamp per line, the host's).
+pub const RESERVED_ENV: [&str; 3] = [
+    "APISIX_LISTEN_ADDRESS",
+    "APISIX_CONF_EXPIRE_TIME",
+    crate::LOG_RELAYED,
+];
 
 /// Whether the host's variable `name` is passed on to the runner. Everything
 /// else is not (as nginx clears its workers' environment): the host's secrets
@@ -229,10 +298,65 @@ pub fn inherited(name: &str) -> bool {
     ) || name.starts_with("LC_")
 }
 
+/// Checks the runner's program before its first start (see
+/// [`super::runner_cmd::resolve`]), with the runner's `PATH`.
+fn check_program(conf: &RunnerConf) -> std::io::Result<()> {
+    let path_var = match conf.env.get("PATH") {
+        Some(p) => Some(std::ffi::OsString::from(p)),
+        None => std::env::var_os("PATH"),
+    };
+    super::runner_cmd::resolve(&conf.cmd[0], path_var.as_deref())
+        .map(|_| ())
+        .map_err(std::io::Error::other)
+}
+
+/// The last lines a runner wrote on stderr, kept to explain a failed start.
+#[derive(Clone, Default)]
+struct StderrTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    done: Arc<tokio::sync::Notify>,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How many stderr lines a failed start quotes.
+const TAIL_LINES: usize = 5;
+
+impl StderrTail {
+    fn push(&self, line: &str) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_owned());
+    }
+
+    fn finish(&self) {
+        self.finished
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.done.notify_waiters();
+    }
+
+    /// `; its last lines on stderr: ...` once the stream ended (waiting a
+    /// little for the pipe to drain), or nothing when it wrote nothing.
+    async fn last_lines(&self) -> String {
+        let done = self.done.notified();
+        if !self.finished.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = tokio::time::timeout(Duration::from_millis(500), done).await;
+        }
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.is_empty() {
+            return String::new();
+        }
+        let quoted: Vec<&str> = lines.iter().map(String::as_str).collect();
+        format!("; its last lines on stderr: {}", quoted.join(" | "))
+    }
+}
+
 /// Starts the runner in its own process group, with a parent-death signal,
 /// a cleared environment (see [`inherited`]) plus the configured `env` and
-/// the `APISIX_*` variables, its output forwarded to our log.
-fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<Child> {
+/// the `APISIX_*` variables, its output forwarded to our log (the last
+/// stderr lines also kept, see [`StderrTail`]).
+fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<(Child, StderrTail)> {
     let mut cmd = Command::new(&conf.cmd[0]);
     cmd.args(&conf.cmd[1..])
         .env_clear()
@@ -241,6 +365,8 @@ fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<Child> {
         // Last: the configured `env` cannot override them.
         .env(RESERVED_ENV[0], format!("unix:{}", socket.display()))
         .env(RESERVED_ENV[1], conf.conf_expire.as_secs().to_string())
+        // Our log line has the timestamp: the runner leaves its own out.
+        .env(RESERVED_ENV[2], "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -251,13 +377,14 @@ fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<Child> {
     set_parent_death_signal(&mut cmd);
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
+    let tail = StderrTail::default();
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward(out, pid, "stdout"));
+        tokio::spawn(forward(out, pid, "stdout", None));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward(err, pid, "stderr"));
+        tokio::spawn(forward(err, pid, "stderr", Some(tail.clone())));
     }
-    Ok(child)
+    Ok((child, tail))
 }
 
 /// The runner gets SIGKILL when the host dies, even by SIGKILL: it never
@@ -283,10 +410,21 @@ fn set_parent_death_signal(cmd: &mut Command) {
 }
 
 /// Forwards a runner output stream to our log, line by line, tagged with its pid.
-async fn forward(stream: impl AsyncRead + Unpin, pid: u32, name: &'static str) {
+async fn forward(
+    stream: impl AsyncRead + Unpin,
+    pid: u32,
+    name: &'static str,
+    tail: Option<StderrTail>,
+) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         info!(target: "extplug::runner_output", pid, stream = name, "{line}");
+        if let Some(tail) = &tail {
+            tail.push(&line);
+        }
+    }
+    if let Some(tail) = &tail {
+        tail.finish();
     }
 }
 

@@ -150,7 +150,8 @@ async fn prepare(
     let chain = match Chain::prepare(&shared.registry, req.conf.iter().copied()) {
         Ok(chain) => chain,
         Err(e) => {
-            warn!(cause = %e, "conf refused");
+            // debug: the host reports the refusal (once per route phase).
+            debug!(cause = %e, "conf refused");
             send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
             return Ok(Flow::Next);
         }

@@ -40,7 +40,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Why the runner stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +164,8 @@ impl Runner {
         let env = match RunnerEnv::from_env() {
             Ok(env) => env,
             Err(e) => {
-                error!("{e}");
+                // Printed once, not also logged: the host relays both
+                // streams into its log, and a hand-run runner shows stderr.
                 eprintln!("extplug runner: {e}");
                 return ExitCode::from(2);
             }
@@ -188,7 +189,6 @@ impl Runner {
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                error!("{e}");
                 eprintln!("extplug runner: {e}");
                 ExitCode::FAILURE
             }

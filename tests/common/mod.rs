@@ -243,3 +243,54 @@ pub fn example(name: &str) -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_extplug"));
     exe.parent().unwrap().join("examples").join(name)
 }
+
+/// What a run of `extplug` that is expected to exit gave.
+#[derive(Debug)]
+pub struct Exited {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// What was left in its `TMPDIR` (the runner's directory, if any).
+    pub left_behind: Vec<String>,
+}
+
+/// Runs `extplug <args> --config FILE` with `config` in FILE, in a fresh
+/// `TMPDIR` and the log filter `RUST_LOG`, and waits (up to 60 s) for it
+/// to exit; panics if it does not (a proxy that accepted the configuration).
+pub fn extplug_exits(args: &[&str], config: &serde_json::Value, filter: &str) -> Exited {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_extplug"))
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .env("TMPDIR", &tmp)
+        .env("RUST_LOG", filter)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            stop_gracefully(&mut child, Duration::from_secs(2));
+            panic!("extplug {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let left_behind = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    Exited {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        left_behind,
+    }
+}

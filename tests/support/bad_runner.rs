@@ -5,11 +5,14 @@
 //! - `ignore-sigterm`: the example plugins, but SIGTERM is logged and ignored.
 //! - `scripted`: a hand-written protocol server whose answers depend on the
 //!   request path (see [`scripted_answer`]); it reports what it received in
-//!   request header `x-seen` (JSON), so the upstream records it.
+//!   request header `x-seen` (JSON), so the upstream records it. With
+//!   `BAD_RUNNER_REFUSE_AFTER=N`, PREPARE_CONF is answered `badRequest`
+//!   after the first N (a runner upgraded under a running host).
 //! - `foreign-listener`: never listens itself; starts another process, in a
 //!   process group of its own, that serves the socket in `scripted` mode (a
 //!   process that is not the runner answering in its place).
 //! - `hijack-after-ready`: `scripted`, but after its first connection (the
+//!   host's readiness check; `BAD_RUNNER_HIJACK_AFTER=N`: its Nth)
 //!   host's readiness check) starts such a foreign process, which replaces
 //!   the socket with its own.
 //! - `relay`: starts the real `demo-runner` (`RELAY_TARGET`) on a socket of
@@ -92,6 +95,8 @@ struct Script {
     next_token: AtomicU32,
     prepares: AtomicU32,
     failed_once: AtomicBool,
+    /// PREPARE_CONFs accepted before every later one is refused.
+    refuse_after: Option<u32>,
 }
 
 /// Starts a copy of this program in `scripted` mode, in a process group of
@@ -123,11 +128,21 @@ async fn scripted(hijack: bool) {
         "bad-runner: pid {} listening on its socket",
         std::process::id()
     );
-    let script = Arc::new(Script::default());
+    let script = Arc::new(Script {
+        refuse_after: std::env::var("BAD_RUNNER_REFUSE_AFTER")
+            .ok()
+            .map(|n| n.parse().expect("BAD_RUNNER_REFUSE_AFTER is a number")),
+        ..Script::default()
+    });
     let mut foreign = None;
+    let hijack_after: u32 = std::env::var("BAD_RUNNER_HIJACK_AFTER")
+        .map(|n| n.parse().expect("BAD_RUNNER_HIJACK_AFTER is a number"))
+        .unwrap_or(1);
+    let mut accepted = 0u32;
     loop {
         let (stream, _) = listener.accept().await.unwrap();
-        if hijack && foreign.is_none() {
+        accepted += 1;
+        if hijack && foreign.is_none() && accepted >= hijack_after {
             foreign = Some(spawn_foreign());
         }
         let script = script.clone();
@@ -150,7 +165,15 @@ async fn scripted_answer(
 ) -> bool {
     let payload = Payload::parse(&frame.payload).unwrap();
     if frame.kind == MessageType::PrepareConf as u8 {
-        script.prepares.fetch_add(1, Ordering::SeqCst);
+        let n = script.prepares.fetch_add(1, Ordering::SeqCst) + 1;
+        if script.refuse_after.is_some_and(|max| n > max) {
+            let e = ErrorResp {
+                code: ErrorCode::BadRequest,
+                message: format!("conf[0]: unknown plugin \"any\" (refused: prepare {n})"),
+            };
+            conn.send(&e).await.unwrap();
+            return true;
+        }
         let token = script.next_token.fetch_add(1, Ordering::SeqCst) + 1;
         let mut needs = extplug::runner_sdk::Needs::default();
         needs.vars.push("remote_addr".into());

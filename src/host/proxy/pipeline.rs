@@ -275,7 +275,11 @@ impl Proxy {
         }
     }
 
-    /// Logs a failed call; the 503 answer, or `None` when degradation is allowed.
+    /// Logs a failed call; the 503 answer, or `None` when degradation is
+    /// allowed. A chain the runner refuses is a configuration error, not an
+    /// unavailable runner: 500 naming the route, degradation or not (as in
+    /// APISIX; going on without the plugins could skip an authentication),
+    /// and not logged here (the client logs the refusal once per runner).
     fn call_failed(
         &self,
         phase: Phase,
@@ -283,6 +287,17 @@ impl Proxy {
         ex: &Exchange,
         e: CallError,
     ) -> Option<Response<Body>> {
+        if let CallError::ChainRefused(message) = &e {
+            debug!(route = %ex.route.id, phase = phase.name(), cause = %message, "chain refused by the runner: 500");
+            return Some(error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!(
+                    "route {}: {} refused by the runner: {message}",
+                    ex.route.id,
+                    phase.name()
+                ),
+            ));
+        }
         if pc.allow_degradation {
             warn!(route = %ex.route.id, phase = phase.name(), cause = %e, "ext-plugin call failed; degraded: going on unchanged");
             None

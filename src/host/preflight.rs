@@ -1,0 +1,51 @@
+//! The start-up check (fail fast): every chain of every route is prepared
+//! on the runner before the proxy takes traffic, so that a misspelled plugin
+//! or a bad plugin configuration refuses the configuration with the
+//! runner's message instead of answering every request with an error.
+
+use super::client::{CallError, ExtClient};
+use super::config::{Config, Phase};
+
+/// A route phase whose chain the runner would not prepare.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("route {route}: {}: {reason}", .phase.name())]
+pub struct ConfigRefused {
+    /// The route's id.
+    pub route: String,
+    /// The phase.
+    pub phase: Phase,
+    /// The runner's message (it names the `conf[i]` entry and the plugin),
+    /// or why the runner could not be asked.
+    pub reason: String,
+}
+
+/// Prepares the chain of every phase of every route (disabled routes too)
+/// with PREPARE_CONF, under the keys the proxy uses: the tokens stay in
+/// `client`'s cache, so the proxy's first requests reuse them. Meant for
+/// start-up, `extplug check`, and any later reload of a configuration.
+///
+/// # Errors
+/// The first route phase whose chain the runner refuses (`badRequest`: the
+/// runner's message), or that cannot be prepared at all (the runner is down,
+/// timed out, answered out of protocol).
+pub async fn preflight(config: &Config, client: &ExtClient) -> Result<(), ConfigRefused> {
+    for route in &config.routes {
+        for phase in [Phase::PreReq, Phase::PostReq, Phase::PostResp] {
+            let Some(conf) = route.phase(phase) else {
+                continue;
+            };
+            if let Err(e) = client.ticket_unlogged(conf).await {
+                let reason = match e {
+                    CallError::ChainRefused(message) => message,
+                    other => format!("the chain could not be prepared: {other}"),
+                };
+                return Err(ConfigRefused {
+                    route: route.id.clone(),
+                    phase,
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(())
+}
