@@ -2,21 +2,21 @@
 //!
 //! Out-of-process plugins for API gateways, on the protocol of Apache APISIX's
 //! external plugins with Cap'n Proto payloads (see `docs/PROTOCOL.md` and
-//! `schema/ext_plugin.capnp`).
+//! `wire/schema/ext_plugin.capnp`). This crate is the gateway side and the
+//! `extplug` binary; plugins and their runner are written with the
+//! `runner-sdk` crate alone.
 //!
-//! - [`wire`]: frames and typed messages; the only module that touches bytes.
-//! - [`runner`]: the runner server that hosts `runner_sdk` plugins.
-//! - `host` (feature `host`, on by default): the gateway side.
+//! - [`wire`]: frames, typed messages and the protocol's data types (the
+//!   `extplug-wire` crate, shared with `runner-sdk`).
+//! - [`host`]: the runner's supervisor, the ext-plugin client, the HTTP proxy.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(feature = "host")]
 pub mod host;
-pub mod runner;
-pub mod wire;
 
-pub use runner::Runner;
-pub use runner_sdk;
+/// The wire protocol (the `extplug-wire` crate), re-exported so that
+/// `extplug::wire::...` paths work.
+pub use extplug_wire as wire;
 
 /// Starts `tracing` output to stderr, filtered by `RUST_LOG` (default
 /// `info`). Does nothing if a subscriber is already installed.
@@ -36,8 +36,9 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT (the runner's and the
-/// proxy's way to start a graceful stop).
+/// Cancels `shutdown` on the first SIGTERM or SIGINT (the host's and the
+/// proxy's way to start a graceful stop). The runner has its own,
+/// `runner_sdk::runner::stop_on_signal`: the host does not depend on the SDK.
 ///
 /// The handlers are installed when this is called, not when the returned
 /// future is first polled: a signal that arrives while the process is still

@@ -7,10 +7,6 @@
 //! guidance for minutes; these run in the normal suite on every change.
 
 use bytes::BytesMut;
-use extplug::runner_sdk::{
-    InfoKey, Method, Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts, Rewrite,
-    StatusCode, Stop,
-};
 use extplug::wire::{
     ErrorCode, ErrorResp, ExtraInfoAnswer, FrameCodec, Payload, PrepareConf, Prepared, ReqCall,
     ReqCallAnswer, RespCall, RespCallAnswer, MAX_PAYLOAD,
@@ -18,6 +14,10 @@ use extplug::wire::{
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
+use runner_sdk::{
+    InfoKey, Method, Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts, Rewrite,
+    StatusCode, Stop,
+};
 use std::net::IpAddr;
 use tokio_util::codec::{Decoder, Encoder};
 

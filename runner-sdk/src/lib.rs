@@ -48,14 +48,22 @@ mod chain;
 mod info;
 mod request;
 mod response;
+pub mod runner;
 pub mod testing;
 
 pub use async_trait::async_trait;
-pub use chain::{CallError, Chain, PrepareError, Registry, ALLOWED_STATUS};
+pub use chain::{CallError, Chain, PrepareError, Registry};
+/// The protocol's data types, defined by the wire crate that both the runner
+/// and the host use, re-exported here so plugin code needs only this crate.
+pub use extplug_wire::{
+    InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts, Rewrite, Stop,
+    ALLOWED_STATUS,
+};
 pub use http::{Method, StatusCode};
-pub use info::{InfoKey, InfoSource};
-pub use request::{Request, RequestOutcome, RequestParts, Rewrite, Stop};
-pub use response::{Response, ResponseOutcome, ResponseParts};
+pub use info::InfoSource;
+pub use request::Request;
+pub use response::Response;
+pub use runner::Runner;
 
 use serde::de::DeserializeOwned;
 
@@ -129,37 +137,6 @@ pub trait Filter: Send + Sync + 'static {
     async fn response(&self, resp: &mut Response<'_>) -> Result<(), PluginError> {
         let _ = resp;
         Ok(())
-    }
-}
-
-/// What a filter declares it will read (see [`Filter::needs`]). For a chain,
-/// the union of its filters' needs is reported to the gateway in the answer to
-/// `PREPARE_CONF`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Needs {
-    /// Variable names, as for [`Request::var`] (`remote_addr`, `http_x_foo`...).
-    pub vars: Vec<String>,
-    /// The request body ([`Request::body`]).
-    pub request_body: bool,
-    /// The upstream's response body ([`Response::body`]).
-    pub response_body: bool,
-}
-
-impl Needs {
-    /// Adds `other` to `self`, keeping each variable name once, in first-seen order.
-    pub fn merge(&mut self, other: Needs) {
-        for var in other.vars {
-            if !self.vars.contains(&var) {
-                self.vars.push(var);
-            }
-        }
-        self.request_body |= other.request_body;
-        self.response_body |= other.response_body;
-    }
-
-    /// True when nothing is declared.
-    pub fn is_empty(&self) -> bool {
-        self.vars.is_empty() && !self.request_body && !self.response_body
     }
 }
 

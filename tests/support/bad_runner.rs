@@ -23,11 +23,11 @@
 #[path = "../../examples/plugins/mod.rs"]
 mod plugins;
 
-use extplug::runner_sdk::{RequestOutcome, Rewrite, StatusCode, Stop};
 use extplug::wire::{
     ErrorCode, ErrorResp, Frame, FrameCodec, MessageType, Payload, Prepared, ReqCallAnswer,
 };
 use futures::{SinkExt, StreamExt};
+use runner_sdk::{RequestOutcome, Rewrite, StatusCode, Stop};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -44,7 +44,7 @@ fn socket_path() -> PathBuf {
 
 #[tokio::main]
 async fn main() {
-    extplug::init_logging();
+    runner_sdk::runner::init_logging();
     match std::env::var("BAD_RUNNER_MODE")
         .unwrap_or_default()
         .as_str()
@@ -68,7 +68,7 @@ async fn main() {
 }
 
 async fn ignore_sigterm() {
-    let env = extplug::runner::RunnerEnv::from_env().expect("runner env");
+    let env = runner_sdk::runner::RunnerEnv::from_env().expect("runner env");
     tokio::spawn(async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
@@ -79,7 +79,7 @@ async fn ignore_sigterm() {
     });
     // Never cancelled: only SIGKILL stops this one.
     let never = CancellationToken::new();
-    extplug::Runner::new()
+    runner_sdk::Runner::new()
         .plugins(plugins::all())
         .serve(env, never)
         .await
@@ -152,7 +152,7 @@ async fn scripted_answer(
     if frame.kind == MessageType::PrepareConf as u8 {
         script.prepares.fetch_add(1, Ordering::SeqCst);
         let token = script.next_token.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut needs = extplug::runner_sdk::Needs::default();
+        let mut needs = runner_sdk::Needs::default();
         needs.vars.push("remote_addr".into());
         conn.send(&Prepared { token, needs }).await.unwrap();
         return true;
@@ -203,9 +203,7 @@ async fn scripted_answer(
         }
         "/lazy-body" => {
             // Ask for the body during the call, then report what came back.
-            conn.send(&extplug::runner_sdk::InfoKey::RequestBody)
-                .await
-                .unwrap();
+            conn.send(&runner_sdk::InfoKey::RequestBody).await.unwrap();
             let Some(Ok(answer)) = conn.next().await else {
                 return false;
             };
@@ -221,9 +219,7 @@ async fn scripted_answer(
             })
         }
         "/close-mid-extra" => {
-            conn.send(&extplug::runner_sdk::InfoKey::Var("uri"))
-                .await
-                .unwrap();
+            conn.send(&runner_sdk::InfoKey::Var("uri")).await.unwrap();
             return false;
         }
         "/slow" => {
