@@ -39,8 +39,16 @@
 //! }
 //! ```
 //!
-//! The crate has no sockets, no Cap'n Proto and no runtime: the `extplug`
-//! crate's `Runner` hosts plugins, and [`testing`] drives them in-process.
+//! A runner is this crate alone: [`Runner`] hosts the plugins behind the
+//! protocol's unix socket (`main` is one line, see [`runner`]), and
+//! [`testing`] drives them in-process. The protocol itself (frames, Cap'n
+//! Proto, the data types such as [`RequestOutcome`]) is the `extplug-wire`
+//! crate, re-exported here where plugins see it.
+//!
+//! Features: `logging` (on by default) is the runner's default logging,
+//! `tracing` to stderr filtered by `RUST_LOG` (see [`runner::init_logging`]).
+//! Without it the runner installs no `tracing` subscriber, and the
+//! `tracing-subscriber` crate is not built.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
