@@ -2,11 +2,12 @@
 //! socket in a temp dir, and a protocol client built on the crate's own codec.
 #![allow(dead_code)]
 
+use ::http::Method;
 use extplug::wire::{
     ErrorResp, Frame, FrameCodec, Payload, PrepareConf, Prepared, ReqCall, ReqCallAnswer,
+    RequestParts,
 };
 use futures::{SinkExt, StreamExt};
-use runner_sdk::{Method, RequestParts};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
