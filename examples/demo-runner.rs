@@ -8,5 +8,5 @@
 mod plugins;
 
 fn main() -> std::process::ExitCode {
-    extplug::Runner::new().plugins(plugins::all()).run()
+    runner_sdk::Runner::new().plugins(plugins::all()).run()
 }

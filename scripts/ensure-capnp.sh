@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Cap'n Proto schema compiler (`capnp`) when it is missing.
-# extplug's build.rs needs it to compile schema/ext_plugin.capnp.
+# extplug-wire's build.rs (wire/build.rs) needs it to compile wire/schema/ext_plugin.capnp.
 set -euo pipefail
 if command -v capnp >/dev/null 2>&1; then
   exit 0

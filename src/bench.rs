@@ -10,9 +10,10 @@
 //!   runner bench starts it as a separate process, like the runner).
 
 use bytes::Bytes;
-use extplug::runner_sdk::{Method, RequestOutcome, RequestParts};
 use extplug::wire::{FrameCodec, PrepareConf, ReqCall, ReqCallAnswer};
+use extplug::wire::{RequestOutcome, RequestParts};
 use futures::{SinkExt, StreamExt};
+use http::Method;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

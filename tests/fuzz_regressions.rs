@@ -5,8 +5,7 @@
 use bytes::BytesMut;
 use extplug::host::config::Config;
 use extplug::host::path::normalize;
-use extplug::runner_sdk::RequestOutcome;
-use extplug::wire::{FrameCodec, Payload, MAX_PAYLOAD};
+use extplug::wire::{FrameCodec, Payload, RequestOutcome, MAX_PAYLOAD};
 use std::path::{Path, PathBuf};
 use tokio_util::codec::Decoder;
 

@@ -4,10 +4,10 @@
 mod common;
 
 use common::{get, Answer, Client, RunnerProc};
-use extplug::runner_sdk::{RequestOutcome, Rewrite, StatusCode, Stop};
 use extplug::wire::ErrorCode;
 use futures::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
+use runner_sdk::{RequestOutcome, Rewrite, StatusCode, Stop};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
@@ -261,7 +261,7 @@ async fn a_status_outside_200_to_599_is_never_sent() {
         c.conn
             .send(&RespCall {
                 conf_token: token,
-                parts: extplug::runner_sdk::ResponseParts {
+                parts: runner_sdk::ResponseParts {
                     id: 3,
                     status: StatusCode::OK,
                     headers: vec![],
@@ -283,7 +283,7 @@ async fn a_status_outside_200_to_599_is_never_sent() {
     c.conn
         .send(&RespCall {
             conf_token: token,
-            parts: extplug::runner_sdk::ResponseParts {
+            parts: runner_sdk::ResponseParts {
                 id: 4,
                 status: StatusCode::OK,
                 headers: vec![],
@@ -393,7 +393,7 @@ async fn sigterm_drains_the_call_in_flight_and_removes_the_socket() {
     let payload = extplug::wire::Payload::parse(&frame.payload).unwrap();
     assert_eq!(
         payload.extra_info_req().unwrap(),
-        extplug::runner_sdk::InfoKey::RequestBody
+        runner_sdk::InfoKey::RequestBody
     );
     runner.signal(Signal::SIGTERM);
     // The runner stops accepting...

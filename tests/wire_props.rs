@@ -7,14 +7,12 @@
 //! guidance for minutes; these run in the normal suite on every change.
 
 use bytes::BytesMut;
-use extplug::runner_sdk::{
-    InfoKey, Method, Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts, Rewrite,
-    StatusCode, Stop,
-};
 use extplug::wire::{
-    ErrorCode, ErrorResp, ExtraInfoAnswer, FrameCodec, Payload, PrepareConf, Prepared, ReqCall,
-    ReqCallAnswer, RespCall, RespCallAnswer, MAX_PAYLOAD,
+    ErrorCode, ErrorResp, ExtraInfoAnswer, FrameCodec, InfoKey, Needs, Payload, PrepareConf,
+    Prepared, ReqCall, ReqCallAnswer, RequestOutcome, RequestParts, RespCall, RespCallAnswer,
+    ResponseOutcome, ResponseParts, Rewrite, Stop, MAX_PAYLOAD,
 };
+use http::{Method, StatusCode};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;

@@ -4,7 +4,7 @@
 //! act on.
 #![no_main]
 
-use extplug::runner_sdk::RequestOutcome;
+use extplug::wire::RequestOutcome;
 use extplug::wire::Payload;
 use libfuzzer_sys::fuzz_target;
 

@@ -3,7 +3,7 @@
 
 use crate::request::Request;
 use crate::response::Response;
-use crate::{Filter, Needs, Plugin, PluginError};
+use crate::{Filter, Needs, Plugin, PluginError, ALLOWED_STATUS};
 use futures::FutureExt;
 use http::StatusCode;
 use std::collections::HashMap;
@@ -121,9 +121,6 @@ pub enum CallError {
         status: u16,
     },
 }
-
-/// The statuses a plugin may answer with (stop, or a response-phase status).
-pub const ALLOWED_STATUS: std::ops::RangeInclusive<u16> = 200..=599;
 
 /// A route phase's configured filters, in order, with their combined needs.
 pub struct Chain {

@@ -1,31 +1,8 @@
 //! Extra information about a call (variables, bodies): sent up front by the
 //! gateway, or fetched from it during the call and then kept for the call.
 
-use crate::PluginError;
+use crate::{InfoKey, PluginError};
 use async_trait::async_trait;
-
-/// What a filter can ask the gateway for during a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InfoKey<'k> {
-    /// A variable by name (`remote_addr`, `http_host`, `arg_page`...).
-    Var(&'k str),
-    /// The request body.
-    RequestBody,
-    /// The upstream's response body (response phase only).
-    ResponseBody,
-}
-
-impl InfoKey<'_> {
-    /// The name under which the gateway sends this value in `extraInfo`:
-    /// the variable's name, `$request_body` or `$response_body`.
-    pub fn prefetch_name(&self) -> &str {
-        match self {
-            InfoKey::Var(name) => name,
-            InfoKey::RequestBody => "$request_body",
-            InfoKey::ResponseBody => "$response_body",
-        }
-    }
-}
 
 /// Where lazily read values come from: in the runner, an `EXTRA_INFO` round
 /// trip on the call's connection; in [`crate::testing`], a map.

@@ -39,8 +39,16 @@
 //! }
 //! ```
 //!
-//! The crate has no sockets, no Cap'n Proto and no runtime: the `extplug`
-//! crate's `Runner` hosts plugins, and [`testing`] drives them in-process.
+//! A runner is this crate alone: [`Runner`] hosts the plugins behind the
+//! protocol's unix socket (`main` is one line, see [`runner`]), and
+//! [`testing`] drives them in-process. The protocol itself (frames, Cap'n
+//! Proto, the data types such as [`RequestOutcome`]) is the `extplug-wire`
+//! crate, re-exported here where plugins see it.
+//!
+//! Features: `logging` (on by default) is the runner's default logging,
+//! `tracing` to stderr filtered by `RUST_LOG` (see [`runner::init_logging`]).
+//! Without it the runner installs no `tracing` subscriber, and the
+//! `tracing-subscriber` crate is not built.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -48,14 +56,22 @@ mod chain;
 mod info;
 mod request;
 mod response;
+pub mod runner;
 pub mod testing;
 
 pub use async_trait::async_trait;
-pub use chain::{CallError, Chain, PrepareError, Registry, ALLOWED_STATUS};
+pub use chain::{CallError, Chain, PrepareError, Registry};
+/// The protocol's data types, defined by the wire crate that both the runner
+/// and the host use, re-exported here so plugin code needs only this crate.
+pub use extplug_wire::{
+    InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts, Rewrite, Stop,
+    ALLOWED_STATUS,
+};
 pub use http::{Method, StatusCode};
-pub use info::{InfoKey, InfoSource};
-pub use request::{Request, RequestOutcome, RequestParts, Rewrite, Stop};
-pub use response::{Response, ResponseOutcome, ResponseParts};
+pub use info::InfoSource;
+pub use request::Request;
+pub use response::Response;
+pub use runner::Runner;
 
 use serde::de::DeserializeOwned;
 
@@ -129,37 +145,6 @@ pub trait Filter: Send + Sync + 'static {
     async fn response(&self, resp: &mut Response<'_>) -> Result<(), PluginError> {
         let _ = resp;
         Ok(())
-    }
-}
-
-/// What a filter declares it will read (see [`Filter::needs`]). For a chain,
-/// the union of its filters' needs is reported to the gateway in the answer to
-/// `PREPARE_CONF`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Needs {
-    /// Variable names, as for [`Request::var`] (`remote_addr`, `http_x_foo`...).
-    pub vars: Vec<String>,
-    /// The request body ([`Request::body`]).
-    pub request_body: bool,
-    /// The upstream's response body ([`Response::body`]).
-    pub response_body: bool,
-}
-
-impl Needs {
-    /// Adds `other` to `self`, keeping each variable name once, in first-seen order.
-    pub fn merge(&mut self, other: Needs) {
-        for var in other.vars {
-            if !self.vars.contains(&var) {
-                self.vars.push(var);
-            }
-        }
-        self.request_body |= other.request_body;
-        self.response_body |= other.response_body;
-    }
-
-    /// True when nothing is declared.
-    pub fn is_empty(&self) -> bool {
-        self.vars.is_empty() && !self.request_body && !self.response_body
     }
 }
 

@@ -28,10 +28,12 @@
 //! ```
 
 use crate::chain::{CallError, Chain, PrepareError, Registry};
-use crate::info::{InfoKey, InfoSource};
-use crate::request::{Request, RequestOutcome, RequestParts};
-use crate::response::{Response, ResponseOutcome, ResponseParts};
+use crate::info::InfoSource;
+use crate::request::Request;
+use crate::response::Response;
+use crate::InfoKey;
 use crate::PluginError;
+use crate::{RequestOutcome, RequestParts, ResponseOutcome, ResponseParts};
 use async_trait::async_trait;
 use http::{Method, StatusCode};
 use std::collections::HashMap;

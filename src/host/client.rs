@@ -14,13 +14,12 @@
 use super::config::{PhaseConf, RunnerConf};
 use super::supervisor::{Restarter, RunnerState};
 use crate::wire::{
-    Encode, ErrorCode, ExtraInfoAnswer, Frame, FrameCodec, FrameError, MessageType, Payload,
-    PrepareConf, ReqCall, RespCall,
+    Encode, ErrorCode, ExtraInfoAnswer, Frame, FrameCodec, FrameError, InfoKey, MessageType, Needs,
+    Payload, PrepareConf, ReqCall, RequestOutcome, RequestParts, RespCall, ResponseOutcome,
+    ResponseParts,
 };
+use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
-use runner_sdk::{
-    async_trait, InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts,
-};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -2,14 +2,16 @@
 //! HTTP reverse proxy that uses them (`extplug proxy`, `extplug demo`).
 //!
 //! Another Rust proxy can embed the parts: [`supervisor::Supervisor`] to run
-//! the runner, [`client::ExtClient`] to call it with `runner_sdk` request and
-//! response views, and apply the outcomes itself:
+//! the runner, [`client::ExtClient`] to call it with the protocol's request and
+//! response data ([`crate::wire`]), and apply the outcomes itself:
 //!
 //! ```no_run
 //! use extplug::host::client::{ExtClient, InfoProvider};
 //! use extplug::host::config::Config;
 //! use extplug::host::supervisor::Supervisor;
-//! use extplug::runner_sdk::{async_trait, InfoKey, Method, RequestOutcome, RequestParts};
+//! use async_trait::async_trait;
+//! use extplug::wire::{InfoKey, RequestOutcome, RequestParts};
+//! use http::Method;
 //!
 //! /// Answers the runner's questions during a call (variables, bodies).
 //! struct NoInfo;

@@ -2,9 +2,10 @@
 //! socket in a temp dir, and a protocol client built on the crate's own codec.
 #![allow(dead_code)]
 
-use extplug::runner_sdk::{Method, RequestParts};
+use ::http::Method;
 use extplug::wire::{
     ErrorResp, Frame, FrameCodec, Payload, PrepareConf, Prepared, ReqCall, ReqCallAnswer,
+    RequestParts,
 };
 use futures::{SinkExt, StreamExt};
 use std::net::{IpAddr, Ipv4Addr};

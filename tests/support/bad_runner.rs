@@ -26,11 +26,11 @@
 #[path = "../../examples/plugins/mod.rs"]
 mod plugins;
 
-use extplug::runner_sdk::{RequestOutcome, Rewrite, StatusCode, Stop};
 use extplug::wire::{
     ErrorCode, ErrorResp, Frame, FrameCodec, MessageType, Payload, Prepared, ReqCallAnswer,
 };
 use futures::{SinkExt, StreamExt};
+use runner_sdk::{RequestOutcome, Rewrite, StatusCode, Stop};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -47,7 +47,7 @@ fn socket_path() -> PathBuf {
 
 #[tokio::main]
 async fn main() {
-    extplug::init_logging();
+    runner_sdk::runner::init_logging();
     match std::env::var("BAD_RUNNER_MODE")
         .unwrap_or_default()
         .as_str()
@@ -71,7 +71,7 @@ async fn main() {
 }
 
 async fn ignore_sigterm() {
-    let env = extplug::runner::RunnerEnv::from_env().expect("runner env");
+    let env = runner_sdk::runner::RunnerEnv::from_env().expect("runner env");
     tokio::spawn(async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
@@ -82,7 +82,7 @@ async fn ignore_sigterm() {
     });
     // Never cancelled: only SIGKILL stops this one.
     let never = CancellationToken::new();
-    extplug::Runner::new()
+    runner_sdk::Runner::new()
         .plugins(plugins::all())
         .serve(env, never)
         .await
@@ -175,7 +175,7 @@ async fn scripted_answer(
             return true;
         }
         let token = script.next_token.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut needs = extplug::runner_sdk::Needs::default();
+        let mut needs = runner_sdk::Needs::default();
         needs.vars.push("remote_addr".into());
         conn.send(&Prepared { token, needs }).await.unwrap();
         return true;
@@ -226,9 +226,7 @@ async fn scripted_answer(
         }
         "/lazy-body" => {
             // Ask for the body during the call, then report what came back.
-            conn.send(&extplug::runner_sdk::InfoKey::RequestBody)
-                .await
-                .unwrap();
+            conn.send(&runner_sdk::InfoKey::RequestBody).await.unwrap();
             let Some(Ok(answer)) = conn.next().await else {
                 return false;
             };
@@ -244,9 +242,7 @@ async fn scripted_answer(
             })
         }
         "/close-mid-extra" => {
-            conn.send(&extplug::runner_sdk::InfoKey::Var("uri"))
-                .await
-                .unwrap();
+            conn.send(&runner_sdk::InfoKey::Var("uri")).await.unwrap();
             return false;
         }
         // Two values for Host (a runner may send a header list with

@@ -14,11 +14,12 @@ use crate::host::client::{CallError, InfoProvider};
 use crate::host::config::{Phase, PhaseConf, Route};
 use crate::host::path::{self, NormalizedPath};
 use crate::host::vars::{self, VarCtx};
+use crate::wire::{InfoKey, RequestOutcome, RequestParts, ResponseParts, Rewrite};
+use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use runner_sdk::{async_trait, InfoKey, RequestOutcome, RequestParts, ResponseParts, Rewrite};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -413,7 +414,7 @@ impl Proxy {
         ex: &mut Exchange,
         head: &http::response::Parts,
         body: &mut MessageBody,
-    ) -> Result<runner_sdk::ResponseOutcome, PhaseError> {
+    ) -> Result<crate::wire::ResponseOutcome, PhaseError> {
         let ticket = self.client.ticket(pc).await?;
         let resp_body = if ticket.needs.response_body {
             Some(body.buffer().await?)

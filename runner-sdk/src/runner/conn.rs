@@ -6,15 +6,15 @@
 //! one connection sent.
 
 use super::cache::{ConfCache, Entry};
-use crate::wire::{
+use crate::{
+    async_trait, CallError, Chain, InfoKey, InfoSource, PluginError, Registry, Request,
+    RequestParts, Response, ResponseParts,
+};
+use extplug_wire::{
     Encode, ErrorCode, ErrorResp, Frame, FrameCodec, FrameError, MessageType, Payload, Prepared,
     ReqCallAnswer, RespCallAnswer,
 };
 use futures::{SinkExt, StreamExt};
-use runner_sdk::{
-    async_trait, CallError, Chain, InfoKey, InfoSource, PluginError, Registry, Request,
-    RequestParts, Response, ResponseParts,
-};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::net::UnixStream;

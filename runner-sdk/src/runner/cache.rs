@@ -5,7 +5,7 @@
 //! connection's first use of a token: connections keep the `Arc<Entry>` they
 //! used and check it with two atomic loads ([`ConfCache::live`]).
 
-use runner_sdk::Chain;
+use crate::Chain;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -249,7 +249,7 @@ impl ConfCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runner_sdk::Registry;
+    use crate::Registry;
 
     fn chain() -> Chain {
         Chain::prepare(&Registry::new(), []).unwrap()

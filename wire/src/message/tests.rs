@@ -1,12 +1,12 @@
 //! Round trips through encode and decode, and hostile payloads.
 
 use super::*;
-use crate::wire::codec::FrameCodec;
-use crate::wire::ext_plugin_capnp as schema;
+use crate::codec::FrameCodec;
+use crate::ext_plugin_capnp as schema;
+use crate::{InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, Rewrite, Stop};
 use bytes::BytesMut;
 use capnp::message::Builder;
 use http::{Method, StatusCode};
-use runner_sdk::{InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, Rewrite, Stop};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Encodes `msg` as a frame and parses the frame's payload back.

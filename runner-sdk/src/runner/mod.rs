@@ -11,7 +11,7 @@
 //! #     fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> { unimplemented!() }
 //! # }
 //! fn main() -> std::process::ExitCode {
-//!     extplug::Runner::new().plugin(MyPlugin).run()
+//!     runner_sdk::Runner::new().plugin(MyPlugin).run()
 //! }
 //! ```
 //!
@@ -25,15 +25,19 @@
 pub mod cache;
 mod conn;
 pub mod env;
+mod logging;
 mod peer;
+mod signal;
 pub mod socket;
 
 pub use env::{EnvError, RunnerEnv};
+pub use logging::init_logging;
+pub use signal::stop_on_signal;
 
+use crate::{Plugin, Registry};
 use cache::ConfCache;
 use conn::Shared;
 use peer::PeerCheck;
-use runner_sdk::{Plugin, Registry};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,7 +88,7 @@ impl Runner {
             socket_mode: 0o600,
             drain_grace: Duration::from_secs(10),
             cache_capacity: 100_000,
-            max_frame: crate::wire::MAX_PAYLOAD,
+            max_frame: extplug_wire::MAX_PAYLOAD,
             max_extra_info: env::DEFAULT_MAX_EXTRA_INFO,
             max_connections: env::DEFAULT_MAX_CONNECTIONS,
             allowed_uids: Vec::new(),
@@ -153,14 +157,15 @@ impl Runner {
         self
     }
 
-    /// Starts logging (to stderr, filter from `RUST_LOG`, default `info`),
+    /// Starts logging (with feature `logging`: to stderr, filter from
+    /// `RUST_LOG`, default `info`; see [`init_logging`]),
     /// reads the environment, and serves until SIGTERM, SIGINT or the death
     /// of the parent process. Exit status 0 after a clean stop; 2 for a bad
     /// environment; 1 for any other failure to start.
     pub fn run(self) -> ExitCode {
         // Read first: the later, the likelier a parent that died early goes unseen.
         let parent = nix::unistd::getppid();
-        crate::init_logging();
+        init_logging();
         let env = match RunnerEnv::from_env() {
             Ok(env) => env,
             Err(e) => {
@@ -182,7 +187,7 @@ impl Runner {
         };
         let result = runtime.block_on(async {
             let shutdown = CancellationToken::new();
-            tokio::spawn(crate::stop_on_signal(shutdown.clone()));
+            tokio::spawn(stop_on_signal(shutdown.clone()));
             tokio::spawn(stop_when_orphaned(parent, shutdown.clone()));
             self.serve(env, shutdown).await
         });

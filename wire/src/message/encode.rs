@@ -4,12 +4,12 @@ use super::types::{
     ErrorCode, ErrorResp, ExtraInfoAnswer, MessageType, PrepareConf, Prepared, ReqCall,
     ReqCallAnswer, RespCall, RespCallAnswer,
 };
-use crate::wire::codec::{FrameCodec, FrameError};
-use crate::wire::ext_plugin_capnp as schema;
+use crate::codec::{FrameCodec, FrameError};
+use crate::ext_plugin_capnp as schema;
+use crate::{InfoKey, RequestOutcome};
 use bytes::{BufMut, BytesMut};
 use capnp::message::{Builder, HeapAllocator};
 use http::Method;
-use runner_sdk::{InfoKey, RequestOutcome};
 use std::net::IpAddr;
 use tokio_util::codec::Encoder;
 
@@ -31,7 +31,7 @@ impl<T: Encode> Encoder<&T> for FrameCodec {
         let mut message = Builder::new(HeapAllocator::new().first_segment_words(128));
         item.build(&mut message)?;
         let words = capnp::serialize::compute_serialized_size_in_words(&message);
-        dst.reserve(crate::wire::codec::HEADER_LEN + words * 8);
+        dst.reserve(crate::codec::HEADER_LEN + words * 8);
         let start = FrameCodec::begin(dst, item.kind() as u8);
         capnp::serialize::write_message((&mut *dst).writer(), &message)
             .map_err(FrameError::from)?;

@@ -1,0 +1,49 @@
+//! # extplug-wire: the protocol of extplug, on both sides
+//!
+//! Frames (type byte, 24-bit big-endian length, payload) and the typed
+//! messages they carry, converted to and from Cap'n Proto
+//! (`schema/ext_plugin.capnp`), plus the plain data those messages carry:
+//! the request and response of a call ([`RequestParts`], [`ResponseParts`]),
+//! what a chain decided ([`RequestOutcome`], [`ResponseOutcome`]), what it
+//! will read ([`Needs`]) and what it may ask for ([`InfoKey`]).
+//!
+//! Both the runner (`runner-sdk`) and the host (`extplug`) use this crate,
+//! so neither depends on the other. Nothing else touches protocol bytes.
+//! It has no runtime and no logging: the codec is a `tokio-util` codec that
+//! any `Framed` stream can use.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+mod info;
+pub mod message;
+mod needs;
+mod request;
+mod response;
+
+/// The Rust code `capnpc` generates from `schema/ext_plugin.capnp`.
+#[allow(missing_docs, clippy::all, clippy::pedantic, unused_qualifications)]
+pub mod ext_plugin_capnp {
+    include!(concat!(env!("OUT_DIR"), "/ext_plugin_capnp.rs"));
+}
+
+pub use codec::{Frame, FrameCodec, FrameError, MAX_PAYLOAD};
+pub use info::InfoKey;
+pub use message::{
+    DecodeError, Encode, ErrorCode, ErrorResp, ExtraInfoAnswer, MessageType, Payload, PrepareConf,
+    Prepared, ReqCall, ReqCallAnswer, RespCall, RespCallAnswer,
+};
+pub use needs::Needs;
+pub use request::{RequestOutcome, RequestParts, Rewrite, Stop};
+pub use response::{ResponseOutcome, ResponseParts};
+
+/// Set (to `1`) by the host in the environment of a runner it starts: the
+/// runner's output is relayed into the host's log, which adds its own
+/// timestamp, so the runner's default logging leaves out its timestamp and
+/// colors (one timestamp per relayed line).
+pub const LOG_RELAYED: &str = "EXTPLUG_LOG_RELAYED";
+
+/// The statuses a plugin may answer with (stop, or a response-phase status).
+/// The decoder refuses any other in an answer, so that a runner cannot make
+/// the gateway send a 1xx or an out-of-range status.
+pub const ALLOWED_STATUS: std::ops::RangeInclusive<u16> = 200..=599;
