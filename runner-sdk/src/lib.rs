@@ -64,10 +64,13 @@ pub use chain::{CallError, Chain, PrepareError, Registry};
 /// The protocol's data types, defined by the wire crate that both the runner
 /// and the host use, re-exported here so plugin code needs only this crate.
 pub use extplug_wire::{
-    InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts, Rewrite, Stop,
-    ALLOWED_STATUS,
+    InfoKey, IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue, Needs, RequestOutcome,
+    RequestParts, ResponseOutcome, ResponseParts, Rewrite, Stop, ALLOWED_STATUS,
 };
-pub use http::{Method, StatusCode};
+/// The `http` crate this SDK uses (`runner_sdk::http::header::RETRY_AFTER`,
+/// `runner_sdk::http::StatusCode`...), so plugin code needs no version of its own.
+pub use http;
+pub use http::{HeaderName, HeaderValue, Method, StatusCode};
 pub use info::InfoSource;
 pub use request::Request;
 pub use response::Response;

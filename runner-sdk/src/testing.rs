@@ -31,8 +31,7 @@ use crate::chain::{CallError, Chain, PrepareError, Registry};
 use crate::info::InfoSource;
 use crate::request::Request;
 use crate::response::Response;
-use crate::InfoKey;
-use crate::PluginError;
+use crate::{InfoKey, IntoHeaderName, IntoHeaderValue, IntoStatus, PluginError};
 use crate::{RequestOutcome, RequestParts, ResponseOutcome, ResponseParts};
 use async_trait::async_trait;
 use http::{Method, StatusCode};
@@ -86,6 +85,14 @@ impl MapSource {
     }
 }
 
+/// A test's header, checked as a filter's would be.
+fn test_header(name: impl IntoHeaderName, value: impl IntoHeaderValue) -> (String, String) {
+    let checked = name
+        .into_header_name()
+        .and_then(|name| Ok((name, value.into_header_value()?)));
+    checked.unwrap_or_else(|e| panic!("test header: {e}"))
+}
+
 /// Borrows a prefetched list in the shape the views take.
 fn borrow(list: &[(String, Option<Vec<u8>>)]) -> Vec<(&str, Option<&[u8]>)> {
     list.iter()
@@ -136,9 +143,13 @@ impl TestRequest {
     }
 
     /// Adds a header value (the name is lower-cased, as the gateway does).
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
+    /// Names and values as for [`Request::set_header`]: strings, `http`
+    /// types or (values) integers.
+    ///
+    /// # Panics
+    /// On a name or value that is not valid HTTP: the test itself is wrong.
+    pub fn header(mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) -> Self {
+        self.headers.push(test_header(name, value));
         self
     }
 
@@ -221,19 +232,28 @@ pub struct TestResponse {
 }
 
 impl TestResponse {
-    /// An answer with this status, no headers and no body.
-    pub fn new(status: StatusCode) -> Self {
+    /// An answer with this status (an integer or a `StatusCode`), no headers
+    /// and no body.
+    ///
+    /// # Panics
+    /// On an integer that is not an HTTP status (outside 100..=999): the test
+    /// itself is wrong.
+    pub fn new(status: impl IntoStatus) -> Self {
         TestResponse {
-            status,
+            status: status
+                .into_status()
+                .unwrap_or_else(|e| panic!("TestResponse::new: {e}")),
             headers: Vec::new(),
             source: MapSource::default(),
         }
     }
 
-    /// Adds a header value.
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
+    /// Adds a header value, as for [`TestRequest::header`].
+    ///
+    /// # Panics
+    /// On a name or value that is not valid HTTP: the test itself is wrong.
+    pub fn header(mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) -> Self {
+        self.headers.push(test_header(name, value));
         self
     }
 

@@ -1,6 +1,7 @@
 //! The request phase's protocol data: the request a call carries and what a
 //! chain decided for it (`HTTP_REQ_CALL` and its answer).
 
+use crate::convert::{IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue};
 use http::{Method, StatusCode};
 use std::net::IpAddr;
 
@@ -24,37 +25,109 @@ pub struct RequestParts<'a> {
     pub extra_info: Vec<(&'a str, Option<&'a [u8]>)>,
 }
 
-/// An answer to the client that ends the chain (see `runner_sdk::Request::stop`).
+/// An answer to the client that ends the chain (see `runner_sdk::Request::stop`):
+/// a status, headers and a body, sent to the client instead of the request
+/// going to the upstream.
+///
+/// Build one with [`Stop::new`] and the [`Stop::header`] and [`Stop::body`]
+/// builders; read it back through its fields (in a test, from
+/// [`RequestOutcome::Stop`]).
+///
+/// ```
+/// use extplug_wire::Stop;
+/// use http::StatusCode;
+///
+/// let stop = Stop::new(403).header("X-Reason", "denied").body("no entry\n");
+/// assert_eq!(stop.status, StatusCode::FORBIDDEN);
+/// assert_eq!(stop.status, 403); // `StatusCode` compares with integers
+/// assert_eq!(stop.headers, vec![("x-reason".to_string(), "denied".to_string())]);
+/// assert_eq!(stop.body, b"no entry\n");
+/// assert!(stop.invalid().is_none());
+/// ```
+///
+/// A value that is not valid HTTP does not panic: the stop keeps the first
+/// such mistake ([`Stop::invalid`]) and the runner fails the call with it,
+/// naming the plugin (the client gets the gateway's 503).
+///
+/// ```
+/// use extplug_wire::Stop;
+///
+/// let stop = Stop::new(1000).header("x reason", "denied");
+/// assert_eq!(
+///     stop.invalid().unwrap().to_string(),
+///     "invalid status 1000: a status is a number in 100..=999"
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stop {
-    /// The status sent to the client.
+    /// The status sent to the client. The runner fails the call for a status
+    /// outside [`crate::ALLOWED_STATUS`] (200..=599). After an invalid
+    /// status was given to [`Stop::new`], it is 500 (and the call fails).
     pub status: StatusCode,
-    /// Response headers, in order; a name may repeat.
+    /// Response headers, in order: `(name, value)`, names in lower case when
+    /// built with [`Stop::header`]; a name may repeat (each is sent). The
+    /// gateway ignores the names it protects (`content-length`...).
     pub headers: Vec<(String, String)>,
-    /// The response body.
+    /// The response body (may be empty).
     pub body: Vec<u8>,
+    /// The first value the builders refused; `None` for a valid stop.
+    invalid: Option<InvalidValue>,
 }
 
 impl Stop {
-    /// An answer with this status, no headers and an empty body.
-    pub fn new(status: StatusCode) -> Self {
+    /// An answer with this status, no headers and an empty body. `status` is
+    /// an integer (`403`) or a [`StatusCode`].
+    ///
+    /// An integer outside 100..=999 is kept as a mistake ([`Stop::invalid`])
+    /// that fails the call, not a panic.
+    pub fn new(status: impl IntoStatus) -> Self {
+        let (status, invalid) = match status.into_status() {
+            Ok(status) => (status, None),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Some(e)),
+        };
         Stop {
             status,
             headers: Vec::new(),
             body: Vec::new(),
+            invalid,
         }
     }
 
-    /// Adds a header (names may repeat; each is sent).
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+    /// Adds a header (names may repeat; each is sent). `name` is a string or
+    /// an `http::HeaderName` (kept in lower case); `value` a string, an
+    /// `http::HeaderValue` or an integer.
+    ///
+    /// An invalid name or value is left out and kept as a mistake
+    /// ([`Stop::invalid`]) that fails the call.
+    ///
+    /// ```
+    /// use extplug_wire::Stop;
+    /// let stop = Stop::new(429).header(http::header::RETRY_AFTER, 30);
+    /// assert_eq!(stop.headers, vec![("retry-after".to_string(), "30".to_string())]);
+    /// ```
+    pub fn header(mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) -> Self {
+        match name
+            .into_header_name()
+            .and_then(|n| Ok((n, value.into_header_value()?)))
+        {
+            Ok(pair) => self.headers.push(pair),
+            Err(e) => {
+                self.invalid.get_or_insert(e);
+            }
+        }
         self
     }
 
-    /// Sets the body.
+    /// Sets the body (a `&str`, `String`, `&[u8]` or `Vec<u8>`).
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = body.into();
         self
+    }
+
+    /// The first status, header name or header value the builders refused;
+    /// `None` when every value was valid. The runner fails the call with it.
+    pub fn invalid(&self) -> Option<&InvalidValue> {
+        self.invalid.as_ref()
     }
 }
 
