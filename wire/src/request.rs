@@ -132,29 +132,74 @@ impl Stop {
 }
 
 /// The net changes a chain made to a request, in the shape of the protocol's
-/// `Rewrite`.
+/// `Rewrite`: what the gateway changes before the request goes on to the
+/// upstream. Every field left empty (`None`, no entries) changes nothing.
+///
+/// Header and argument changes are *net*: a header set then deleted in the
+/// same chain is one deletion; values set for a name replace all its old
+/// values together.
+///
+/// ```
+/// use extplug_wire::Rewrite;
+///
+/// // What a chain that ran `req.set_path("/v2")`, `req.set_header("X-A", "1")`,
+/// // `req.add_header("x-a", "2")`, `req.remove_header("cookie")` and
+/// // `req.set_resp_header("x-via", "extplug")` gives:
+/// let s = |v: &str| v.to_string();
+/// let rewrite = Rewrite {
+///     path: Some(s("/v2")),
+///     headers: vec![(s("x-a"), Some(s("1"))), (s("x-a"), Some(s("2"))), (s("cookie"), None)],
+///     args: vec![],
+///     resp_headers: vec![(s("x-via"), s("extplug"))],
+///     body: None,
+/// };
+/// assert_eq!(rewrite.headers.iter().filter(|(n, _)| n == "x-a").count(), 2);
+/// assert!(Rewrite::default().args.is_empty());
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rewrite {
-    /// The new path; `None` keeps it.
+    /// The new path (decoded, without the query); `None` keeps the client's.
     pub path: Option<String>,
-    /// Header changes: `Some(value)` sets (all entries of one name together
-    /// replace its old values), `None` deletes. Names in lower case.
+    /// Request header changes, names in lower case, in the order of their
+    /// first change: `(name, Some(value))` sets (all the entries of one name
+    /// together replace its old values), `(name, None)` deletes the header.
     pub headers: Vec<(String, Option<String>)>,
-    /// Argument changes, same rules as `headers`, applied to the original query.
+    /// Query argument changes, with the rules of `headers` (names as given,
+    /// case-sensitive), applied to the client's query.
     pub args: Vec<(String, Option<String>)>,
-    /// Headers added to the client's response.
+    /// Headers added to the client's response, `(name, value)`, names in
+    /// lower case; a name may repeat.
     pub resp_headers: Vec<(String, String)>,
-    /// The new request body; `None` keeps it.
+    /// The new request body sent to the upstream; `None` keeps the client's.
     pub body: Option<Vec<u8>>,
 }
 
-/// What a chain decided for a request.
+/// What a chain decided for a request: the answer of an `HTTP_REQ_CALL`, and
+/// what `runner_sdk::testing::TestRequest::run` returns for a test to check.
+///
+/// ```
+/// use extplug_wire::{RequestOutcome, Rewrite, Stop};
+///
+/// fn describe(outcome: &RequestOutcome) -> String {
+///     match outcome {
+///         RequestOutcome::Continue => "unchanged".to_string(),
+///         RequestOutcome::Stop(stop) => format!("answered {}", stop.status.as_u16()),
+///         RequestOutcome::Rewrite(rw) => format!("rewritten to {:?}", rw.path),
+///     }
+/// }
+/// assert_eq!(describe(&RequestOutcome::Stop(Stop::new(403))), "answered 403");
+/// assert_eq!(describe(&RequestOutcome::Continue), "unchanged");
+/// let rw = Rewrite { path: Some("/b".to_string()), ..Rewrite::default() };
+/// assert_eq!(describe(&RequestOutcome::Rewrite(rw)), r#"rewritten to Some("/b")"#);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestOutcome {
-    /// Nothing was written: the request goes on unchanged.
+    /// Nothing was written (filters that only read, or none ran): the request
+    /// goes on to the upstream unchanged.
     Continue,
-    /// A filter answered the client.
+    /// A filter answered the client (`runner_sdk::Request::stop`): the
+    /// upstream is not called, and earlier changes are dropped.
     Stop(Stop),
-    /// The request goes on with these changes.
+    /// The request goes on to the upstream with these changes.
     Rewrite(Rewrite),
 }
