@@ -104,3 +104,51 @@ async fn the_template_passes_its_tests_and_its_runner_denies_behind_the_proxy() 
         ("/x", Some("1"))
     );
 }
+
+/// The README's plugin guide shows the template's code: every `rust`, `toml`
+/// and `json` block of its "Writing plugins" section is, verbatim, part of
+/// the template's `src/main.rs`, `Cargo.toml` or `gateway.json`, which the
+/// test above builds and runs. So every block of the guide compiles.
+#[test]
+fn the_readme_guide_shows_the_template_verbatim() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme
+        .find("\n## Writing plugins\n")
+        .expect("README has a \"Writing plugins\" section");
+    let section = &readme[start + 1..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let read = |file: &str| std::fs::read_to_string(template_dir().join(file)).unwrap();
+    let (main_rs, cargo_toml, gateway) = (
+        read("src/main.rs"),
+        read("Cargo.toml"),
+        read("gateway.json"),
+    );
+    let mut checked = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        let Some(lang) = line.trim_start().strip_prefix("```") else {
+            continue;
+        };
+        let block: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| l.trim_start() != "```")
+            .collect();
+        let block = block.join("\n");
+        let (file, text) = match lang {
+            "rust" => ("src/main.rs", &main_rs),
+            "toml" => ("Cargo.toml", &cargo_toml),
+            "json" => ("gateway.json", &gateway),
+            _ => continue,
+        };
+        assert!(
+            text.contains(&block),
+            "a {lang} block of the README's guide is not in the template's {file}:\n{block}"
+        );
+        checked.push(lang.to_owned());
+    }
+    assert!(
+        checked.iter().filter(|l| *l == "rust").count() >= 2,
+        "the guide shows the template's code: {checked:?}"
+    );
+}

@@ -267,6 +267,18 @@ impl ConfError {
 
 /// Parses a JSON configuration text into a serde type.
 ///
+/// ```
+/// use runner_sdk::parse_conf;
+///
+/// #[derive(Debug, serde::Deserialize)]
+/// struct Conf { header: String }
+///
+/// let conf: Conf = parse_conf(r#"{"header": "x-block"}"#).unwrap();
+/// assert_eq!(conf.header, "x-block");
+/// let err = parse_conf::<Conf>("{}").unwrap_err();
+/// assert_eq!(err.to_string(), "missing field `header` at line 1 column 2");
+/// ```
+///
 /// # Errors
 /// A [`ConfError`] with serde's reason and position, e.g. ``missing field
 /// `body` at line 1 column 2`` or `expected value at line 1 column 1` for a

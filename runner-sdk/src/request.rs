@@ -198,6 +198,20 @@ impl<'a> Request<'a> {
     ///
     /// An invalid name or value (`"a b"`, `"a\nb"`) changes nothing and fails
     /// the call when the filter returns, naming the plugin and the value.
+    ///
+    /// ```
+    /// # use runner_sdk::{async_trait, Filter, PluginError, Request};
+    /// # struct Tag;
+    /// #[async_trait]
+    /// impl Filter for Tag {
+    ///     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+    ///         req.set_header("x-gateway", "extplug");
+    ///         req.set_header(runner_sdk::http::header::CACHE_CONTROL, "no-store");
+    ///         req.set_header("x-attempt", 1);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
     pub fn set_header(&mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) {
         if let Some((name, value)) = self.checked(name, value) {
             record(&mut self.changes.headers, name, Some(vec![value]));

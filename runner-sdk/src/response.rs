@@ -95,6 +95,21 @@ impl<'a> Response<'a> {
     /// `StatusCode`. It must be in 200..=599: the runner fails the call
     /// (naming this plugin and the status) otherwise; an integer that is not a
     /// status at all (`1000`) changes nothing and fails the call the same way.
+    ///
+    /// ```
+    /// # use runner_sdk::{async_trait, Filter, PluginError, Response};
+    /// # struct Mask;
+    /// #[async_trait]
+    /// impl Filter for Mask {
+    ///     async fn response(&self, resp: &mut Response<'_>) -> Result<(), PluginError> {
+    ///         if resp.status().is_server_error() {
+    ///             resp.set_status(502);
+    ///             resp.set_header("retry-after", 5);
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
     pub fn set_status(&mut self, status: impl IntoStatus) {
         match status.into_status() {
             Ok(status) => self.status = Some(status),
