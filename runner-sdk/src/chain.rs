@@ -11,6 +11,20 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// The plugins a runner offers, by name.
+///
+/// ```
+/// # use runner_sdk::{ConfError, Filter, Plugin};
+/// # struct Named(&'static str);
+/// # impl Plugin for Named {
+/// #     fn name(&self) -> &str { self.0 }
+/// #     fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> { unimplemented!() }
+/// # }
+/// use runner_sdk::Registry;
+///
+/// let plugins = Registry::new().with(Named("say")).with(Named("deny-header"));
+/// assert_eq!(plugins.names(), ["deny-header", "say"]);
+/// assert!(plugins.get("say").is_some());
+/// ```
 #[derive(Clone, Default)]
 pub struct Registry {
     plugins: HashMap<String, Arc<dyn Plugin>>,
@@ -140,6 +154,23 @@ impl std::fmt::Debug for Chain {
 
 impl Chain {
     /// Configures each `(plugin name, JSON configuration)` entry, in order.
+    ///
+    /// ```
+    /// # use runner_sdk::{ConfError, Filter, Plugin};
+    /// # struct Nop;
+    /// # impl Filter for Nop {}
+    /// # impl Plugin for Nop {
+    /// #     fn name(&self) -> &str { "nop" }
+    /// #     fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> { Ok(Box::new(Nop)) }
+    /// # }
+    /// use runner_sdk::{Chain, Registry};
+    ///
+    /// let plugins = Registry::new().with(Nop);
+    /// let chain = Chain::prepare(&plugins, [("nop", "{}"), ("nop", "{}")]).unwrap();
+    /// assert_eq!(chain.plugin_names().collect::<Vec<_>>(), ["nop", "nop"]);
+    /// let err = Chain::prepare(&plugins, [("nop", "{}"), ("say", "{}")]).unwrap_err();
+    /// assert_eq!(err.to_string(), r#"conf[1]: unknown plugin "say" (this runner has: nop)"#);
+    /// ```
     ///
     /// # Errors
     /// The first entry whose plugin is unknown or refuses its configuration.

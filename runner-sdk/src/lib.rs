@@ -170,6 +170,14 @@ pub use extplug_wire::{
 };
 /// The `http` crate this SDK uses (`runner_sdk::http::header::RETRY_AFTER`,
 /// `runner_sdk::http::StatusCode`...), so plugin code needs no version of its own.
+///
+/// ```
+/// use runner_sdk::http::{header, StatusCode};
+/// use runner_sdk::Stop;
+///
+/// let stop = Stop::new(StatusCode::TOO_MANY_REQUESTS).header(header::RETRY_AFTER, 30);
+/// assert_eq!(stop, Stop::new(429).header("Retry-After", "30"));
+/// ```
 pub use http;
 pub use http::{HeaderName, HeaderValue, Method, StatusCode};
 pub use info::InfoSource;
@@ -259,7 +267,15 @@ pub trait Filter: Send + Sync + 'static {
 pub struct ConfError(pub String);
 
 impl ConfError {
-    /// A configuration error with this message.
+    /// A configuration error with this message; say what is wrong and where
+    /// (the runner adds the plugin's name and the entry's position).
+    ///
+    /// ```
+    /// use runner_sdk::ConfError;
+    /// let count = 0;
+    /// let err = ConfError::new(format!("`count` must be above 0, got {count}"));
+    /// assert_eq!(err.to_string(), "`count` must be above 0, got 0");
+    /// ```
     pub fn new(message: impl Into<String>) -> Self {
         ConfError(message.into())
     }
