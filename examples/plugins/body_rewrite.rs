@@ -86,6 +86,6 @@ mod tests {
             .run(&plugins, &[("body-rewrite", r#"{"request":1}"#)])
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("plugin `body-rewrite`"));
+        assert!(err.to_string().contains("plugin \"body-rewrite\""));
     }
 }

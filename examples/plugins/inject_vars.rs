@@ -119,7 +119,7 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(
-                err.to_string().contains("plugin `inject-vars`"),
+                err.to_string().contains("plugin \"inject-vars\""),
                 "{conf}: {err}"
             );
         }

@@ -139,7 +139,7 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(
-                err.to_string().contains("plugin `key-auth`"),
+                err.to_string().contains("plugin \"key-auth\""),
                 "{conf}: {err}"
             );
         }

@@ -223,7 +223,7 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(
-                err.to_string().contains("plugin `limit-count`"),
+                err.to_string().contains("plugin \"limit-count\""),
                 "{conf}: {err}"
             );
         }

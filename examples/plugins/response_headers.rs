@@ -124,7 +124,7 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(
-                err.to_string().contains("plugin `response-headers`"),
+                err.to_string().contains("plugin \"response-headers\""),
                 "{conf}: {err}"
             );
         }

@@ -120,7 +120,7 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(
-                err.to_string().contains("plugin `rewrite`"),
+                err.to_string().contains("plugin \"rewrite\""),
                 "{conf}: {err}"
             );
         }

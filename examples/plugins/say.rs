@@ -133,7 +133,7 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(&err, TestError::Prepare(_)), "{conf}: {err}");
-            assert!(err.to_string().contains("plugin `say`"), "{err}");
+            assert!(err.to_string().contains("plugin \"say\""), "{err}");
         }
     }
 }

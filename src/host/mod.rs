@@ -88,7 +88,7 @@ pub enum HostError {
     /// program, exited before opening its socket, did not open it in time).
     #[error("the runner did not start: {0}")]
     RunnerStart(String),
-    /// The runner refused a route's chain at start (see [`preflight`]).
+    /// The runner refused a route's chain at start (see [`preflight()`]).
     #[error(transparent)]
     Refused(#[from] ConfigRefused),
 }
@@ -105,7 +105,7 @@ impl HostError {
 pub type Started = (supervisor::Supervisor, Arc<client::ExtClient>);
 
 /// Starts the runner for `config` and checks the configuration with it:
-/// waits for its first start, then prepares every chain ([`preflight`]).
+/// waits for its first start, then prepares every chain ([`preflight()`]).
 /// The runner is stopped again when either fails, or when `shutdown` is
 /// cancelled meanwhile (then `Ok(None)`: a signal during a slow start stops
 /// at once).
