@@ -11,3 +11,8 @@ cargo build --release --example demo-runner --bin extplug
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+# The plugin template is its own workspace (tests/template.rs builds and runs
+# it): lint it as its author would, in the target dir that test uses.
+cargo fmt --manifest-path examples/plugin-template/Cargo.toml --check
+cargo clippy --manifest-path examples/plugin-template/Cargo.toml --quiet --all-targets \
+    --target-dir "${CARGO_TARGET_DIR:-target}/plugin-template" -- -D warnings

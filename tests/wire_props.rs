@@ -99,11 +99,11 @@ fn outcome() -> impl Strategy<Value = RequestOutcome> {
     prop_oneof![
         Just(RequestOutcome::Continue),
         (status(), pairs(), bytes()).prop_map(|(status, headers, body)| {
-            RequestOutcome::Stop(Stop {
-                status,
-                headers,
-                body,
-            })
+            // Fields set directly: any text, as the decoder takes it.
+            let mut stop = Stop::new(status);
+            stop.headers = headers;
+            stop.body = body;
+            RequestOutcome::Stop(stop)
         }),
         (
             option::of(text()),

@@ -60,7 +60,7 @@ impl Filter for InjectVarsConf {
     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
         for name in &self.vars {
             if let Some(value) = req.var_str(name).await? {
-                req.set_header(&format!("{}{name}", self.header_prefix), value);
+                req.set_header(format!("{}{name}", self.header_prefix), value);
             }
         }
         Ok(())

@@ -49,6 +49,10 @@ impl Plugin for Say {
         for (name, value) in conf.headers {
             stop = stop.header(name, value);
         }
+        // Refused now, not on every call: a header that is not HTTP.
+        if let Some(invalid) = stop.invalid() {
+            return Err(ConfError::new(format!("`headers`: {invalid}")));
+        }
         Ok(Box::new(SayFilter(stop)))
     }
 }
@@ -82,6 +86,22 @@ mod tests {
                     .header("x-a", "1")
                     .body("hello")
             )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_header_that_is_not_http_is_refused_at_configure() {
+        let plugins = Registry::new().with(Say);
+        let conf = r#"{"body":"hi","headers":{"x a":"1"}}"#;
+        let err = TestRequest::get("/")
+            .run(&plugins, &[("say", conf)])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TestError::Prepare(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains(r#"`headers`: invalid header name "x a""#),
+            "{err}"
         );
     }
 

@@ -3,7 +3,7 @@
 
 use crate::request::Request;
 use crate::response::Response;
-use crate::{Filter, Needs, Plugin, PluginError, ALLOWED_STATUS};
+use crate::{Filter, InvalidValue, Needs, Plugin, PluginError, ALLOWED_STATUS};
 use futures::FutureExt;
 use http::StatusCode;
 use std::collections::HashMap;
@@ -11,6 +11,20 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// The plugins a runner offers, by name.
+///
+/// ```
+/// # use runner_sdk::{ConfError, Filter, Plugin};
+/// # struct Named(&'static str);
+/// # impl Plugin for Named {
+/// #     fn name(&self) -> &str { self.0 }
+/// #     fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> { unimplemented!() }
+/// # }
+/// use runner_sdk::Registry;
+///
+/// let plugins = Registry::new().with(Named("say")).with(Named("deny-header"));
+/// assert_eq!(plugins.names(), ["deny-header", "say"]);
+/// assert!(plugins.get("say").is_some());
+/// ```
 #[derive(Clone, Default)]
 pub struct Registry {
     plugins: HashMap<String, Arc<dyn Plugin>>,
@@ -141,6 +155,23 @@ impl std::fmt::Debug for Chain {
 impl Chain {
     /// Configures each `(plugin name, JSON configuration)` entry, in order.
     ///
+    /// ```
+    /// # use runner_sdk::{ConfError, Filter, Plugin};
+    /// # struct Nop;
+    /// # impl Filter for Nop {}
+    /// # impl Plugin for Nop {
+    /// #     fn name(&self) -> &str { "nop" }
+    /// #     fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> { Ok(Box::new(Nop)) }
+    /// # }
+    /// use runner_sdk::{Chain, Registry};
+    ///
+    /// let plugins = Registry::new().with(Nop);
+    /// let chain = Chain::prepare(&plugins, [("nop", "{}"), ("nop", "{}")]).unwrap();
+    /// assert_eq!(chain.plugin_names().collect::<Vec<_>>(), ["nop", "nop"]);
+    /// let err = Chain::prepare(&plugins, [("nop", "{}"), ("say", "{}")]).unwrap_err();
+    /// assert_eq!(err.to_string(), r#"conf[1]: unknown plugin "say" (this runner has: nop)"#);
+    /// ```
+    ///
     /// # Errors
     /// The first entry whose plugin is unknown or refuses its configuration.
     pub fn prepare<'c>(
@@ -200,6 +231,7 @@ impl Chain {
         for (name, filter) in &self.filters {
             let result = AssertUnwindSafe(filter.request(req)).catch_unwind().await;
             check(name, result)?;
+            invalid(name, req.take_invalid())?;
             if let Some(status) = req.stop_status() {
                 check_status(name, "stop", status)?;
                 break;
@@ -217,6 +249,7 @@ impl Chain {
         for (name, filter) in &self.filters {
             let result = AssertUnwindSafe(filter.response(resp)).catch_unwind().await;
             check(name, result)?;
+            invalid(name, resp.take_invalid())?;
             if let Some(status) = resp.changed_status() {
                 // Checked after each filter, so the error names the one that set it.
                 check_status(name, "response", status)?;
@@ -240,6 +273,19 @@ fn check(
         Err(panic) => Err(CallError::Panicked {
             plugin: plugin.to_owned(),
             message: panic_message(&*panic),
+        }),
+    }
+}
+
+/// Fails the call when `plugin` gave a value that is not valid HTTP
+/// (`Stop::new(1000)`, a header name with a space...): the error names the
+/// plugin and the value, as if the filter had returned it.
+fn invalid(plugin: &str, invalid: Option<InvalidValue>) -> Result<(), CallError> {
+    match invalid {
+        None => Ok(()),
+        Some(invalid) => Err(CallError::Failed {
+            plugin: plugin.to_owned(),
+            source: Box::new(invalid),
         }),
     }
 }
@@ -352,6 +398,126 @@ mod tests {
                 .run(&registry, &[("odd", status)])
                 .await
                 .unwrap();
+        }
+    }
+
+    /// Gives the SDK what its conf names: plain integers and strings.
+    struct Typed;
+
+    struct TypedFilter(String);
+
+    impl Plugin for Typed {
+        fn name(&self) -> &str {
+            "typed"
+        }
+        fn configure(&self, conf: &str) -> Result<Box<dyn Filter>, ConfError> {
+            Ok(Box::new(TypedFilter(conf.to_owned())))
+        }
+    }
+
+    #[async_trait]
+    impl Filter for TypedFilter {
+        async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+            match self.0.as_str() {
+                "stop 403" => req.stop(Stop::new(403).header("X-Why", "denied").body("no")),
+                "stop 1000" => req.stop(Stop::new(1000)),
+                "stop bad name" => req.stop(Stop::new(403).header("x why", "denied")),
+                "bad value" => req.set_header("x-a", "1\r\nx-b: 2"),
+                "bad resp name" => req.set_resp_header("", "v"),
+                "bad remove" => req.remove_header("a:b"),
+                "http types" => {
+                    req.set_header(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
+                    req.add_header(String::from("X-N"), 7);
+                    let name = String::from("x-r");
+                    req.set_resp_header(&name, String::from("r"));
+                }
+                other => return Err(format!("unexpected conf {other}").into()),
+            }
+            Ok(())
+        }
+        async fn response(&self, resp: &mut Response<'_>) -> Result<(), PluginError> {
+            match self.0.as_str() {
+                "status 502" => resp.set_status(502),
+                "status 1000" => resp.set_status(1000),
+                "bad value" => resp.set_header("x-a", "\0"),
+                other => return Err(format!("unexpected conf {other}").into()),
+            }
+            Ok(())
+        }
+    }
+
+    /// Runs the request phase of `typed` with `conf`.
+    async fn typed(conf: &str) -> Result<crate::RequestOutcome, TestError> {
+        let registry = Registry::new().with(Typed);
+        TestRequest::get("/")
+            .run(&registry, &[("typed", conf)])
+            .await
+    }
+
+    #[tokio::test]
+    async fn plain_integers_and_strings_build_the_same_answer_as_http_types() {
+        let outcome = typed("stop 403").await.unwrap();
+        assert_eq!(
+            outcome,
+            crate::RequestOutcome::Stop(
+                Stop::new(StatusCode::FORBIDDEN)
+                    .header(http::header::HeaderName::from_static("x-why"), "denied")
+                    .body("no")
+            )
+        );
+        let crate::RequestOutcome::Rewrite(rw) = typed("http types").await.unwrap() else {
+            panic!("not a rewrite")
+        };
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            rw.headers,
+            vec![(s("accept"), Some(s("*/*"))), (s("x-n"), Some(s("7")))]
+        );
+        assert_eq!(rw.resp_headers, vec![(s("x-r"), s("r"))]);
+        let outcome = TestResponse::new(200)
+            .run(&Registry::new().with(Typed), &[("typed", "status 502")])
+            .await
+            .unwrap();
+        assert_eq!(outcome.status, Some(StatusCode::BAD_GATEWAY));
+    }
+
+    #[tokio::test]
+    async fn a_value_that_is_not_http_fails_the_call_naming_the_plugin_and_the_value() {
+        for (conf, message) in [
+            (
+                "stop 1000",
+                "plugin `typed` failed: invalid status 1000: a status is a number in 100..=999",
+            ),
+            (
+                "stop bad name",
+                "plugin `typed` failed: invalid header name \"x why\": not an HTTP token",
+            ),
+            (
+                "bad value",
+                "plugin `typed` failed: invalid header value \"1\\r\\nx-b: 2\": a header value cannot have control characters",
+            ),
+            (
+                "bad resp name",
+                "plugin `typed` failed: invalid header name \"\": a header name cannot be empty",
+            ),
+            ("bad remove", "plugin `typed` failed: invalid header name \"a:b\""),
+        ] {
+            let err = typed(conf).await.unwrap_err();
+            assert!(err.to_string().starts_with(message), "{conf}: {err}");
+        }
+        let registry = Registry::new().with(Typed);
+        for (conf, message) in [
+            ("status 1000", "plugin `typed` failed: invalid status 1000"),
+            (
+                "bad value",
+                "plugin `typed` failed: invalid header value \"\\0\"",
+            ),
+        ] {
+            let err = TestResponse::new(StatusCode::OK)
+                .run(&registry, &[("typed", conf)])
+                .await
+                .unwrap_err();
+            assert!(err.to_string().starts_with(message), "{conf}: {err}");
         }
     }
 }

@@ -1,49 +1,150 @@
 //! # runner-sdk: write plugins for an extplug runner
 //!
-//! A *plugin* is a named factory that turns its JSON configuration into a
-//! [`Filter`], once per route configuration (one `PREPARE_CONF` of the
-//! protocol). The filter then runs for every request of that route:
-//! [`Filter::request`] before the upstream is called, [`Filter::response`] after
-//! it answered. Both have no-op defaults; implement only what you need.
+//! A runner is a small program of your own: plugins, and a `main` that serves
+//! them to the gateway. The quickest start is to copy
+//! `examples/plugin-template` of the extplug repository (a `cargo new`-ready
+//! crate with the plugin below, its test, and a `gateway.json`).
+//!
+//! ## A plugin
+//!
+//! `deny-header` answers 403 to every request that has a given header. The
+//! [`Plugin`] turns a route's JSON configuration into a [`Filter`]; the filter
+//! runs for each request of that route.
+//!
+//! ```
+//! use runner_sdk::{async_trait, parse_conf, ConfError, Filter, Plugin, PluginError, Request, Stop};
+//! use serde::Deserialize;
+//!
+//! /// `deny-header`: answers 403 when the request has a given header.
+//! struct DenyHeader;
+//!
+//! /// `{"header": "x-block"}`: one route's configuration, and its filter.
+//! #[derive(Deserialize)]
+//! struct DenyHeaderConf {
+//!     header: String,
+//! }
+//!
+//! impl Plugin for DenyHeader {
+//!     fn name(&self) -> &str {
+//!         "deny-header"
+//!     }
+//!     // Once per route configuration; an error names the plugin.
+//!     fn configure(&self, conf: &str) -> Result<Box<dyn Filter>, ConfError> {
+//!         let conf: DenyHeaderConf = parse_conf(conf)?;
+//!         Ok(Box::new(conf))
+//!     }
+//! }
+//!
+//! #[async_trait]
+//! impl Filter for DenyHeaderConf {
+//!     // Every request of the route; `response` keeps its no-op default.
+//!     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+//!         if req.header(&self.header).is_some() {
+//!             req.stop(Stop::new(403).header("x-denied-by", "deny-header").body("denied\n"));
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! Statuses are plain integers or [`StatusCode`]s, header names and values
+//! plain strings or [`http`] types ([`IntoStatus`], [`IntoHeaderName`],
+//! [`IntoHeaderValue`]). A value that is not valid HTTP (`Stop::new(1000)`,
+//! a header name with a space) is neither a compile error nor a panic: the
+//! call fails, and the runner's answer names the plugin and the value:
+//! ``plugin `deny-header` failed: invalid status 1000: ...``.
+//!
+//! ## Its test
+//!
+//! [`testing`] runs a chain in-process, prepared exactly as the runner
+//! prepares it, and gives what the chain decided: a [`RequestOutcome`]
+//! (continue, [`Stop`] or [`Rewrite`]) or a [`ResponseOutcome`]. In a crate
+//! this is a `#[tokio::test] async fn` in `#[cfg(test)] mod tests`:
+//!
+//! ```
+//! # use runner_sdk::{async_trait, parse_conf, ConfError, Filter, Plugin, PluginError, Request, Stop};
+//! # struct DenyHeader;
+//! # #[derive(serde::Deserialize)]
+//! # struct DenyHeaderConf { header: String }
+//! # impl Plugin for DenyHeader {
+//! #     fn name(&self) -> &str { "deny-header" }
+//! #     fn configure(&self, conf: &str) -> Result<Box<dyn Filter>, ConfError> {
+//! #         let conf: DenyHeaderConf = parse_conf(conf)?;
+//! #         Ok(Box::new(conf))
+//! #     }
+//! # }
+//! # #[async_trait]
+//! # impl Filter for DenyHeaderConf {
+//! #     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+//! #         if req.header(&self.header).is_some() {
+//! #             req.stop(Stop::new(403).header("x-denied-by", "deny-header").body("denied\n"));
+//! #         }
+//! #         Ok(())
+//! #     }
+//! # }
+//! use runner_sdk::testing::TestRequest;
+//! use runner_sdk::{Registry, RequestOutcome};
+//!
+//! # futures::executor::block_on(async {
+//! let plugins = Registry::new().with(DenyHeader);
+//! let conf = [("deny-header", r#"{"header": "x-block"}"#)];
+//!
+//! let outcome = TestRequest::get("/").header("X-Block", "yes").run(&plugins, &conf).await.unwrap();
+//! let RequestOutcome::Stop(stop) = outcome else { panic!("not stopped: {outcome:?}") };
+//! assert_eq!(stop.status, 403);
+//! assert_eq!(stop.headers, vec![("x-denied-by".to_string(), "deny-header".to_string())]);
+//! assert_eq!(stop.body, b"denied\n");
+//!
+//! let outcome = TestRequest::get("/").run(&plugins, &conf).await.unwrap();
+//! assert_eq!(outcome, RequestOutcome::Continue);
+//! # });
+//! ```
+//!
+//! ## Its `main`
+//!
+//! [`Runner`] serves the plugins on the unix socket the gateway names in
+//! `APISIX_LISTEN_ADDRESS`, until SIGTERM (see [`runner`]). Build the binary
+//! and point the gateway's `ext-plugin.cmd` at it.
+//!
+//! ```no_run
+//! # use runner_sdk::{async_trait, parse_conf, ConfError, Filter, Plugin, PluginError, Request, Stop};
+//! # struct DenyHeader;
+//! # #[derive(serde::Deserialize)]
+//! # struct DenyHeaderConf { header: String }
+//! # impl Plugin for DenyHeader {
+//! #     fn name(&self) -> &str { "deny-header" }
+//! #     fn configure(&self, conf: &str) -> Result<Box<dyn Filter>, ConfError> {
+//! #         let conf: DenyHeaderConf = parse_conf(conf)?;
+//! #         Ok(Box::new(conf))
+//! #     }
+//! # }
+//! # #[async_trait]
+//! # impl Filter for DenyHeaderConf {
+//! #     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+//! #         if req.header(&self.header).is_some() {
+//! #             req.stop(Stop::new(403).header("x-denied-by", "deny-header").body("denied\n"));
+//! #         }
+//! #         Ok(())
+//! #     }
+//! # }
+//! fn main() -> std::process::ExitCode {
+//!     runner_sdk::Runner::new().plugin(DenyHeader).run()
+//! }
+//! ```
+//!
+//! ## How a chain answers
 //!
 //! What a filter does is *recorded*, never applied on the spot: reading a
 //! header, a variable or the body is never a change; writing one is. When
 //! every filter of a chain has run, the writes fold into one answer for the
 //! gateway: stop (answer the client now), rewrite (change the request), or
 //! continue (nothing changed). See [`RequestOutcome`] and [`ResponseOutcome`].
+//! [`Filter::request`] runs before the upstream is called, [`Filter::response`]
+//! after it answered; both have no-op defaults.
 //!
-//! ```
-//! use runner_sdk::{async_trait, parse_conf, ConfError, Filter, Plugin, PluginError, Request};
-//! use serde::Deserialize;
-//!
-//! /// Adds `x-hello: <name>` to every request.
-//! struct Hello;
-//!
-//! #[derive(Deserialize)]
-//! struct HelloConf { name: String }
-//!
-//! impl Plugin for Hello {
-//!     fn name(&self) -> &str { "hello" }
-//!     fn configure(&self, conf: &str) -> Result<Box<dyn Filter>, ConfError> {
-//!         let conf: HelloConf = parse_conf(conf)?;
-//!         Ok(Box::new(conf))
-//!     }
-//! }
-//!
-//! #[async_trait]
-//! impl Filter for HelloConf {
-//!     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
-//!         req.set_header("x-hello", &self.name);
-//!         Ok(())
-//!     }
-//! }
-//! ```
-//!
-//! A runner is this crate alone: [`Runner`] hosts the plugins behind the
-//! protocol's unix socket (`main` is one line, see [`runner`]), and
-//! [`testing`] drives them in-process. The protocol itself (frames, Cap'n
-//! Proto, the data types such as [`RequestOutcome`]) is the `extplug-wire`
-//! crate, re-exported here where plugins see it.
+//! The protocol itself (frames, Cap'n Proto, the data types such as
+//! [`RequestOutcome`]) is the `extplug-wire` crate, re-exported here where
+//! plugins see it, so a plugin depends on this crate alone.
 //!
 //! Features: `logging` (on by default) is the runner's default logging,
 //! `tracing` to stderr filtered by `RUST_LOG` (see [`runner::init_logging`]).
@@ -64,10 +165,21 @@ pub use chain::{CallError, Chain, PrepareError, Registry};
 /// The protocol's data types, defined by the wire crate that both the runner
 /// and the host use, re-exported here so plugin code needs only this crate.
 pub use extplug_wire::{
-    InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts, Rewrite, Stop,
-    ALLOWED_STATUS,
+    InfoKey, IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue, Needs, RequestOutcome,
+    RequestParts, ResponseOutcome, ResponseParts, Rewrite, Stop, ALLOWED_STATUS,
 };
-pub use http::{Method, StatusCode};
+/// The `http` crate this SDK uses (`runner_sdk::http::header::RETRY_AFTER`,
+/// `runner_sdk::http::StatusCode`...), so plugin code needs no version of its own.
+///
+/// ```
+/// use runner_sdk::http::{header, StatusCode};
+/// use runner_sdk::Stop;
+///
+/// let stop = Stop::new(StatusCode::TOO_MANY_REQUESTS).header(header::RETRY_AFTER, 30);
+/// assert_eq!(stop, Stop::new(429).header("Retry-After", "30"));
+/// ```
+pub use http;
+pub use http::{HeaderName, HeaderValue, Method, StatusCode};
 pub use info::InfoSource;
 pub use request::Request;
 pub use response::Response;
@@ -155,13 +267,33 @@ pub trait Filter: Send + Sync + 'static {
 pub struct ConfError(pub String);
 
 impl ConfError {
-    /// A configuration error with this message.
+    /// A configuration error with this message; say what is wrong and where
+    /// (the runner adds the plugin's name and the entry's position).
+    ///
+    /// ```
+    /// use runner_sdk::ConfError;
+    /// let count = 0;
+    /// let err = ConfError::new(format!("`count` must be above 0, got {count}"));
+    /// assert_eq!(err.to_string(), "`count` must be above 0, got 0");
+    /// ```
     pub fn new(message: impl Into<String>) -> Self {
         ConfError(message.into())
     }
 }
 
 /// Parses a JSON configuration text into a serde type.
+///
+/// ```
+/// use runner_sdk::parse_conf;
+///
+/// #[derive(Debug, serde::Deserialize)]
+/// struct Conf { header: String }
+///
+/// let conf: Conf = parse_conf(r#"{"header": "x-block"}"#).unwrap();
+/// assert_eq!(conf.header, "x-block");
+/// let err = parse_conf::<Conf>("{}").unwrap_err();
+/// assert_eq!(err.to_string(), "missing field `header` at line 1 column 2");
+/// ```
 ///
 /// # Errors
 /// A [`ConfError`] with serde's reason and position, e.g. ``missing field

@@ -2,7 +2,10 @@
 //! and how the changes of a chain fold into one answer.
 
 use crate::info::{Info, InfoSource};
-use crate::{InfoKey, PluginError, RequestOutcome, RequestParts, Rewrite, Stop};
+use crate::{
+    InfoKey, IntoHeaderName, IntoHeaderValue, InvalidValue, PluginError, RequestOutcome,
+    RequestParts, Rewrite, Stop,
+};
 use http::{Method, StatusCode};
 use std::net::IpAddr;
 
@@ -17,6 +20,8 @@ struct Changes {
     resp_headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
     stop: Option<Stop>,
+    /// The first name or value a setter refused: the call fails with it.
+    invalid: Option<InvalidValue>,
 }
 
 /// Sets the new values for `name` in a change list.
@@ -84,7 +89,8 @@ impl<'a> Request<'a> {
     }
 
     /// The first value of header `name` (any case), as changed so far.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: impl AsRef<str>) -> Option<&str> {
+        let name = name.as_ref();
         // No Vec here: this is the read most plugins make on every call.
         match self
             .changes
@@ -103,7 +109,8 @@ impl<'a> Request<'a> {
     }
 
     /// Every value of header `name` (any case), as changed so far.
-    pub fn header_values(&self, name: &str) -> Vec<&str> {
+    pub fn header_values(&self, name: impl AsRef<str>) -> Vec<&str> {
+        let name = name.as_ref();
         if let Some((_, changed)) = self
             .changes
             .headers
@@ -185,33 +192,78 @@ impl<'a> Request<'a> {
         self.changes.path = Some(path.into());
     }
 
-    /// Sets header `name` to `value`, replacing every old value.
-    pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
-        record(
-            &mut self.changes.headers,
-            name.to_ascii_lowercase(),
-            Some(vec![value.into()]),
-        );
+    /// Sets header `name` to `value`, replacing every old value. `name` is a
+    /// string or an `http::HeaderName`; `value` a string, an
+    /// `http::HeaderValue` or an integer.
+    ///
+    /// An invalid name or value (`"a b"`, `"a\nb"`) changes nothing and fails
+    /// the call when the filter returns, naming the plugin and the value.
+    ///
+    /// ```
+    /// # use runner_sdk::{async_trait, Filter, PluginError, Request};
+    /// # struct Tag;
+    /// #[async_trait]
+    /// impl Filter for Tag {
+    ///     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+    ///         req.set_header("x-gateway", "extplug");
+    ///         req.set_header(runner_sdk::http::header::CACHE_CONTROL, "no-store");
+    ///         req.set_header("x-attempt", 1);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn set_header(&mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) {
+        if let Some((name, value)) = self.checked(name, value) {
+            record(&mut self.changes.headers, name, Some(vec![value]));
+        }
     }
 
-    /// Adds a value to header `name`, keeping the values it has.
-    pub fn add_header(&mut self, name: &str, value: impl Into<String>) {
+    /// Adds a value to header `name`, keeping the values it has. Names and
+    /// values as for [`Request::set_header`].
+    pub fn add_header(&mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) {
+        let Some((name, value)) = self.checked(name, value) else {
+            return;
+        };
         let mut values: Vec<String> = self
-            .header_values(name)
+            .header_values(&name)
             .into_iter()
             .map(str::to_owned)
             .collect();
-        values.push(value.into());
-        record(
-            &mut self.changes.headers,
-            name.to_ascii_lowercase(),
-            Some(values),
-        );
+        values.push(value);
+        record(&mut self.changes.headers, name, Some(values));
     }
 
-    /// Deletes header `name`.
-    pub fn remove_header(&mut self, name: &str) {
-        record(&mut self.changes.headers, name.to_ascii_lowercase(), None);
+    /// Deletes header `name` (a string or an `http::HeaderName`). An invalid
+    /// name fails the call, as for [`Request::set_header`].
+    pub fn remove_header(&mut self, name: impl IntoHeaderName) {
+        match name.into_header_name() {
+            Ok(name) => record(&mut self.changes.headers, name, None),
+            Err(e) => self.refuse(e),
+        }
+    }
+
+    /// The checked, lower-cased name and the checked value; `None` (and the
+    /// mistake kept for the call's end) when either is invalid.
+    fn checked(
+        &mut self,
+        name: impl IntoHeaderName,
+        value: impl IntoHeaderValue,
+    ) -> Option<(String, String)> {
+        let checked = name
+            .into_header_name()
+            .and_then(|name| Ok((name, value.into_header_value()?)));
+        match checked {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                self.refuse(e);
+                None
+            }
+        }
+    }
+
+    /// Keeps the first refused value: the chain fails the call with it.
+    fn refuse(&mut self, invalid: InvalidValue) {
+        self.changes.invalid.get_or_insert(invalid);
     }
 
     /// Sets query argument `name` to `value`, replacing every old value.
@@ -246,18 +298,21 @@ impl<'a> Request<'a> {
 
     /// Sets a header on the client's response, replacing one set earlier in
     /// the chain. The gateway ignores the protected names (`content-type`,
-    /// `content-length`, `location`, `server`...).
-    pub fn set_resp_header(&mut self, name: &str, value: impl Into<String>) {
-        let name = name.to_ascii_lowercase();
-        self.changes.resp_headers.retain(|(n, _)| *n != name);
-        self.changes.resp_headers.push((name, value.into()));
+    /// `content-length`, `location`, `server`...). Names and values as for
+    /// [`Request::set_header`].
+    pub fn set_resp_header(&mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) {
+        if let Some((name, value)) = self.checked(name, value) {
+            self.changes.resp_headers.retain(|(n, _)| *n != name);
+            self.changes.resp_headers.push((name, value));
+        }
     }
 
-    /// Adds a header to the client's response (names may repeat).
-    pub fn add_resp_header(&mut self, name: &str, value: impl Into<String>) {
-        self.changes
-            .resp_headers
-            .push((name.to_ascii_lowercase(), value.into()));
+    /// Adds a header to the client's response (names may repeat). Names and
+    /// values as for [`Request::set_header`].
+    pub fn add_resp_header(&mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) {
+        if let Some(pair) = self.checked(name, value) {
+            self.changes.resp_headers.push(pair);
+        }
     }
 
     /// Replaces the request body sent to the upstream.
@@ -267,8 +322,22 @@ impl<'a> Request<'a> {
 
     /// Answers the client with `stop` and ends the chain: the filters after
     /// this one do not run, and earlier changes to the request are dropped.
-    /// The status must be in 200..=599: the runner fails the call (naming
-    /// this plugin) otherwise.
+    ///
+    /// The status must be in 200..=599, and the stop must have no mistake
+    /// ([`Stop::invalid`], e.g. `Stop::new(1000)`): the runner fails the call
+    /// (naming this plugin and the value) otherwise.
+    ///
+    /// ```
+    /// # use runner_sdk::{async_trait, Filter, PluginError, Request, Stop};
+    /// # struct Deny;
+    /// #[async_trait]
+    /// impl Filter for Deny {
+    ///     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+    ///         req.stop(Stop::new(403).header("x-reason", "denied").body("no entry\n"));
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
     pub fn stop(&mut self, stop: Stop) {
         self.changes.stop = Some(stop);
     }
@@ -283,7 +352,21 @@ impl<'a> Request<'a> {
         self.changes.stop.as_ref().map(|s| s.status)
     }
 
-    /// The net effect of every change recorded so far.
+    /// The first status, header name or header value refused so far (by a
+    /// setter, or in the recorded stop), taken out: the chain fails the call
+    /// with it when the filter returns.
+    pub(crate) fn take_invalid(&mut self) -> Option<InvalidValue> {
+        self.changes.invalid.take().or_else(|| {
+            self.changes
+                .stop
+                .as_ref()
+                .and_then(|stop| stop.invalid().cloned())
+        })
+    }
+
+    /// The net effect of every change recorded so far. Runners and
+    /// [`crate::testing`] call it after [`crate::Chain::run_request`]; plugin
+    /// code does not need it.
     pub fn into_outcome(self) -> RequestOutcome {
         let c = self.changes;
         if let Some(stop) = c.stop {

@@ -2,7 +2,10 @@
 //! may change.
 
 use crate::info::{Info, InfoSource};
-use crate::{InfoKey, PluginError, ResponseOutcome, ResponseParts};
+use crate::{
+    InfoKey, IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue, PluginError,
+    ResponseOutcome, ResponseParts,
+};
 use http::StatusCode;
 
 /// The upstream's answer in the response phase: read it, record changes.
@@ -14,6 +17,8 @@ pub struct Response<'a> {
     /// The whole header list once a filter changed any header.
     headers: Option<Vec<(String, String)>>,
     body: Option<Vec<u8>>,
+    /// The first status, name or value a setter refused: the call fails with it.
+    invalid: Option<InvalidValue>,
 }
 
 impl<'a> Response<'a> {
@@ -27,6 +32,7 @@ impl<'a> Response<'a> {
             status: None,
             headers: None,
             body: None,
+            invalid: None,
         }
     }
 
@@ -41,12 +47,13 @@ impl<'a> Response<'a> {
     }
 
     /// The first value of header `name` (any case), as changed so far.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: impl AsRef<str>) -> Option<&str> {
         self.header_values(name).into_iter().next()
     }
 
     /// Every value of header `name` (any case), as changed so far.
-    pub fn header_values(&self, name: &str) -> Vec<&str> {
+    pub fn header_values(&self, name: impl AsRef<str>) -> Vec<&str> {
+        let name = name.as_ref();
         match &self.headers {
             Some(list) => list
                 .iter()
@@ -84,15 +91,45 @@ impl<'a> Response<'a> {
         self.info.get(InfoKey::ResponseBody).await
     }
 
-    /// Replaces the status sent to the client. It must be in 200..=599: the
-    /// runner fails the call (naming this plugin) otherwise.
-    pub fn set_status(&mut self, status: StatusCode) {
-        self.status = Some(status);
+    /// Replaces the status sent to the client: an integer (`502`) or a
+    /// `StatusCode`. It must be in 200..=599: the runner fails the call
+    /// (naming this plugin and the status) otherwise; an integer that is not a
+    /// status at all (`1000`) changes nothing and fails the call the same way.
+    ///
+    /// ```
+    /// # use runner_sdk::{async_trait, Filter, PluginError, Response};
+    /// # struct Mask;
+    /// #[async_trait]
+    /// impl Filter for Mask {
+    ///     async fn response(&self, resp: &mut Response<'_>) -> Result<(), PluginError> {
+    ///         if resp.status().is_server_error() {
+    ///             resp.set_status(502);
+    ///             resp.set_header("retry-after", 5);
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn set_status(&mut self, status: impl IntoStatus) {
+        match status.into_status() {
+            Ok(status) => self.status = Some(status),
+            Err(e) => self.refuse(e),
+        }
     }
 
     /// The status set by a filter so far, if any.
     pub(crate) fn changed_status(&self) -> Option<StatusCode> {
         self.status
+    }
+
+    /// Keeps the first refused value: the chain fails the call with it.
+    fn refuse(&mut self, invalid: InvalidValue) {
+        self.invalid.get_or_insert(invalid);
+    }
+
+    /// The first value refused so far, taken out (see [`Response::set_status`]).
+    pub(crate) fn take_invalid(&mut self) -> Option<InvalidValue> {
+        self.invalid.take()
     }
 
     /// The header list, copied on the first header change.
@@ -107,24 +144,51 @@ impl<'a> Response<'a> {
         })
     }
 
-    /// Sets header `name` to `value`, replacing every old value.
-    pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
-        let name = name.to_ascii_lowercase();
-        let headers = self.headers_mut();
-        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
-        headers.push((name, value.into()));
+    /// Sets header `name` to `value`, replacing every old value. `name` is a
+    /// string or an `http::HeaderName`; `value` a string, an
+    /// `http::HeaderValue` or an integer. An invalid name or value changes
+    /// nothing and fails the call when the filter returns, naming the plugin
+    /// and the value.
+    pub fn set_header(&mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) {
+        if let Some((name, value)) = self.checked(name, value) {
+            let headers = self.headers_mut();
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+            headers.push((name, value));
+        }
     }
 
-    /// Adds a value to header `name`.
-    pub fn add_header(&mut self, name: &str, value: impl Into<String>) {
-        let name = name.to_ascii_lowercase();
-        self.headers_mut().push((name, value.into()));
+    /// Adds a value to header `name`. Names and values as for
+    /// [`Response::set_header`].
+    pub fn add_header(&mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) {
+        if let Some(pair) = self.checked(name, value) {
+            self.headers_mut().push(pair);
+        }
     }
 
-    /// Deletes header `name`.
-    pub fn remove_header(&mut self, name: &str) {
+    /// Deletes header `name` (a string or an `http::HeaderName`).
+    pub fn remove_header(&mut self, name: impl AsRef<str>) {
+        let name = name.as_ref();
         self.headers_mut()
             .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    /// The checked, lower-cased name and the checked value; `None` (and the
+    /// mistake kept for the call's end) when either is invalid.
+    fn checked(
+        &mut self,
+        name: impl IntoHeaderName,
+        value: impl IntoHeaderValue,
+    ) -> Option<(String, String)> {
+        let checked = name
+            .into_header_name()
+            .and_then(|name| Ok((name, value.into_header_value()?)));
+        match checked {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                self.refuse(e);
+                None
+            }
+        }
     }
 
     /// Replaces the body sent to the client (the gateway fixes the framing

@@ -31,15 +31,15 @@ use crate::chain::{CallError, Chain, PrepareError, Registry};
 use crate::info::InfoSource;
 use crate::request::Request;
 use crate::response::Response;
-use crate::InfoKey;
-use crate::PluginError;
+use crate::{InfoKey, IntoHeaderName, IntoHeaderValue, IntoStatus, PluginError};
 use crate::{RequestOutcome, RequestParts, ResponseOutcome, ResponseParts};
 use async_trait::async_trait;
 use http::{Method, StatusCode};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-/// Why a test run did not produce an outcome.
+/// Why a test run did not produce an outcome. Its text is what the runner
+/// would report to the gateway (and log).
 #[derive(Debug, thiserror::Error)]
 pub enum TestError {
     /// The chain's configuration was refused (as `PREPARE_CONF` would be).
@@ -84,6 +84,14 @@ impl MapSource {
             .map(|n| (n.to_owned(), self.values.get(n).cloned()))
             .collect()
     }
+}
+
+/// A test's header, checked as a filter's would be.
+fn test_header(name: impl IntoHeaderName, value: impl IntoHeaderValue) -> (String, String) {
+    let checked = name
+        .into_header_name()
+        .and_then(|name| Ok((name, value.into_header_value()?)));
+    checked.unwrap_or_else(|e| panic!("test header: {e}"))
 }
 
 /// Borrows a prefetched list in the shape the views take.
@@ -136,9 +144,13 @@ impl TestRequest {
     }
 
     /// Adds a header value (the name is lower-cased, as the gateway does).
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
+    /// Names and values as for [`Request::set_header`]: strings, `http`
+    /// types or (values) integers.
+    ///
+    /// # Panics
+    /// On a name or value that is not valid HTTP: the test itself is wrong.
+    pub fn header(mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) -> Self {
+        self.headers.push(test_header(name, value));
         self
     }
 
@@ -162,11 +174,60 @@ impl TestRequest {
         self
     }
 
-    /// Prepares `conf` with `plugins` as the runner would and runs the
-    /// request phase.
+    /// Prepares `conf` (`(plugin name, JSON configuration)` entries, in
+    /// chain order) with `plugins` as the runner would and runs the request
+    /// phase. The outcome is what the runner would answer: see
+    /// [`RequestOutcome`], [`crate::Stop`] and [`crate::Rewrite`] for their
+    /// fields.
+    ///
+    /// ```
+    /// # use runner_sdk::{async_trait, ConfError, Filter, Plugin, PluginError, Request};
+    /// # struct Gate;
+    /// # impl Plugin for Gate {
+    /// #     fn name(&self) -> &str { "gate" }
+    /// #     fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> { Ok(Box::new(Gate)) }
+    /// # }
+    /// # #[async_trait]
+    /// # impl Filter for Gate {
+    /// #     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+    /// #         match req.header("x-key") {
+    /// #             None => req.stop(Stop::new(401).body("no key")),
+    /// #             Some("bad") => return Err("bad key".into()),
+    /// #             Some(_) => req.set_header("x-user", "ann"),
+    /// #         }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use runner_sdk::testing::{TestError, TestRequest};
+    /// use runner_sdk::{Registry, RequestOutcome, Stop};
+    ///
+    /// # futures::executor::block_on(async {
+    /// // `gate` stops with 401 without `x-key`, fails on `x-key: bad`, and
+    /// // otherwise sets `x-user`.
+    /// let plugins = Registry::new().with(Gate);
+    /// let conf = [("gate", "{}")];
+    ///
+    /// let outcome = TestRequest::get("/").run(&plugins, &conf).await.unwrap();
+    /// assert_eq!(outcome, RequestOutcome::Stop(Stop::new(401).body("no key")));
+    ///
+    /// let outcome = TestRequest::get("/").header("x-key", "k").run(&plugins, &conf).await.unwrap();
+    /// let RequestOutcome::Rewrite(rewrite) = outcome else { panic!("{outcome:?}") };
+    /// assert_eq!(rewrite.headers, vec![("x-user".to_string(), Some("ann".to_string()))]);
+    /// assert_eq!(rewrite.path, None);
+    ///
+    /// let err = TestRequest::get("/").header("x-key", "bad").run(&plugins, &conf).await.unwrap_err();
+    /// assert!(matches!(err, TestError::Call(_)));
+    /// assert_eq!(err.to_string(), "plugin `gate` failed: bad key");
+    ///
+    /// let err = TestRequest::get("/").run(&plugins, &[("nope", "{}")]).await.unwrap_err();
+    /// assert_eq!(err.to_string(), r#"conf[0]: unknown plugin "nope" (this runner has: gate)"#);
+    /// # });
+    /// ```
     ///
     /// # Errors
-    /// The chain was refused, or a filter failed.
+    /// [`TestError::Prepare`]: the chain was refused (unknown plugin, bad
+    /// configuration); [`TestError::Call`]: a filter failed, panicked, or
+    /// gave a value that is not valid HTTP.
     pub async fn run(
         &self,
         plugins: &Registry,
@@ -178,7 +239,36 @@ impl TestRequest {
 
     /// Runs the request phase of a prepared chain. Declared needs are sent up
     /// front as a real gateway does; the second value lists what the filters
-    /// fetched lazily (each would be one more round trip).
+    /// fetched lazily (each would be one more round trip), by name: a
+    /// variable's name, `$request_body` or `$response_body`. An empty list
+    /// means [`crate::Filter::needs`] declared everything the filters read.
+    ///
+    /// ```
+    /// # use runner_sdk::{async_trait, ConfError, Filter, Plugin, PluginError, Request};
+    /// # struct Addr;
+    /// # impl Plugin for Addr {
+    /// #     fn name(&self) -> &str { "addr" }
+    /// #     fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> { Ok(Box::new(Addr)) }
+    /// # }
+    /// # #[async_trait]
+    /// # impl Filter for Addr {
+    /// #     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+    /// #         let addr = req.var_str("remote_addr").await?.unwrap_or_default();
+    /// #         req.set_header("x-addr", addr);
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use runner_sdk::testing::TestRequest;
+    /// use runner_sdk::{Chain, Registry};
+    ///
+    /// # futures::executor::block_on(async {
+    /// // `addr` reads `remote_addr` without declaring it in `needs()`.
+    /// let plugins = Registry::new().with(Addr);
+    /// let chain = Chain::prepare(&plugins, [("addr", "{}")]).unwrap();
+    /// let (_, fetched) = TestRequest::get("/").var("remote_addr", "10.0.0.1").run_chain(&chain).await.unwrap();
+    /// assert_eq!(fetched, ["remote_addr"]); // one more round trip in each call
+    /// # });
+    /// ```
     ///
     /// # Errors
     /// A filter failed or panicked.
@@ -221,19 +311,28 @@ pub struct TestResponse {
 }
 
 impl TestResponse {
-    /// An answer with this status, no headers and no body.
-    pub fn new(status: StatusCode) -> Self {
+    /// An answer with this status (an integer or a `StatusCode`), no headers
+    /// and no body.
+    ///
+    /// # Panics
+    /// On an integer that is not an HTTP status (outside 100..=999): the test
+    /// itself is wrong.
+    pub fn new(status: impl IntoStatus) -> Self {
         TestResponse {
-            status,
+            status: status
+                .into_status()
+                .unwrap_or_else(|e| panic!("TestResponse::new: {e}")),
             headers: Vec::new(),
             source: MapSource::default(),
         }
     }
 
-    /// Adds a header value.
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
+    /// Adds a header value, as for [`TestRequest::header`].
+    ///
+    /// # Panics
+    /// On a name or value that is not valid HTTP: the test itself is wrong.
+    pub fn header(mut self, name: impl IntoHeaderName, value: impl IntoHeaderValue) -> Self {
+        self.headers.push(test_header(name, value));
         self
     }
 
@@ -252,10 +351,40 @@ impl TestResponse {
     }
 
     /// Prepares `conf` with `plugins` as the runner would and runs the
-    /// response phase.
+    /// response phase. See [`ResponseOutcome`] for the outcome's fields.
+    ///
+    /// ```
+    /// # use runner_sdk::{async_trait, ConfError, Filter, Plugin, PluginError, Response};
+    /// # struct Hide;
+    /// # impl Plugin for Hide {
+    /// #     fn name(&self) -> &str { "hide" }
+    /// #     fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> { Ok(Box::new(Hide)) }
+    /// # }
+    /// # #[async_trait]
+    /// # impl Filter for Hide {
+    /// #     async fn response(&self, resp: &mut Response<'_>) -> Result<(), PluginError> {
+    /// #         resp.remove_header("server");
+    /// #         if resp.status() == 500 { resp.set_status(502); }
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use runner_sdk::testing::TestResponse;
+    /// use runner_sdk::{Registry, StatusCode};
+    ///
+    /// # futures::executor::block_on(async {
+    /// // `hide` removes `server`, and turns a 500 into a 502.
+    /// let plugins = Registry::new().with(Hide);
+    /// let upstream = TestResponse::new(500).header("server", "up").header("x-a", "1");
+    /// let outcome = upstream.run(&plugins, &[("hide", "{}")]).await.unwrap();
+    /// assert_eq!(outcome.status, Some(StatusCode::BAD_GATEWAY));
+    /// // The whole new list: what no filter touched is in it too.
+    /// assert_eq!(outcome.headers, Some(vec![("x-a".to_string(), "1".to_string())]));
+    /// assert_eq!(outcome.body, None); // the upstream's body goes unchanged
+    /// # });
+    /// ```
     ///
     /// # Errors
-    /// The chain was refused, or a filter failed.
+    /// As for [`TestRequest::run`].
     pub async fn run(
         &self,
         plugins: &Registry,

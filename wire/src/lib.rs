@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+mod convert;
 mod info;
 pub mod message;
 mod needs;
@@ -28,6 +29,7 @@ pub mod ext_plugin_capnp {
 }
 
 pub use codec::{Frame, FrameCodec, FrameError, MAX_PAYLOAD};
+pub use convert::{IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue};
 pub use info::InfoKey;
 pub use message::{
     DecodeError, Encode, ErrorCode, ErrorResp, ExtraInfoAnswer, MessageType, Payload, PrepareConf,

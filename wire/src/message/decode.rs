@@ -371,11 +371,12 @@ impl<'a> Payload<'a> {
                     let status = answer_status(stop.get_status())
                         .map_err(|reason| format!("stop {reason}"))?
                         .unwrap_or(StatusCode::OK);
-                    RequestOutcome::Stop(Stop {
-                        status,
-                        headers: owned(read_pairs(stop.get_headers()?.iter(), "stop header")?),
-                        body: stop.get_body()?.to_vec(),
-                    })
+                    // Built field by field: the names and values are taken
+                    // as the runner sent them, not checked as a builder would.
+                    let mut out = Stop::new(status);
+                    out.headers = owned(read_pairs(stop.get_headers()?.iter(), "stop header")?);
+                    out.body = stop.get_body()?.to_vec();
+                    RequestOutcome::Stop(out)
                 }
                 action::Rewrite(rw) => {
                     let rw = rw?;

@@ -1,0 +1,154 @@
+//! `examples/plugin-template`, as a plugin author uses it: its own
+//! `cargo test` passes, and its built runner, started by the real `extplug
+//! proxy` from the template's own gateway.json, answers 403 to a request with
+//! the header and lets the others through to the upstream.
+//!
+//! The template is its own workspace, so it builds into its own target dir
+//! (`<target>/plugin-template`, kept between runs): the first run compiles
+//! its dependencies again.
+
+mod common;
+
+use common::http::{send, ProxyProc, Upstream};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The template's directory.
+fn template_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plugin-template")
+}
+
+/// Where the template builds: next to this workspace's own builds, in the
+/// same target dir (wherever `CARGO_TARGET_DIR` put it).
+fn template_target() -> PathBuf {
+    let exe = Path::new(env!("CARGO_BIN_EXE_extplug"));
+    // <target>/<profile>/extplug
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("plugin-template")
+}
+
+/// Runs `cargo <args>` on the template and fails with cargo's output if it fails.
+fn cargo(args: &[&str]) {
+    let out = Command::new(env!("CARGO"))
+        .args(args)
+        .arg("--manifest-path")
+        .arg(template_dir().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(template_target())
+        .output()
+        .expect("running cargo");
+    assert!(
+        out.status.success(),
+        "cargo {args:?} on the template failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_template_passes_its_tests_and_its_runner_denies_behind_the_proxy() {
+    cargo(&["test", "--quiet"]);
+    cargo(&["build", "--quiet"]);
+    let runner = template_target().join("debug/my-plugins");
+    assert!(runner.is_file(), "no runner at {}", runner.display());
+
+    // The template's own gateway.json, pointed at this test's build, port
+    // and upstream; the plugin conf is kept as the author wrote it.
+    let text = std::fs::read_to_string(template_dir().join("gateway.json")).unwrap();
+    let mut config: Value = serde_json::from_str(&text).expect("gateway.json is JSON");
+    let cmd = &mut config["ext-plugin"]["cmd"][0];
+    assert_eq!(
+        cmd.as_str().map(|c| Path::new(c).file_name()),
+        Some(Some("my-plugins".as_ref())),
+        "gateway.json runs the template's binary"
+    );
+    *cmd = json!(runner.display().to_string());
+    config["listen"] = json!("127.0.0.1:0");
+    let up = Upstream::start().await;
+    let routes = config["routes"].as_array_mut().expect("routes");
+    assert!(!routes.is_empty(), "gateway.json has no route");
+    for route in routes {
+        route["upstream"]["nodes"] = json!({ up.addr.to_string(): 1 });
+    }
+    let proxy = ProxyProc::start(&config);
+
+    let denied = send("GET", &proxy.url("/x"), &[("x-block", "1")], "").await;
+    assert_eq!(
+        (
+            denied.status,
+            denied.header("x-denied-by"),
+            denied.text().as_str()
+        ),
+        (403, Some("deny-header"), "denied\n"),
+        "log:\n{}",
+        proxy.log()
+    );
+    assert!(
+        up.requests().is_empty(),
+        "a denied request reached the upstream"
+    );
+
+    let passed = send("GET", &proxy.url("/x"), &[("x-other", "1")], "").await;
+    assert_eq!(
+        (passed.status, passed.text().as_str()),
+        (200, "upstream says hi")
+    );
+    let seen = up.last();
+    assert_eq!(
+        (seen.target.as_str(), seen.header("x-other")),
+        ("/x", Some("1"))
+    );
+}
+
+/// The README's plugin guide shows the template's code: every `rust`, `toml`
+/// and `json` block of its "Writing plugins" section is, verbatim, part of
+/// the template's `src/main.rs`, `Cargo.toml` or `gateway.json`, which the
+/// test above builds and runs. So every block of the guide compiles.
+#[test]
+fn the_readme_guide_shows_the_template_verbatim() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme
+        .find("\n## Writing plugins\n")
+        .expect("README has a \"Writing plugins\" section");
+    let section = &readme[start + 1..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let read = |file: &str| std::fs::read_to_string(template_dir().join(file)).unwrap();
+    let (main_rs, cargo_toml, gateway) = (
+        read("src/main.rs"),
+        read("Cargo.toml"),
+        read("gateway.json"),
+    );
+    let mut checked = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        let Some(lang) = line.trim_start().strip_prefix("```") else {
+            continue;
+        };
+        let block: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| l.trim_start() != "```")
+            .collect();
+        let block = block.join("\n");
+        let (file, text) = match lang {
+            "rust" => ("src/main.rs", &main_rs),
+            "toml" => ("Cargo.toml", &cargo_toml),
+            "json" => ("gateway.json", &gateway),
+            _ => continue,
+        };
+        assert!(
+            text.contains(&block),
+            "a {lang} block of the README's guide is not in the template's {file}:\n{block}"
+        );
+        checked.push(lang.to_owned());
+    }
+    assert!(
+        checked.iter().filter(|l| *l == "rust").count() >= 2,
+        "the guide shows the template's code: {checked:?}"
+    );
+}
