@@ -179,6 +179,22 @@ impl Gateway {
             .collect()
     }
 
+    /// Whether every runner of the configuration being served is ready
+    /// (for a readiness check): `Err` names the first that is not, and why.
+    pub fn ready(&self) -> Result<(), String> {
+        for (name, state) in self.runner_states() {
+            match state {
+                RunnerState::Ready { .. } => {}
+                RunnerState::Starting { .. } => return Err(format!("runner `{name}` is starting")),
+                RunnerState::Down { reason } => {
+                    return Err(format!("runner `{name}` is down: {reason}"))
+                }
+                RunnerState::Stopped => return Err(format!("runner `{name}` is stopped")),
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the configuration file again and applies it ([`Gateway::apply`]);
     /// SIGHUP and the admin listener's `POST /reload` call this. A refusal
     /// is logged (and returned) with the message `extplug check` gives for
@@ -324,10 +340,12 @@ impl Gateway {
     /// Stops every runner, those being retired included, and waits until
     /// they are gone. Call once the server has stopped.
     pub async fn stop(&self) {
+        // The lock first: a reload still running finishes (it sees the
+        // shutdown) before the runners it may retire are waited for.
+        let mut live = self.live.lock().await;
         self.retiring.close();
         self.retiring.wait().await;
-        let runners = std::mem::take(&mut self.live.lock().await.runners);
-        runners.stop().await;
+        std::mem::take(&mut live.runners).stop().await;
     }
 }
 
@@ -337,5 +355,36 @@ async fn drained(old: Arc<Proxy>, grace: Duration) {
     let deadline = tokio::time::Instant::now() + grace;
     while Arc::strong_count(&old) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What an admin endpoint can ask of the running gateway: reload it
+/// (`POST /reload`), and whether it is ready (`GET /readyz`). [`run_from`]
+/// has the [`Gateway`]; an admin listener takes it as `Arc<dyn Control>`.
+///
+/// [`run_from`]: super::run_from
+#[async_trait::async_trait]
+pub trait Control: Send + Sync {
+    /// [`Gateway::reload`].
+    ///
+    /// # Errors
+    /// As for [`Gateway::reload`] (the configuration is refused).
+    async fn reload(&self) -> Result<(), ConfigError>;
+
+    /// [`Gateway::ready`].
+    ///
+    /// # Errors
+    /// A runner is not ready; the message names it.
+    fn ready(&self) -> Result<(), String>;
+}
+
+#[async_trait::async_trait]
+impl Control for Gateway {
+    async fn reload(&self) -> Result<(), ConfigError> {
+        Gateway::reload(self).await
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Gateway::ready(self)
     }
 }
