@@ -192,6 +192,7 @@ async fn a_reload_changes_chains_adds_and_removes_routes_and_keeps_the_runner() 
     let first = with_routes(json!([
         route("a", "/a", up.addr, say("one")),
         route("b", "/b", up.addr, say("bee")),
+        route("k", "/k", up.addr, say("kept")),
         route("up", "/up", up.addr, json!({})),
     ]));
     let p = ProxyProc::start(&first);
@@ -203,12 +204,24 @@ async fn a_reload_changes_chains_adds_and_removes_routes_and_keeps_the_runner() 
     assert_eq!(get(&p.url("/up")).await.status, 200);
     let before = up.requests().len();
 
+    assert_eq!(get(&p.url("/k")).await.text(), "kept");
     let second = with_routes(json!([
         route("a", "/a", up.addr, say("two")),
         route("c", "/c", up.addr, say("sea")),
+        route("k", "/k", up.addr, say("kept")),
         route("up", "/up", up.addr, json!({})),
     ]));
     assert!(reload(&p, &second), "{}", p.log());
+    assert_eq!(get(&p.url("/k")).await.text(), "kept");
+    // The runner logs each PREPARE_CONF with its key (route#phase#hash).
+    let prepared = |route: &str| {
+        p.log()
+            .lines()
+            .filter(|l| l.contains("conf prepared") && l.contains(&format!("key=\"{route}#")))
+            .count()
+    };
+    assert_eq!(prepared("k"), 1, "an unchanged chain keeps its token");
+    assert_eq!(prepared("a"), 2, "a changed chain is prepared again");
     assert_eq!(get(&p.url("/a")).await.text(), "two", "a changed chain");
     assert_eq!(get(&p.url("/b")).await.status, 404, "a removed route");
     assert_eq!(get(&p.url("/c")).await.text(), "sea", "an added route");
