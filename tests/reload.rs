@@ -426,3 +426,49 @@ async fn an_unknown_runner_name_is_refused_at_start_and_at_reload() {
     assert!(p.log().contains("\"nope\" is not a runner"), "{}", p.log());
     assert_eq!(get(&p.url("/b")).await.text(), "on other");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_finishes_under_the_configuration_it_started_with() {
+    let up = Upstream::start().await;
+    // `/slow` waits 3 s at the upstream, then its response phase runs on
+    // runner `other`, which a reload replaces meanwhile.
+    let slow = |generation: &str| {
+        let mut c = with_routes(json!([route(
+            "s",
+            "/slow",
+            up.addr,
+            json!({"ext-plugin-post-resp": {
+                "runner": "other",
+                "conf": [{"name": "response-headers",
+                          "value": json!({"set": {"x-gen": generation}}).to_string()}]}})
+        )]));
+        c["runners"] = json!({"other": {"cmd": demo(), "env": {"GEN": generation}}});
+        c
+    };
+    let p = ProxyProc::start(&slow("1"));
+    let url = p.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    // Until the upstream has it: the request has its configuration.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the upstream got no request");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let next = slow("2");
+    assert!(tokio::task::block_in_place(|| reload(&p, &next)));
+    let old = in_flight.await.unwrap();
+    assert_eq!(old.status, 200, "{}", p.log());
+    assert_eq!(
+        old.header("x-gen"),
+        Some("1"),
+        "the old configuration and runner"
+    );
+    let new = get(&p.url("/slow")).await;
+    assert_eq!(new.header("x-gen"), Some("2"), "the new configuration");
+    // The old runner was stopped once the request was done.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !runners_with(&p, "GEN", "1").is_empty() {
+        assert!(Instant::now() < deadline, "the old runner still runs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
