@@ -21,8 +21,9 @@ pub struct ConfigRefused {
 
 /// Prepares the chain of every phase of every route (disabled routes too)
 /// that runs on the default runner ([`DEFAULT_RUNNER`]) with PREPARE_CONF,
-/// under the keys the proxy uses: the tokens stay in `client`'s cache, so the proxy's first requests reuse them. Meant for
-/// start-up, `extplug check`, and any later reload of a configuration.
+/// under the keys the proxy uses: the tokens stay in `client`'s cache, so
+/// the proxy's first requests reuse them. Meant for start-up, `extplug
+/// check`, and any later reload of a configuration.
 ///
 /// # Errors
 /// The first route phase whose chain the runner refuses (`badRequest`: the
