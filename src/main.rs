@@ -126,7 +126,11 @@ fn main() -> ExitCode {
                 if let Some(listen) = listen {
                     c.listen = listen;
                 }
-                serve(c, Some(&config), None)
+                let source = host::gateway::ConfigSource {
+                    path: config.clone(),
+                    listen,
+                };
+                serve(c, Some(source), None)
             }
             Err(e) => fail(&e.to_string()),
         },
@@ -207,8 +211,8 @@ fn check(path: &std::path::Path, config: &host::config::Config, offline: bool) -
         let interrupted = CancellationToken::new();
         tokio::spawn(extplug::stop_on_signal(interrupted.clone()));
         match host::start_runner(config, &interrupted).await? {
-            Some((supervisor, _client)) => {
-                supervisor.stop().await;
+            Some(runners) => {
+                runners.stop().await;
                 Ok::<bool, host::HostError>(true)
             }
             None => Ok(false),
@@ -254,10 +258,12 @@ fn fail(message: &str) -> ExitCode {
 /// wait for that line), then `after_listening`'s text.
 ///
 /// A configuration the runner refuses (or a runner that does not start) is
-/// reported once, prefixed with `path` when there is one, with exit status 2.
+/// reported once, prefixed with the file's path when there is one, with exit
+/// status 2. SIGHUP reloads the configuration from `source` (see README,
+/// "Operations").
 fn serve(
     config: host::config::Config,
-    path: Option<&std::path::Path>,
+    source: Option<host::gateway::ConfigSource>,
     after_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) -> String>>,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
@@ -267,7 +273,7 @@ fn serve(
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(extplug::stop_on_signal(shutdown.clone()));
-        host::run(config, shutdown, |addr| {
+        host::run_from(config, source.clone(), shutdown, |addr| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "extplug listening on http://{addr}");
             if let Some(after) = after_listening {
@@ -279,8 +285,8 @@ fn serve(
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is_config_error() => match path {
-            Some(path) => fail(&format!("{}: {e}", path.display())),
+        Err(e) if e.is_config_error() => match &source {
+            Some(source) => fail(&format!("{}: {e}", source.path.display())),
             None => fail(&e.to_string()),
         },
         Err(e) => {

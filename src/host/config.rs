@@ -11,6 +11,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+/// The name of the runner of the `ext-plugin` section, which a route phase
+/// without `runner` uses.
+pub const DEFAULT_RUNNER: &str = "default";
+
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -43,8 +47,11 @@ impl Phase {
 pub struct Config {
     /// Where the proxy listens.
     pub listen: SocketAddr,
-    /// How to run and talk to the runner.
+    /// How to run and talk to the default runner (`ext-plugin`, named
+    /// [`DEFAULT_RUNNER`]).
     pub runner: RunnerConf,
+    /// The other runners (`runners`), by name; never [`DEFAULT_RUNNER`].
+    pub runners: BTreeMap<String, RunnerConf>,
     /// The routes, in file order.
     pub routes: Vec<Route>,
     /// The largest request body read for a plugin (413 past it).
@@ -178,6 +185,9 @@ pub struct PhaseConf {
     pub allow_degradation: bool,
     /// Variables to send with every call, beyond what the plugins declare.
     pub extra_info: Vec<String>,
+    /// The runner that runs the chain (`runner`; [`DEFAULT_RUNNER`] when
+    /// absent), a name of [`Config::runner_confs`].
+    pub runner: String,
     /// The configuration version sent as PREPARE_CONF's `key`: route, phase
     /// and a hash of the chain, so that a changed chain gets a new token.
     pub key: String,
@@ -208,6 +218,8 @@ struct RawConfig<'a> {
     listen: String,
     #[serde(rename = "ext-plugin")]
     ext_plugin: RawRunner,
+    #[serde(default)]
+    runners: BTreeMap<String, RawRunner>,
     // Raw text, borrowed from the file: each route is parsed on its own,
     // and its position in the file gives its errors a line and column.
     #[serde(borrow)]
@@ -348,6 +360,8 @@ struct RawPhase {
     allow_degradation: bool,
     #[serde(default)]
     extra_info: Vec<String>,
+    /// The runner's name in `runners` (default: the `ext-plugin` runner).
+    runner: Option<String>,
     /// APISIX's per-plugin metadata; `disable: true` turns the phase off.
     #[serde(rename = "_meta")]
     meta: Option<RawMeta>,
@@ -431,6 +445,13 @@ struct RawTimeout {
 }
 
 impl Config {
+    /// Every runner by name: [`DEFAULT_RUNNER`] (the `ext-plugin` section)
+    /// first, then `runners` in name order.
+    pub fn runner_confs(&self) -> impl Iterator<Item = (&str, &RunnerConf)> {
+        std::iter::once((DEFAULT_RUNNER, &self.runner))
+            .chain(self.runners.iter().map(|(n, c)| (n.as_str(), c)))
+    }
+
     /// Reads and checks the file at `path`.
     ///
     /// # Errors
@@ -479,43 +500,17 @@ impl Config {
             ));
         }
         let client = client_limits(&raw)?;
-        let r = raw.ext_plugin;
-        if r.cmd.is_empty() || r.cmd[0].is_empty() {
-            return Err(ConfigError(
-                "`ext-plugin.cmd` must name the runner program".into(),
-            ));
-        }
-        for (name, value) in [
-            ("conf_expire_time", r.conf_expire_time),
-            ("call_timeout_ms", r.call_timeout_ms),
-            ("start_timeout_ms", r.start_timeout_ms),
-        ] {
-            if value == 0 {
+        let runner = runner_conf("ext-plugin", raw.ext_plugin)?;
+        let mut runners = BTreeMap::new();
+        for (name, r) in raw.runners {
+            if name == DEFAULT_RUNNER || name.is_empty() {
                 return Err(ConfigError(format!(
-                    "`ext-plugin.{name}` must be greater than 0"
+                    "`runners`: {name:?} cannot name a runner (`{DEFAULT_RUNNER}` is the `ext-plugin` runner)"
                 )));
             }
+            let conf = runner_conf(&format!("runners.{name}"), r)?;
+            runners.insert(name, conf);
         }
-        check_env(&r.env)?;
-        // The host and the runner add it (and 1.2 times it) to the clock,
-        // which panics on overflow: "never" must be a number that fits.
-        if r.conf_expire_time > u64::from(u32::MAX) {
-            return Err(ConfigError(format!(
-                "`ext-plugin.conf_expire_time` {} is too large (at most {} seconds)",
-                r.conf_expire_time,
-                u32::MAX
-            )));
-        }
-        let runner = RunnerConf {
-            cmd: r.cmd,
-            env: r.env,
-            conf_expire: Duration::from_secs(r.conf_expire_time),
-            call_timeout: Duration::from_millis(r.call_timeout_ms),
-            start_timeout: Duration::from_millis(r.start_timeout_ms),
-            stop_grace: Duration::from_millis(r.stop_grace_ms),
-            pool_size: r.pool_size,
-            restart_after_timeouts: r.restart_after_timeouts,
-        };
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, raw_route) in raw.routes.into_iter().enumerate() {
             let route_text = raw_route.get();
@@ -537,6 +532,13 @@ impl Config {
                 };
                 ConfigError(format!("{l}:{c}: route {id} (routes[{i}]): {e}"))
             })?;
+            if let Some((phase, name)) = unknown_runner(&route, &runners) {
+                return Err(ConfigError(format!(
+                    "{line}:{column}: route {id} (routes[{i}]): `plugins.{}.runner` {name:?} is not a runner: {}",
+                    phase.name(),
+                    runner_names(&runners)
+                )));
+            }
             if routes.iter().any(|r: &Route| r.id == route.id) {
                 return Err(ConfigError(format!(
                     "{line}:{column}: route {id} (routes[{i}]): the id is used twice"
@@ -547,6 +549,7 @@ impl Config {
         Ok(Config {
             listen,
             runner,
+            runners,
             routes,
             max_request_body: raw.max_request_body_bytes,
             max_response_body: raw.max_response_body_bytes,
@@ -555,6 +558,67 @@ impl Config {
             client,
         })
     }
+}
+
+/// Checks one runner section (`ext-plugin`, or `runners.NAME`: `section`
+/// names it in errors).
+fn runner_conf(section: &str, r: RawRunner) -> Result<RunnerConf, ConfigError> {
+    if r.cmd.is_empty() || r.cmd[0].is_empty() {
+        return Err(ConfigError(format!(
+            "`{section}.cmd` must name the runner program"
+        )));
+    }
+    for (name, value) in [
+        ("conf_expire_time", r.conf_expire_time),
+        ("call_timeout_ms", r.call_timeout_ms),
+        ("start_timeout_ms", r.start_timeout_ms),
+    ] {
+        if value == 0 {
+            return Err(ConfigError(format!(
+                "`{section}.{name}` must be greater than 0"
+            )));
+        }
+    }
+    check_env(section, &r.env)?;
+    // The host and the runner add it (and 1.2 times it) to the clock,
+    // which panics on overflow: "never" must be a number that fits.
+    if r.conf_expire_time > u64::from(u32::MAX) {
+        return Err(ConfigError(format!(
+            "`{section}.conf_expire_time` {} is too large (at most {} seconds)",
+            r.conf_expire_time,
+            u32::MAX
+        )));
+    }
+    Ok(RunnerConf {
+        cmd: r.cmd,
+        env: r.env,
+        conf_expire: Duration::from_secs(r.conf_expire_time),
+        call_timeout: Duration::from_millis(r.call_timeout_ms),
+        start_timeout: Duration::from_millis(r.start_timeout_ms),
+        stop_grace: Duration::from_millis(r.stop_grace_ms),
+        pool_size: r.pool_size,
+        restart_after_timeouts: r.restart_after_timeouts,
+    })
+}
+
+/// A phase of `route` that names a runner `runners` lacks, with that name.
+fn unknown_runner<'r>(
+    route: &'r Route,
+    runners: &BTreeMap<String, RunnerConf>,
+) -> Option<(Phase, &'r str)> {
+    [Phase::PreReq, Phase::PostReq, Phase::PostResp]
+        .into_iter()
+        .filter_map(|p| route.phase(p).map(|c| (p, c.runner.as_str())))
+        .find(|(_, name)| *name != DEFAULT_RUNNER && !runners.contains_key(*name))
+}
+
+/// "the runners are `default`, `a`" for an unknown runner's message.
+fn runner_names(runners: &BTreeMap<String, RunnerConf>) -> String {
+    let names: Vec<String> = std::iter::once(DEFAULT_RUNNER)
+        .chain(runners.keys().map(String::as_str))
+        .map(|n| format!("`{n}`"))
+        .collect();
+    format!("the runners are {}", names.join(", "))
 }
 
 /// Checks the client-side limits; errors name the field.
@@ -588,9 +652,9 @@ fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError> {
 
 /// The runner's configured environment: names the host sets itself, and
 /// names or values that cannot be in an environment, are refused.
-fn check_env(env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+fn check_env(section: &str, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for (name, value) in env {
-        let field = format!("`ext-plugin.env.{name}`");
+        let field = format!("`{section}.env.{name}`");
         if super::supervisor::RESERVED_ENV.contains(&name.as_str()) {
             return Err(ConfigError(format!(
                 "{field}: the host sets {name} for the runner itself; remove it from `env`"
@@ -598,7 +662,7 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
         }
         if name.is_empty() || name.contains(['=', '\0']) {
             return Err(ConfigError(format!(
-                "`ext-plugin.env`: {name:?} is not a variable name (empty, or has `=` or NUL)"
+                "`{section}.env`: {name:?} is not a variable name (empty, or has `=` or NUL)"
             )));
         }
         if value.contains('\0') {
@@ -710,6 +774,7 @@ fn route_from_raw(raw: RawRoute) -> Result<Route, String> {
             conf,
             allow_degradation: p.allow_degradation,
             extra_info: p.extra_info,
+            runner: p.runner.unwrap_or_else(|| DEFAULT_RUNNER.to_owned()),
             key,
         }))
     };
@@ -1104,6 +1169,50 @@ mod tests {
             .0;
             assert!(err.contains(field), "{field}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn several_runners_and_a_phase_picks_one_by_name() {
+        let phase = |runner: &str| {
+            format!(
+                r#"{{"id":"r1","uri":"/a","upstream":{{"nodes":{{"127.0.0.1:1":1}}}},
+                "plugins":{{"ext-plugin-post-req":{{"runner":{runner},"conf":[{{"name":"say","value":"{{}}"}}]}}}}}}"#
+            )
+        };
+        let text = |runner: &str| {
+            format!(
+                r#"{{"ext-plugin":{{"cmd":["r"]}},"runners":{{"auth":{{"cmd":["a"],"env":{{"K":"v"}}}}}},"routes":[{}]}}"#,
+                phase(runner)
+            )
+        };
+        let c = Config::parse(&text(r#""auth""#)).unwrap();
+        assert_eq!(c.routes[0].post_req.as_ref().unwrap().runner, "auth");
+        let names: Vec<&str> = c.runner_confs().map(|(n, _)| n).collect();
+        assert_eq!(names, ["default", "auth"]);
+        assert_eq!(c.runners["auth"].cmd, ["a"]);
+        let c = Config::parse(&text(r#""default""#)).unwrap();
+        assert_eq!(
+            c.routes[0].post_req.as_ref().unwrap().runner,
+            DEFAULT_RUNNER
+        );
+        let err = Config::parse(&text(r#""nope""#)).unwrap_err().0;
+        assert!(
+            err.contains("route `r1`")
+                && err.contains("`plugins.ext-plugin-post-req.runner` \"nope\" is not a runner")
+                && err.contains("`default`, `auth`"),
+            "{err}"
+        );
+        let err =
+            Config::parse(r#"{"ext-plugin":{"cmd":["r"]},"runners":{"x":{"cmd":[]}},"routes":[]}"#)
+                .unwrap_err()
+                .0;
+        assert!(err.contains("`runners.x.cmd`"), "{err}");
+        let err = Config::parse(
+            r#"{"ext-plugin":{"cmd":["r"]},"runners":{"default":{"cmd":["d"]}},"routes":[]}"#,
+        )
+        .unwrap_err()
+        .0;
+        assert!(err.contains("\"default\" cannot name a runner"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! }
 //!
 //! # async fn embed(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+//! // One runner (`ext-plugin`); `host::runners` runs several.
 //! let mut supervisor = Supervisor::start(config.runner.clone())?;
 //! supervisor.started().await?; // the first start fails fast
 //! let client = ExtClient::new(&config.runner, supervisor.state());
@@ -51,6 +52,7 @@
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod gateway;
 pub mod ingress;
 pub mod path;
 pub mod preflight;
@@ -58,12 +60,13 @@ pub mod proxy;
 pub mod router;
 pub mod runner_cmd;
 pub mod runner_dir;
+pub mod runners;
 pub mod server;
 pub mod supervisor;
 pub mod vars;
 
 use config::Config;
-pub use preflight::{preflight, ConfigRefused};
+pub use preflight::{preflight, preflight_on, ConfigRefused};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -101,98 +104,96 @@ impl HostError {
     }
 }
 
-/// The runner, started and checked by [`start_runner`], and its client.
-pub type Started = (supervisor::Supervisor, Arc<client::ExtClient>);
-
-/// Starts the runner for `config` and checks the configuration with it:
-/// waits for its first start, then prepares every chain ([`preflight()`]).
-/// The runner is stopped again when either fails, or when `shutdown` is
-/// cancelled meanwhile (then `Ok(None)`: a signal during a slow start stops
-/// at once).
+/// Starts every runner of `config` and checks the configuration with them:
+/// waits for their first start, then has each prepare its chains
+/// ([`preflight_on`]). The runners are stopped again when either fails, or
+/// when `shutdown` is cancelled meanwhile (then `Ok(None)`: a signal during
+/// a slow start stops at once).
 ///
 /// # Errors
-/// The runner's directory cannot be created ([`HostError::RunnerDir`]), the
-/// runner does not start ([`HostError::RunnerStart`]), or it refuses a chain
-/// ([`HostError::Refused`]).
+/// A runner's directory cannot be created ([`HostError::RunnerDir`]), a
+/// runner does not start ([`HostError::RunnerStart`]), or one refuses a
+/// chain ([`HostError::Refused`]).
 pub async fn start_runner(
     config: &Config,
     shutdown: &CancellationToken,
-) -> Result<Option<Started>, HostError> {
-    let mut supervisor =
-        supervisor::Supervisor::start(config.runner.clone()).map_err(HostError::RunnerDir)?;
-    let started = tokio::select! {
-        started = supervisor.started() => Some(started),
-        _ = shutdown.cancelled() => None,
-    };
-    match started {
-        Some(Ok(())) => {}
-        Some(Err(reason)) => {
-            supervisor.stop().await;
-            return Err(HostError::RunnerStart(reason));
-        }
-        None => {
-            supervisor.stop().await;
-            return Ok(None);
-        }
-    }
-    let client = Arc::new(
-        client::ExtClient::new(&config.runner, supervisor.state())
-            .with_restarter(supervisor.restarter()),
-    );
-    let checked = tokio::select! {
-        checked = preflight(config, &client) => Some(checked),
-        _ = shutdown.cancelled() => None,
-    };
-    match checked {
-        Some(Ok(())) => Ok(Some((supervisor, client))),
-        Some(Err(refused)) => {
-            supervisor.stop().await;
-            Err(refused.into())
-        }
-        None => {
-            supervisor.stop().await;
-            Ok(None)
-        }
-    }
+) -> Result<Option<runners::Runners>, HostError> {
+    runners::Runners::start(config, shutdown).await
 }
 
-/// Runs the proxy for `config` until `shutdown`: starts the runner and has
-/// it prepare every chain ([`start_runner`]), listens (calling
-/// `on_listening` with the bound address), serves, then finishes requests
-/// in flight, stops the runner, and returns.
+/// Runs the proxy for `config` until `shutdown`, without reloads from a
+/// file; see [`run_from`].
 ///
 /// # Errors
-/// The address cannot be bound, the runner's directory cannot be created,
-/// the runner does not start, or it refuses a route's chain: then
-/// `on_listening` is never called.
+/// As for [`run_from`].
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), HostError> {
+    run_from(config, None, shutdown, on_listening).await
+}
+
+/// Runs the proxy for `config` until `shutdown`: starts the runners and has
+/// them prepare every chain ([`gateway::Gateway::start`]), listens (calling
+/// `on_listening` with the bound address), serves, then finishes requests
+/// in flight, stops the runners, and returns. SIGHUP reloads the
+/// configuration from `source` ([`gateway::Gateway::reload`]).
+///
+/// # Errors
+/// The address cannot be bound, a runner's directory cannot be created,
+/// a runner does not start, or one refuses a route's chain: then
+/// `on_listening` is never called.
+pub async fn run_from(
+    config: Config,
+    source: Option<gateway::ConfigSource>,
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), HostError> {
+    // First: SIGHUP's default action ends the process, and an operator may
+    // send one while the runners start.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| HostError::Listen {
             addr: config.listen,
             source,
         })?;
-    let Some((supervisor, client)) = start_runner(&config, &shutdown).await? else {
+    let (limits, grace, listen, routes) = (
+        config.client,
+        config.shutdown_grace,
+        config.listen,
+        config.routes.len(),
+    );
+    let Some(gateway) = gateway::Gateway::start(config, source, shutdown.clone()).await? else {
         info!("stopped while starting");
         return Ok(());
     };
-    let proxy = Arc::new(proxy::Proxy::new(&config, client));
-    let addr = listener.local_addr().unwrap_or(config.listen);
-    info!(%addr, routes = config.routes.len(), "proxy listening");
+    let gateway = Arc::new(gateway);
+    match hangups {
+        Ok(mut hangups) => {
+            let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        got = hangups.recv() => if got.is_none() { break },
+                    }
+                    info!(signal = "SIGHUP", "reloading the configuration");
+                    // Logged by `reload` either way.
+                    let _ = gateway.reload().await;
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot install the SIGHUP handler: no reload on SIGHUP")
+        }
+    }
+    let addr = listener.local_addr().unwrap_or(listen);
+    info!(%addr, routes, "proxy listening");
     on_listening(addr);
-    server::serve(
-        proxy,
-        listener,
-        config.client,
-        shutdown,
-        config.shutdown_grace,
-    )
-    .await;
-    supervisor.stop().await;
+    server::serve(gateway.current(), listener, limits, shutdown, grace).await;
+    gateway.stop().await;
     info!("proxy stopped");
     Ok(())
 }

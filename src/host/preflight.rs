@@ -4,7 +4,7 @@
 //! runner's message instead of answering every request with an error.
 
 use super::client::{CallError, ExtClient};
-use super::config::{Config, Phase};
+use super::config::{Config, Phase, DEFAULT_RUNNER};
 
 /// A route phase whose chain the runner would not prepare.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,18 +20,32 @@ pub struct ConfigRefused {
 }
 
 /// Prepares the chain of every phase of every route (disabled routes too)
-/// with PREPARE_CONF, under the keys the proxy uses: the tokens stay in
-/// `client`'s cache, so the proxy's first requests reuse them. Meant for
-/// start-up, `extplug check`, and any later reload of a configuration.
+/// that runs on the default runner ([`DEFAULT_RUNNER`]) with PREPARE_CONF,
+/// under the keys the proxy uses: the tokens stay in `client`'s cache, so
+/// the proxy's first requests reuse them. Meant for start-up, `extplug
+/// check`, and any later reload of a configuration.
 ///
 /// # Errors
 /// The first route phase whose chain the runner refuses (`badRequest`: the
 /// runner's message), or that cannot be prepared at all (the runner is down,
 /// timed out, answered out of protocol).
 pub async fn preflight(config: &Config, client: &ExtClient) -> Result<(), ConfigRefused> {
+    preflight_on(config, DEFAULT_RUNNER, client).await
+}
+
+/// [`preflight`] for the chains that run on the runner named `runner`,
+/// whose client is `client`.
+///
+/// # Errors
+/// As for [`preflight`].
+pub async fn preflight_on(
+    config: &Config,
+    runner: &str,
+    client: &ExtClient,
+) -> Result<(), ConfigRefused> {
     for route in &config.routes {
         for phase in [Phase::PreReq, Phase::PostReq, Phase::PostResp] {
-            let Some(conf) = route.phase(phase) else {
+            let Some(conf) = route.phase(phase).filter(|c| c.runner == runner) else {
                 continue;
             };
             if let Err(e) = client.ticket_unlogged(conf).await {

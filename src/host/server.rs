@@ -12,7 +12,7 @@ mod client_io;
 
 use super::config::ClientLimits;
 use super::ingress;
-use super::proxy::{Body, BoxError, Proxy};
+use super::proxy::{Body, BoxError, Proxy, ProxyCell};
 use bytes::Bytes;
 use client_io::{ClientIo, Clock, Expiry, InFlight};
 use http::{Request, Response};
@@ -42,7 +42,10 @@ const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
 const TIMEOUT_ANSWER: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
-/// Serves `listener` with `proxy` until `shutdown`, within `limits`; then
+/// Serves `listener` with the proxy in `current` until `shutdown`, within
+/// `limits`; each request takes the proxy that is current when it starts
+/// and keeps it to its end (a reload swaps in another for later requests);
+/// then
 /// stops accepting and lets the requests in flight finish, for at most
 /// `grace`.
 ///
@@ -50,7 +53,7 @@ const TIMEOUT_ANSWER: &[u8] =
 /// it, no connection is accepted (new ones wait in the listen backlog) until
 /// one closes.
 pub async fn serve(
-    proxy: Arc<Proxy>,
+    current: Arc<ProxyCell>,
     listener: TcpListener,
     limits: ClientLimits,
     shutdown: CancellationToken,
@@ -97,7 +100,7 @@ pub async fn serve(
         };
         let local = stream.local_addr().ok().or(local).unwrap_or(peer);
         tracker.spawn(connection(
-            proxy.clone(),
+            current.clone(),
             stream,
             (peer, local),
             limits,
@@ -128,7 +131,7 @@ enum End {
 
 /// Serves one client connection, holding `permit` until it is closed.
 async fn connection(
-    proxy: Arc<Proxy>,
+    current: Arc<ProxyCell>,
     stream: TcpStream,
     (peer, local): (SocketAddr, SocketAddr),
     limits: ClientLimits,
@@ -147,7 +150,9 @@ async fn connection(
         hyper::service::service_fn(move |req| {
             // Called as soon as the header is read: the clock stops here.
             let (guard, conflict) = clock.request_started();
-            let proxy = proxy.clone();
+            // Loaded once: the request runs under this configuration to
+            // its end, whatever reloads happen meanwhile.
+            let proxy: Arc<Proxy> = current.load_full();
             async move {
                 let resp = answer(&proxy, req, conflict == Some(true), peer, local).await;
                 let (head, inner) = resp.into_parts();

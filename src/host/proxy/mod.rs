@@ -27,14 +27,15 @@ mod pipeline;
 mod query;
 mod upstream;
 
-use super::client::ExtClient;
-use super::config::Config;
+use super::client::{CallError, ExtClient};
+use super::config::{Config, PhaseConf, DEFAULT_RUNNER};
 use super::router::Router;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,14 +47,23 @@ use upstream::RouteRuntime;
 
 /// Any error of a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The current proxy, swapped whole by a reload. `ArcSwap` (the arc-swap
+/// crate) because every request reads it and reloads are rare: a load is a
+/// few atomic operations, no lock that a reload could hold up, and readers
+/// never block the swap.
+pub type ProxyCell = arc_swap::ArcSwap<Proxy>;
+
 /// The body type of every response the proxy sends.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// The proxy: routes, the ext-plugin client, upstream clients.
+/// The proxy for one configuration: routes, the runners' clients, upstream
+/// clients. Immutable: a reload builds a new one ([`Proxy::with_runners`]),
+/// and each request keeps the one it started with.
 pub struct Proxy {
     router: Router,
     routes: Vec<RouteRuntime>,
-    client: Arc<ExtClient>,
+    /// The ext-plugin client of each runner, by name.
+    clients: HashMap<String, Arc<ExtClient>>,
     max_request_body: usize,
     max_response_body: usize,
     /// The longest wait for the next bytes of a client's body (408 past it).
@@ -147,24 +157,76 @@ fn warn_uncovered_prefixes(router: &Router) {
 }
 
 impl Proxy {
-    /// A proxy for `config`'s routes, calling the runner through `client`.
+    /// A proxy for `config`'s routes, calling the default runner through
+    /// `client` (a configuration with one runner).
+    ///
+    /// # Panics
+    /// A route phase names another runner than the default one (use
+    /// [`Proxy::with_runners`]).
     pub fn new(config: &Config, client: Arc<ExtClient>) -> Self {
+        let clients = HashMap::from([(DEFAULT_RUNNER.to_owned(), client)]);
+        Self::with_runners(config, clients, None)
+            .unwrap_or_else(|e| panic!("Proxy::new with one runner: {e}"))
+    }
+
+    /// A proxy for `config`'s routes, calling each runner through its client
+    /// in `clients` (by name). A route whose upstream connection settings
+    /// are those it had in `previous` keeps its pooled upstream connections.
+    ///
+    /// # Errors
+    /// A route phase names a runner that `clients` lacks (the message names
+    /// the route, the phase and the runner).
+    pub fn with_runners(
+        config: &Config,
+        clients: HashMap<String, Arc<ExtClient>>,
+        previous: Option<&Proxy>,
+    ) -> Result<Self, String> {
+        use super::config::Phase;
+        for route in &config.routes {
+            for phase in [Phase::PreReq, Phase::PostReq, Phase::PostResp] {
+                if let Some(pc) = route.phase(phase) {
+                    if !clients.contains_key(&pc.runner) {
+                        return Err(format!(
+                            "route `{}`: {}: no runner named {:?}",
+                            route.id,
+                            phase.name(),
+                            pc.runner
+                        ));
+                    }
+                }
+            }
+        }
         let router = Router::new(config.routes.clone());
         warn_uncovered_prefixes(&router);
         let routes = router
             .routes()
             .iter()
-            .map(|route| RouteRuntime::new(route.clone()))
+            .map(|route| {
+                let old = previous.and_then(|p| p.routes.iter().find(|o| o.route.id == route.id));
+                match old {
+                    Some(old) => RouteRuntime::reusing(route.clone(), old),
+                    None => RouteRuntime::new(route.clone()),
+                }
+            })
             .collect();
-        Proxy {
+        Ok(Proxy {
             router,
             routes,
-            client,
+            clients,
             max_request_body: config.max_request_body,
             max_response_body: config.max_response_body,
             client_body_timeout: config.client_body_timeout,
             ids: RequestIds::new(),
-        }
+        })
+    }
+
+    /// The client of the runner that runs `pc`'s chain.
+    fn client_of(&self, pc: &PhaseConf) -> Result<&ExtClient, CallError> {
+        // `with_runners` checked every phase: this is for safety only.
+        self.clients
+            .get(&pc.runner)
+            .map(|c| &**c)
+            .ok_or_else(|| CallError::RunnerDown(format!("no runner named {:?}", pc.runner)))
     }
 
     /// Serves `listener` until `shutdown`, then stops accepting and lets the
@@ -176,7 +238,8 @@ impl Proxy {
         shutdown: CancellationToken,
         grace: Duration,
     ) {
-        crate::host::server::serve(self, listener, Default::default(), shutdown, grace).await;
+        let current = Arc::new(ProxyCell::new(self));
+        crate::host::server::serve(current, listener, Default::default(), shutdown, grace).await;
     }
 
     /// Answers one client request.

@@ -316,7 +316,8 @@ impl Proxy {
         pc: &PhaseConf,
         ex: &mut Exchange,
     ) -> Result<RequestOutcome, PhaseError> {
-        let ticket = self.client.ticket(pc).await?;
+        let client = self.client_of(pc)?;
+        let ticket = client.ticket(pc).await?;
         let body = if ticket.needs.request_body {
             Some(ex.body.buffer().await?)
         } else {
@@ -352,7 +353,7 @@ impl Proxy {
             extra_info.push(("$request_body", Some(body)));
         }
         let parts = RequestParts {
-            id: self.client.next_id(),
+            id: client.next_id(),
             src_ip: ex.peer.ip(),
             method: ex.head.method.clone(),
             path: ex.path.as_str(),
@@ -367,8 +368,7 @@ impl Proxy {
             ctx,
             body: &mut ex.body,
         };
-        Ok(self
-            .client
+        Ok(client
             .call_request(pc, &ticket, parts, &mut provider)
             .await?)
     }
@@ -415,7 +415,8 @@ impl Proxy {
         head: &http::response::Parts,
         body: &mut MessageBody,
     ) -> Result<crate::wire::ResponseOutcome, PhaseError> {
-        let ticket = self.client.ticket(pc).await?;
+        let client = self.client_of(pc)?;
+        let ticket = client.ticket(pc).await?;
         let resp_body = if ticket.needs.response_body {
             Some(body.buffer().await?)
         } else {
@@ -439,7 +440,7 @@ impl Proxy {
             extra_info.push(("$response_body", Some(b)));
         }
         let parts = ResponseParts {
-            id: self.client.next_id(),
+            id: client.next_id(),
             status: head.status,
             headers: headers.iter().map(|(n, v)| (*n, v.as_ref())).collect(),
             extra_info,
@@ -449,8 +450,7 @@ impl Proxy {
             req_body: ex.body.buffered(),
             body,
         };
-        Ok(self
-            .client
+        Ok(client
             .call_response(pc, &ticket, parts, &mut provider)
             .await?)
     }

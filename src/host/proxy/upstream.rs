@@ -41,6 +41,21 @@ impl RouteRuntime {
         }
     }
 
+    /// The run-time state of `route`, keeping `old`'s pooled upstream
+    /// connections when the connection settings are the same (a reload
+    /// that leaves the route's upstream alone does not reconnect).
+    pub(crate) fn reusing(route: Arc<Route>, old: &RouteRuntime) -> Self {
+        if route.upstream.connect_timeout != old.route.upstream.connect_timeout {
+            return Self::new(route);
+        }
+        RouteRuntime {
+            route,
+            next: AtomicUsize::new(0),
+            // A clone shares the pool.
+            client: old.client.clone(),
+        }
+    }
+
     /// Sends the exchange's request to the next upstream node. `Err` is the
     /// answer for the client: the request body failed (400/408/413), or the
     /// upstream did (502/504).

@@ -1,0 +1,390 @@
+//! The running gateway: the current configuration as an immutable
+//! [`Proxy`] in a swap cell, the runners by name, and hot reload.
+//!
+//! A reload builds the new proxy beside the old one and swaps it in whole:
+//! each request loads the current proxy once and finishes under it, so a
+//! request in flight never sees half of a configuration. Runners whose
+//! settings did not change are kept with their client, so the chains that
+//! did not change keep their tokens (the token key carries a hash of the
+//! chain; a changed chain gets a new key and is prepared again).
+
+use super::config::{Config, ConfigError, RunnerConf};
+use super::proxy::{Proxy, ProxyCell};
+use super::runners::{RunnerHandle, Runners};
+use super::supervisor::RunnerState;
+use super::HostError;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+/// Where a reload reads the configuration from.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The file given with `--config`.
+    pub path: PathBuf,
+    /// `--listen`, which overrides the file's `listen` at every load.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The configuration being served and the runners it uses. Behind a lock
+/// that also makes reloads one at a time.
+struct Live {
+    config: Config,
+    runners: Runners,
+}
+
+/// The gateway: what serves requests now, and how to change it.
+pub struct Gateway {
+    current: Arc<ProxyCell>,
+    live: tokio::sync::Mutex<Live>,
+    /// Each runner's state, by name: a snapshot replaced at each reload,
+    /// readable while a reload holds `live`.
+    states: arc_swap::ArcSwap<Vec<(String, watch::Receiver<RunnerState>)>>,
+    source: Option<ConfigSource>,
+    shutdown: CancellationToken,
+    /// Runners that a reload removed or replaced, stopping once the
+    /// requests still using them have finished.
+    retiring: TaskTracker,
+}
+
+/// What a reload does with a runner of the new configuration.
+enum Plan {
+    /// Same settings: keep it, its client and tokens.
+    Keep,
+    /// A new runner name: start it.
+    Add,
+    /// Only `cmd` or `env` changed: a new program or environment, the
+    /// client's settings unchanged ([`upgrade_runner`]).
+    Upgrade,
+    /// Client settings changed (timeouts, pool): a new runner and client.
+    Replace,
+}
+
+fn plan(old: Option<&RunnerConf>, new: &RunnerConf) -> Plan {
+    match old {
+        None => Plan::Add,
+        Some(old) if old == new => Plan::Keep,
+        Some(old) => {
+            let same_client = RunnerConf {
+                cmd: new.cmd.clone(),
+                env: new.env.clone(),
+                ..old.clone()
+            } == *new;
+            if same_client {
+                Plan::Upgrade
+            } else {
+                Plan::Replace
+            }
+        }
+    }
+}
+
+/// Starts the new program of runner `name` for a reload that changed its
+/// `cmd` or `env`: the new runner is started and ready before anything
+/// switches to it; the caller swaps the configuration, then the old runner
+/// is stopped once its calls in flight have finished.
+///
+/// TODO(lead, at the merge with the supervisor's upgrade): call
+/// `old.supervisor.upgrade(conf)` instead and keep `old`'s client (same
+/// settings), so that the standby is replaced too.
+async fn upgrade_runner(
+    name: &str,
+    old: &RunnerHandle,
+    conf: &RunnerConf,
+    shutdown: &CancellationToken,
+) -> Result<Option<RunnerHandle>, HostError> {
+    info!(runner = name, old = ?old.conf.cmd, new = ?conf.cmd, "upgrading the runner: starting the new one");
+    RunnerHandle::start(name, conf, shutdown).await
+}
+
+/// The settings a reload cannot change (they are used once, at start), and
+/// why; `None` when `new` keeps them.
+fn restart_only_change(old: &Config, new: &Config) -> Option<String> {
+    const RESTART: &str = "restart extplug to change it; the previous configuration keeps serving";
+    if old.listen != new.listen {
+        return Some(format!(
+            "`listen` changed from {} to {}: the listening socket is bound at start; {RESTART}",
+            old.listen, new.listen
+        ));
+    }
+    if old.client != new.client {
+        return Some(format!(
+            "the client connection limits (`client_header_timeout_ms`, `keepalive_timeout_ms`, `max_client_connections`, `max_request_header_bytes`) changed: they apply to the listener from its start; {RESTART}"
+        ));
+    }
+    if old.shutdown_grace != new.shutdown_grace {
+        return Some(format!(
+            "`shutdown_grace_ms` changed: it is read at start; {RESTART}"
+        ));
+    }
+    // TODO(lead, at the merge with the admin listener): refuse a changed
+    // `admin` section here too.
+    None
+}
+
+impl Gateway {
+    /// Starts the runners of `config`, has them prepare every chain, and
+    /// makes the proxy for it. `source`, when given, is where [`reload`]
+    /// reads the next configuration. `Ok(None)`: `shutdown` was cancelled
+    /// meanwhile.
+    ///
+    /// [`reload`]: Gateway::reload
+    ///
+    /// # Errors
+    /// As for [`Runners::start`].
+    pub async fn start(
+        config: Config,
+        source: Option<ConfigSource>,
+        shutdown: CancellationToken,
+    ) -> Result<Option<Gateway>, HostError> {
+        let Some(runners) = Runners::start(&config, &shutdown).await? else {
+            return Ok(None);
+        };
+        let proxy = match Proxy::with_runners(&config, runners.clients(), None) {
+            Ok(proxy) => proxy,
+            Err(e) => {
+                // The configuration's own check refuses unknown runners.
+                runners.stop().await;
+                return Err(HostError::RunnerStart(e));
+            }
+        };
+        Ok(Some(Gateway {
+            current: Arc::new(ProxyCell::new(Arc::new(proxy))),
+            states: arc_swap::ArcSwap::from_pointee(runners.states()),
+            live: tokio::sync::Mutex::new(Live { config, runners }),
+            source,
+            shutdown,
+            retiring: TaskTracker::new(),
+        }))
+    }
+
+    /// The cell holding the current proxy, for [`super::server::serve`].
+    pub fn current(&self) -> Arc<ProxyCell> {
+        self.current.clone()
+    }
+
+    /// Each runner's state, by name (for readiness checks): the runners of
+    /// the configuration being served.
+    pub fn runner_states(&self) -> Vec<(String, RunnerState)> {
+        self.states
+            .load()
+            .iter()
+            .map(|(name, rx)| (name.clone(), rx.borrow().clone()))
+            .collect()
+    }
+
+    /// Whether every runner of the configuration being served is ready
+    /// (for a readiness check): `Err` names the first that is not, and why.
+    pub fn ready(&self) -> Result<(), String> {
+        for (name, state) in self.runner_states() {
+            match state {
+                RunnerState::Ready { .. } => {}
+                RunnerState::Starting { .. } => return Err(format!("runner `{name}` is starting")),
+                RunnerState::Down { reason } => {
+                    return Err(format!("runner `{name}` is down: {reason}"))
+                }
+                RunnerState::Stopped => return Err(format!("runner `{name}` is stopped")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the configuration file again and applies it ([`Gateway::apply`]);
+    /// SIGHUP and the admin listener's `POST /reload` call this. A refusal
+    /// is logged (and returned) with the message `extplug check` gives for
+    /// that file; the previous configuration keeps serving.
+    ///
+    /// # Errors
+    /// There is no file (the gateway was started without one), the file
+    /// is not a valid configuration, it changes a setting that needs a
+    /// restart, or its runners do not start or refuse a chain.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        let result = match &self.source {
+            None => Err(ConfigError(
+                "no configuration file to reload (this gateway was not started with --config)"
+                    .into(),
+            )),
+            Some(source) => match Config::load(&source.path) {
+                Err(e) => Err(e),
+                Ok(mut config) => {
+                    if let Some(listen) = source.listen {
+                        config.listen = listen;
+                    }
+                    self.apply(config)
+                        .await
+                        .map_err(|e| ConfigError(format!("{}: {e}", source.path.display())))
+                }
+            },
+        };
+        match &result {
+            Ok(()) => info!("configuration reloaded"),
+            Err(e) => error!("configuration reload refused, the previous one keeps serving: {e}"),
+        }
+        result
+    }
+
+    /// Swaps in `config`: starts the runners it adds, starts the new
+    /// program of those whose `cmd` or `env` changed, has every runner
+    /// prepare its chains, then swaps the proxy atomically. Runners removed
+    /// or replaced are stopped in the background once the requests using
+    /// them have finished. On any error nothing changes (runners started
+    /// for it are stopped again).
+    ///
+    /// # Errors
+    /// A setting that needs a restart changed (`listen`, the client
+    /// limits, `shutdown_grace_ms`), a runner does not start, or a runner
+    /// refuses a chain; the message says which.
+    pub async fn apply(&self, config: Config) -> Result<(), ConfigError> {
+        let mut live = self.live.lock().await;
+        if let Some(why) = restart_only_change(&live.config, &config) {
+            return Err(ConfigError(why));
+        }
+        // Runners started for this configuration: stopped again on failure.
+        let mut started = Runners::default();
+        let failed = |e: HostError| ConfigError(e.to_string());
+        for (name, conf) in config.runner_confs() {
+            let old = live.runners.0.get(name);
+            let handle = match plan(old.map(|h| &h.conf), conf) {
+                Plan::Keep => continue,
+                Plan::Upgrade => match old {
+                    Some(old) => upgrade_runner(name, old, conf, &self.shutdown).await,
+                    None => RunnerHandle::start(name, conf, &self.shutdown).await,
+                },
+                Plan::Add | Plan::Replace => {
+                    info!(runner = name, cmd = ?conf.cmd, "starting a runner for the new configuration");
+                    RunnerHandle::start(name, conf, &self.shutdown).await
+                }
+            };
+            match handle {
+                Ok(Some(handle)) => {
+                    started.0.insert(name.to_owned(), handle);
+                }
+                Ok(None) => {
+                    started.stop().await;
+                    return Err(ConfigError("the gateway is stopping".into()));
+                }
+                Err(e) => {
+                    started.stop().await;
+                    return Err(failed(e));
+                }
+            }
+        }
+        // The runners of the new configuration: kept ones, then new ones.
+        let mut next: BTreeMap<String, RunnerHandle> = BTreeMap::new();
+        let mut clients = started.clients();
+        for (name, _) in config.runner_confs() {
+            if let (false, Some(h)) = (started.0.contains_key(name), live.runners.0.get(name)) {
+                clients.insert(name.to_owned(), h.client.clone());
+            }
+        }
+        // Every chain of the new configuration, on its runner: unchanged
+        // chains are in the kept clients' caches already.
+        for (name, client) in &clients {
+            let checked = tokio::select! {
+                checked = super::preflight::preflight_on(&config, name, client) => checked,
+                _ = self.shutdown.cancelled() => {
+                    started.stop().await;
+                    return Err(ConfigError("the gateway is stopping".into()));
+                }
+            };
+            if let Err(refused) = checked {
+                started.stop().await;
+                return Err(failed(refused.into()));
+            }
+        }
+        let proxy = {
+            let old = self.current.load();
+            match Proxy::with_runners(&config, clients, Some(&**old)) {
+                Ok(proxy) => proxy,
+                Err(e) => {
+                    started.stop().await;
+                    return Err(ConfigError(e));
+                }
+            }
+        };
+        // Sort the runners: kept, new, and retiring (removed or replaced).
+        let mut retiring = Runners::default();
+        for (name, handle) in std::mem::take(&mut live.runners.0) {
+            let wanted = config.runner_confs().any(|(n, _)| n == name);
+            if wanted && !started.0.contains_key(&name) {
+                next.insert(name, handle);
+            } else {
+                retiring.0.insert(name, handle);
+            }
+        }
+        next.append(&mut started.0);
+        live.runners = Runners(next);
+        let grace = config.shutdown_grace;
+        live.config = config;
+        // The swap: requests from now on use the new proxy.
+        let old = self.current.swap(Arc::new(proxy));
+        self.states.store(Arc::new(live.runners.states()));
+        drop(live);
+        if !retiring.0.is_empty() {
+            let names: Vec<String> = retiring.0.keys().cloned().collect();
+            self.retiring.spawn(async move {
+                drained(old, grace).await;
+                info!(runners = ?names, "stopping runners the configuration no longer uses");
+                retiring.stop().await;
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops every runner, those being retired included, and waits until
+    /// they are gone. Call once the server has stopped.
+    pub async fn stop(&self) {
+        // The lock first: a reload still running finishes (it sees the
+        // shutdown) before the runners it may retire are waited for.
+        let mut live = self.live.lock().await;
+        self.retiring.close();
+        self.retiring.wait().await;
+        std::mem::take(&mut live.runners).stop().await;
+    }
+}
+
+/// Waits until no request holds `old` any more (requests in flight keep
+/// the proxy they started with), for at most `grace`.
+async fn drained(old: Arc<Proxy>, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while Arc::strong_count(&old) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What an admin endpoint can ask of the running gateway: reload it
+/// (`POST /reload`), and whether it is ready (`GET /readyz`). [`run_from`]
+/// has the [`Gateway`]; an admin listener takes it as `Arc<dyn Control>`.
+///
+/// [`run_from`]: super::run_from
+#[async_trait::async_trait]
+pub trait Control: Send + Sync {
+    /// [`Gateway::reload`].
+    ///
+    /// # Errors
+    /// As for [`Gateway::reload`] (the configuration is refused).
+    async fn reload(&self) -> Result<(), ConfigError>;
+
+    /// [`Gateway::ready`].
+    ///
+    /// # Errors
+    /// A runner is not ready; the message names it.
+    fn ready(&self) -> Result<(), String>;
+}
+
+#[async_trait::async_trait]
+impl Control for Gateway {
+    async fn reload(&self) -> Result<(), ConfigError> {
+        Gateway::reload(self).await
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Gateway::ready(self)
+    }
+}
