@@ -58,6 +58,7 @@ pub mod proxy;
 pub mod router;
 pub mod runner_cmd;
 pub mod runner_dir;
+pub mod runner_proc;
 pub mod server;
 pub mod supervisor;
 pub mod vars;
@@ -176,10 +177,24 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
+    // Installed before anything else: SIGUSR2's default action ends the
+    // process.
+    let upgrade_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2());
     let Some((supervisor, client)) = start_runner(&config, &shutdown).await? else {
         info!("stopped while starting");
         return Ok(());
     };
+    match upgrade_signal {
+        Ok(signal) => {
+            tokio::spawn(upgrade_on_signal(
+                signal,
+                supervisor.restarter(),
+                shutdown.clone(),
+            ));
+        }
+        Err(e) => tracing::error!("cannot install the SIGUSR2 handler (runner upgrades): {e}"),
+    }
     let proxy = Arc::new(proxy::Proxy::new(&config, client));
     let addr = listener.local_addr().unwrap_or(config.listen);
     info!(%addr, routes = config.routes.len(), "proxy listening");
@@ -195,4 +210,28 @@ pub async fn run(
     supervisor.stop().await;
     info!("proxy stopped");
     Ok(())
+}
+
+/// Upgrades the runner on every SIGUSR2 (see
+/// [`supervisor::Restarter::upgrade`]), until `shutdown`.
+async fn upgrade_on_signal(
+    mut signal: tokio::signal::unix::Signal,
+    runner: supervisor::Restarter,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            got = signal.recv() => if got.is_none() { return },
+            _ = shutdown.cancelled() => return,
+        }
+        info!(signal = "SIGUSR2", "upgrading the runner");
+        // Not awaited here: the supervisor queues upgrades itself, and a
+        // signal must never wait for the previous one.
+        let runner = runner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runner.upgrade().await {
+                tracing::error!("runner upgrade failed: {e}");
+            }
+        });
+    }
 }
