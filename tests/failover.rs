@@ -338,3 +338,39 @@ async fn without_standby_there_is_one_runner_process() {
     assert_eq!(proxy.children().len(), 1);
     assert!(!proxy.log().contains("standby"));
 }
+
+#[tokio::test]
+async fn a_hung_runner_is_replaced_by_its_standby_at_once() {
+    let up = Upstream::start().await;
+    let mut c = config(demo(), json!({}), rewrite_routes(&up));
+    c["ext-plugin"]["call_timeout_ms"] = json!(300);
+    c["ext-plugin"]["restart_after_timeouts"] = json!(1);
+    let proxy = ProxyProc::start(&c);
+    proxy.wait_standby_ready(1);
+    assert_eq!(get(&proxy.url("/x")).await.status, 200);
+    let active = proxy.active_runner();
+    // Alive, but answers nothing: what a deadlocked plugin looks like.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(active), Signal::SIGSTOP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{active}/stat"))
+        .unwrap_or_default()
+        .rsplit(')')
+        .next()
+        .is_some_and(|s| s.trim_start().starts_with('T'))
+    {
+        assert!(Instant::now() < deadline, "{active} did not stop");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The call that times out is lost; the next one is served by the standby,
+    // without waiting for a new process.
+    assert_eq!(get(&proxy.url("/x")).await.status, 503);
+    proxy.wait_runner_ready(2);
+    assert_eq!(get(&proxy.url("/x")).await.status, 200, "{}", proxy.log());
+    let log = proxy.log();
+    assert!(
+        log.contains("runner stopped answering: killing it"),
+        "{log}"
+    );
+    assert!(log.contains("how=\"promoted\""), "{log}");
+    wait_dead(active).await;
+}

@@ -811,3 +811,39 @@ pub fn inherited(name: &str) -> bool {
         "PATH" | "HOME" | "LANG" | "TZ" | "RUST_LOG" | "RUST_BACKTRACE"
     ) || name.starts_with("LC_")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> Restarter {
+        let (requests, _) = mpsc::unbounded_channel();
+        Restarter {
+            requests,
+            in_use: Arc::new(InUse::default()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_generation_is_drained_once_its_last_lease_is_dropped() {
+        let handle = handle();
+        let first = handle.lease(1);
+        let second = handle.lease(1);
+        let other = handle.lease(2);
+        let in_use = handle.in_use.clone();
+        let drained = tokio::spawn(async move { in_use.drained(1).await });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!drained.is_finished(), "one lease of generation 1 is left");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), drained)
+            .await
+            .expect("drained after the last lease")
+            .unwrap();
+        // Another generation's leases do not hold it, and an unknown
+        // generation is drained at once.
+        handle.in_use.drained(3).await;
+        drop(other);
+        handle.in_use.drained(2).await;
+    }
+}
