@@ -374,3 +374,60 @@ async fn a_hung_runner_is_replaced_by_its_standby_at_once() {
     assert!(log.contains("how=\"promoted\""), "{log}");
     wait_dead(active).await;
 }
+
+/// What a reload does when a runner's `env` changed: `upgrade_to` the new
+/// configuration, through the library (the supervisor on its own).
+#[tokio::test]
+async fn upgrade_to_a_new_configuration_replaces_both_processes() {
+    use extplug::host::config::Config;
+    use extplug::host::supervisor::{RunnerState, Supervisor};
+    let up = Upstream::start().await;
+    let (cmd, _) = common::conf::bad("scripted");
+    let conf = |version: &str| {
+        let c = config(
+            cmd.clone(),
+            json!({"BAD_RUNNER_MODE": "scripted", "RUNNER_TEST_VAR": version}),
+            rewrite_routes(&up),
+        );
+        Config::parse(&c.to_string()).unwrap().runner
+    };
+    // (Its socket directory goes in the system's temp dir, removed by `stop`.)
+    let mut supervisor = Supervisor::start(conf("one")).unwrap();
+    supervisor.started().await.unwrap();
+    let pid_of = |s: &Supervisor| match &*s.state().borrow() {
+        RunnerState::Ready { pid, .. } => *pid as i32,
+        other => panic!("not ready: {other:?}"),
+    };
+    let first = pid_of(&supervisor);
+    assert_eq!(
+        environ_var(first, "RUNNER_TEST_VAR").as_deref(),
+        Some("one")
+    );
+    supervisor
+        .restarter()
+        .upgrade_to(conf("two"))
+        .await
+        .expect("upgraded");
+    let second = pid_of(&supervisor);
+    assert_ne!(first, second);
+    assert_eq!(
+        environ_var(second, "RUNNER_TEST_VAR").as_deref(),
+        Some("two")
+    );
+    wait_dead(first).await;
+    // The standby is new too: every child of ours runs "two".
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let children = common::http::children_of(std::process::id() as i32);
+        let runners: Vec<_> = children
+            .iter()
+            .filter_map(|pid| environ_var(*pid, "RUNNER_TEST_VAR"))
+            .collect();
+        if runners.len() == 2 && runners.iter().all(|v| v == "two") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{runners:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    supervisor.stop().await;
+}
