@@ -124,7 +124,11 @@ fn check_counts_routes_in_words() {
         String::from_utf8(out.stdout).unwrap()
     };
     let shipped = repo().join("examples/gateway.json");
-    assert!(check(&shipped).contains("valid: 3 routes"), "{}", check(&shipped));
+    assert!(
+        check(&shipped).contains("valid: 3 routes"),
+        "{}",
+        check(&shipped)
+    );
     let dir = tempfile::tempdir().unwrap();
     let one = dir.path().join("one.json");
     std::fs::write(

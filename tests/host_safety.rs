@@ -69,7 +69,7 @@ fn environ(pid: i32) -> HashMap<String, String> {
 
 /// The runner's socket directory, from its `APISIX_LISTEN_ADDRESS`.
 fn runner_dir(proxy: &ProxyProc) -> PathBuf {
-    let runner = proxy.children()[0];
+    let runner = proxy.active_runner();
     let addr = environ(runner)
         .remove("APISIX_LISTEN_ADDRESS")
         .expect("the runner has APISIX_LISTEN_ADDRESS");
@@ -131,7 +131,7 @@ async fn a_token_from_a_replaced_runner_never_runs_another_routes_chain() {
     // The runner is replaced while the body is in transit, and the new one
     // gives its first token to the public chain.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy.children()[0]),
+        nix::unistd::Pid::from_raw(proxy.active_runner()),
         Signal::SIGKILL,
     )
     .unwrap();
@@ -205,7 +205,7 @@ async fn the_runner_gets_a_cleared_environment() {
         .env("LC_TIME", "C")
         .start();
     proxy.wait_runner_ready(1);
-    let env = environ(proxy.children()[0]);
+    let env = environ(proxy.active_runner());
     assert!(!env.contains_key("SECRET_TOKEN"), "{env:?}");
     assert_eq!(env.get("PATH"), std::env::var("PATH").ok().as_ref());
     assert_eq!(

@@ -63,7 +63,7 @@ async fn stop_rewrite_and_continue_with_the_demo_runner() {
     assert_eq!(r.header("x-gone"), None);
     assert_eq!(r.header("x-api-key"), Some("k"));
     // The runner's own log lines come through the proxy's, tagged with its pid.
-    let runner = proxy.children()[0];
+    let runner = proxy.active_runner();
     let log = proxy.log();
     assert!(
         log.lines().any(|l| l.contains("extplug::runner_output")
@@ -248,7 +248,7 @@ async fn kill_the_runner_mid_traffic(signal: Signal) {
     let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
     proxy.wait_runner_ready(1);
     assert_eq!(get(&proxy.url("/k")).await.status, 200);
-    let runner = proxy.children()[0];
+    let runner = proxy.active_runner();
     let url = proxy.url("/k");
     let clients: Vec<_> = (0..4)
         .map(|_| {
@@ -287,7 +287,7 @@ async fn kill_the_runner_mid_traffic(signal: Signal) {
         Some("runner"),
         "the new runner's chain ran (re-prepared)"
     );
-    let new_runner = proxy.children()[0];
+    let new_runner = proxy.active_runner();
     assert_ne!(new_runner, runner);
     assert!(
         proxy.log().matches("conf prepared").count() >= 2,
@@ -346,7 +346,7 @@ async fn a_runner_that_ignores_sigterm_does_not_block_the_host() {
     ));
     proxy.wait_runner_ready(1);
     assert_eq!(get(&proxy.url("/x")).await.status, 200);
-    let runner = proxy.children()[0];
+    let runner = proxy.active_runner();
     proxy.signal(Signal::SIGTERM);
     let status = proxy.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}");
@@ -364,17 +364,21 @@ async fn the_host_killed_with_sigkill_leaves_no_runner() {
         json!([route("r", "/x", up.addr, json!({}))]),
     ));
     proxy.wait_runner_ready(1);
-    let runner = proxy.children()[0];
-    assert!(alive(runner));
+    proxy.wait_standby_ready(1);
+    let runners = proxy.children();
+    assert_eq!(runners.len(), 2, "the active runner and its standby");
+    assert!(runners.iter().all(|r| alive(*r)));
     proxy.signal(Signal::SIGKILL);
     proxy.wait_exit(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(runner) {
-        assert!(
-            Instant::now() < deadline,
-            "runner {runner} outlived the host"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for runner in runners {
+        while alive(runner) {
+            assert!(
+                Instant::now() < deadline,
+                "runner {runner} outlived the host"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -389,7 +393,7 @@ async fn sigterm_finishes_requests_in_flight_then_stops_the_runner() {
     )]);
     let mut proxy = ProxyProc::start(&config(demo(), json!({}), routes));
     proxy.wait_runner_ready(1);
-    let runner = proxy.children()[0];
+    let runner = proxy.active_runner();
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -535,7 +539,7 @@ async fn a_frozen_runner_is_replaced_after_calls_keep_timing_out() {
     let proxy = ProxyProc::start(&c);
     proxy.wait_runner_ready(1);
     assert_eq!(get(&proxy.url("/f")).await.status, 200);
-    let runner = proxy.children()[0];
+    let runner = proxy.active_runner();
     // Alive, but answers nothing: what a deadlocked plugin looks like.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner), Signal::SIGSTOP).unwrap();
     // A group stop takes effect when the thread that takes the signal runs:

@@ -12,7 +12,7 @@
 //! a slow client can neither time the call out nor get the runner replaced.
 
 use super::config::{PhaseConf, RunnerConf};
-use super::supervisor::{Restarter, RunnerState};
+use super::supervisor::{Lease, Restarter, RunnerState};
 use crate::wire::{
     Encode, ErrorCode, ExtraInfoAnswer, Frame, FrameCodec, FrameError, InfoKey, MessageType, Needs,
     Payload, PrepareConf, ReqCall, RequestOutcome, RequestParts, RespCall, ResponseOutcome,
@@ -109,6 +109,25 @@ struct Slot {
 struct PooledConn {
     conn: Framed<UnixStream, FrameCodec>,
     generation: u64,
+    /// Held while the connection is checked out: a runner replaced by an
+    /// upgrade is stopped only once no call uses it.
+    lease: Option<Lease>,
+}
+
+impl PooledConn {
+    /// Whether the runner closed its end (it died, or is stopping): such a
+    /// connection is dropped instead of being used for a call that would
+    /// fail. A peek, without waiting; stray bytes also disqualify it.
+    fn closed_by_peer(&self) -> bool {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let mut byte = [0u8; 1];
+        let fd = self.conn.get_ref().as_raw_fd();
+        !matches!(
+            recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+            Err(nix::errno::Errno::EAGAIN)
+        )
+    }
 }
 
 /// The client. Shared by all requests (`Arc`).
@@ -209,36 +228,87 @@ impl ExtClient {
         }
     }
 
-    /// A connection to the current runner: pooled, or new (and then checked
-    /// to be served by the runner process itself).
+    /// A connection to the current runner: pooled (and still open), or new
+    /// (and then checked to be served by the runner process itself).
+    ///
+    /// A runner that refuses the connection (it just died: its socket is
+    /// still there) is most likely being replaced by its standby: the
+    /// connection is tried once more on the next runner, if the state
+    /// changes within the call timeout. Nothing was sent yet, so this
+    /// retry cannot run a call twice.
     async fn checkout(&self) -> Result<PooledConn, CallError> {
-        let (socket, generation, pid) = self.ready().await?;
-        {
-            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            while let Some(conn) = pool.pop() {
-                if conn.generation == generation {
-                    return Ok(conn);
+        let mut retried = false;
+        loop {
+            let (socket, generation, pid) = self.ready().await?;
+            // Taken before the check below: after it, the supervisor waits
+            // for this lease before it stops a runner it replaced.
+            let lease = self.restarter.as_ref().map(|r| r.lease(generation));
+            if lease.is_some() && !self.is_current(generation) {
+                continue;
+            }
+            {
+                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                while let Some(mut conn) = pool.pop() {
+                    if conn.generation == generation && !conn.closed_by_peer() {
+                        conn.lease = lease;
+                        return Ok(conn);
+                    }
                 }
             }
+            let connected = tokio::time::timeout(self.call_timeout, UnixStream::connect(&*socket))
+                .await
+                .map_err(|_| CallError::TimedOut(self.call_timeout))?;
+            let stream = match connected {
+                Ok(stream) => stream,
+                Err(e) if !retried && self.replaced(generation).await => {
+                    debug!(
+                        generation,
+                        "runner refused a connection ({e}) and was replaced: trying the next one"
+                    );
+                    retried = true;
+                    continue;
+                }
+                Err(e) => return Err(CallError::Connect(e)),
+            };
+            if let Err(why) = super::supervisor::check_peer(&stream, pid) {
+                error!(generation, socket = %socket.display(), "{why}: connection refused");
+                return Err(CallError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    why,
+                )));
+            }
+            return Ok(PooledConn {
+                conn: Framed::new(stream, FrameCodec::default()),
+                generation,
+                lease,
+            });
         }
-        let stream = tokio::time::timeout(self.call_timeout, UnixStream::connect(&*socket))
-            .await
-            .map_err(|_| CallError::TimedOut(self.call_timeout))?
-            .map_err(CallError::Connect)?;
-        if let Err(why) = super::supervisor::check_peer(&stream, pid) {
-            error!(generation, socket = %socket.display(), "{why}: connection refused");
-            return Err(CallError::Connect(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                why,
-            )));
-        }
-        Ok(PooledConn {
-            conn: Framed::new(stream, FrameCodec::default()),
-            generation,
-        })
     }
 
-    fn checkin(&self, conn: PooledConn) {
+    /// Whether the runner of `generation` is the one calls go to now.
+    fn is_current(&self, generation: u64) -> bool {
+        matches!(&*self.state.borrow(), RunnerState::Ready { generation: g, .. } if *g == generation)
+    }
+
+    /// Waits (up to the call timeout) until the runner of `generation` is
+    /// no longer the current one; whether it was replaced.
+    async fn replaced(&self, generation: u64) -> bool {
+        let mut state = self.state.clone();
+        let changed = async move {
+            state
+                .wait_for(
+                    |s| !matches!(s, RunnerState::Ready { generation: g, .. } if *g == generation),
+                )
+                .await
+                .is_ok()
+        };
+        tokio::time::timeout(self.call_timeout, changed)
+            .await
+            .unwrap_or(false)
+    }
+
+    fn checkin(&self, mut conn: PooledConn) {
+        conn.lease = None;
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < self.pool_size {
             pool.push(conn);

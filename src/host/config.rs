@@ -131,6 +131,9 @@ pub struct RunnerConf {
     /// Calls timing out in a row before the runner is deemed stuck and
     /// replaced; 0 never replaces it.
     pub restart_after_timeouts: u32,
+    /// Keep a second runner process ready to take over when the active one
+    /// dies (`"standby"`, default true).
+    pub standby: bool,
 }
 
 /// One route.
@@ -285,6 +288,8 @@ struct RawRunner {
     pool_size: usize,
     #[serde(default = "default_restart_after")]
     restart_after_timeouts: u32,
+    #[serde(default = "default_standby")]
+    standby: bool,
 }
 
 fn default_expire() -> u64 {
@@ -304,6 +309,9 @@ fn default_pool() -> usize {
 }
 fn default_restart_after() -> u32 {
     3
+}
+fn default_standby() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -598,6 +606,7 @@ fn runner_conf(section: &str, r: RawRunner) -> Result<RunnerConf, ConfigError> {
         stop_grace: Duration::from_millis(r.stop_grace_ms),
         pool_size: r.pool_size,
         restart_after_timeouts: r.restart_after_timeouts,
+        standby: r.standby,
     })
 }
 

@@ -169,6 +169,17 @@ impl Gateway {
         self.current.clone()
     }
 
+    /// A handle on each runner of the configuration being served, by name,
+    /// to upgrade it in place (SIGUSR2, `POST /runners/restart`).
+    pub async fn restarters(&self) -> Vec<(String, super::supervisor::Restarter)> {
+        let live = self.live.lock().await;
+        live.runners
+            .0
+            .iter()
+            .map(|(name, handle)| (name.clone(), handle.supervisor.restarter()))
+            .collect()
+    }
+
     /// Each runner's state, by name (for readiness checks): the runners of
     /// the configuration being served.
     pub fn runner_states(&self) -> Vec<(String, RunnerState)> {

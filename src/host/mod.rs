@@ -60,6 +60,7 @@ pub mod proxy;
 pub mod router;
 pub mod runner_cmd;
 pub mod runner_dir;
+pub mod runner_proc;
 pub mod runners;
 pub mod server;
 pub mod supervisor;
@@ -153,6 +154,8 @@ pub async fn run_from(
     // First: SIGHUP's default action ends the process, and an operator may
     // send one while the runners start.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    // The same for SIGUSR2 (runner upgrades).
+    let upgrades = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| HostError::Listen {
@@ -189,6 +192,12 @@ pub async fn run_from(
             tracing::warn!(cause = %e, "cannot install the SIGHUP handler: no reload on SIGHUP")
         }
     }
+    match upgrades {
+        Ok(signal) => {
+            tokio::spawn(upgrade_on_signal(signal, gateway.clone(), shutdown.clone()));
+        }
+        Err(e) => tracing::error!("cannot install the SIGUSR2 handler (runner upgrades): {e}"),
+    }
     let addr = listener.local_addr().unwrap_or(listen);
     info!(%addr, routes, "proxy listening");
     on_listening(addr);
@@ -196,4 +205,29 @@ pub async fn run_from(
     gateway.stop().await;
     info!("proxy stopped");
     Ok(())
+}
+
+/// Upgrades every runner on every SIGUSR2 (see
+/// [`supervisor::Restarter::upgrade`]), until `shutdown`.
+async fn upgrade_on_signal(
+    mut signal: tokio::signal::unix::Signal,
+    gateway: Arc<gateway::Gateway>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            got = signal.recv() => if got.is_none() { return },
+            _ = shutdown.cancelled() => return,
+        }
+        info!(signal = "SIGUSR2", "upgrading the runners");
+        // Not awaited here: the supervisors queue upgrades themselves, and
+        // a signal must never wait for the previous one.
+        for (name, runner) in gateway.restarters().await {
+            tokio::spawn(async move {
+                if let Err(e) = runner.upgrade().await {
+                    tracing::error!(runner = %name, "runner upgrade failed: {e}");
+                }
+            });
+        }
+    }
 }

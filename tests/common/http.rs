@@ -295,8 +295,9 @@ impl ProxyProc {
         }
     }
 
-    /// Waits until the proxy has a runner child whose socket is ready: the
-    /// log says "runner ready" `n` times.
+    /// Waits until a runner became the active one `n` times (started,
+    /// promoted from standby, upgraded): the log says "runner ready" `n`
+    /// times.
     pub fn wait_runner_ready(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.log().matches("runner ready").count() < n {
@@ -307,6 +308,29 @@ impl ProxyProc {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The pid of the active runner (calls go to it): the one named by the
+    /// last "runner ready" line of the log. (With a standby, the proxy has
+    /// two runner children.)
+    pub fn active_runner(&self) -> i32 {
+        self.wait_runner_ready(1);
+        let log = self.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("runner ready"))
+            .expect("a runner ready line");
+        line.split("pid=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {line:?}"))
+    }
+
+    /// Waits until the log says "runner standby ready" `n` times.
+    pub fn wait_standby_ready(&self, n: usize) {
+        self.wait_log("runner standby ready", n);
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
