@@ -2,8 +2,8 @@
 //! directory and a cleared environment, its output forwarded to our log,
 //! watched until its socket accepts connections (served by the runner itself,
 //! not by another process), then until it exits or the supervisor tells it
-//! to go ([`Ctl`]). Each process has a task of its own ([`launch`]) that
-//! reports to the supervisor ([`Event`]); the supervisor decides what the
+//! to go (`Ctl`). Each process has a task of its own (`launch`) that
+//! reports to the supervisor (`Event`); the supervisor decides what the
 //! process is for (active, standby, upgrade candidate) and when to replace it.
 
 use super::config::RunnerConf;
