@@ -26,9 +26,13 @@ fn say(body: &str) -> Value {
     json!({"ext-plugin-pre-req": phase(&[("say", json!({"body": body}))])})
 }
 
-/// The default runner's configuration with these routes.
+/// The default runner's configuration with these routes. Without a
+/// standby: these tests count runner processes to see what a reload kept,
+/// started and stopped (failover has its own tests, tests/failover.rs).
 fn with_routes(routes: Value) -> Value {
-    config(demo(), json!({}), routes)
+    let mut c = config(demo(), json!({}), routes);
+    c["ext-plugin"]["standby"] = json!(false);
+    c
 }
 
 /// The proxy's configuration file (what SIGHUP re-reads).
@@ -304,7 +308,8 @@ fn two_runners(up: SocketAddr, other_env: Value) -> Value {
         }),
     ]));
     c["ext-plugin"]["env"] = json!({"WHICH": "default"});
-    c["runners"] = json!({"other": {"cmd": demo(), "env": other_env, "stop_grace_ms": 500}});
+    c["runners"] =
+        json!({"other": {"cmd": demo(), "env": other_env, "stop_grace_ms": 500, "standby": false}});
     c
 }
 
@@ -442,7 +447,8 @@ async fn a_request_in_flight_finishes_under_the_configuration_it_started_with() 
                 "conf": [{"name": "response-headers",
                           "value": json!({"set": {"x-gen": generation}}).to_string()}]}})
         )]));
-        c["runners"] = json!({"other": {"cmd": demo(), "env": {"GEN": generation}}});
+        c["runners"] =
+            json!({"other": {"cmd": demo(), "env": {"GEN": generation}, "standby": false}});
         c
     };
     let p = ProxyProc::start(&slow("1"));
