@@ -25,6 +25,10 @@ use tokio_util::sync::CancellationToken;
     about = "Out-of-process plugins for API gateways"
 )]
 struct Cli {
+    /// The log lines on stderr: `text`, or `json` (one object per line;
+    /// the runners started log JSON too, relayed with their pid and name).
+    #[arg(long, global = true, default_value = "text", value_name = "FORMAT")]
+    log_format: extplug::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +59,9 @@ enum Command {
         /// The runner program (default: `examples/demo-runner` next to this binary).
         #[arg(long)]
         runner: Option<PathBuf>,
+        /// Where the admin listener (metrics, health) listens.
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        admin: String,
     },
     /// Check a configuration and exit (0: valid; 2: not, with the reason):
     /// the file, then, with a throwaway runner, that the runner starts and
@@ -115,7 +122,7 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    extplug::init_logging();
+    extplug::init_logging_as(cli.log_format);
     match cli.command {
         Command::Check { config, offline } => match host::config::Config::load(&config) {
             Ok(c) => check(&config, &c, offline),
@@ -131,7 +138,11 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::Echo { listen } => echo(listen),
-        Command::Demo { listen, runner } => demo(&listen, runner),
+        Command::Demo {
+            listen,
+            runner,
+            admin,
+        } => demo(&listen, &admin, runner),
         Command::Bench { what } => run_bench(what),
     }
 }
@@ -251,14 +262,15 @@ fn fail(message: &str) -> ExitCode {
 
 /// Runs the proxy until SIGTERM/SIGINT. Prints `extplug listening on
 /// http://ADDR` on stdout once it accepts connections (tests and scripts
-/// wait for that line), then `after_listening`'s text.
+/// wait for that line), `extplug admin listening on http://ADDR ...` when
+/// the admin listener is configured, then `after_listening`'s text.
 ///
 /// A configuration the runner refuses (or a runner that does not start) is
 /// reported once, prefixed with `path` when there is one, with exit status 2.
 fn serve(
     config: host::config::Config,
     path: Option<&std::path::Path>,
-    after_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) -> String>>,
+    after_listening: Option<Box<dyn FnOnce(host::Listening) -> String>>,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -267,11 +279,17 @@ fn serve(
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(extplug::stop_on_signal(shutdown.clone()));
-        host::run(config, shutdown, |addr| {
+        host::run(config, shutdown, |at| {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "extplug listening on http://{addr}");
+            let _ = writeln!(out, "extplug listening on http://{}", at.proxy);
+            if let Some(admin) = at.admin {
+                let _ = writeln!(
+                    out,
+                    "extplug admin listening on http://{admin} (GET /metrics, /healthz, /readyz)"
+                );
+            }
             if let Some(after) = after_listening {
-                let _ = write!(out, "{}", after(addr));
+                let _ = write!(out, "{}", after(at));
             }
             let _ = out.flush();
         })
@@ -312,7 +330,7 @@ fn echo(listen: std::net::SocketAddr) -> ExitCode {
     })
 }
 
-fn demo(listen: &str, runner: Option<PathBuf>) -> ExitCode {
+fn demo(listen: &str, admin: &str, runner: Option<PathBuf>) -> ExitCode {
     let runner = match runner {
         Some(r) => r,
         None => match std::env::current_exe() {
@@ -334,7 +352,7 @@ fn demo(listen: &str, runner: Option<PathBuf>) -> ExitCode {
         Ok(addr) => addr,
         Err(e) => return fail(&format!("starting the echo upstream: {e}")),
     };
-    let config = match host::demo::config(listen, upstream, &runner.to_string_lossy()) {
+    let config = match host::demo::config(listen, admin, upstream, &runner.to_string_lossy()) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
@@ -343,11 +361,11 @@ fn demo(listen: &str, runner: Option<PathBuf>) -> ExitCode {
     serve(
         config,
         None,
-        Some(Box::new(move |addr| {
+        Some(Box::new(move |at| {
             format!(
                 "echo upstream on http://{upstream}; runner {}\nTry:\n{}",
                 runner.display(),
-                host::demo::curl_lines(addr)
+                host::demo::curl_lines(at.proxy, at.admin)
             )
         })),
     )

@@ -109,6 +109,8 @@ struct Slot {
 struct PooledConn {
     conn: Framed<UnixStream, FrameCodec>,
     generation: u64,
+    /// Counted in `extplug_runner_connections` while it is open.
+    _counted: super::metrics::ConnectionCount,
 }
 
 /// The client. Shared by all requests (`Arc`).
@@ -126,6 +128,8 @@ pub struct ExtClient {
     restart_after: u32,
     /// Calls timed out in a row (any success resets it).
     timeouts: AtomicU32,
+    /// The runner's metrics series.
+    metrics: super::metrics::RunnerHandles,
 }
 
 impl ExtClient {
@@ -143,7 +147,15 @@ impl ExtClient {
             restarter: None,
             restart_after: conf.restart_after_timeouts,
             timeouts: AtomicU32::new(0),
+            metrics: super::metrics::RunnerHandles::new(super::metrics::DEFAULT_RUNNER),
         }
+    }
+
+    /// Names the runner in the client's metrics (`runner` label; default
+    /// [`super::metrics::DEFAULT_RUNNER`]).
+    pub fn with_runner_name(mut self, name: &str) -> Self {
+        self.metrics = super::metrics::RunnerHandles::new(name);
+        self
     }
 
     /// Lets the client have a stuck runner replaced: after
@@ -235,6 +247,7 @@ impl ExtClient {
         Ok(PooledConn {
             conn: Framed::new(stream, FrameCodec::default()),
             generation,
+            _counted: self.metrics.connection(),
         })
     }
 
@@ -448,6 +461,7 @@ impl ExtClient {
             expires: Instant::now() + self.token_lifetime,
         };
         debug!(route_phase = %phase.key, token = ticket.token, generation, "chain prepared");
+        self.metrics.conf_prepared();
         *slot.ticket.lock().unwrap_or_else(|p| p.into_inner()) = Some(ticket.clone());
         Ok(ticket)
     }

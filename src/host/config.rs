@@ -58,6 +58,15 @@ pub struct Config {
     pub client_body_timeout: Duration,
     /// Limits on client connections (timeouts, counts, header size).
     pub client: ClientLimits,
+    /// The admin listener (metrics, health, reload); off when `None`.
+    pub admin: Option<AdminConf>,
+}
+
+/// The admin listener's settings (`"admin": {"listen": ADDR}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminConf {
+    /// Where it listens (port 0: any free port, printed at start).
+    pub listen: SocketAddr,
 }
 
 /// Limits on the proxy's client side, with nginx-like defaults.
@@ -228,6 +237,14 @@ struct RawConfig<'a> {
     max_client_connections: usize,
     #[serde(default = "default_max_request_header")]
     max_request_header_bytes: usize,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
 }
 
 fn default_listen() -> String {
@@ -479,6 +496,17 @@ impl Config {
             ));
         }
         let client = client_limits(&raw)?;
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => Some(AdminConf {
+                listen: a.listen.parse().map_err(|_| {
+                    ConfigError(format!(
+                        "`admin.listen`: {:?} is not an address such as 127.0.0.1:9091",
+                        a.listen
+                    ))
+                })?,
+            }),
+        };
         let r = raw.ext_plugin;
         if r.cmd.is_empty() || r.cmd[0].is_empty() {
             return Err(ConfigError(
@@ -553,6 +581,7 @@ impl Config {
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
             client_body_timeout: Duration::from_millis(raw.client_body_timeout_ms),
             client,
+            admin,
         })
     }
 }

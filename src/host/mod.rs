@@ -48,16 +48,19 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod ingress;
+pub mod metrics;
 pub mod path;
 pub mod preflight;
 pub mod proxy;
 pub mod router;
 pub mod runner_cmd;
 pub mod runner_dir;
+pub mod runner_log;
 pub mod server;
 pub mod supervisor;
 pub mod vars;
@@ -156,19 +159,72 @@ pub async fn start_runner(
     }
 }
 
-/// Runs the proxy for `config` until `shutdown`: starts the runner and has
-/// it prepare every chain ([`start_runner`]), listens (calling
-/// `on_listening` with the bound address), serves, then finishes requests
-/// in flight, stops the runner, and returns.
+/// Where the host listens, once it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The proxy.
+    pub proxy: SocketAddr,
+    /// The admin listener, when configured.
+    pub admin: Option<SocketAddr>,
+}
+
+/// `/readyz` of the host: "starting" until the runner is ready and the
+/// routes are loaded (`runner` set), "stopping" once `shutdown` is
+/// cancelled, else the runner's state.
+fn readiness(
+    runner: Arc<std::sync::OnceLock<tokio::sync::watch::Receiver<supervisor::RunnerState>>>,
+    shutdown: CancellationToken,
+) -> admin::Readiness {
+    Arc::new(move || {
+        if shutdown.is_cancelled() {
+            return Err("the proxy is stopping".into());
+        }
+        let Some(state) = runner.get() else {
+            return Err(
+                "starting: the runner is not ready and the routes are not loaded yet".into(),
+            );
+        };
+        let name = metrics::DEFAULT_RUNNER;
+        match &*state.borrow() {
+            supervisor::RunnerState::Ready { .. } => Ok(()),
+            supervisor::RunnerState::Starting { .. } => Err(format!("runner {name}: starting")),
+            supervisor::RunnerState::Down { reason } => {
+                Err(format!("runner {name}: down: {reason}"))
+            }
+            supervisor::RunnerState::Stopped => Err(format!("runner {name}: stopped")),
+        }
+    })
+}
+
+/// Runs the proxy for `config` until `shutdown`: binds the proxy's and the
+/// admin listener's addresses (the admin listener answers from then on),
+/// starts the runner and has it prepare every chain ([`start_runner`]),
+/// calls `on_listening` with the bound addresses, serves, then finishes
+/// requests in flight, stops the runner, and returns.
 ///
 /// # Errors
-/// The address cannot be bound, the runner's directory cannot be created,
+/// An address cannot be bound, the runner's directory cannot be created,
 /// the runner does not start, or it refuses a route's chain: then
 /// `on_listening` is never called.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Listening),
+) -> Result<(), HostError> {
+    run_with(config, shutdown, admin::AdminHooks::default(), on_listening).await
+}
+
+/// [`run`], with the admin listener's actions (`POST /reload`, `POST
+/// /runners/restart`) given by `hooks`; their `readiness` is replaced by the
+/// host's own.
+///
+/// # Errors
+/// As for [`run`].
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    mut hooks: admin::AdminHooks,
+    on_listening: impl FnOnce(Listening),
 ) -> Result<(), HostError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -176,14 +232,38 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
+    // Stopped last, after the runner: `/healthz` answers while we run.
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
+    let runner_state = Arc::new(std::sync::OnceLock::new());
+    let admin_addr = match config.admin {
+        None => None,
+        Some(conf) => {
+            let admin_listener =
+                admin::bind(conf.listen)
+                    .await
+                    .map_err(|source| HostError::Listen {
+                        addr: conf.listen,
+                        source,
+                    })?;
+            let addr = admin_listener.local_addr().unwrap_or(conf.listen);
+            hooks.readiness = readiness(runner_state.clone(), shutdown.clone());
+            admin::spawn(admin_listener, hooks, admin_stop.clone());
+            Some(addr)
+        }
+    };
     let Some((supervisor, client)) = start_runner(&config, &shutdown).await? else {
         info!("stopped while starting");
         return Ok(());
     };
+    let _ = runner_state.set(supervisor.state());
     let proxy = Arc::new(proxy::Proxy::new(&config, client));
     let addr = listener.local_addr().unwrap_or(config.listen);
     info!(%addr, routes = config.routes.len(), "proxy listening");
-    on_listening(addr);
+    on_listening(Listening {
+        proxy: addr,
+        admin: admin_addr,
+    });
     server::serve(
         proxy,
         listener,

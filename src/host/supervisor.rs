@@ -14,6 +14,7 @@
 //! down fail at once instead of hanging.
 
 use super::config::RunnerConf;
+use super::metrics;
 use super::runner_dir::RunnerDir;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -202,6 +203,7 @@ async fn supervise(
                 match ready {
                     Ok(()) => {
                         info!(pid, generation, socket = %socket.display(), "runner ready");
+                        metrics::runner_up(metrics::DEFAULT_RUNNER, true);
                         tx.send_replace(RunnerState::Ready {
                             socket: Arc::new(socket.clone()),
                             generation,
@@ -249,12 +251,14 @@ async fn supervise(
         if started.elapsed() >= HEALTHY_AFTER {
             backoff = Duration::ZERO;
         }
+        metrics::runner_restart(metrics::DEFAULT_RUNNER, metrics::restart_cause(&reason));
         error!(
             generation,
             restart_in_ms = backoff.as_millis() as u64,
             "runner down: {reason}"
         );
         tx.send_replace(RunnerState::Down { reason });
+        metrics::runner_up(metrics::DEFAULT_RUNNER, false);
         let _ = std::fs::remove_file(&socket);
         let wait = backoff;
         backoff = if backoff.is_zero() {
@@ -268,6 +272,7 @@ async fn supervise(
         }
     }
     tx.send_replace(RunnerState::Stopped);
+    metrics::runner_up(metrics::DEFAULT_RUNNER, false);
     drop(dir);
 }
 
@@ -361,6 +366,8 @@ fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<(Child, StderrTail
     cmd.args(&conf.cmd[1..])
         .env_clear()
         .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(inherited)))
+        // The runner logs as we do (its `env` may say otherwise).
+        .env(crate::LOG_FORMAT_ENV, log_format_name())
         .envs(&conf.env)
         // Last: the configured `env` cannot override them.
         .env(RESERVED_ENV[0], format!("unix:{}", socket.display()))
@@ -385,6 +392,14 @@ fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<(Child, StderrTail
         tokio::spawn(forward(err, pid, "stderr", Some(tail.clone())));
     }
     Ok((child, tail))
+}
+
+/// The value of [`crate::LOG_FORMAT_ENV`] for the host's log format.
+fn log_format_name() -> &'static str {
+    match crate::log_format() {
+        crate::LogFormat::Json => "json",
+        crate::LogFormat::Text => "text",
+    }
 }
 
 /// The runner gets SIGKILL when the host dies, even by SIGKILL: it never
@@ -418,7 +433,7 @@ async fn forward(
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        info!(target: "extplug::runner_output", pid, stream = name, "{line}");
+        super::runner_log::forward_line(&line, pid, metrics::DEFAULT_RUNNER, name);
         if let Some(tail) = &tail {
             tail.push(&line);
         }

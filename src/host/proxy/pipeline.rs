@@ -12,6 +12,7 @@ use super::query::{parse_query, rewrite_query, target};
 use super::{error_response, full, Body, Proxy};
 use crate::host::client::{CallError, InfoProvider};
 use crate::host::config::{Phase, PhaseConf, Route};
+use crate::host::metrics;
 use crate::host::path::{self, NormalizedPath};
 use crate::host::vars::{self, VarCtx};
 use crate::wire::{InfoKey, RequestOutcome, RequestParts, ResponseParts, Rewrite};
@@ -132,12 +133,28 @@ fn check_head(req: &Request<Incoming>) -> Result<(), String> {
 }
 
 impl Proxy {
-    /// Normalizes, routes and answers one request.
+    /// Normalizes, routes and answers one request; counts it in the
+    /// metrics under its route's id.
     pub(super) async fn route(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         local: SocketAddr,
+    ) -> Response<Body> {
+        let started = std::time::Instant::now();
+        // Empty until routed: a 400 or 404 has no route.
+        let mut route_id = "";
+        let resp = self.route_and_answer(req, peer, local, &mut route_id).await;
+        metrics::request(route_id, resp.status(), started.elapsed().as_secs_f64());
+        resp
+    }
+
+    async fn route_and_answer<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        route_id: &mut &'a str,
     ) -> Response<Body> {
         if let Err(why) = check_head(&req) {
             debug!(client = %peer, target = %req.uri(), "{why}: 400");
@@ -154,6 +171,7 @@ impl Proxy {
             return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
         };
         let rt = &self.routes[index];
+        *route_id = &rt.route.id;
         let (mut head, body) = req.into_parts();
         let original_uri = head.uri.clone();
         head.uri = match target(&path, original_uri.query()) {
@@ -245,7 +263,9 @@ impl Proxy {
         pc: &PhaseConf,
         ex: &mut Exchange,
     ) -> Option<Response<Body>> {
+        let started = std::time::Instant::now();
         let result = self.call_request_phase(pc, ex).await;
+        record_call(phase, &result, started);
         // A body that failed during the call (a lazy read answered "not
         // available" to the runner) decides the answer, whatever the call
         // gave: the request must not go on without its body.
@@ -300,6 +320,7 @@ impl Proxy {
             ));
         }
         if pc.allow_degradation {
+            metrics::degraded(&ex.route.id, phase.name());
             warn!(route = %ex.route.id, phase = phase.name(), cause = %e, "ext-plugin call failed; degraded: going on unchanged");
             None
         } else {
@@ -382,7 +403,9 @@ impl Proxy {
         head: &mut http::response::Parts,
         body: &mut MessageBody,
     ) -> Result<(), Response<Body>> {
+        let started = std::time::Instant::now();
         let result = self.call_response_phase(pc, ex, head, body).await;
+        record_call(Phase::PostResp, &result, started);
         if let Some(e) = body.failure().cloned() {
             return Err(ex.body_failed(Side::Response, &e));
         }
@@ -454,6 +477,23 @@ impl Proxy {
             .call_response(pc, &ticket, parts, &mut provider)
             .await?)
     }
+}
+
+/// Counts a phase's runner call in the metrics: its result class and its
+/// time (token, body and EXTRA_INFO included). A body failure is the
+/// client's or the upstream's, not a runner call's: not counted.
+fn record_call<T>(phase: Phase, result: &Result<T, PhaseError>, started: std::time::Instant) {
+    let class = match result {
+        Ok(_) => metrics::CallResult::Ok,
+        Err(PhaseError::Call(e)) => metrics::CallResult::of(e),
+        Err(PhaseError::Body(_)) => return,
+    };
+    metrics::runner_call(
+        metrics::DEFAULT_RUNNER,
+        phase.name(),
+        class,
+        started.elapsed().as_secs_f64(),
+    );
 }
 
 /// Applies a request-phase rewrite to the request.
