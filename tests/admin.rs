@@ -197,9 +197,15 @@ async fn admin_endpoints_answer_methods_and_unknown_paths_clearly() {
     assert_eq!(reload.status, 501, "{}", reload.text());
     // A request refused before routing has no route label.
     assert_eq!(get(&proxy.url("/a/%2e%2e/%2e%2e/x")).await.status, 400);
+    // And one refused at the door (a method the protocol cannot carry).
+    assert_eq!(send("CONNECT", &proxy.url("/x"), &[], "").await.status, 405);
     let m = metrics(&proxy).await;
     assert_eq!(
         value(&m, r#"extplug_requests_total{route="",status="400"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(&m, r#"extplug_requests_total{route="",status="405"}"#),
         1.0
     );
 }
@@ -301,6 +307,13 @@ async fn json_logs_are_one_object_per_line_with_relayed_runner_lines() {
         .filter(|o| o["runner"] == "default")
         .collect();
     assert!(!relayed.is_empty(), "no relayed runner line:\n{log}");
+    // The runner logged JSON itself: its own target, not the relay's.
+    assert!(
+        relayed.iter().any(|o| o["target"]
+            .as_str()
+            .is_some_and(|t| t != "extplug::runner_output")),
+        "no runner object relayed as such:\n{log}"
+    );
     for line in relayed {
         assert_eq!(line["pid"], runner_pid, "{line}");
         assert!(line["timestamp"].is_string(), "{line}");

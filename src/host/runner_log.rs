@@ -6,8 +6,8 @@
 //! (`extplug --log-format json`; runners started then log JSON too, see
 //! [`crate::LOG_FORMAT_ENV`]) a line that is a JSON object is re-emitted as
 //! that object, its own fields kept (`level`, `target`, `message`, ...),
-//! with the host's `timestamp` first and `pid`, `runner` and `stream` added:
-//! one flat object per line, like the host's own. Other lines (a panic
+//! with the host's `timestamp` and `pid`, `runner` and `stream` added (keys
+//! in alphabetical order): one flat object per line, like the host's own. Other lines (a panic
 //! message, a plain `println!`) become ordinary JSON events with the line
 //! as `message`.
 
