@@ -302,6 +302,81 @@ pub fn header_dropped(reason: &str) {
     METRICS.headers_dropped.with_label_values(&[reason]).inc();
 }
 
+/// A route's series resolved once, for the hot path: the duration
+/// histogram, the `200` counter (other statuses are looked up), and per
+/// phase the runner call series (`ok` and the duration; failures are looked
+/// up).
+#[derive(Clone)]
+pub struct RouteHandles {
+    route: String,
+    duration: prometheus::Histogram,
+    ok: IntCounter,
+    phases: [Option<PhaseHandles>; 3],
+}
+
+#[derive(Clone)]
+struct PhaseHandles {
+    runner: String,
+    phase: &'static str,
+    ok: IntCounter,
+    duration: prometheus::Histogram,
+}
+
+impl RouteHandles {
+    /// The handles of `route`, whose phases run on the runners named by
+    /// `phases` (pre-req, post-req, post-resp; `None`: no such phase).
+    pub fn new(route: &str, phases: [Option<&str>; 3]) -> Self {
+        let m = &*METRICS;
+        let names = [
+            "ext-plugin-pre-req",
+            "ext-plugin-post-req",
+            "ext-plugin-post-resp",
+        ];
+        let mut handles: [Option<PhaseHandles>; 3] = [None, None, None];
+        for ((slot, runner), phase) in handles.iter_mut().zip(phases).zip(names) {
+            *slot = runner.map(|runner| PhaseHandles {
+                runner: runner.to_owned(),
+                phase,
+                ok: m.runner_calls.with_label_values(&[runner, phase, "ok"]),
+                duration: m.runner_call_duration.with_label_values(&[runner, phase]),
+            });
+        }
+        RouteHandles {
+            route: route.to_owned(),
+            duration: m.request_duration.with_label_values(&[route]),
+            ok: m.requests.with_label_values(&[route, "200"]),
+            phases: handles,
+        }
+    }
+
+    /// [`request`] for this route.
+    pub fn request(&self, status: http::StatusCode, secs: f64) {
+        if status == http::StatusCode::OK {
+            self.ok.inc();
+        } else {
+            METRICS
+                .requests
+                .with_label_values(&[self.route.as_str(), status.as_str()])
+                .inc();
+        }
+        self.duration.observe(secs);
+    }
+
+    /// [`runner_call`] for this route's phase `index` (0 pre-req, 1
+    /// post-req, 2 post-resp); nothing for a phase the route does not have.
+    pub fn runner_call(&self, index: usize, result: CallResult, secs: f64) {
+        let Some(Some(p)) = self.phases.get(index) else {
+            return;
+        };
+        if result == CallResult::Ok {
+            p.ok.inc();
+            p.duration.observe(secs);
+        } else {
+            runner_call(&p.runner, p.phase, result, secs);
+        }
+    }
+}
+
 /// A runner's series resolved once (no lookup per connection or chain).
 #[derive(Clone)]
 pub struct RunnerHandles {

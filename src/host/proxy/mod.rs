@@ -59,6 +59,8 @@ pub struct Proxy {
     /// The longest wait for the next bytes of a client's body (408 past it).
     client_body_timeout: Duration,
     ids: RequestIds,
+    /// Each route's metrics series, by route index (as `routes`).
+    route_metrics: Vec<crate::host::metrics::RouteHandles>,
 }
 
 /// Unique request ids: a random per-process prefix and a counter.
@@ -156,9 +158,27 @@ impl Proxy {
             .iter()
             .map(|route| RouteRuntime::new(route.clone()))
             .collect();
+        let route_metrics = router
+            .routes()
+            .iter()
+            .map(|route| {
+                use super::config::Phase;
+                // Every phase runs on the one runner for now.
+                let runner = |p| route.phase(p).map(|_| crate::host::metrics::DEFAULT_RUNNER);
+                crate::host::metrics::RouteHandles::new(
+                    &route.id,
+                    [
+                        runner(Phase::PreReq),
+                        runner(Phase::PostReq),
+                        runner(Phase::PostResp),
+                    ],
+                )
+            })
+            .collect();
         Proxy {
             router,
             routes,
+            route_metrics,
             client,
             max_request_body: config.max_request_body,
             max_response_body: config.max_response_body,

@@ -142,19 +142,23 @@ impl Proxy {
         local: SocketAddr,
     ) -> Response<Body> {
         let started = std::time::Instant::now();
-        // Empty until routed: a 400 or 404 has no route.
-        let mut route_id = "";
-        let resp = self.route_and_answer(req, peer, local, &mut route_id).await;
-        metrics::request(route_id, resp.status(), started.elapsed().as_secs_f64());
+        // `None` until routed: a 400 or 404 has no route.
+        let mut routed = None;
+        let resp = self.route_and_answer(req, peer, local, &mut routed).await;
+        let secs = started.elapsed().as_secs_f64();
+        match routed.and_then(|index| self.route_metrics.get(index)) {
+            Some(handles) => handles.request(resp.status(), secs),
+            None => metrics::request("", resp.status(), secs),
+        }
         resp
     }
 
-    async fn route_and_answer<'a>(
-        &'a self,
+    async fn route_and_answer(
+        &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         local: SocketAddr,
-        route_id: &mut &'a str,
+        routed: &mut Option<usize>,
     ) -> Response<Body> {
         if let Err(why) = check_head(&req) {
             debug!(client = %peer, target = %req.uri(), "{why}: 400");
@@ -171,7 +175,7 @@ impl Proxy {
             return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
         };
         let rt = &self.routes[index];
-        *route_id = &rt.route.id;
+        *routed = Some(index);
         let (mut head, body) = req.into_parts();
         let original_uri = head.uri.clone();
         head.uri = match target(&path, original_uri.query()) {
@@ -209,7 +213,7 @@ impl Proxy {
             let Some(pc) = rt.route.phase(phase) else {
                 continue;
             };
-            if let Some(answer) = self.request_phase(phase, pc, &mut ex).await {
+            if let Some(answer) = self.request_phase(phase, pc, &mut ex, index).await {
                 return answer;
             }
         }
@@ -228,7 +232,10 @@ impl Proxy {
         // the resource: it goes back to the client as it was.
         let upstream_length = head.headers.get(CONTENT_LENGTH).cloned();
         if let Some(pc) = rt.route.phase(Phase::PostResp) {
-            if let Err(answer) = self.response_phase(pc, &mut ex, &mut head, &mut body).await {
+            if let Err(answer) = self
+                .response_phase(pc, &mut ex, &mut head, &mut body, index)
+                .await
+            {
                 return answer;
             }
         }
@@ -262,10 +269,11 @@ impl Proxy {
         phase: Phase,
         pc: &PhaseConf,
         ex: &mut Exchange,
+        route: usize,
     ) -> Option<Response<Body>> {
         let started = std::time::Instant::now();
         let result = self.call_request_phase(pc, ex).await;
-        record_call(phase, &result, started);
+        self.record_call(route, phase, &result, started);
         // A body that failed during the call (a lazy read answered "not
         // available" to the runner) decides the answer, whatever the call
         // gave: the request must not go on without its body.
@@ -329,6 +337,31 @@ impl Proxy {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ext-plugin runner unavailable",
             ))
+        }
+    }
+
+    /// Counts a phase's runner call in the metrics: its result class and
+    /// its time (token, body and EXTRA_INFO included). A body failure is the
+    /// client's or the upstream's, not a runner call's: not counted.
+    fn record_call<T>(
+        &self,
+        route: usize,
+        phase: Phase,
+        result: &Result<T, PhaseError>,
+        started: std::time::Instant,
+    ) {
+        let class = match result {
+            Ok(_) => metrics::CallResult::Ok,
+            Err(PhaseError::Call(e)) => metrics::CallResult::of(e),
+            Err(PhaseError::Body(_)) => return,
+        };
+        let index = match phase {
+            Phase::PreReq => 0,
+            Phase::PostReq => 1,
+            Phase::PostResp => 2,
+        };
+        if let Some(handles) = self.route_metrics.get(route) {
+            handles.runner_call(index, class, started.elapsed().as_secs_f64());
         }
     }
 
@@ -402,10 +435,11 @@ impl Proxy {
         ex: &mut Exchange,
         head: &mut http::response::Parts,
         body: &mut MessageBody,
+        route: usize,
     ) -> Result<(), Response<Body>> {
         let started = std::time::Instant::now();
         let result = self.call_response_phase(pc, ex, head, body).await;
-        record_call(Phase::PostResp, &result, started);
+        self.record_call(route, Phase::PostResp, &result, started);
         if let Some(e) = body.failure().cloned() {
             return Err(ex.body_failed(Side::Response, &e));
         }
@@ -477,23 +511,6 @@ impl Proxy {
             .call_response(pc, &ticket, parts, &mut provider)
             .await?)
     }
-}
-
-/// Counts a phase's runner call in the metrics: its result class and its
-/// time (token, body and EXTRA_INFO included). A body failure is the
-/// client's or the upstream's, not a runner call's: not counted.
-fn record_call<T>(phase: Phase, result: &Result<T, PhaseError>, started: std::time::Instant) {
-    let class = match result {
-        Ok(_) => metrics::CallResult::Ok,
-        Err(PhaseError::Call(e)) => metrics::CallResult::of(e),
-        Err(PhaseError::Body(_)) => return,
-    };
-    metrics::runner_call(
-        metrics::DEFAULT_RUNNER,
-        phase.name(),
-        class,
-        started.elapsed().as_secs_f64(),
-    );
 }
 
 /// Applies a request-phase rewrite to the request.
