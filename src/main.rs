@@ -27,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     /// The log lines on stderr: `text`, or `json` (one object per line;
     /// the runners started log JSON too, relayed with their pid and name).
-    #[arg(long, global = true, default_value = "text", value_name = "FORMAT")]
-    log_format: extplug::LogFormat,
+    /// Default: `EXTPLUG_LOG_FORMAT`, else `text`.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<extplug::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,7 +123,18 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    extplug::init_logging_as(cli.log_format);
+    let log_format = match cli.log_format {
+        Some(format) => format,
+        // As the runners read it: a container sets it once for both.
+        None => match std::env::var(extplug::LOG_FORMAT_ENV) {
+            Ok(v) => match v.parse() {
+                Ok(format) => format,
+                Err(e) => return fail(&format!("{}: {e}", extplug::LOG_FORMAT_ENV)),
+            },
+            Err(_) => extplug::LogFormat::Text,
+        },
+    };
+    extplug::init_logging_as(log_format);
     match cli.command {
         Command::Check { config, offline } => match host::config::Config::load(&config) {
             Ok(c) => check(&config, &c, offline),
