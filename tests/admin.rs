@@ -55,12 +55,22 @@ async fn metrics_move_with_traffic_and_faults() {
     let up = Upstream::start().await;
     let (cmd, env) = bad("scripted");
     let pre_req = json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])});
+    // POST /slow: the same timeout on a phase that allows degradation.
+    let mut degrade = phase(&[("any", json!({}))]);
+    degrade["allow_degradation"] = json!(true);
+    let mut d = route(
+        "d",
+        "/slow",
+        up.addr,
+        json!({"ext-plugin-pre-req": degrade}),
+    );
+    d["methods"] = json!(["POST"]);
     let mut c = with_admin(config(
         cmd,
         env,
-        json!([route("r", "/*", up.addr, pre_req)]),
+        json!([route("r", "/*", up.addr, pre_req), d]),
     ));
-    // `/slow` answers after 5 s: a timeout. No restart after one timeout.
+    // `/slow` answers after 5 s: a timeout. No restart after timeouts.
     c["ext-plugin"]["call_timeout_ms"] = json!(300);
     c["ext-plugin"]["restart_after_timeouts"] = json!(0);
     let proxy = ProxyProc::start(&c);
@@ -81,10 +91,10 @@ async fn metrics_move_with_traffic_and_faults() {
         ),
         0.0
     );
-    // Prepared at start (preflight), once.
+    // Prepared at start (preflight), once per chain.
     assert_eq!(
         value(&before, r#"extplug_conf_prepared_total{runner="default"}"#),
-        1.0
+        2.0
     );
 
     for _ in 0..3 {
@@ -98,6 +108,7 @@ async fn metrics_move_with_traffic_and_faults() {
         1.0
     );
     assert_eq!(get(&proxy.url("/slow")).await.status, 503);
+    assert_eq!(send("POST", &proxy.url("/slow"), &[], "").await.status, 200);
 
     let m = metrics(&proxy).await;
     assert_eq!(
@@ -121,13 +132,24 @@ async fn metrics_move_with_traffic_and_faults() {
         )
     };
     assert_eq!(calls("ok"), 4.0);
-    assert_eq!(calls("timeout"), 1.0);
+    assert_eq!(calls("timeout"), 2.0);
+    assert_eq!(
+        value(
+            &m,
+            r#"extplug_degraded_total{phase="ext-plugin-pre-req",route="d"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&m, r#"extplug_requests_total{route="d",status="200"}"#),
+        1.0
+    );
     assert_eq!(
         value(
             &m,
             r#"extplug_runner_call_duration_seconds_count{phase="ext-plugin-pre-req",runner="default"}"#
         ),
-        5.0
+        6.0
     );
     assert_eq!(
         value(&m, r#"extplug_headers_dropped_total{reason="protected"}"#),
@@ -163,7 +185,7 @@ async fn metrics_move_with_traffic_and_faults() {
     let m = metrics(&proxy).await;
     assert_eq!(
         value(&m, r#"extplug_conf_prepared_total{runner="default"}"#),
-        2.0
+        3.0
     );
     assert_eq!(calls_of(&m, "ok"), 5.0);
 }
