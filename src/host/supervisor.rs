@@ -202,8 +202,8 @@ async fn supervise(
                 };
                 match ready {
                     Ok(()) => {
-                        info!(pid, generation, socket = %socket.display(), "runner ready");
                         metrics::runner_up(metrics::DEFAULT_RUNNER, true);
+                        info!(pid, generation, socket = %socket.display(), "runner ready");
                         tx.send_replace(RunnerState::Ready {
                             socket: Arc::new(socket.clone()),
                             generation,
