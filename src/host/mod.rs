@@ -83,6 +83,14 @@ pub enum HostError {
         /// The error.
         source: std::io::Error,
     },
+    /// The admin listener's address (`admin.listen`) could not be bound.
+    #[error("cannot listen on {addr} (admin.listen): {source}")]
+    AdminListen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The runner's private directory could not be created, or is not
     /// private (the message names the path and what is wrong).
     #[error("cannot prepare the runner's socket directory: {0}")]
@@ -242,7 +250,7 @@ pub async fn run_with(
             let admin_listener =
                 admin::bind(conf.listen)
                     .await
-                    .map_err(|source| HostError::Listen {
+                    .map_err(|source| HostError::AdminListen {
                         addr: conf.listen,
                         source,
                     })?;
