@@ -25,6 +25,11 @@ use tokio_util::sync::CancellationToken;
     about = "Out-of-process plugins for API gateways"
 )]
 struct Cli {
+    /// The log lines on stderr: `text`, or `json` (one object per line;
+    /// the runners started log JSON too, relayed with their pid and name).
+    /// Default: `EXTPLUG_LOG_FORMAT`, else `text`.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<extplug::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +60,9 @@ enum Command {
         /// The runner program (default: `examples/demo-runner` next to this binary).
         #[arg(long)]
         runner: Option<PathBuf>,
+        /// Where the admin listener (metrics, health) listens.
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        admin: String,
     },
     /// Check a configuration and exit (0: valid; 2: not, with the reason):
     /// the file, then, with a throwaway runner, that the runner starts and
@@ -115,7 +123,18 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    extplug::init_logging();
+    let log_format = match cli.log_format {
+        Some(format) => format,
+        // As the runners read it: a container sets it once for both.
+        None => match std::env::var(extplug::LOG_FORMAT_ENV) {
+            Ok(v) => match v.parse() {
+                Ok(format) => format,
+                Err(e) => return fail(&format!("{}: {e}", extplug::LOG_FORMAT_ENV)),
+            },
+            Err(_) => extplug::LogFormat::Text,
+        },
+    };
+    extplug::init_logging_as(log_format);
     match cli.command {
         Command::Check { config, offline } => match host::config::Config::load(&config) {
             Ok(c) => check(&config, &c, offline),
@@ -135,7 +154,11 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::Echo { listen } => echo(listen),
-        Command::Demo { listen, runner } => demo(&listen, runner),
+        Command::Demo {
+            listen,
+            runner,
+            admin,
+        } => demo(&listen, &admin, runner),
         Command::Bench { what } => run_bench(what),
     }
 }
@@ -255,7 +278,8 @@ fn fail(message: &str) -> ExitCode {
 
 /// Runs the proxy until SIGTERM/SIGINT. Prints `extplug listening on
 /// http://ADDR` on stdout once it accepts connections (tests and scripts
-/// wait for that line), then `after_listening`'s text.
+/// wait for that line), `extplug admin listening on http://ADDR ...` when
+/// the admin listener is configured, then `after_listening`'s text.
 ///
 /// A configuration the runner refuses (or a runner that does not start) is
 /// reported once, prefixed with the file's path when there is one, with exit
@@ -264,7 +288,7 @@ fn fail(message: &str) -> ExitCode {
 fn serve(
     config: host::config::Config,
     source: Option<host::gateway::ConfigSource>,
-    after_listening: Option<Box<dyn FnOnce(std::net::SocketAddr) -> String>>,
+    after_listening: Option<Box<dyn FnOnce(host::Listening) -> String>>,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -273,11 +297,17 @@ fn serve(
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(extplug::stop_on_signal(shutdown.clone()));
-        host::run_from(config, source.clone(), shutdown, |addr| {
+        host::run_from(config, source.clone(), shutdown, |at| {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "extplug listening on http://{addr}");
+            let _ = writeln!(out, "extplug listening on http://{}", at.proxy);
+            if let Some(admin) = at.admin {
+                let _ = writeln!(
+                    out,
+                    "extplug admin listening on http://{admin} (GET /metrics, /healthz, /readyz)"
+                );
+            }
             if let Some(after) = after_listening {
-                let _ = write!(out, "{}", after(addr));
+                let _ = write!(out, "{}", after(at));
             }
             let _ = out.flush();
         })
@@ -318,7 +348,7 @@ fn echo(listen: std::net::SocketAddr) -> ExitCode {
     })
 }
 
-fn demo(listen: &str, runner: Option<PathBuf>) -> ExitCode {
+fn demo(listen: &str, admin: &str, runner: Option<PathBuf>) -> ExitCode {
     let runner = match runner {
         Some(r) => r,
         None => match std::env::current_exe() {
@@ -340,7 +370,7 @@ fn demo(listen: &str, runner: Option<PathBuf>) -> ExitCode {
         Ok(addr) => addr,
         Err(e) => return fail(&format!("starting the echo upstream: {e}")),
     };
-    let config = match host::demo::config(listen, upstream, &runner.to_string_lossy()) {
+    let config = match host::demo::config(listen, admin, upstream, &runner.to_string_lossy()) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
@@ -349,11 +379,11 @@ fn demo(listen: &str, runner: Option<PathBuf>) -> ExitCode {
     serve(
         config,
         None,
-        Some(Box::new(move |addr| {
+        Some(Box::new(move |at| {
             format!(
                 "echo upstream on http://{upstream}; runner {}\nTry:\n{}",
                 runner.display(),
-                host::demo::curl_lines(addr)
+                host::demo::curl_lines(at.proxy, at.admin)
             )
         })),
     )

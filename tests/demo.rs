@@ -19,7 +19,14 @@ impl Drop for Demo {
 #[tokio::test]
 async fn the_demo_does_what_it_prints() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_extplug"))
-        .args(["demo", "--listen", "127.0.0.1:0", "--runner"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--runner",
+        ])
         .arg(common::demo_runner())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -112,6 +112,8 @@ struct PooledConn {
     /// Held while the connection is checked out: a runner replaced by an
     /// upgrade is stopped only once no call uses it.
     lease: Option<Lease>,
+    /// Counted in `extplug_runner_connections` while it is open.
+    _counted: super::metrics::ConnectionCount,
 }
 
 impl PooledConn {
@@ -145,6 +147,8 @@ pub struct ExtClient {
     restart_after: u32,
     /// Calls timed out in a row (any success resets it).
     timeouts: AtomicU32,
+    /// The runner's metrics series.
+    metrics: super::metrics::RunnerHandles,
 }
 
 impl ExtClient {
@@ -162,7 +166,15 @@ impl ExtClient {
             restarter: None,
             restart_after: conf.restart_after_timeouts,
             timeouts: AtomicU32::new(0),
+            metrics: super::metrics::RunnerHandles::new(&conf.name),
         }
+    }
+
+    /// Names the runner in the client's metrics (`runner` label; default
+    /// [`super::metrics::DEFAULT_RUNNER`]).
+    pub fn with_runner_name(mut self, name: &str) -> Self {
+        self.metrics = super::metrics::RunnerHandles::new(name);
+        self
     }
 
     /// Lets the client have a stuck runner replaced: after
@@ -281,6 +293,7 @@ impl ExtClient {
                 conn: Framed::new(stream, FrameCodec::default()),
                 generation,
                 lease,
+                _counted: self.metrics.connection(),
             });
         }
     }
@@ -518,6 +531,7 @@ impl ExtClient {
             expires: Instant::now() + self.token_lifetime,
         };
         debug!(route_phase = %phase.key, token = ticket.token, generation, "chain prepared");
+        self.metrics.conf_prepared();
         *slot.ticket.lock().unwrap_or_else(|p| p.into_inner()) = Some(ticket.clone());
         Ok(ticket)
     }

@@ -65,6 +65,15 @@ pub struct Config {
     pub client_body_timeout: Duration,
     /// Limits on client connections (timeouts, counts, header size).
     pub client: ClientLimits,
+    /// The admin listener (metrics, health, reload); off when `None`.
+    pub admin: Option<AdminConf>,
+}
+
+/// The admin listener's settings (`"admin": {"listen": ADDR}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminConf {
+    /// Where it listens (port 0: any free port, printed at start).
+    pub listen: SocketAddr,
 }
 
 /// Limits on the proxy's client side, with nginx-like defaults.
@@ -108,6 +117,9 @@ const HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=262_144;
 /// The `ext-plugin` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerConf {
+    /// The runner's name: `default` for `ext-plugin`, the key for one of
+    /// `runners` (log lines and metrics labels carry it).
+    pub name: String,
     /// The runner's argv (a relative program path is resolved against the
     /// proxy's working directory).
     pub cmd: Vec<String>,
@@ -243,6 +255,14 @@ struct RawConfig<'a> {
     max_client_connections: usize,
     #[serde(default = "default_max_request_header")]
     max_request_header_bytes: usize,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
 }
 
 fn default_listen() -> String {
@@ -508,6 +528,17 @@ impl Config {
             ));
         }
         let client = client_limits(&raw)?;
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => Some(AdminConf {
+                listen: a.listen.parse().map_err(|_| {
+                    ConfigError(format!(
+                        "`admin.listen`: {:?} is not an address such as 127.0.0.1:9091",
+                        a.listen
+                    ))
+                })?,
+            }),
+        };
         let runner = runner_conf("ext-plugin", raw.ext_plugin)?;
         let mut runners = BTreeMap::new();
         for (name, r) in raw.runners {
@@ -564,6 +595,7 @@ impl Config {
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
             client_body_timeout: Duration::from_millis(raw.client_body_timeout_ms),
             client,
+            admin,
         })
     }
 }
@@ -598,6 +630,10 @@ fn runner_conf(section: &str, r: RawRunner) -> Result<RunnerConf, ConfigError> {
         )));
     }
     Ok(RunnerConf {
+        name: section
+            .strip_prefix("runners.")
+            .unwrap_or(DEFAULT_RUNNER)
+            .to_owned(),
         cmd: r.cmd,
         env: r.env,
         conf_expire: Duration::from_secs(r.conf_expire_time),

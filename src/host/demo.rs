@@ -11,29 +11,52 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tracing::debug;
 
-/// The demo's configuration; `@UPSTREAM@`, `@RUNNER@` and `@LISTEN@` are
-/// filled in at start.
+/// The demo's configuration; `@UPSTREAM@`, `@RUNNER@`, `@LISTEN@` and
+/// `@ADMIN@` are filled in at start.
 pub const DEMO_CONFIG: &str = include_str!("demo.json");
 
-/// The demo configuration for these addresses and runner program.
+/// The demo configuration for these addresses (the proxy's, the admin
+/// listener's, the upstream's) and runner program.
 ///
 /// # Errors
-/// The filled-in configuration does not parse (a bad `listen`, say).
-pub fn config(listen: &str, upstream: SocketAddr, runner: &str) -> Result<Config, ConfigError> {
+/// The filled-in configuration does not parse (a bad `listen` or `admin`,
+/// say).
+pub fn config(
+    listen: &str,
+    admin: &str,
+    upstream: SocketAddr,
+    runner: &str,
+) -> Result<Config, ConfigError> {
     let text = DEMO_CONFIG
         .replace("@UPSTREAM@", &upstream.to_string())
         .replace(
             "@RUNNER@",
             &runner.replace('\\', "\\\\").replace('"', "\\\""),
         )
-        .replace("@LISTEN@", listen);
+        .replace("@LISTEN@", &json_text(listen))
+        .replace("@ADMIN@", &json_text(admin));
     Config::parse(&text)
 }
 
-/// The `curl` lines the demo prints, with what each should show.
-pub fn curl_lines(addr: SocketAddr) -> String {
+/// `text` escaped for a JSON string.
+fn json_text(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The `curl` lines the demo prints, with what each should show (the
+/// admin listener's too, when there is one).
+pub fn curl_lines(addr: SocketAddr, admin: Option<SocketAddr>) -> String {
     let base = format!("http://{addr}");
-    format!(
+    let admin = admin
+        .map(|a| {
+            format!(
+                "# admin: metrics (Prometheus text), liveness, readiness\n\
+                 curl -s http://{a}/metrics | grep ^extplug_requests_total\n\
+                 curl -i http://{a}/readyz\n"
+            )
+        })
+        .unwrap_or_default();
+    let lines = format!(
         "\
 # say: the runner answers by itself (201, x-demo header, body)
 curl -i {base}/hello
@@ -47,7 +70,8 @@ for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}}\\n' {base}/limited; d
 # inject-vars + body-size (request phase), response-headers (response phase: 203, x-demo-phase)
 curl -i {base}/vars -d 'hello'
 "
-    )
+    );
+    lines + &admin
 }
 
 /// Starts the echo upstream on a free port of 127.0.0.1: it answers every
@@ -115,7 +139,14 @@ async fn echo(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>
 mod tests {
     #[test]
     fn the_embedded_configuration_is_valid() {
-        let c = super::config("127.0.0.1:9080", "127.0.0.1:1".parse().unwrap(), "runner").unwrap();
+        let c = super::config(
+            "127.0.0.1:9080",
+            "127.0.0.1:9091",
+            "127.0.0.1:1".parse().unwrap(),
+            "runner",
+        )
+        .unwrap();
         assert!(c.routes.len() >= 5);
+        assert_eq!(c.admin.unwrap().listen.port(), 9091);
     }
 }

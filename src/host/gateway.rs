@@ -123,8 +123,11 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<String> {
             "`shutdown_grace_ms` changed: it is read at start; {RESTART}"
         ));
     }
-    // TODO(lead, at the merge with the admin listener): refuse a changed
-    // `admin` section here too.
+    if old.admin != new.admin {
+        return Some(format!(
+            "`admin` changed: the admin listener is bound at start; {RESTART}"
+        ));
+    }
     None
 }
 
@@ -233,6 +236,7 @@ impl Gateway {
                 }
             },
         };
+        super::metrics::config_reload(result.is_ok());
         match &result {
             Ok(()) => info!("configuration reloaded"),
             Err(e) => error!("configuration reload refused, the previous one keeps serving: {e}"),

@@ -49,17 +49,20 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod ingress;
+pub mod metrics;
 pub mod path;
 pub mod preflight;
 pub mod proxy;
 pub mod router;
 pub mod runner_cmd;
 pub mod runner_dir;
+pub mod runner_log;
 pub mod runner_proc;
 pub mod runners;
 pub mod server;
@@ -79,6 +82,14 @@ pub enum HostError {
     /// The listening address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The admin listener's address (`admin.listen`) could not be bound.
+    #[error("cannot listen on {addr} (admin.listen): {source}")]
+    AdminListen {
         /// The address.
         addr: SocketAddr,
         /// The error.
@@ -122,6 +133,15 @@ pub async fn start_runner(
     runners::Runners::start(config, shutdown).await
 }
 
+/// Where the host listens, once it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The proxy.
+    pub proxy: SocketAddr,
+    /// The admin listener, when configured.
+    pub admin: Option<SocketAddr>,
+}
+
 /// Runs the proxy for `config` until `shutdown`, without reloads from a
 /// file; see [`run_from`].
 ///
@@ -130,26 +150,30 @@ pub async fn start_runner(
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Listening),
 ) -> Result<(), HostError> {
     run_from(config, None, shutdown, on_listening).await
 }
 
-/// Runs the proxy for `config` until `shutdown`: starts the runners and has
-/// them prepare every chain ([`gateway::Gateway::start`]), listens (calling
-/// `on_listening` with the bound address), serves, then finishes requests
-/// in flight, stops the runners, and returns. SIGHUP reloads the
-/// configuration from `source` ([`gateway::Gateway::reload`]).
+/// Runs the proxy for `config` until `shutdown`: binds the proxy's and the
+/// admin listener's addresses (the admin listener answers from then on,
+/// `/readyz` with 503 until the runners are ready and the routes loaded),
+/// starts the runners and has them prepare every chain
+/// ([`gateway::Gateway::start`]), calls `on_listening` with the bound
+/// addresses, serves, then finishes requests in flight, stops the runners,
+/// and returns. SIGHUP and `POST /reload` reload the configuration from
+/// `source` ([`gateway::Gateway::reload`]); SIGUSR2 and
+/// `POST /runners/restart` upgrade every runner in place.
 ///
 /// # Errors
-/// The address cannot be bound, a runner's directory cannot be created,
+/// An address cannot be bound, a runner's directory cannot be created,
 /// a runner does not start, or one refuses a route's chain: then
 /// `on_listening` is never called.
 pub async fn run_from(
     config: Config,
     source: Option<gateway::ConfigSource>,
     shutdown: CancellationToken,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Listening),
 ) -> Result<(), HostError> {
     // First: SIGHUP's default action ends the process, and an operator may
     // send one while the runners start.
@@ -168,11 +192,35 @@ pub async fn run_from(
         config.listen,
         config.routes.len(),
     );
+    // Stopped last, after the runners: `/healthz` answers while we run.
+    let admin_stop = CancellationToken::new();
+    let _stop_admin = admin_stop.clone().drop_guard();
+    let started: Arc<std::sync::OnceLock<Arc<gateway::Gateway>>> = Arc::default();
+    let admin_addr = match config.admin {
+        None => None,
+        Some(conf) => {
+            let admin_listener =
+                admin::bind(conf.listen)
+                    .await
+                    .map_err(|source| HostError::AdminListen {
+                        addr: conf.listen,
+                        source,
+                    })?;
+            let addr = admin_listener.local_addr().unwrap_or(conf.listen);
+            admin::spawn(
+                admin_listener,
+                admin_hooks(started.clone(), shutdown.clone()),
+                admin_stop.clone(),
+            );
+            Some(addr)
+        }
+    };
     let Some(gateway) = gateway::Gateway::start(config, source, shutdown.clone()).await? else {
         info!("stopped while starting");
         return Ok(());
     };
     let gateway = Arc::new(gateway);
+    let _ = started.set(gateway.clone());
     match hangups {
         Ok(mut hangups) => {
             let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
@@ -200,11 +248,64 @@ pub async fn run_from(
     }
     let addr = listener.local_addr().unwrap_or(listen);
     info!(%addr, routes, "proxy listening");
-    on_listening(addr);
+    on_listening(Listening {
+        proxy: addr,
+        admin: admin_addr,
+    });
     server::serve(gateway.current(), listener, limits, shutdown, grace).await;
     gateway.stop().await;
     info!("proxy stopped");
     Ok(())
+}
+
+/// What the admin listener may do: reload (`POST /reload`), upgrade every
+/// runner (`POST /runners/restart`), and say whether the proxy is ready
+/// (`GET /readyz`: not before the gateway has started, i.e. the runners are
+/// ready and the routes loaded; not once `shutdown` is cancelled).
+fn admin_hooks(
+    started: Arc<std::sync::OnceLock<Arc<gateway::Gateway>>>,
+    shutdown: CancellationToken,
+) -> admin::AdminHooks {
+    let not_yet = || "starting: the runners are not ready and the routes are not loaded yet";
+    let for_reload = started.clone();
+    let reload: admin::Hook = Arc::new(move || {
+        let started = for_reload.clone();
+        Box::pin(async move {
+            let gateway = started.get().ok_or_else(|| not_yet().to_owned())?;
+            gateway
+                .reload()
+                .await
+                .map(|()| "configuration reloaded\n".to_owned())
+                .map_err(|e| e.to_string())
+        })
+    });
+    let for_restart = started.clone();
+    let restart_runners: admin::Hook = Arc::new(move || {
+        let started = for_restart.clone();
+        Box::pin(async move {
+            let gateway = started.get().ok_or_else(|| not_yet().to_owned())?;
+            let mut done = Vec::new();
+            for (name, runner) in gateway.restarters().await {
+                runner
+                    .upgrade()
+                    .await
+                    .map_err(|e| format!("runner {name}: {e}"))?;
+                done.push(name);
+            }
+            Ok(format!("runners upgraded: {}\n", done.join(", ")))
+        })
+    });
+    let readiness: admin::Readiness = Arc::new(move || {
+        if shutdown.is_cancelled() {
+            return Err("the proxy is stopping".into());
+        }
+        started.get().ok_or_else(|| not_yet().to_owned())?.ready()
+    });
+    admin::AdminHooks {
+        reload: Some(reload),
+        restart_runners: Some(restart_runners),
+        readiness,
+    }
 }
 
 /// Upgrades every runner on every SIGUSR2 (see

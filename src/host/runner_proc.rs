@@ -289,6 +289,8 @@ pub(super) fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<(Child,
             std::env::vars_os()
                 .filter(|(k, _)| k.to_str().is_some_and(super::supervisor::inherited)),
         )
+        // The runner logs as we do (its `env` may say otherwise).
+        .env(crate::LOG_FORMAT_ENV, log_format_name())
         .envs(&conf.env)
         // Last: the configured `env` cannot override them.
         .env(
@@ -312,13 +314,22 @@ pub(super) fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<(Child,
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     let tail = StderrTail::default();
+    let runner: Arc<str> = Arc::from(conf.name.as_str());
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward(out, pid, "stdout", None));
+        tokio::spawn(forward(out, pid, runner.clone(), "stdout", None));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward(err, pid, "stderr", Some(tail.clone())));
+        tokio::spawn(forward(err, pid, runner, "stderr", Some(tail.clone())));
     }
     Ok((child, tail))
+}
+
+/// The value of [`crate::LOG_FORMAT_ENV`] for the host's log format.
+fn log_format_name() -> &'static str {
+    match crate::log_format() {
+        crate::LogFormat::Json => "json",
+        crate::LogFormat::Text => "text",
+    }
 }
 
 /// The runner gets SIGKILL when the host dies, even by SIGKILL: it never
@@ -343,16 +354,18 @@ fn set_parent_death_signal(cmd: &mut Command) {
     }
 }
 
-/// Forwards a runner output stream to our log, line by line, tagged with its pid.
+/// Forwards a runner output stream to our log, line by line, tagged with its
+/// pid and runner name (see [`super::runner_log`]).
 async fn forward(
     stream: impl AsyncRead + Unpin,
     pid: u32,
+    runner: Arc<str>,
     name: &'static str,
     tail: Option<StderrTail>,
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        info!(target: "extplug::runner_output", pid, stream = name, "{line}");
+        super::runner_log::forward_line(&line, pid, &runner, name);
         if let Some(tail) = &tail {
             tail.push(&line);
         }

@@ -223,12 +223,15 @@ async fn answer(
     local: SocketAddr,
 ) -> Response<Body> {
     let version = req.version();
+    let started = std::time::Instant::now();
     let checked =
         ingress::check_framing(framing_conflict).and_then(|()| ingress::check_method(req.method()));
     let mut resp = match checked {
         Ok(()) => proxy.handle(req, peer, local).await,
         Err(rejection) => {
             debug!(client = %peer, method = %req.method(), uri = %req.uri(), status = rejection.status.as_u16(), reason = %rejection.message, "request refused");
+            // Counted as the proxy counts its own answers (no route yet).
+            crate::host::metrics::request("", rejection.status, started.elapsed().as_secs_f64());
             rejection.into_response::<BoxError>()
         }
     };

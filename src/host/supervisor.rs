@@ -32,6 +32,7 @@
 //! while no runner is up fail at once instead of hanging.
 
 use super::config::RunnerConf;
+use super::metrics;
 use super::runner_dir::RunnerDir;
 pub use super::runner_proc::check_peer;
 use super::runner_proc::{launch, Ctl, Event};
@@ -403,6 +404,7 @@ impl Work {
             }
         }
         self.stop_all(&mut events).await;
+        metrics::runner_up(&self.conf.name, false);
         self.tx.send_replace(RunnerState::Stopped);
     }
 
@@ -480,6 +482,7 @@ impl Work {
     /// The first start failed: report it (not logged here: the host reports
     /// it once, as its start error) and end.
     fn first_failed(&mut self, reason: String) {
+        metrics::runner_up(&self.conf.name, false);
         self.tx.send_replace(RunnerState::Down {
             reason: reason.clone(),
         });
@@ -515,6 +518,8 @@ impl Work {
         };
         p.role = Role::Active;
         p.active_since = Some(Instant::now());
+        // Before the log line: a reader who waits for the line sees the gauge.
+        metrics::runner_up(&self.conf.name, true);
         info!(pid = p.pid, generation, how, socket = %p.socket.display(), "runner ready");
         self.tx.send_replace(RunnerState::Ready {
             socket: p.socket.clone(),
@@ -599,6 +604,10 @@ impl Work {
                     p.role == Role::Spare || (p.started.elapsed() < CRASH_WINDOW && !served);
                 let delay = self.crashed(crash);
                 let restart_in_ms = delay.as_millis() as u64;
+                metrics::runner_restart(
+                    &self.conf.name,
+                    if crash { "start_failed" } else { "exited" },
+                );
                 if p.role != Role::Active {
                     let role = if p.role == Role::Standby {
                         "standby"
@@ -634,6 +643,7 @@ impl Work {
                         self.activate(standby, "promoted");
                     }
                     None => {
+                        metrics::runner_up(&self.conf.name, false);
                         error!(pid, generation, restart_in_ms, "runner down: {reason}");
                         let state = match self.with_role(Role::Spare) {
                             Some(spare) => RunnerState::Starting { generation: spare },
@@ -660,9 +670,11 @@ impl Work {
                     );
                 }
                 self.retire(generation, Ctl::Kill(reason.clone()));
+                metrics::runner_restart(&self.conf.name, "unresponsive");
                 match self.with_role(Role::Standby) {
                     Some(standby) => self.activate(standby, "promoted"),
                     None => {
+                        metrics::runner_up(&self.conf.name, false);
                         self.tx.send_replace(RunnerState::Down { reason });
                     }
                 }
@@ -748,6 +760,7 @@ impl Work {
             };
             self.retire(g, order);
         }
+        metrics::runner_restart(&self.conf.name, "upgrade");
         self.activate(generation, "upgraded");
         // A new program: whatever the old one did says nothing about it.
         self.backoff = Duration::ZERO;

@@ -148,6 +148,8 @@ pub struct ProxyProc {
     pub dir: tempfile::TempDir,
     /// Its stderr (the log), written to a file.
     pub log: PathBuf,
+    /// The admin listener's address, when the configuration has `admin`.
+    pub admin: Option<SocketAddr>,
 }
 
 /// How long a dropped [`ProxyProc`] has to stop after SIGTERM.
@@ -159,6 +161,7 @@ pub struct ProxyBuilder<'a> {
     filter: String,
     env: Vec<(String, String)>,
     umask: Option<u32>,
+    args: Vec<String>,
 }
 
 impl ProxyBuilder<'_> {
@@ -177,6 +180,13 @@ impl ProxyBuilder<'_> {
             name.to_owned(),
             value.as_ref().to_string_lossy().into_owned(),
         ));
+        self
+    }
+
+    /// Adds an argument to `extplug` (before `proxy`: a global flag such as
+    /// `--log-format json`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
         self
     }
 
@@ -210,6 +220,7 @@ impl ProxyProc {
             filter: "info".to_owned(),
             env: Vec::new(),
             umask: None,
+            args: Vec::new(),
         }
     }
 
@@ -233,6 +244,7 @@ impl ProxyProc {
             cmd.env("TMPDIR", dir.path());
         }
         let mut child = cmd
+            .args(&b.args)
             .args(["proxy", "--config"])
             .arg(&path)
             .env("RUST_LOG", &b.filter)
@@ -243,9 +255,20 @@ impl ProxyProc {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        // Printed right after the first line when `admin` is configured.
+        let admin = b.config.get("admin").map(|_| {
+            let mut admin = String::new();
+            out.read_line(&mut admin).unwrap();
+            admin
+                .trim()
+                .strip_prefix("extplug admin listening on http://")
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap_or_else(|| panic!("no admin listening line; got {admin:?}"))
+                .parse()
+                .unwrap()
+        });
         let addr = line
             .trim()
             .strip_prefix("extplug listening on http://")
@@ -262,6 +285,7 @@ impl ProxyProc {
             addr,
             dir,
             log,
+            admin,
         }
     }
 

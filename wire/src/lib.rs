@@ -45,6 +45,12 @@ pub use response::{ResponseOutcome, ResponseParts};
 /// colors (one timestamp per relayed line).
 pub const LOG_RELAYED: &str = "EXTPLUG_LOG_RELAYED";
 
+/// The log format of a runner's default logging: `json` gives one JSON
+/// object per line (`text`, or unset, the human format). The host sets it
+/// to `json` for the runners it starts when its own log is JSON
+/// (`extplug --log-format json`), unless the runner's `env` sets it.
+pub const LOG_FORMAT_ENV: &str = "EXTPLUG_LOG_FORMAT";
+
 /// The statuses a plugin may answer with (stop, or a response-phase status).
 /// The decoder refuses any other in an answer, so that a runner cannot make
 /// the gateway send a 1xx or an out-of-range status.

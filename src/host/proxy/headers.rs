@@ -121,6 +121,7 @@ fn dropped_one(route: &str, origin: Origin, name: &str, reason: DropReason) {
         );
     } else {
         DROPPED[reason as usize].fetch_add(1, Ordering::Relaxed);
+        crate::host::metrics::header_dropped(reason.name());
         warn!(
             route,
             header = name,

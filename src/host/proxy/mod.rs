@@ -69,6 +69,8 @@ pub struct Proxy {
     /// The longest wait for the next bytes of a client's body (408 past it).
     client_body_timeout: Duration,
     ids: RequestIds,
+    /// Each route's metrics series, by route index (as `routes`).
+    route_metrics: Vec<crate::host::metrics::RouteHandles>,
 }
 
 /// Unique request ids: a random per-process prefix and a counter.
@@ -209,9 +211,26 @@ impl Proxy {
                 }
             })
             .collect();
+        let route_metrics = router
+            .routes()
+            .iter()
+            .map(|route| {
+                // Each phase's series carry the name of the runner it runs on.
+                let runner = |p| route.phase(p).map(|pc| pc.runner.as_str());
+                crate::host::metrics::RouteHandles::new(
+                    &route.id,
+                    [
+                        runner(Phase::PreReq),
+                        runner(Phase::PostReq),
+                        runner(Phase::PostResp),
+                    ],
+                )
+            })
+            .collect();
         Ok(Proxy {
             router,
             routes,
+            route_metrics,
             clients,
             max_request_body: config.max_request_body,
             max_response_body: config.max_response_body,

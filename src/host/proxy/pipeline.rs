@@ -12,6 +12,7 @@ use super::query::{parse_query, rewrite_query, target};
 use super::{error_response, full, Body, Proxy};
 use crate::host::client::{CallError, InfoProvider};
 use crate::host::config::{Phase, PhaseConf, Route};
+use crate::host::metrics;
 use crate::host::path::{self, NormalizedPath};
 use crate::host::vars::{self, VarCtx};
 use crate::wire::{InfoKey, RequestOutcome, RequestParts, ResponseParts, Rewrite};
@@ -132,12 +133,32 @@ fn check_head(req: &Request<Incoming>) -> Result<(), String> {
 }
 
 impl Proxy {
-    /// Normalizes, routes and answers one request.
+    /// Normalizes, routes and answers one request; counts it in the
+    /// metrics under its route's id.
     pub(super) async fn route(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         local: SocketAddr,
+    ) -> Response<Body> {
+        let started = std::time::Instant::now();
+        // `None` until routed: a 400 or 404 has no route.
+        let mut routed = None;
+        let resp = self.route_and_answer(req, peer, local, &mut routed).await;
+        let secs = started.elapsed().as_secs_f64();
+        match routed.and_then(|index| self.route_metrics.get(index)) {
+            Some(handles) => handles.request(resp.status(), secs),
+            None => metrics::request("", resp.status(), secs),
+        }
+        resp
+    }
+
+    async fn route_and_answer(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        routed: &mut Option<usize>,
     ) -> Response<Body> {
         if let Err(why) = check_head(&req) {
             debug!(client = %peer, target = %req.uri(), "{why}: 400");
@@ -154,6 +175,7 @@ impl Proxy {
             return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
         };
         let rt = &self.routes[index];
+        *routed = Some(index);
         let (mut head, body) = req.into_parts();
         let original_uri = head.uri.clone();
         head.uri = match target(&path, original_uri.query()) {
@@ -191,7 +213,7 @@ impl Proxy {
             let Some(pc) = rt.route.phase(phase) else {
                 continue;
             };
-            if let Some(answer) = self.request_phase(phase, pc, &mut ex).await {
+            if let Some(answer) = self.request_phase(phase, pc, &mut ex, index).await {
                 return answer;
             }
         }
@@ -210,7 +232,10 @@ impl Proxy {
         // the resource: it goes back to the client as it was.
         let upstream_length = head.headers.get(CONTENT_LENGTH).cloned();
         if let Some(pc) = rt.route.phase(Phase::PostResp) {
-            if let Err(answer) = self.response_phase(pc, &mut ex, &mut head, &mut body).await {
+            if let Err(answer) = self
+                .response_phase(pc, &mut ex, &mut head, &mut body, index)
+                .await
+            {
                 return answer;
             }
         }
@@ -244,8 +269,11 @@ impl Proxy {
         phase: Phase,
         pc: &PhaseConf,
         ex: &mut Exchange,
+        route: usize,
     ) -> Option<Response<Body>> {
+        let started = std::time::Instant::now();
         let result = self.call_request_phase(pc, ex).await;
+        self.record_call(route, phase, &result, started);
         // A body that failed during the call (a lazy read answered "not
         // available" to the runner) decides the answer, whatever the call
         // gave: the request must not go on without its body.
@@ -300,6 +328,7 @@ impl Proxy {
             ));
         }
         if pc.allow_degradation {
+            metrics::degraded(&ex.route.id, phase.name());
             warn!(route = %ex.route.id, phase = phase.name(), cause = %e, "ext-plugin call failed; degraded: going on unchanged");
             None
         } else {
@@ -308,6 +337,31 @@ impl Proxy {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ext-plugin runner unavailable",
             ))
+        }
+    }
+
+    /// Counts a phase's runner call in the metrics: its result class and
+    /// its time (token, body and EXTRA_INFO included). A body failure is the
+    /// client's or the upstream's, not a runner call's: not counted.
+    fn record_call<T>(
+        &self,
+        route: usize,
+        phase: Phase,
+        result: &Result<T, PhaseError>,
+        started: std::time::Instant,
+    ) {
+        let class = match result {
+            Ok(_) => metrics::CallResult::Ok,
+            Err(PhaseError::Call(e)) => metrics::CallResult::of(e),
+            Err(PhaseError::Body(_)) => return,
+        };
+        let index = match phase {
+            Phase::PreReq => 0,
+            Phase::PostReq => 1,
+            Phase::PostResp => 2,
+        };
+        if let Some(handles) = self.route_metrics.get(route) {
+            handles.runner_call(index, class, started.elapsed().as_secs_f64());
         }
     }
 
@@ -381,8 +435,11 @@ impl Proxy {
         ex: &mut Exchange,
         head: &mut http::response::Parts,
         body: &mut MessageBody,
+        route: usize,
     ) -> Result<(), Response<Body>> {
+        let started = std::time::Instant::now();
         let result = self.call_response_phase(pc, ex, head, body).await;
+        self.record_call(route, Phase::PostResp, &result, started);
         if let Some(e) = body.failure().cloned() {
             return Err(ex.body_failed(Side::Response, &e));
         }

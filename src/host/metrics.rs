@@ -1,0 +1,454 @@
+//! The host's metrics, recorded through the plain functions here and
+//! exposed by the admin listener's `GET /metrics` in the Prometheus text
+//! format ([`render`]).
+//!
+//! One process-wide registry (the `prometheus` crate's): every part of the
+//! host records into it without carrying a handle around. Label values are
+//! bounded: a route label is the route's id (never the request path), a
+//! runner label a runner's name, the others come from fixed lists.
+//!
+//! The hot path (one request, one runner call) looks a label set up in a
+//! hash map under a read lock and allocates nothing once the series exists;
+//! holders of a fixed label set keep a resolved handle instead
+//! ([`RunnerHandles`]).
+
+use crate::host::client::CallError;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+/// The name of the runner configured by `ext-plugin` (the only one until
+/// several runners are configured by name).
+pub const DEFAULT_RUNNER: &str = "default";
+
+/// How a runner call ended: the `result` label of
+/// `extplug_runner_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallResult {
+    /// The runner answered.
+    Ok,
+    /// No answer within the call timeout.
+    Timeout,
+    /// The runner's socket could not be connected to.
+    Connect,
+    /// The runner answered with an ERROR frame, or refused the chain.
+    Refused,
+    /// The answer did not follow the protocol.
+    Malformed,
+    /// The connection broke during the call.
+    Broken,
+    /// The runner was down: the call was not attempted.
+    Down,
+}
+
+impl CallResult {
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            CallResult::Ok => "ok",
+            CallResult::Timeout => "timeout",
+            CallResult::Connect => "connect",
+            CallResult::Refused => "refused",
+            CallResult::Malformed => "malformed",
+            CallResult::Broken => "broken",
+            CallResult::Down => "down",
+        }
+    }
+
+    /// The class of a failed call.
+    pub fn of(e: &CallError) -> CallResult {
+        match e {
+            CallError::RunnerDown(_) => CallResult::Down,
+            CallError::Connect(_) => CallResult::Connect,
+            CallError::TimedOut(_) => CallResult::Timeout,
+            CallError::Refused { .. } | CallError::ChainRefused(_) => CallResult::Refused,
+            CallError::Malformed(_) => CallResult::Malformed,
+            CallError::Broken(_) => CallResult::Broken,
+        }
+    }
+}
+
+/// The header drop reasons, as [`super::proxy::headers::DropReason::name`]
+/// gives them: their series exist (at 0) from the start.
+const DROP_REASONS: [&str; 6] = [
+    "framing",
+    "hop_by_hop",
+    "connection_listed",
+    "invalid_name",
+    "invalid_value",
+    "protected",
+];
+
+/// Request durations: 1 ms to 30 s (a runner call timeout is seconds).
+const REQUEST_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Runner call durations: 50 µs (a local call) to 10 s.
+const CALL_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0, 10.0,
+];
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    runner_calls: IntCounterVec,
+    runner_call_duration: HistogramVec,
+    degraded: IntCounterVec,
+    conf_prepared: IntCounterVec,
+    runner_restarts: IntCounterVec,
+    runner_up: IntGaugeVec,
+    runner_connections: IntGaugeVec,
+    config_reloads: IntCounterVec,
+    headers_dropped: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = HistogramVec::new(opts, labels).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+// The names and label sets are constants: registering them cannot fail, so
+// the `expect`s above cannot fire.
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    let m = Metrics {
+        requests: counter(
+            &r,
+            "extplug_requests_total",
+            "Client requests answered, by route id and status.",
+            &["route", "status"],
+        ),
+        request_duration: histogram(
+            &r,
+            "extplug_request_duration_seconds",
+            "Time from a request's arrival until its answer's head is ready, by route id.",
+            &["route"],
+            &REQUEST_BUCKETS,
+        ),
+        runner_calls: counter(
+            &r,
+            "extplug_runner_calls_total",
+            "Runner calls of a route phase, by runner, phase and result.",
+            &["runner", "phase", "result"],
+        ),
+        runner_call_duration: histogram(
+            &r,
+            "extplug_runner_call_duration_seconds",
+            "Time of a route phase's runner calls (token and EXTRA_INFO included), by runner and phase.",
+            &["runner", "phase"],
+            &CALL_BUCKETS,
+        ),
+        degraded: counter(
+            &r,
+            "extplug_degraded_total",
+            "Requests that went on without their plugins after a failed runner call (allow_degradation).",
+            &["route", "phase"],
+        ),
+        conf_prepared: counter(
+            &r,
+            "extplug_conf_prepared_total",
+            "Chains prepared by a runner (PREPARE_CONF answered with a token).",
+            &["runner"],
+        ),
+        runner_restarts: counter(
+            &r,
+            "extplug_runner_restarts_total",
+            "Runner processes replaced, by runner and cause.",
+            &["runner", "cause"],
+        ),
+        runner_up: gauge(
+            &r,
+            "extplug_runner_up",
+            "1 while the runner accepts calls, else 0.",
+            &["runner"],
+        ),
+        runner_connections: gauge(
+            &r,
+            "extplug_runner_connections",
+            "Open connections to the runner.",
+            &["runner"],
+        ),
+        config_reloads: counter(
+            &r,
+            "extplug_config_reloads_total",
+            "Configuration reloads, by result (ok, error).",
+            &["result"],
+        ),
+        headers_dropped: counter(
+            &r,
+            "extplug_headers_dropped_total",
+            "Plugin-supplied headers the proxy dropped, by reason.",
+            &["reason"],
+        ),
+        registry: r,
+    };
+    // Series that dashboards expect at 0 before anything happens.
+    for reason in DROP_REASONS {
+        m.headers_dropped.with_label_values(&[reason]);
+    }
+    for result in ["ok", "error"] {
+        m.config_reloads.with_label_values(&[result]);
+    }
+    m
+});
+
+/// Counts an answered client request and its duration. `route` is the
+/// route's id, empty for a request refused before routing (400, 404).
+pub fn request(route: &str, status: http::StatusCode, secs: f64) {
+    let m = &*METRICS;
+    m.requests
+        .with_label_values(&[route, status.as_str()])
+        .inc();
+    m.request_duration.with_label_values(&[route]).observe(secs);
+}
+
+/// Counts a route phase's runner call (`phase` as in the configuration,
+/// e.g. `ext-plugin-pre-req`) and its duration.
+pub fn runner_call(runner: &str, phase: &str, result: CallResult, secs: f64) {
+    let m = &*METRICS;
+    m.runner_calls
+        .with_label_values(&[runner, phase, result.name()])
+        .inc();
+    m.runner_call_duration
+        .with_label_values(&[runner, phase])
+        .observe(secs);
+}
+
+/// Counts a request that went on without its plugins (degradation).
+pub fn degraded(route: &str, phase: &str) {
+    METRICS.degraded.with_label_values(&[route, phase]).inc();
+}
+
+/// Counts a chain prepared by `runner`.
+pub fn conf_prepared(runner: &str) {
+    METRICS.conf_prepared.with_label_values(&[runner]).inc();
+}
+
+/// Counts a runner process replaced, with why (`exited`, `unresponsive`,
+/// `start_failed`, `upgrade`, ...: a short fixed word, never a message).
+pub fn runner_restart(runner: &str, cause: &str) {
+    METRICS
+        .runner_restarts
+        .with_label_values(&[runner, cause])
+        .inc();
+}
+
+/// Sets whether `runner` accepts calls.
+pub fn runner_up(runner: &str, up: bool) {
+    METRICS
+        .runner_up
+        .with_label_values(&[runner])
+        .set(i64::from(up));
+}
+
+/// Adds `delta` (+1 opened, -1 closed) to `runner`'s open connections.
+pub fn runner_connections(runner: &str, delta: i64) {
+    METRICS
+        .runner_connections
+        .with_label_values(&[runner])
+        .add(delta);
+}
+
+/// Counts a configuration reload, good (`ok`) or refused (`error`).
+pub fn config_reload(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    METRICS.config_reloads.with_label_values(&[result]).inc();
+}
+
+/// Counts a plugin-supplied header dropped for `reason` (see
+/// [`super::proxy::headers::DropReason::name`]).
+pub fn header_dropped(reason: &str) {
+    METRICS.headers_dropped.with_label_values(&[reason]).inc();
+}
+
+/// A route's series resolved once, for the hot path: the duration
+/// histogram, the `200` counter (other statuses are looked up), and per
+/// phase the runner call series (`ok` and the duration; failures are looked
+/// up).
+#[derive(Clone)]
+pub struct RouteHandles {
+    route: String,
+    duration: prometheus::Histogram,
+    ok: IntCounter,
+    phases: [Option<PhaseHandles>; 3],
+}
+
+#[derive(Clone)]
+struct PhaseHandles {
+    runner: String,
+    phase: &'static str,
+    ok: IntCounter,
+    duration: prometheus::Histogram,
+}
+
+impl RouteHandles {
+    /// The handles of `route`, whose phases run on the runners named by
+    /// `phases` (pre-req, post-req, post-resp; `None`: no such phase).
+    pub fn new(route: &str, phases: [Option<&str>; 3]) -> Self {
+        let m = &*METRICS;
+        let names = [
+            "ext-plugin-pre-req",
+            "ext-plugin-post-req",
+            "ext-plugin-post-resp",
+        ];
+        let mut handles: [Option<PhaseHandles>; 3] = [None, None, None];
+        for ((slot, runner), phase) in handles.iter_mut().zip(phases).zip(names) {
+            *slot = runner.map(|runner| PhaseHandles {
+                runner: runner.to_owned(),
+                phase,
+                ok: m.runner_calls.with_label_values(&[runner, phase, "ok"]),
+                duration: m.runner_call_duration.with_label_values(&[runner, phase]),
+            });
+        }
+        RouteHandles {
+            route: route.to_owned(),
+            duration: m.request_duration.with_label_values(&[route]),
+            ok: m.requests.with_label_values(&[route, "200"]),
+            phases: handles,
+        }
+    }
+
+    /// [`request`] for this route.
+    pub fn request(&self, status: http::StatusCode, secs: f64) {
+        if status == http::StatusCode::OK {
+            self.ok.inc();
+        } else {
+            METRICS
+                .requests
+                .with_label_values(&[self.route.as_str(), status.as_str()])
+                .inc();
+        }
+        self.duration.observe(secs);
+    }
+
+    /// [`runner_call`] for this route's phase `index` (0 pre-req, 1
+    /// post-req, 2 post-resp); nothing for a phase the route does not have.
+    pub fn runner_call(&self, index: usize, result: CallResult, secs: f64) {
+        let Some(Some(p)) = self.phases.get(index) else {
+            return;
+        };
+        if result == CallResult::Ok {
+            p.ok.inc();
+            p.duration.observe(secs);
+        } else {
+            runner_call(&p.runner, p.phase, result, secs);
+        }
+    }
+}
+
+/// A runner's series resolved once (no lookup per connection or chain).
+#[derive(Clone)]
+pub struct RunnerHandles {
+    connections: IntGauge,
+    conf_prepared: IntCounter,
+}
+
+impl RunnerHandles {
+    /// The handles of `runner`'s series; its `runner_up` series is created
+    /// too (0 until the runner is ready), so that it shows before any
+    /// event.
+    pub fn new(runner: &str) -> Self {
+        let m = &*METRICS;
+        m.runner_up.with_label_values(&[runner]);
+        RunnerHandles {
+            connections: m.runner_connections.with_label_values(&[runner]),
+            conf_prepared: m.conf_prepared.with_label_values(&[runner]),
+        }
+    }
+
+    /// An opened connection, counted until the returned guard is dropped.
+    pub fn connection(&self) -> ConnectionCount {
+        self.connections.inc();
+        ConnectionCount(self.connections.clone())
+    }
+
+    /// Counts a prepared chain.
+    pub fn conf_prepared(&self) {
+        self.conf_prepared.inc();
+    }
+}
+
+/// One open runner connection in `extplug_runner_connections`: the gauge
+/// goes down when this is dropped, however the connection ends.
+pub struct ConnectionCount(IntGauge);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every metric in the Prometheus text exposition format.
+///
+/// # Errors
+/// The encoder failed (it does not on valid metrics); the message says why.
+pub fn render() -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&METRICS.registry.gather(), &mut out)
+        .map_err(|e| format!("cannot encode the metrics: {e}"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_values_show_in_the_text() {
+        request("unit-route", http::StatusCode::CREATED, 0.002);
+        runner_call(
+            "unit-runner",
+            "ext-plugin-pre-req",
+            CallResult::Timeout,
+            0.5,
+        );
+        let handles = RunnerHandles::new("unit-runner");
+        let open = handles.connection();
+        let text = String::from_utf8(render().unwrap()).unwrap();
+        assert!(
+            text.contains(r#"extplug_requests_total{route="unit-route",status="201"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"extplug_runner_calls_total{phase="ext-plugin-pre-req",result="timeout",runner="unit-runner"} 1"#
+        ));
+        assert!(text.contains(r#"extplug_runner_connections{runner="unit-runner"} 1"#));
+        assert!(text.contains(r#"extplug_headers_dropped_total{reason="framing"} 0"#));
+        drop(open);
+        let text = String::from_utf8(render().unwrap()).unwrap();
+        assert!(text.contains(r#"extplug_runner_connections{runner="unit-runner"} 0"#));
+    }
+}
