@@ -14,9 +14,12 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The admin listener on any free port.
+/// The admin listener on any free port. Without a standby runner: these
+/// tests find the runner among the proxy's children and count its restarts
+/// one process at a time (failover has its own tests, tests/failover.rs).
 fn with_admin(mut c: Value) -> Value {
     c["admin"] = json!({ "listen": "127.0.0.1:0" });
+    c["ext-plugin"]["standby"] = json!(false);
     c
 }
 
@@ -214,9 +217,19 @@ async fn admin_endpoints_answer_methods_and_unknown_paths_clearly() {
     let missing = get(&admin_url(&proxy, "/nothing")).await;
     assert_eq!(missing.status, 404);
     assert!(missing.text().contains("/nothing"), "{}", missing.text());
-    // Not wired in this host yet: said so, not pretended.
+    // The configuration file again: reloaded, and counted.
     let reload = send("POST", &admin_url(&proxy, "/reload"), &[], "").await;
-    assert_eq!(reload.status, 501, "{}", reload.text());
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    assert!(
+        reload.text().contains("configuration reloaded"),
+        "{}",
+        reload.text()
+    );
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        value(&m, r#"extplug_config_reloads_total{result="ok"}"#),
+        1.0
+    );
     // A request refused before routing has no route label.
     assert_eq!(get(&proxy.url("/a/%2e%2e/%2e%2e/x")).await.status, 400);
     // And one refused at the door (a method the protocol cannot carry).
@@ -270,7 +283,7 @@ async fn readyz_is_503_with_the_reason_while_the_runner_restarts() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert!(
-        not_ready.starts_with("not ready: runner default: "),
+        not_ready.starts_with("not ready: runner `default` is "),
         "{not_ready}"
     );
     // Still alive meanwhile.
