@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -409,22 +409,62 @@ fn set_parent_death_signal(cmd: &mut Command) {
     }
 }
 
+/// The longest runner output line logged as one line; a longer one is
+/// logged in pieces of this size. A runner that writes megabytes without a
+/// newline costs the host this much memory, not megabytes.
+pub const MAX_OUTPUT_LINE: usize = 16 * 1024;
+
 /// Forwards a runner output stream to our log, line by line, tagged with its pid.
+/// Bytes that are not UTF-8 are logged as U+FFFD: they never stop the
+/// forwarding (the pipe would then be closed, and the runner's next write
+/// would fail with EPIPE or kill it with SIGPIPE).
 async fn forward(
     stream: impl AsyncRead + Unpin,
     pid: u32,
     name: &'static str,
     tail: Option<StderrTail>,
 ) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = BufReader::new(stream);
+    let mut bytes = Vec::with_capacity(256);
+    while let Ok(true) = read_line_capped(&mut reader, &mut bytes, MAX_OUTPUT_LINE).await {
+        let text = String::from_utf8_lossy(&bytes);
+        let line = text
+            .strip_suffix('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .unwrap_or(&text);
         info!(target: "extplug::runner_output", pid, stream = name, "{line}");
         if let Some(tail) = &tail {
-            tail.push(&line);
+            tail.push(line);
         }
+        bytes.clear();
     }
     if let Some(tail) = &tail {
         tail.finish();
+    }
+}
+
+/// Appends to `buf` the next line of `reader` (with its newline), or its
+/// first `max` bytes when it is longer; false at the end of the stream.
+async fn read_line_capped(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<bool> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(!buf.is_empty());
+        }
+        let window = &available[..available.len().min(max - buf.len())];
+        let (take, done) = match window.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (window.len(), buf.len() + window.len() >= max),
+        };
+        buf.extend_from_slice(&window[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(true);
+        }
     }
 }
 

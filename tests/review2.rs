@@ -1,0 +1,73 @@
+//! Adversarial review of the runner side and the host's runner handling:
+//! a hostile runner's output, with real `extplug proxy` processes and real
+//! runners.
+
+mod common;
+
+use common::conf::{config, route, scripted};
+use common::http::{get, ProxyProc, Upstream};
+use serde_json::json;
+
+/// The host's longest forwarded line (`supervisor::MAX_OUTPUT_LINE`).
+const MAX_LINE: usize = 16 * 1024;
+
+/// A runner whose stderr has a byte that is not UTF-8 and a 200,000-byte
+/// line without a newline: the host keeps forwarding what follows (it used
+/// to stop reading at the bad byte, which closed the pipe under the runner),
+/// and logs the long line in pieces, never as one unbounded line.
+#[tokio::test]
+async fn runner_output_that_is_not_utf8_or_has_no_newline_keeps_being_forwarded() {
+    let up = Upstream::start().await;
+    let script = r#"printf 'bad \377 byte\n' >&2
+head -c 200000 /dev/zero | tr '\0' a >&2
+printf '\nafter-the-flood\n' >&2
+exec "$0""#;
+    let cmd = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        script.to_owned(),
+        common::demo_runner().display().to_string(),
+    ];
+    let c = config(
+        cmd,
+        json!({}),
+        json!([route("r", "/x", up.addr, json!({}))]),
+    );
+    let proxy = ProxyProc::start(&c);
+    proxy.wait_runner_ready(1);
+    proxy.wait_log("after-the-flood", 1);
+    // The demo runner's own start line, written after all that, arrives too.
+    proxy.wait_log("runner listening", 1);
+    let log = proxy.log();
+    assert!(log.contains("bad \u{FFFD} byte"), "{log}");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2 * MAX_LINE, "a log line of {longest} bytes");
+    let pieces = log
+        .lines()
+        .filter(|l| l.contains("aaaaaaaaaaaaaaaa"))
+        .count();
+    assert!(pieces >= 200_000 / MAX_LINE, "{pieces} pieces");
+}
+
+/// A runner that answers one call twice leaves a stale answer on the
+/// connection. The host used to put the connection back in its pool after
+/// the id mismatch it then saw, so every later call on it read the answer
+/// of the call before (503 for good). It must drop that connection: at most
+/// the one call that read the stale answer fails.
+#[tokio::test]
+async fn a_connection_whose_answer_is_for_another_call_is_not_reused() {
+    let up = Upstream::start().await;
+    let proxy = scripted(&up, |_| {});
+    proxy.wait_runner_ready(1);
+    assert_eq!(get(&proxy.url("/answer-twice")).await.status, 200);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get(&proxy.url("/after")).await.status);
+    }
+    assert!(
+        statuses[1..].iter().all(|s| *s == 200),
+        "{statuses:?}; log:\n{}",
+        proxy.log()
+    );
+    assert!(proxy.log().contains("answer id"), "{}", proxy.log());
+}
