@@ -1,5 +1,5 @@
 //! The listening socket's life: stale socket removed (never another kind of
-//! file), created under a restrictive umask then given its mode, file
+//! file), created with its mode (under the umask that gives it), file
 //! removed when the runner stops.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -66,20 +66,28 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Socket
         Err(e) => return Err(io("inspecting")(e)),
     }
     // bind() creates the file with 0777 & !umask: under the usual umask of
-    // 022 the socket would be connectable by anyone until the chmod below.
-    // Bind under 0177 (owner read/write only) so it never exists with a
-    // wider mode than 0600, then set the configured mode. The umask is
-    // process-wide: restored at once, and bound at start, before the
-    // runner creates any other file.
+    // 022 the socket would be connectable by anyone until a chmod. Bind
+    // under the umask that gives exactly `mode` instead, so the socket is
+    // never wider than asked, and no chmod by path follows: in a directory
+    // others can write (a runner run by hand in /tmp), the path could be
+    // swapped for a symbolic link between bind and chmod, and the chmod
+    // would change the link's target. The umask is process-wide: restored
+    // at once, and bound at start, before the runner creates any other file.
+    let mode = mode & 0o777;
     let listener = {
-        let _umask = Umask::set(0o177);
+        let _umask = Umask::set(0o777 & !mode);
         UnixListener::bind(path).map_err(io("binding"))?
     };
     let file = SocketFile {
         path: path.to_path_buf(),
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(io("setting the mode of"))?;
+    // A default ACL on the directory overrides the umask: only then is a
+    // chmod needed, and only on the socket we just made (lstat: not a link).
+    let meta = std::fs::symlink_metadata(path).map_err(io("inspecting"))?;
+    if meta.file_type().is_socket() && meta.permissions().mode() & 0o777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io("setting the mode of"))?;
+    }
     Ok((listener, file))
 }
 
@@ -107,7 +115,7 @@ mod tests {
     async fn bound_with_the_mode_asked_and_the_umask_restored() {
         let dir = tempfile::tempdir().unwrap();
         let before = Umask::set(0o022);
-        for mode in [0o600, 0o660, 0o666] {
+        for mode in [0o600, 0o660, 0o666, 0o777, 0o200] {
             let path = dir.path().join(format!("s{mode:o}.sock"));
             let (_listener, _file) = bind(&path, mode).unwrap();
             let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
