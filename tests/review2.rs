@@ -71,3 +71,64 @@ async fn a_connection_whose_answer_is_for_another_call_is_not_reused() {
     );
     assert!(proxy.log().contains("answer id"), "{}", proxy.log());
 }
+
+/// A runner removes its socket at exit, but only its own: when the path was
+/// taken over meanwhile (another runner started by hand on the same path
+/// after this one's socket was removed), the other's socket stays. It used
+/// to be removed by path, leaving the other runner unreachable.
+#[test]
+fn a_stopping_runner_removes_its_own_socket_only() {
+    let mut runner = common::RunnerProc::start(&[]);
+    let path = runner.socket.clone();
+    std::fs::remove_file(&path).unwrap();
+    let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(runner.wait_exit().success());
+    assert!(
+        std::os::unix::net::UnixStream::connect(&path).is_ok(),
+        "the other listener's socket was removed"
+    );
+    // And its own socket is still removed in the usual case.
+    let mut runner = common::RunnerProc::start(&[]);
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(runner.wait_exit().success());
+    assert!(!runner.socket.exists(), "its own socket was left behind");
+}
+
+/// The environment of process `pid`.
+fn environ(pid: i32) -> std::collections::HashMap<String, String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    bytes
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// Only the locale variables themselves pass the cleared environment, not
+/// any name that starts with `LC_` (`LC_*` is also what ssh passes on from
+/// the client, and a host secret may happen to be named so).
+#[tokio::test]
+async fn only_real_locale_variables_reach_the_runner() {
+    let up = Upstream::start().await;
+    let c = config(
+        common::conf::demo(),
+        json!({}),
+        json!([route("r", "/x", up.addr, json!({}))]),
+    );
+    let proxy = ProxyProc::builder(&c)
+        .env("LC_SECRET_TOKEN", "x")
+        .env("LC_", "x")
+        .env("LC_ALL", "C")
+        .env("LC_MESSAGES", "C")
+        .start();
+    proxy.wait_runner_ready(1);
+    let env = environ(proxy.children()[0]);
+    assert!(!env.contains_key("LC_SECRET_TOKEN"), "{env:?}");
+    assert!(!env.contains_key("LC_"), "{env:?}");
+    assert_eq!(env.get("LC_ALL").map(String::as_str), Some("C"));
+    assert_eq!(env.get("LC_MESSAGES").map(String::as_str), Some("C"));
+}

@@ -2,7 +2,7 @@
 //! file), created with its mode (under the umask that gives it), file
 //! removed when the runner stops.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use tokio::net::UnixListener;
 
@@ -28,15 +28,23 @@ pub enum SocketError {
 }
 
 /// The socket file, removed when this is dropped (after the listener is
-/// closed and the connections drained).
+/// closed and the connections drained), if it is still the one we bound.
 #[derive(Debug)]
 pub struct SocketFile {
     path: PathBuf,
+    /// The device and inode of the socket we bound: a file at the path with
+    /// others is someone else's (a runner started on the same path after
+    /// ours was removed) and is left alone.
+    id: Option<(u64, u64)>,
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && Some((m.dev(), m.ino())) == self.id);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -78,12 +86,14 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Socket
         let _umask = Umask::set(0o777 & !mode);
         UnixListener::bind(path).map_err(io("binding"))?
     };
-    let file = SocketFile {
+    let mut file = SocketFile {
         path: path.to_path_buf(),
+        id: None,
     };
     // A default ACL on the directory overrides the umask: only then is a
     // chmod needed, and only on the socket we just made (lstat: not a link).
     let meta = std::fs::symlink_metadata(path).map_err(io("inspecting"))?;
+    file.id = Some((meta.dev(), meta.ino()));
     if meta.file_type().is_socket() && meta.permissions().mode() & 0o777 != mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(io("setting the mode of"))?;
