@@ -211,8 +211,8 @@ impl Runner {
     /// then stops accepting, lets calls in flight finish (up to the drain
     /// grace), and removes the socket.
     ///
-    /// The socket is created with its mode (bound under the matching
-    /// umask). Each
+    /// The socket is bound under a umask of at least 0177, then widened to
+    /// its mode if needed (never through a path that may be a link). Each
     /// connection's peer uid is checked (the runner's own, or an allowed
     /// one: [`Runner::allow_uid`], `EXTPLUG_ALLOWED_UIDS`); others are closed
     /// unanswered and logged. At most `max_connections` are served at once;

@@ -1,6 +1,6 @@
 //! The listening socket's life: stale socket removed (never another kind of
-//! file), created with its mode (under the umask that gives it), file
-//! removed when the runner stops.
+//! file), created under a umask of at least 0177, widened to its mode
+//! without a chmod by path, file removed when the runner stops (if still ours).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -75,30 +75,51 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Socket
     }
     // bind() creates the file with 0777 & !umask: under the usual umask of
     // 022 the socket would be connectable by anyone until a chmod. Bind
-    // under the umask that gives exactly `mode` instead, so the socket is
-    // never wider than asked, and no chmod by path follows: in a directory
-    // others can write (a runner run by hand in /tmp), the path could be
-    // swapped for a symbolic link between bind and chmod, and the chmod
-    // would change the link's target. The umask is process-wide: restored
-    // at once, and bound at start, before the runner creates any other file.
+    // under a umask of at least 0177 that also takes off what `mode` does
+    // not have, so the socket is never wider than asked nor than 0600. The
+    // umask is process-wide: restored at once, bound at start, before the
+    // runner creates any other file, and never looser than 0177 (a file
+    // another thread made meanwhile would be private, never open).
     let mode = mode & 0o777;
+    let created = mode & 0o600;
     let listener = {
-        let _umask = Umask::set(0o777 & !mode);
+        let _umask = Umask::set(0o777 & !created);
         UnixListener::bind(path).map_err(io("binding"))?
     };
-    let mut file = SocketFile {
-        path: path.to_path_buf(),
-        id: None,
-    };
-    // A default ACL on the directory overrides the umask: only then is a
-    // chmod needed, and only on the socket we just made (lstat: not a link).
     let meta = std::fs::symlink_metadata(path).map_err(io("inspecting"))?;
-    file.id = Some((meta.dev(), meta.ino()));
-    if meta.file_type().is_socket() && meta.permissions().mode() & 0o777 != mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(io("setting the mode of"))?;
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        id: Some((meta.dev(), meta.ino())),
+    };
+    // Wider than 0600 (or a default ACL on the directory, which overrides
+    // the umask): a chmod, but never by path, as in a directory others can
+    // write (a runner run by hand in /tmp) the path could be swapped for a
+    // symbolic link meanwhile, and the chmod would change its target.
+    if meta.permissions().mode() & 0o777 != mode {
+        chmod_socket(path, (meta.dev(), meta.ino()), mode).map_err(io("setting the mode of"))?;
     }
     Ok((listener, file))
+}
+
+/// Sets `mode` on the socket at `path` if it is still the one with `id`
+/// (device, inode): opened without following a link (`O_PATH|O_NOFOLLOW`),
+/// checked, then changed through `/proc/self/fd`, which names that very
+/// inode whatever the path holds by then.
+fn chmod_socket(path: &Path, id: (u64, u64), mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = handle.metadata()?;
+    if !meta.file_type().is_socket() || (meta.dev(), meta.ino()) != id {
+        return Err(std::io::Error::other(
+            "the socket was replaced by another file right after it was bound",
+        ));
+    }
+    let by_fd = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    std::fs::set_permissions(by_fd, std::fs::Permissions::from_mode(mode))
 }
 
 /// A umask in force until dropped, then the previous one again.
