@@ -132,3 +132,44 @@ async fn only_real_locale_variables_reach_the_runner() {
     assert_eq!(env.get("LC_ALL").map(String::as_str), Some("C"));
     assert_eq!(env.get("LC_MESSAGES").map(String::as_str), Some("C"));
 }
+
+/// A runner that started a child of its own (in its process group) and
+/// then died: the host restarts the runner and must not leave that child
+/// running, unwatched, for ever (it used to: only a stop or a kill by the
+/// host reached the group, not a runner that exited by itself).
+#[tokio::test]
+async fn a_dead_runners_own_children_do_not_outlive_it() {
+    let up = Upstream::start().await;
+    let cmd = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "sleep 1000 & exec \"$0\"".to_owned(),
+        common::demo_runner().display().to_string(),
+    ];
+    let c = config(
+        cmd,
+        json!({}),
+        json!([route("r", "/x", up.addr, json!({}))]),
+    );
+    let proxy = ProxyProc::start(&c);
+    proxy.wait_runner_ready(1);
+    let runner = proxy.children()[0];
+    let helper = common::http::children_of(runner);
+    assert_eq!(helper.len(), 1, "the runner's sleep: {helper:?}");
+    let helper = helper[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    proxy.wait_runner_ready(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while common::http::alive(helper) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead runner's child {helper} still runs; log:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

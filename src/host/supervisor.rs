@@ -212,7 +212,17 @@ async fn supervise(
                         }
                         loop {
                             tokio::select! {
-                                status = child.wait() => break format!("exited ({})", describe(status)),
+                                status = child.wait() => {
+                                    // Its own children (same group) die with it:
+                                    // none runs on unwatched. The group id stays
+                                    // taken while a member lives, so this never
+                                    // reaches a stranger; an empty group is ESRCH.
+                                    // (pid 0, unknown, would be our own group.)
+                                    if pid > 1 {
+                                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                                    }
+                                    break format!("exited ({})", describe(status));
+                                }
                                 Some(asked) = restarts.recv() => {
                                     if asked != generation {
                                         continue; // about a runner already replaced
