@@ -173,3 +173,54 @@ async fn a_dead_runners_own_children_do_not_outlive_it() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Starts the demo-runner on `dir/r.sock`, its stderr in `dir/../runner.log`
+/// (`log`), and returns it once it listens.
+fn runner_in(dir: &std::path::Path, log: &std::path::Path) -> common::RunnerProc {
+    let socket = dir.join("r.sock");
+    let child = std::process::Command::new(common::demo_runner())
+        .env(
+            "APISIX_LISTEN_ADDRESS",
+            format!("unix:{}", socket.display()),
+        )
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut proc = common::RunnerProc {
+        child,
+        dir: tempfile::tempdir().unwrap(),
+        socket,
+    };
+    proc.wait_ready();
+    proc
+}
+
+/// A runner run by hand with its socket in a directory that others may
+/// write (and without the sticky bit) says so: another user could replace
+/// the socket there. A private directory gets no such warning.
+#[test]
+fn a_socket_directory_others_can_write_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let top = tempfile::tempdir().unwrap();
+    let open = top.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let private = top.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (open_log, private_log) = (top.path().join("open.log"), top.path().join("private.log"));
+    let mut a = runner_in(&open, &open_log);
+    let mut b = runner_in(&private, &private_log);
+    for r in [&mut a, &mut b] {
+        r.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(r.wait_exit().success());
+    }
+    let open_text = std::fs::read_to_string(&open_log).unwrap();
+    assert!(
+        open_text.contains("writable by other users") && open_text.contains("open"),
+        "{open_text}"
+    );
+    let private_text = std::fs::read_to_string(&private_log).unwrap();
+    assert!(!private_text.contains("writable by"), "{private_text}");
+}

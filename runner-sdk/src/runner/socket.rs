@@ -80,6 +80,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Socket
     // umask is process-wide: restored at once, bound at start, before the
     // runner creates any other file, and never looser than 0177 (a file
     // another thread made meanwhile would be private, never open).
+    warn_if_shared_dir(path);
     let mode = mode & 0o777;
     let created = mode & 0o600;
     let listener = {
@@ -120,6 +121,30 @@ fn chmod_socket(path: &Path, id: (u64, u64), mode: u32) -> std::io::Result<()> {
     }
     let by_fd = format!("/proc/self/fd/{}", handle.as_raw_fd());
     std::fs::set_permissions(by_fd, std::fs::Permissions::from_mode(mode))
+}
+
+/// Warns when the socket's directory may be written by other users and has
+/// no sticky bit (a runner run by hand in such a place): they could remove
+/// the socket and put their own in its place, and the host would talk to
+/// them. The host's own directory is private (0700); the runner does not
+/// refuse other places, as a deployment may have reasons of its own.
+fn warn_if_shared_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode();
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:04o}", mode & 0o7777),
+            "the socket's directory is writable by other users (group or others, no sticky bit): they could replace the socket; use a private directory (0700)"
+        );
+    }
 }
 
 /// A umask in force until dropped, then the previous one again.
