@@ -224,3 +224,35 @@ fn a_socket_directory_others_can_write_is_warned_about() {
     let private_text = std::fs::read_to_string(&private_log).unwrap();
     assert!(!private_text.contains("writable by"), "{private_text}");
 }
+
+/// A chain whose answer is larger than a frame may be (here 100 headers
+/// that each copy a 200,000-byte path: 20 MB) fails that call with a clear
+/// ERROR, and the connection stays usable. The runner used to close the
+/// connection without a word (its send failed), which the host could only
+/// report as "the runner closed the connection".
+#[tokio::test]
+async fn an_answer_over_the_frame_limit_is_a_clear_error_not_a_closed_connection() {
+    let runner = common::RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let confs: Vec<String> = (0..100)
+        .map(|i| format!(r#"{{"vars":["uri"],"header_prefix":"x-{i}-"}}"#))
+        .collect();
+    let chain: Vec<(&str, &str)> = confs.iter().map(|v| ("inject-vars", v.as_str())).collect();
+    let token = c.prepare(&chain).await;
+    let path = format!("/{}", "p".repeat(200_000));
+    let mut parts = common::get(&path);
+    parts.extra_info = vec![("uri", Some(path.as_bytes()))];
+    match c.call_answer(token, parts).await {
+        common::Answer::Error(e) => {
+            assert_eq!(e.code, extplug::wire::ErrorCode::ServiceUnavailable);
+            assert!(e.message.contains("frame limit"), "{}", e.message);
+        }
+        other => panic!("expected an ERROR, got {other:?}"),
+    }
+    // The same connection still serves calls.
+    let small = c.prepare(&[("say", r#"{"body":"ok"}"#)]).await;
+    match c.call_answer(small, common::get("/x")).await {
+        common::Answer::Call(_) => {}
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
