@@ -256,3 +256,30 @@ async fn an_answer_over_the_frame_limit_is_a_clear_error_not_a_closed_connection
         other => panic!("expected an answer, got {other:?}"),
     }
 }
+
+/// Big confs a hostile or careless configuration could send: a chain of
+/// 100,000 entries, and one JSON value of nearly 16 MiB. Both are
+/// prepared (each within the frame limit), the big one answers its call
+/// whole, and the runner keeps serving other connections.
+#[tokio::test]
+async fn a_chain_of_100000_entries_and_a_16_mib_value_are_served() {
+    let runner = common::RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let long: Vec<(&str, &str)> = vec![("say", r#"{"body":"x"}"#); 100_000];
+    let token = c.prepare(&long).await;
+    let answer = c.call(token, common::get("/x")).await;
+    assert!(
+        matches!(answer.outcome, extplug::wire::RequestOutcome::Stop(ref s) if s.body == b"x"),
+        "{answer:?}"
+    );
+    let body = "b".repeat(16_777_215 - 200);
+    let value = format!(r#"{{"body":"{body}"}}"#);
+    let token = c.prepare(&[("say", &value)]).await;
+    let answer = c.call(token, common::get("/x")).await;
+    match answer.outcome {
+        extplug::wire::RequestOutcome::Stop(s) => assert_eq!(s.body.len(), body.len()),
+        other => panic!("expected a stop, got {other:?}"),
+    }
+    let mut other = runner.client().await;
+    other.prepare(&[("say", r#"{"body":"still here"}"#)]).await;
+}
