@@ -337,13 +337,17 @@ impl ExtClient {
         provider: Option<&mut dyn InfoProvider>,
     ) -> Result<(Frame, u64), CallError> {
         let pooled = self.checkout().await?;
-        self.exchange_on(pooled, msg, expect, provider).await
+        let generation = pooled.generation;
+        let (frame, pooled) = self.exchange_on(pooled, msg, expect, provider).await?;
+        self.checkin(pooled);
+        Ok((frame, generation))
     }
 
     /// Sends `msg` on `pooled` and returns the final answer frame (type
-    /// `expect` or ERROR) and the runner generation, answering EXTRA_INFO
-    /// requests on the way. The connection goes back to the pool only after a
-    /// complete exchange.
+    /// `expect` or ERROR) and the connection, answering EXTRA_INFO
+    /// requests on the way. The caller puts the connection back in the pool
+    /// once the answer checked out: one whose answer was malformed or for
+    /// another call id is out of step, and is dropped.
     ///
     /// The call timeout bounds the time spent waiting for the runner (to
     /// take a frame, to answer one) only: the time `provider` takes is
@@ -354,7 +358,7 @@ impl ExtClient {
         msg: &M,
         expect: MessageType,
         mut provider: Option<&mut dyn InfoProvider>,
-    ) -> Result<(Frame, u64), CallError> {
+    ) -> Result<(Frame, PooledConn), CallError> {
         let generation = pooled.generation;
         let limit = self.call_timeout;
         let timed_out = |_| {
@@ -408,8 +412,7 @@ impl ExtClient {
         if self.timeouts.load(Ordering::Relaxed) != 0 {
             self.timeouts.store(0, Ordering::Relaxed);
         }
-        self.checkin(pooled);
-        Ok((frame, generation))
+        Ok((frame, pooled))
     }
 
     fn slot(&self, key: &str) -> Arc<Slot> {
@@ -618,12 +621,16 @@ impl ExtClient {
                 attempt += 1;
                 continue;
             }
-            let (frame, _) = self
+            let (frame, pooled) = self
                 .exchange_on(pooled, &call, C::KIND, Some(&mut *provider))
                 .await?;
+            // `pooled` goes back to the pool only with a well-formed answer
+            // to this call: a runner that answered twice, say, has left a
+            // stale frame that every later call on it would read instead.
             let payload =
                 Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
             if frame.kind == MessageType::Error as u8 {
+                self.checkin(pooled);
                 match refused(&payload) {
                     CallError::Refused {
                         code: ErrorCode::ConfTokenNotFound,
@@ -649,6 +656,7 @@ impl ExtClient {
                     call.id()
                 )));
             }
+            self.checkin(pooled);
             return Ok(outcome);
         }
     }

@@ -5,8 +5,9 @@
 //! owns it), mode 0700, owned by us, and holds a `lock` file that its owner
 //! keeps locked (`flock`) for as long as it lives. A host that was killed
 //! with SIGKILL cannot remove its directory; the next host to start removes
-//! it: a directory of ours whose lock is free, or without a lock and whose
-//! pid is gone, is stale. Only sockets and the lock file are ever deleted
+//! it: a directory of ours whose pid is gone and whose lock is free (or
+//! missing) is stale. The pid is checked even when the lock is free: a host
+//! starting right now has created its lock file but not locked it yet. Only sockets and the lock file are ever deleted
 //! from it: anything else keeps the directory (with a warning).
 
 use nix::fcntl::{Flock, FlockArg};
@@ -135,8 +136,10 @@ fn alive(pid: i32) -> bool {
 /// Removes the runner directories in `parent` whose owner is gone; returns
 /// the paths removed. Leaves alone everything that is not a directory of ours
 /// named `extplug-<pid>-*` (symbolic links included), directories whose owner
-/// still holds the lock, and directories without a lock whose pid lives (one
-/// being created right now). Never fails: what cannot be removed is left, with
+/// still holds the lock, and directories whose pid lives even with a free
+/// lock (one being created right now, between creating its lock file and
+/// locking it; or, rarely, a pid reused since: that leftover waits for a
+/// later sweep). Never fails: what cannot be removed is left, with
 /// a warning.
 pub fn sweep_stale(parent: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
@@ -168,6 +171,8 @@ pub fn sweep_stale(parent: &Path) -> Vec<PathBuf> {
             .open(path.join(LOCK));
         let held = match lock {
             Ok(file) => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                // A free lock is not enough: its owner may be about to take it.
+                Ok(_) if alive(pid) => continue,
                 Ok(held) => Some(held),
                 Err(_) => continue, // its owner is alive
             },
@@ -278,6 +283,10 @@ mod tests {
         std::fs::write(foreign.join("notes.txt"), "keep me").unwrap();
         // No lock and the pid lives (pid 1): kept.
         let live = mk("extplug-1-dddddd");
+        // A free lock but the pid lives: a host between creating its lock
+        // file and locking it (two proxies starting at once): kept.
+        let starting = mk("extplug-1-gggggg");
+        std::fs::write(starting.join(LOCK), "").unwrap();
         // Not our name: kept.
         let other = mk(&format!("extplugx-{dead}-eeeeee"));
         // A symlink with our name pointing at a directory with a socket: kept,
@@ -293,6 +302,10 @@ mod tests {
         assert!(!stale.exists() && !old.exists());
         assert!(foreign.join("notes.txt").exists());
         assert!(live.exists() && other.exists());
+        assert!(
+            starting.join(LOCK).exists(),
+            "a starting host's directory was swept"
+        );
         assert!(link.exists() && target.join("s.sock").exists());
     }
 }

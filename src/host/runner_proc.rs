@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -154,7 +154,16 @@ impl Life {
             generation: self.generation,
         });
         let ended = tokio::select! {
-            status = self.child.wait() => Ok(format!("exited ({})", describe(status))),
+            status = self.child.wait() => {
+                // Its own children (same group) die with it: none runs on
+                // unwatched. The group id stays taken while a member lives,
+                // so this never reaches a stranger; an empty group is ESRCH.
+                // (pid 0, unknown, would be our own group.)
+                if self.pid > 1 {
+                    let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+                }
+                Ok(format!("exited ({})", describe(status)))
+            }
             order = self.orders.recv() => Err(order),
         };
         let reason = match ended {
@@ -354,6 +363,37 @@ fn set_parent_death_signal(cmd: &mut Command) {
     }
 }
 
+/// The longest runner output line logged as one line; a longer one is
+/// logged in pieces of this size. A runner that writes megabytes without a
+/// newline costs the host this much memory, not megabytes.
+pub const MAX_OUTPUT_LINE: usize = 16 * 1024;
+
+/// Appends to `buf` the next line of `reader` (with its newline), or its
+/// first `max` bytes when it is longer; false at the end of the stream.
+async fn read_line_capped(
+    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<bool> {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(!buf.is_empty());
+        }
+        let window = &available[..available.len().min(max - buf.len())];
+        let (take, done) = match window.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (window.len(), buf.len() + window.len() >= max),
+        };
+        buf.extend_from_slice(&window[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(true);
+        }
+    }
+}
+
 /// Forwards a runner output stream to our log, line by line, tagged with its
 /// pid and runner name (see [`super::runner_log`]).
 async fn forward(
@@ -363,12 +403,21 @@ async fn forward(
     name: &'static str,
     tail: Option<StderrTail>,
 ) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        super::runner_log::forward_line(&line, pid, &runner, name);
+    let mut reader = BufReader::new(stream);
+    let mut bytes = Vec::with_capacity(256);
+    // Not `lines()`: one byte that is not UTF-8 would end it (and the runner
+    // would die of SIGPIPE), and a line would have no length limit.
+    while let Ok(true) = read_line_capped(&mut reader, &mut bytes, MAX_OUTPUT_LINE).await {
+        let text = String::from_utf8_lossy(&bytes);
+        let line = text
+            .strip_suffix('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .unwrap_or(&text);
+        super::runner_log::forward_line(line, pid, &runner, name);
         if let Some(tail) = &tail {
-            tail.push(&line);
+            tail.push(line);
         }
+        bytes.clear();
     }
     if let Some(tail) = &tail {
         tail.finish();

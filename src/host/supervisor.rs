@@ -815,14 +815,35 @@ pub const RESERVED_ENV: [&str; 3] = [
     crate::LOG_RELAYED,
 ];
 
+/// The locale variables of POSIX and glibc.
+const LOCALE_VARS: [&str; 13] = [
+    "LC_ALL",
+    "LC_ADDRESS",
+    "LC_COLLATE",
+    "LC_CTYPE",
+    "LC_IDENTIFICATION",
+    "LC_MEASUREMENT",
+    "LC_MESSAGES",
+    "LC_MONETARY",
+    "LC_NAME",
+    "LC_NUMERIC",
+    "LC_PAPER",
+    "LC_TELEPHONE",
+    "LC_TIME",
+];
+
 /// Whether the host's variable `name` is passed on to the runner. Everything
 /// else is not (as nginx clears its workers' environment): the host's secrets
 /// stay the host's.
+///
+/// The locale variables are named one by one, not matched as `LC_*`: any
+/// other name that starts so (a secret, or what ssh passes on from its
+/// client) stays the host's.
 pub fn inherited(name: &str) -> bool {
     matches!(
         name,
         "PATH" | "HOME" | "LANG" | "TZ" | "RUST_LOG" | "RUST_BACKTRACE"
-    ) || name.starts_with("LC_")
+    ) || LOCALE_VARS.contains(&name)
 }
 
 #[cfg(test)]

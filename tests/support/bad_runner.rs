@@ -254,6 +254,16 @@ async fn scripted_answer(
             ],
             ..Rewrite::default()
         }),
+        // Answers twice (the same id): the second answer is a stale frame
+        // the host must not read as the answer to a later call.
+        "/answer-twice" => {
+            let first = ReqCallAnswer {
+                id,
+                outcome: RequestOutcome::Continue,
+            };
+            conn.send(&first).await.unwrap();
+            RequestOutcome::Continue
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             RequestOutcome::Continue

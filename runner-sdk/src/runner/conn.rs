@@ -302,7 +302,18 @@ async fn call<P: CallParts>(
     let result = parts.run(&entry.chain, &mut source).await;
     let broken = source.broken;
     match result {
-        Ok(answer) => conn.send(&answer).await?,
+        Ok(answer) => match conn.send(&answer).await {
+            // Nothing of it was written (the codec drops a frame it refuses):
+            // the stream is in step, so say why instead of closing.
+            Err(FrameError::TooLarge { len, max }) => {
+                let message = format!(
+                    "the answer to call {id} is {len} bytes, over the frame limit of {max} bytes"
+                );
+                warn!(id, token, "{message}");
+                send_error(conn, ErrorCode::ServiceUnavailable, message).await?
+            }
+            sent => sent?,
+        },
         Err(e) => {
             warn!(id, token, cause = %e, "call failed");
             send_error(conn, ErrorCode::ServiceUnavailable, e.to_string()).await?

@@ -47,8 +47,9 @@ pub enum EnvError {
     /// `APISIX_CONF_EXPIRE_TIME` is not a positive integer.
     #[error("{CONF_EXPIRE_TIME}={0:?} is not a positive whole number of seconds")]
     BadExpire(String),
-    /// `EXTPLUG_SOCKET_MODE` is not an octal mode.
-    #[error("{SOCKET_MODE}={0:?} is not an octal file mode such as 600 or 0660")]
+    /// `EXTPLUG_SOCKET_MODE` is not an octal mode, or one without the owner's
+    /// write bit (the host could not connect).
+    #[error("{SOCKET_MODE}={0:?} is not an octal file mode from 0200 to 0777 with the owner's write bit (0200), such as 600 or 0660")]
     BadSocketMode(String),
     /// `EXTPLUG_MAX_FRAME` is not a size in range.
     #[error("{MAX_FRAME}={0:?} is not a byte count from 1 to 16777215")]
@@ -116,10 +117,7 @@ impl RunnerEnv {
         };
         let socket_mode = match lookup(SOCKET_MODE) {
             None => None,
-            Some(text) => match u32::from_str_radix(text.trim(), 8) {
-                Ok(mode) if mode <= 0o777 => Some(mode),
-                _ => return Err(EnvError::BadSocketMode(text)),
-            },
+            Some(text) => Some(parse_socket_mode(&text)?),
         };
         let max_frame = match lookup(MAX_FRAME) {
             None => None,
@@ -155,6 +153,20 @@ impl RunnerEnv {
             max_connections,
             allowed_uids,
         })
+    }
+}
+
+/// Reads `EXTPLUG_SOCKET_MODE`: octal digits only (no sign), at most 0777,
+/// and with the owner's write bit (0200), without which not even the
+/// runner's own user (the host) could connect (connecting needs write
+/// permission on the socket): the host would wait for a socket it can never
+/// use, and time out without saying why.
+fn parse_socket_mode(text: &str) -> Result<u32, EnvError> {
+    let digits = text.trim();
+    let octal = !digits.is_empty() && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if octal && mode <= 0o777 && mode & 0o200 != 0 => Ok(mode),
+        _ => Err(EnvError::BadSocketMode(text.to_owned())),
     }
 }
 
@@ -212,6 +224,24 @@ mod tests {
         assert_eq!(err, EnvError::BadSocketMode("999".into()));
         let ok = read(&[(LISTEN_ADDRESS, "unix:/s"), (SOCKET_MODE, "0660")]).unwrap();
         assert_eq!(ok.socket_mode, Some(0o660));
+    }
+
+    /// Modes no one could connect through (not even the host: connecting
+    /// needs write permission), signs and empty values are refused; 0777 is
+    /// allowed (the peer check still holds).
+    #[test]
+    fn socket_modes_the_host_cannot_use_are_refused() {
+        for bad in [
+            "0", "000", "0400", "0477", "+600", "-600", "", " ", "0o600", "1777",
+        ] {
+            let err = read(&[(LISTEN_ADDRESS, "unix:/s"), (SOCKET_MODE, bad)]).unwrap_err();
+            assert_eq!(err, EnvError::BadSocketMode(bad.into()));
+            assert!(err.to_string().contains("owner's write bit"), "{err}");
+        }
+        for (ok, mode) in [("0777", 0o777), ("200", 0o200), (" 0600 ", 0o600)] {
+            let env = read(&[(LISTEN_ADDRESS, "unix:/s"), (SOCKET_MODE, ok)]).unwrap();
+            assert_eq!(env.socket_mode, Some(mode));
+        }
     }
 
     #[test]

@@ -144,6 +144,13 @@ impl Runner {
     /// accepting (and logs it once) until a connection closes: new
     /// connections wait in the socket's backlog rather than being refused,
     /// so a host that opens a burst of connections is slowed, not failed.
+    ///
+    /// There is no read timeout: the host keeps idle connections open to
+    /// reuse them, so an idle connection holds its slot until it closes.
+    /// Only allowed uids (see [`Runner::allow_uid`]) ever hold a slot (a
+    /// refused peer is closed at once), and they are trusted like the host:
+    /// one of them could take every slot. Memory per connection follows the
+    /// bytes received, up to the frame limit plus its decoded form.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.max(1);
         self
@@ -204,7 +211,8 @@ impl Runner {
     /// then stops accepting, lets calls in flight finish (up to the drain
     /// grace), and removes the socket.
     ///
-    /// The socket is bound under umask 0177, then given its mode. Each
+    /// The socket is bound under a umask of at least 0177, then widened to
+    /// its mode if needed (never through a path that may be a link). Each
     /// connection's peer uid is checked (the runner's own, or an allowed
     /// one: [`Runner::allow_uid`], `EXTPLUG_ALLOWED_UIDS`); others are closed
     /// unanswered and logged. At most `max_connections` are served at once;

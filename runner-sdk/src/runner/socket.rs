@@ -1,8 +1,8 @@
 //! The listening socket's life: stale socket removed (never another kind of
-//! file), created under a restrictive umask then given its mode, file
-//! removed when the runner stops.
+//! file), created under a umask of at least 0177, widened to its mode
+//! without a chmod by path, file removed when the runner stops (if still ours).
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use tokio::net::UnixListener;
 
@@ -28,15 +28,23 @@ pub enum SocketError {
 }
 
 /// The socket file, removed when this is dropped (after the listener is
-/// closed and the connections drained).
+/// closed and the connections drained), if it is still the one we bound.
 #[derive(Debug)]
 pub struct SocketFile {
     path: PathBuf,
+    /// The device and inode of the socket we bound: a file at the path with
+    /// others is someone else's (a runner started on the same path after
+    /// ours was removed) and is left alone.
+    id: Option<(u64, u64)>,
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && Some((m.dev(), m.ino())) == self.id);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -66,21 +74,77 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Socket
         Err(e) => return Err(io("inspecting")(e)),
     }
     // bind() creates the file with 0777 & !umask: under the usual umask of
-    // 022 the socket would be connectable by anyone until the chmod below.
-    // Bind under 0177 (owner read/write only) so it never exists with a
-    // wider mode than 0600, then set the configured mode. The umask is
-    // process-wide: restored at once, and bound at start, before the
-    // runner creates any other file.
+    // 022 the socket would be connectable by anyone until a chmod. Bind
+    // under a umask of at least 0177 that also takes off what `mode` does
+    // not have, so the socket is never wider than asked nor than 0600. The
+    // umask is process-wide: restored at once, bound at start, before the
+    // runner creates any other file, and never looser than 0177 (a file
+    // another thread made meanwhile would be private, never open).
+    warn_if_shared_dir(path);
+    let mode = mode & 0o777;
+    let created = mode & 0o600;
     let listener = {
-        let _umask = Umask::set(0o177);
+        let _umask = Umask::set(0o777 & !created);
         UnixListener::bind(path).map_err(io("binding"))?
     };
+    let meta = std::fs::symlink_metadata(path).map_err(io("inspecting"))?;
     let file = SocketFile {
         path: path.to_path_buf(),
+        id: Some((meta.dev(), meta.ino())),
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(io("setting the mode of"))?;
+    // Wider than 0600 (or a default ACL on the directory, which overrides
+    // the umask): a chmod, but never by path, as in a directory others can
+    // write (a runner run by hand in /tmp) the path could be swapped for a
+    // symbolic link meanwhile, and the chmod would change its target.
+    if meta.permissions().mode() & 0o777 != mode {
+        chmod_socket(path, (meta.dev(), meta.ino()), mode).map_err(io("setting the mode of"))?;
+    }
     Ok((listener, file))
+}
+
+/// Sets `mode` on the socket at `path` if it is still the one with `id`
+/// (device, inode): opened without following a link (`O_PATH|O_NOFOLLOW`),
+/// checked, then changed through `/proc/self/fd`, which names that very
+/// inode whatever the path holds by then.
+fn chmod_socket(path: &Path, id: (u64, u64), mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = handle.metadata()?;
+    if !meta.file_type().is_socket() || (meta.dev(), meta.ino()) != id {
+        return Err(std::io::Error::other(
+            "the socket was replaced by another file right after it was bound",
+        ));
+    }
+    let by_fd = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    std::fs::set_permissions(by_fd, std::fs::Permissions::from_mode(mode))
+}
+
+/// Warns when the socket's directory may be written by other users and has
+/// no sticky bit (a runner run by hand in such a place): they could remove
+/// the socket and put their own in its place, and the host would talk to
+/// them. The host's own directory is private (0700); the runner does not
+/// refuse other places, as a deployment may have reasons of its own.
+fn warn_if_shared_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode();
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:04o}", mode & 0o7777),
+            "the socket's directory is writable by other users (group or others, no sticky bit): they could replace the socket; use a private directory (0700)"
+        );
+    }
 }
 
 /// A umask in force until dropped, then the previous one again.
@@ -107,7 +171,7 @@ mod tests {
     async fn bound_with_the_mode_asked_and_the_umask_restored() {
         let dir = tempfile::tempdir().unwrap();
         let before = Umask::set(0o022);
-        for mode in [0o600, 0o660, 0o666] {
+        for mode in [0o600, 0o660, 0o666, 0o777, 0o200] {
             let path = dir.path().join(format!("s{mode:o}.sock"));
             let (_listener, _file) = bind(&path, mode).unwrap();
             let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
