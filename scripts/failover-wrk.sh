@@ -5,11 +5,13 @@
 # loaded with `wrk -t2 -c16 -d30s` while this script
 #   kill:    SIGKILLs the active runner every 2 s, and measures for each kill
 #            the time until a probe gets a 200 again (the gap);
-#   upgrade: sends the proxy SIGUSR2 (upgrade the runner) every 3 s.
-# Usage: scripts/failover-wrk.sh kill|upgrade [seconds]
+#   upgrade: sends the proxy SIGUSR2 (upgrade the runner) every 3 s;
+#   reload:  swaps the configuration file between two versions (the route's
+#            chain differs) and sends the proxy SIGHUP, every second.
+# Usage: scripts/failover-wrk.sh kill|upgrade|reload [seconds]
 # Needs wrk and curl; builds with `cargo build --release` first.
 set -euo pipefail
-mode=${1:?kill or upgrade}
+mode=${1:?kill, upgrade or reload}
 seconds=${2:-30}
 cd "$(dirname "$0")/.."
 cargo build --quiet --release --example demo-runner --bin extplug
@@ -37,6 +39,8 @@ cat >"$work/config.json" <<EOF
     "plugins": { "ext-plugin-pre-req": { "conf": [
       { "name": "rewrite", "value": "{\"headers\":{\"x-via\":\"runner\"}}" } ] } } } ] }
 EOF
+sed 's/x-via\\":\\"runner/x-via\\":\\"reloaded/' "$work/config.json" >"$work/config-b.json"
+cp "$work/config.json" "$work/config-a.json"
 TMPDIR="$work" RUST_LOG=info "$bin/extplug" proxy --config "$work/config.json" \
   >"$work/proxy.out" 2>"$work/proxy.log" &
 proxy=$!
@@ -70,6 +74,14 @@ case "$mode" in
       events=$((events + 1))
       sleep 3
     done ;;
+  reload)
+    while kill -0 "$wrk_pid" 2>/dev/null && [ $((events + 3)) -lt "$seconds" ]; do
+      if [ $((events % 2)) = 0 ]; then next=b; else next=a; fi
+      cp "$work/config-$next.json" "$work/config.json"
+      kill -HUP "$proxy"
+      events=$((events + 1))
+      sleep 1
+    done ;;
   *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
 wait "$wrk_pid"
@@ -77,4 +89,6 @@ cat "$work/wrk.txt"
 non2xx=$(sed -n 's/.*Non-2xx or 3xx responses: *\([0-9]*\).*/\1/p' "$work/wrk.txt")
 echo "$mode: $events events, ${non2xx:-0} non-2xx answers"
 echo "promotions: $(grep -c 'its standby takes over' "$work/proxy.log" || true)," \
-  "upgrades: $(grep -c 'runner upgraded' "$work/proxy.log" || true)"
+  "upgrades: $(grep -c 'runner upgraded' "$work/proxy.log" || true)," \
+  "reloads: $(grep -c 'configuration reloaded' "$work/proxy.log" || true)," \
+  "refused reloads: $(grep -c 'reload refused' "$work/proxy.log" || true)"

@@ -256,29 +256,15 @@ async fn vars_and_the_upstream_agree_with_the_router() {
 /// proxy's.
 #[tokio::test]
 async fn plugin_headers_cannot_smuggle() {
+    // The runner sends the hostile list itself (the SDK would refuse to):
+    // header values with CR/LF, framing and hop-by-hop names.
     let up = Upstream::start().await;
-    let rewrite = (
-        "rewrite",
-        json!({"headers": {
-            "x-a": "v\r\nx-injected: 1",
-            "x-b": "v\nx-injected: 2",
-            "x-c": "v\rx-injected: 3",
-            "Transfer-Encoding": "chunked",
-            "CONTENT-LENGTH": "0",
-            "Content-length": "1",
-            "connection": "x-api-key",
-            "upgrade": "h2c",
-            "te": "trailers",
-            "x-d\r\nx-injected": "4",
-            "x-kept": "yes"
-        }}),
-    );
-    let proxy = gateway(&up, &[rewrite]);
+    let proxy = common::conf::scripted(&up, |_| {});
     let mut conn = RawConn::connect(proxy.addr).await;
     let body = "0123456789";
     conn.send(
         format!(
-            "POST /admin/x HTTP/1.1\r\nhost: t\r\nx-api-key: {KEY}\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST /smuggle-headers HTTP/1.1\r\nhost: t\r\nx-api-key: {KEY}\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),

@@ -268,6 +268,27 @@ async fn scripted_answer(
             tokio::time::sleep(Duration::from_secs(5)).await;
             RequestOutcome::Continue
         }
+        // Headers no SDK would let a plugin set (the SDK refuses them):
+        // what a runner in another language might send. The host filters.
+        "/smuggle-headers" => RequestOutcome::Rewrite(Rewrite {
+            headers: [
+                ("x-a", "v\r\nx-injected: 1"),
+                ("x-b", "v\nx-injected: 2"),
+                ("x-c", "v\rx-injected: 3"),
+                ("Transfer-Encoding", "chunked"),
+                ("CONTENT-LENGTH", "0"),
+                ("Content-length", "1"),
+                ("connection", "x-api-key"),
+                ("upgrade", "h2c"),
+                ("te", "trailers"),
+                ("x-d\r\nx-injected", "4"),
+                ("x-kept", "yes"),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), Some(v.to_owned())))
+            .collect(),
+            ..Rewrite::default()
+        }),
         "/rewrite-all" => RequestOutcome::Rewrite(Rewrite {
             path: Some("/new path".into()),
             headers: vec![
