@@ -152,16 +152,25 @@ async fn demo_sh_follows_cargo_target_dir() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("elsewhere");
     std::os::unix::fs::symlink(&target, &link).unwrap();
+    let log = dir.path().join("demo.log");
     let mut child = Command::new(repo().join("scripts/demo.sh"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .env("CARGO_TARGET_DIR", &link)
         .env("TMPDIR", dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let addr = wait_line(&mut child, "extplug listening on http://");
+    let addr = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_line(&mut child, "extplug listening on http://")
+    }))
+    .unwrap_or_else(|_| {
+        panic!(
+            "demo.sh did not start; its stderr:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
     // The script execs the binary: the same process, started by that path.
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
     let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap()).into_owned();
