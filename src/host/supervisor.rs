@@ -258,6 +258,7 @@ impl Supervisor {
             upgrades: VecDeque::new(),
             upgrading: None,
             ended: false,
+            metrics_id: metrics::supervisor_id(),
         };
         let task = tokio::spawn(work.supervise(asked, events, shutdown.clone()));
         Ok(Supervisor {
@@ -380,6 +381,9 @@ struct Work {
     upgrading: Option<Upgrade>,
     /// The first start failed: the supervisor ends.
     ended: bool,
+    /// This supervisor's say in `extplug_runner_up` (a reload may run two
+    /// of one name for a while).
+    metrics_id: u64,
 }
 
 impl Work {
@@ -404,7 +408,7 @@ impl Work {
             }
         }
         self.stop_all(&mut events).await;
-        metrics::runner_up(&self.conf.name, false);
+        metrics::runner_up(&self.conf.name, self.metrics_id, false);
         self.tx.send_replace(RunnerState::Stopped);
     }
 
@@ -482,7 +486,7 @@ impl Work {
     /// The first start failed: report it (not logged here: the host reports
     /// it once, as its start error) and end.
     fn first_failed(&mut self, reason: String) {
-        metrics::runner_up(&self.conf.name, false);
+        metrics::runner_up(&self.conf.name, self.metrics_id, false);
         self.tx.send_replace(RunnerState::Down {
             reason: reason.clone(),
         });
@@ -519,7 +523,7 @@ impl Work {
         p.role = Role::Active;
         p.active_since = Some(Instant::now());
         // Before the log line: a reader who waits for the line sees the gauge.
-        metrics::runner_up(&self.conf.name, true);
+        metrics::runner_up(&self.conf.name, self.metrics_id, true);
         info!(pid = p.pid, generation, how, socket = %p.socket.display(), "runner ready");
         self.tx.send_replace(RunnerState::Ready {
             socket: p.socket.clone(),
@@ -643,7 +647,7 @@ impl Work {
                         self.activate(standby, "promoted");
                     }
                     None => {
-                        metrics::runner_up(&self.conf.name, false);
+                        metrics::runner_up(&self.conf.name, self.metrics_id, false);
                         error!(pid, generation, restart_in_ms, "runner down: {reason}");
                         let state = match self.with_role(Role::Spare) {
                             Some(spare) => RunnerState::Starting { generation: spare },
@@ -674,7 +678,7 @@ impl Work {
                 match self.with_role(Role::Standby) {
                     Some(standby) => self.activate(standby, "promoted"),
                     None => {
-                        metrics::runner_up(&self.conf.name, false);
+                        metrics::runner_up(&self.conf.name, self.metrics_id, false);
                         self.tx.send_replace(RunnerState::Down { reason });
                     }
                 }
