@@ -442,3 +442,35 @@ async fn runner_up_stays_1_after_a_reload_replaces_the_runner() {
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(get(&proxy.url("/x")).await.status, 200);
 }
+
+/// With several runners, the supervisor's lines say which runner they are
+/// about: an operator finds the active process of `auth` from the log
+/// (its last "runner ready" line), and kills it.
+#[tokio::test]
+async fn runner_lifecycle_lines_name_their_runner() {
+    let up = Upstream::start().await;
+    let mut pre_req =
+        json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers": {"x-a": "1"}}))])});
+    pre_req["ext-plugin-pre-req"]["runner"] = json!("auth");
+    let mut c = with_admin(config(
+        demo(),
+        json!({}),
+        json!([route("r", "/*", up.addr, pre_req)]),
+    ));
+    c["runners"] = json!({"auth": {"cmd": demo(), "standby": false, "stop_grace_ms": 500}});
+    let proxy = ProxyProc::start(&c);
+    proxy.wait_runner_ready(2);
+    let log = proxy.log();
+    let ready = |name: &str| {
+        log.lines()
+            .filter(|l| l.contains("runner ready") && l.contains(&format!("runner={name} ")))
+            .count()
+    };
+    assert_eq!((ready("default"), ready("auth")), (1, 1), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("runner started") && l.contains("runner=auth ")),
+        "{log}"
+    );
+    assert_eq!(get(&proxy.url("/x")).await.status, 200);
+}

@@ -472,7 +472,7 @@ impl Work {
             Err(reason) => {
                 let delay = self.crashed(true);
                 error!(
-                    generation,
+                    runner = %self.conf.name, generation,
                     restart_in_ms = delay.as_millis() as u64,
                     "runner down: {reason}"
                 );
@@ -524,7 +524,7 @@ impl Work {
         p.active_since = Some(Instant::now());
         // Before the log line: a reader who waits for the line sees the gauge.
         metrics::runner_up(&self.conf.name, self.metrics_id, true);
-        info!(pid = p.pid, generation, how, socket = %p.socket.display(), "runner ready");
+        info!(runner = %self.conf.name, pid = p.pid, generation, how, socket = %p.socket.display(), "runner ready");
         self.tx.send_replace(RunnerState::Ready {
             socket: p.socket.clone(),
             generation,
@@ -565,7 +565,7 @@ impl Work {
             Role::Spare if self.conf.standby && self.with_role(Role::Standby).is_none() => {
                 let p = self.procs.get_mut(&generation).expect("checked above");
                 p.role = Role::Standby;
-                info!(pid = p.pid, generation, "runner standby ready");
+                info!(runner = %self.conf.name, pid = p.pid, generation, "runner standby ready");
                 if let Some(Upgrade {
                     step: Step::Standby(from),
                     ..
@@ -591,11 +591,13 @@ impl Work {
         }
         let pid = p.pid;
         match p.role {
-            Role::Retiring => info!(pid, generation, "replaced runner gone: {reason}"),
+            Role::Retiring => {
+                info!(runner = %self.conf.name, pid, generation, "replaced runner gone: {reason}")
+            }
             Role::Candidate => {
                 let message = format!("the new runner did not start: {reason}");
                 error!(
-                    pid,
+                    runner = %self.conf.name, pid,
                     generation, "upgrade failed, the old runner keeps serving: {message}"
                 );
                 self.finish_upgrade(Err(message));
@@ -619,7 +621,7 @@ impl Work {
                         "starting"
                     };
                     error!(
-                        pid,
+                        runner = %self.conf.name, pid,
                         generation, role, restart_in_ms, "runner down: {reason}"
                     );
                     if let Some(Upgrade {
@@ -639,7 +641,7 @@ impl Work {
                 match self.with_role(Role::Standby) {
                     Some(standby) => {
                         error!(
-                            pid,
+                            runner = %self.conf.name, pid,
                             generation,
                             restart_in_ms,
                             "runner down: {reason}; its standby takes over"
@@ -648,7 +650,7 @@ impl Work {
                     }
                     None => {
                         metrics::runner_up(&self.conf.name, self.metrics_id, false);
-                        error!(pid, generation, restart_in_ms, "runner down: {reason}");
+                        error!(runner = %self.conf.name, pid, generation, restart_in_ms, "runner down: {reason}");
                         let state = match self.with_role(Role::Spare) {
                             Some(spare) => RunnerState::Starting { generation: spare },
                             None => RunnerState::Down { reason },
@@ -669,7 +671,7 @@ impl Work {
                 let reason = "killed: it stopped answering calls".to_owned();
                 if let Some(p) = self.procs.get(&generation) {
                     warn!(
-                        pid = p.pid,
+                        runner = %self.conf.name, pid = p.pid,
                         generation, "runner stopped answering: killing it"
                     );
                 }
@@ -708,7 +710,7 @@ impl Work {
         ) {
             Ok(launched) => {
                 info!(
-                    pid = launched.pid,
+                    runner = %self.conf.name, pid = launched.pid,
                     generation, "upgrade: new runner starting"
                 );
                 self.procs.insert(
@@ -730,7 +732,7 @@ impl Work {
             }
             Err(reason) => {
                 error!(
-                    generation,
+                    runner = %self.conf.name, generation,
                     "upgrade failed, the old runner keeps serving: {reason}"
                 );
                 let _ = done.send(Err(reason));
@@ -777,7 +779,7 @@ impl Work {
     fn finish_upgrade(&mut self, result: Result<(), String>) {
         if let Some(upgrade) = self.upgrading.take() {
             if result.is_ok() {
-                info!("runner upgraded: every process runs the new program");
+                info!(runner = %self.conf.name, "runner upgraded: every process runs the new program");
             }
             let _ = upgrade.done.send(result);
         }
