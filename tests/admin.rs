@@ -397,3 +397,80 @@ async fn the_demo_prints_its_admin_url_and_serves_it() {
         "{metrics}"
     );
 }
+
+/// A reload that changes the runner's `env` (with a standby, as shipped)
+/// replaces its processes: once the old ones are stopped, the runner is
+/// still reported up (the old supervisor stopping must not set the gauge
+/// of the runner's name to 0 under the new one), and ready.
+#[tokio::test]
+async fn runner_up_stays_1_after_a_reload_replaces_the_runner() {
+    let up = Upstream::start().await;
+    let pre_req =
+        json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers": {"x-a": "1"}}))])});
+    let mut c = with_admin(config(
+        demo(),
+        json!({"GEN": "1"}),
+        json!([route("r", "/*", up.addr, pre_req)]),
+    ));
+    c["ext-plugin"]["standby"] = json!(true);
+    let proxy = ProxyProc::start(&c);
+    assert_eq!(
+        value(
+            &metrics(&proxy).await,
+            r#"extplug_runner_up{runner="default"}"#
+        ),
+        1.0
+    );
+
+    c["ext-plugin"]["env"] = json!({"GEN": "2"});
+    std::fs::write(
+        proxy.dir.path().join("config.json"),
+        serde_json::to_string_pretty(&c).unwrap(),
+    )
+    .unwrap();
+    let reloaded = send("POST", &admin_url(&proxy, "/reload"), &[], &b""[..]).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    proxy.wait_log("runners the configuration no longer uses are stopped", 1);
+
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        value(&m, r#"extplug_runner_up{runner="default"}"#),
+        1.0,
+        "{m:?}"
+    );
+    let ready = get(&admin_url(&proxy, "/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(get(&proxy.url("/x")).await.status, 200);
+}
+
+/// With several runners, the supervisor's lines say which runner they are
+/// about: an operator finds the active process of `auth` from the log
+/// (its last "runner ready" line), and kills it.
+#[tokio::test]
+async fn runner_lifecycle_lines_name_their_runner() {
+    let up = Upstream::start().await;
+    let mut pre_req =
+        json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers": {"x-a": "1"}}))])});
+    pre_req["ext-plugin-pre-req"]["runner"] = json!("auth");
+    let mut c = with_admin(config(
+        demo(),
+        json!({}),
+        json!([route("r", "/*", up.addr, pre_req)]),
+    ));
+    c["runners"] = json!({"auth": {"cmd": demo(), "standby": false, "stop_grace_ms": 500}});
+    let proxy = ProxyProc::start(&c);
+    proxy.wait_runner_ready(2);
+    let log = proxy.log();
+    let ready = |name: &str| {
+        log.lines()
+            .filter(|l| l.contains("runner ready") && l.contains(&format!("runner={name} ")))
+            .count()
+    };
+    assert_eq!((ready("default"), ready("auth")), (1, 1), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("runner started") && l.contains("runner=auth ")),
+        "{log}"
+    );
+    assert_eq!(get(&proxy.url("/x")).await.status, 200);
+}

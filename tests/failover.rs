@@ -201,9 +201,15 @@ async fn ten_upgrades_under_load_fail_no_request_and_replace_every_process() {
     let (ok, bad, envs) = load.finish().await;
     assert!(
         bad.is_empty(),
-        "{} of {} failed: {bad:?}",
+        "{} of {} failed: {bad:?}; the proxy's warnings and errors:\n{}",
         bad.len(),
-        ok + bad.len()
+        ok + bad.len(),
+        proxy
+            .log()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(envs.len(), CLIENTS);
     // Every version served in turn, and the last one serves now.

@@ -330,6 +330,10 @@ async fn a_socket_taken_over_by_another_process_is_refused() {
     )]);
     let mut c = config(cmd, env, routes);
     c["ext-plugin"]["pool_size"] = json!(0);
+    // One runner process: a standby prints its own "listening" line, which
+    // the wait below would take for the foreign process's (then the request
+    // reached the real runner: 200).
+    c["ext-plugin"]["standby"] = json!(false);
     let proxy = ProxyProc::start(&c);
     proxy.wait_runner_ready(1);
     // The runner's line, then the foreign process's.

@@ -347,6 +347,7 @@ impl Gateway {
                 drained(old, grace).await;
                 info!(runners = ?names, "stopping runners the configuration no longer uses");
                 retiring.stop().await;
+                info!(runners = ?names, "runners the configuration no longer uses are stopped");
             });
         }
         Ok(())

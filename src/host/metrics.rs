@@ -17,7 +17,9 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use std::sync::LazyLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 /// The name of the runner configured by `ext-plugin` (the only one until
 /// several runners are configured by name).
@@ -262,12 +264,35 @@ pub fn runner_restart(runner: &str, cause: &str) {
         .inc();
 }
 
-/// Sets whether `runner` accepts calls.
-pub fn runner_up(runner: &str, up: bool) {
+/// A new id for a supervisor's say in `extplug_runner_up` ([`runner_up`]).
+pub fn supervisor_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The supervisors of each runner name that are up. A reload that replaces
+/// a runner has two supervisors of one name for a while (the new one
+/// serving, the old one draining): the old one stopping must not set the
+/// gauge to 0 under the new one, so the gauge is 1 while any is up.
+static UP: LazyLock<Mutex<HashMap<String, HashSet<u64>>>> = LazyLock::new(Default::default);
+
+/// Sets whether supervisor `supervisor` (from [`supervisor_id`]) of
+/// `runner` accepts calls; `extplug_runner_up` is 1 while any supervisor
+/// of that name does.
+pub fn runner_up(runner: &str, supervisor: u64, up: bool) {
+    // A poisoned lock only means a panic elsewhere while it was held; the
+    // set itself is always whole.
+    let mut all = UP.lock().unwrap_or_else(|e| e.into_inner());
+    let ups = all.entry(runner.to_owned()).or_default();
+    if up {
+        ups.insert(supervisor);
+    } else {
+        ups.remove(&supervisor);
+    }
     METRICS
         .runner_up
         .with_label_values(&[runner])
-        .set(i64::from(up));
+        .set(i64::from(!ups.is_empty()));
 }
 
 /// Adds `delta` (+1 opened, -1 closed) to `runner`'s open connections.

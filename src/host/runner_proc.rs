@@ -86,9 +86,10 @@ pub(super) fn launch(
     };
     let (child, tail) = spawned.map_err(|e| format!("cannot start {:?}: {e}", conf.cmd[0]))?;
     let pid = child.id().unwrap_or(0);
-    info!(pid, generation, cmd = ?conf.cmd, "runner started");
+    info!(runner = %conf.name, pid, generation, cmd = ?conf.cmd, "runner started");
     let (ctl, orders) = mpsc::unbounded_channel();
     let life = Life {
+        runner: conf.name.clone(),
         child,
         tail,
         pid,
@@ -115,6 +116,8 @@ enum Drained {
 
 /// One process's task.
 struct Life {
+    /// The runner's name, for the log.
+    runner: String,
     child: Child,
     tail: StderrTail,
     pid: u32,
@@ -183,7 +186,7 @@ impl Life {
                 reason
             }
             None | Some(Ctl::Stop) => {
-                stop_child(&mut self.child, self.stop_grace).await;
+                stop_child(&self.runner, &mut self.child, self.stop_grace).await;
                 "stopped".to_owned()
             }
             Some(Ctl::Drain { in_use, limit }) => {
@@ -196,6 +199,7 @@ impl Life {
                 match drained {
                     Drained::Done(true) => {}
                     Drained::Done(false) => warn!(
+                        runner = %self.runner,
                         pid = self.pid,
                         generation,
                         limit_ms = limit.as_millis() as u64,
@@ -210,7 +214,7 @@ impl Life {
                     }
                     Drained::Order(_) => {}
                 }
-                stop_child(&mut self.child, self.stop_grace).await;
+                stop_child(&self.runner, &mut self.child, self.stop_grace).await;
                 "replaced by a new runner".to_owned()
             }
         }
@@ -479,13 +483,14 @@ pub(super) fn kill_group(child: &Child, signal: Signal) {
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL; always reaps the child.
-pub(super) async fn stop_child(child: &mut Child, grace: Duration) {
+pub(super) async fn stop_child(runner: &str, child: &mut Child, grace: Duration) {
     let pid = child.id().unwrap_or(0);
     kill_group(child, Signal::SIGTERM);
     match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => info!(pid, status = %describe(status), "runner stopped"),
+        Ok(status) => info!(runner, pid, status = %describe(status), "runner stopped"),
         Err(_) => {
             warn!(
+                runner,
                 pid,
                 grace_ms = grace.as_millis() as u64,
                 "runner ignored SIGTERM: killing it"

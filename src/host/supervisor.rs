@@ -258,6 +258,7 @@ impl Supervisor {
             upgrades: VecDeque::new(),
             upgrading: None,
             ended: false,
+            metrics_id: metrics::supervisor_id(),
         };
         let task = tokio::spawn(work.supervise(asked, events, shutdown.clone()));
         Ok(Supervisor {
@@ -380,6 +381,9 @@ struct Work {
     upgrading: Option<Upgrade>,
     /// The first start failed: the supervisor ends.
     ended: bool,
+    /// This supervisor's say in `extplug_runner_up` (a reload may run two
+    /// of one name for a while).
+    metrics_id: u64,
 }
 
 impl Work {
@@ -404,7 +408,7 @@ impl Work {
             }
         }
         self.stop_all(&mut events).await;
-        metrics::runner_up(&self.conf.name, false);
+        metrics::runner_up(&self.conf.name, self.metrics_id, false);
         self.tx.send_replace(RunnerState::Stopped);
     }
 
@@ -468,7 +472,7 @@ impl Work {
             Err(reason) => {
                 let delay = self.crashed(true);
                 error!(
-                    generation,
+                    runner = %self.conf.name, generation,
                     restart_in_ms = delay.as_millis() as u64,
                     "runner down: {reason}"
                 );
@@ -482,7 +486,7 @@ impl Work {
     /// The first start failed: report it (not logged here: the host reports
     /// it once, as its start error) and end.
     fn first_failed(&mut self, reason: String) {
-        metrics::runner_up(&self.conf.name, false);
+        metrics::runner_up(&self.conf.name, self.metrics_id, false);
         self.tx.send_replace(RunnerState::Down {
             reason: reason.clone(),
         });
@@ -519,8 +523,8 @@ impl Work {
         p.role = Role::Active;
         p.active_since = Some(Instant::now());
         // Before the log line: a reader who waits for the line sees the gauge.
-        metrics::runner_up(&self.conf.name, true);
-        info!(pid = p.pid, generation, how, socket = %p.socket.display(), "runner ready");
+        metrics::runner_up(&self.conf.name, self.metrics_id, true);
+        info!(runner = %self.conf.name, pid = p.pid, generation, how, socket = %p.socket.display(), "runner ready");
         self.tx.send_replace(RunnerState::Ready {
             socket: p.socket.clone(),
             generation,
@@ -561,7 +565,7 @@ impl Work {
             Role::Spare if self.conf.standby && self.with_role(Role::Standby).is_none() => {
                 let p = self.procs.get_mut(&generation).expect("checked above");
                 p.role = Role::Standby;
-                info!(pid = p.pid, generation, "runner standby ready");
+                info!(runner = %self.conf.name, pid = p.pid, generation, "runner standby ready");
                 if let Some(Upgrade {
                     step: Step::Standby(from),
                     ..
@@ -587,11 +591,13 @@ impl Work {
         }
         let pid = p.pid;
         match p.role {
-            Role::Retiring => info!(pid, generation, "replaced runner gone: {reason}"),
+            Role::Retiring => {
+                info!(runner = %self.conf.name, pid, generation, "replaced runner gone: {reason}")
+            }
             Role::Candidate => {
                 let message = format!("the new runner did not start: {reason}");
                 error!(
-                    pid,
+                    runner = %self.conf.name, pid,
                     generation, "upgrade failed, the old runner keeps serving: {message}"
                 );
                 self.finish_upgrade(Err(message));
@@ -615,7 +621,7 @@ impl Work {
                         "starting"
                     };
                     error!(
-                        pid,
+                        runner = %self.conf.name, pid,
                         generation, role, restart_in_ms, "runner down: {reason}"
                     );
                     if let Some(Upgrade {
@@ -635,7 +641,7 @@ impl Work {
                 match self.with_role(Role::Standby) {
                     Some(standby) => {
                         error!(
-                            pid,
+                            runner = %self.conf.name, pid,
                             generation,
                             restart_in_ms,
                             "runner down: {reason}; its standby takes over"
@@ -643,8 +649,8 @@ impl Work {
                         self.activate(standby, "promoted");
                     }
                     None => {
-                        metrics::runner_up(&self.conf.name, false);
-                        error!(pid, generation, restart_in_ms, "runner down: {reason}");
+                        metrics::runner_up(&self.conf.name, self.metrics_id, false);
+                        error!(runner = %self.conf.name, pid, generation, restart_in_ms, "runner down: {reason}");
                         let state = match self.with_role(Role::Spare) {
                             Some(spare) => RunnerState::Starting { generation: spare },
                             None => RunnerState::Down { reason },
@@ -665,7 +671,7 @@ impl Work {
                 let reason = "killed: it stopped answering calls".to_owned();
                 if let Some(p) = self.procs.get(&generation) {
                     warn!(
-                        pid = p.pid,
+                        runner = %self.conf.name, pid = p.pid,
                         generation, "runner stopped answering: killing it"
                     );
                 }
@@ -674,7 +680,7 @@ impl Work {
                 match self.with_role(Role::Standby) {
                     Some(standby) => self.activate(standby, "promoted"),
                     None => {
-                        metrics::runner_up(&self.conf.name, false);
+                        metrics::runner_up(&self.conf.name, self.metrics_id, false);
                         self.tx.send_replace(RunnerState::Down { reason });
                     }
                 }
@@ -704,7 +710,7 @@ impl Work {
         ) {
             Ok(launched) => {
                 info!(
-                    pid = launched.pid,
+                    runner = %self.conf.name, pid = launched.pid,
                     generation, "upgrade: new runner starting"
                 );
                 self.procs.insert(
@@ -726,7 +732,7 @@ impl Work {
             }
             Err(reason) => {
                 error!(
-                    generation,
+                    runner = %self.conf.name, generation,
                     "upgrade failed, the old runner keeps serving: {reason}"
                 );
                 let _ = done.send(Err(reason));
@@ -773,7 +779,7 @@ impl Work {
     fn finish_upgrade(&mut self, result: Result<(), String>) {
         if let Some(upgrade) = self.upgrading.take() {
             if result.is_ok() {
-                info!("runner upgraded: every process runs the new program");
+                info!(runner = %self.conf.name, "runner upgraded: every process runs the new program");
             }
             let _ = upgrade.done.send(result);
         }
