@@ -166,11 +166,15 @@ fn scripted_exec() -> String {
 
 fn wrapped_proxy(up: &Upstream, script: &Path) -> ProxyProc {
     let pre_req = json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])});
-    let c = config(
+    let mut c = config(
         vec![script.display().to_string()],
         json!({"BAD_RUNNER_MODE": "scripted"}),
         json!([route("r", "/*", up.addr, pre_req)]),
     );
+    // A call that only waits longer on a loaded machine (a cold runner's
+    // first PREPARE_CONF among 16 clients) is not what these tests are
+    // about: a refused or broken connection still fails at once.
+    c["ext-plugin"]["call_timeout_ms"] = json!(10_000);
     ProxyProc::start(&c)
 }
 
