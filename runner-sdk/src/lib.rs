@@ -187,6 +187,26 @@ pub use runner::Runner;
 
 use serde::de::DeserializeOwned;
 
+/// A header name (checked, lower-cased) and value (checked) for a view's
+/// setters; `None` when either is invalid, the first such mistake kept in
+/// `refused` so that the call fails with it when the filter returns.
+pub(crate) fn checked_header(
+    refused: &mut Option<InvalidValue>,
+    name: impl IntoHeaderName,
+    value: impl IntoHeaderValue,
+) -> Option<(String, String)> {
+    let checked = name
+        .into_header_name()
+        .and_then(|name| Ok((name, value.into_header_value()?)));
+    match checked {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            refused.get_or_insert(e);
+            None
+        }
+    }
+}
+
 /// The error a filter returns from a phase. Anything that implements
 /// `std::error::Error` converts into it with `?`, and so do `String` and `&str`.
 ///

@@ -249,16 +249,7 @@ impl<'a> Request<'a> {
         name: impl IntoHeaderName,
         value: impl IntoHeaderValue,
     ) -> Option<(String, String)> {
-        let checked = name
-            .into_header_name()
-            .and_then(|name| Ok((name, value.into_header_value()?)));
-        match checked {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                self.refuse(e);
-                None
-            }
-        }
+        crate::checked_header(&mut self.changes.invalid, name, value)
     }
 
     /// Keeps the first refused value: the chain fails the call with it.

@@ -179,16 +179,7 @@ impl<'a> Response<'a> {
         name: impl IntoHeaderName,
         value: impl IntoHeaderValue,
     ) -> Option<(String, String)> {
-        let checked = name
-            .into_header_name()
-            .and_then(|name| Ok((name, value.into_header_value()?)));
-        match checked {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                self.refuse(e);
-                None
-            }
-        }
+        crate::checked_header(&mut self.invalid, name, value)
     }
 
     /// Replaces the body sent to the client (the gateway fixes the framing
