@@ -26,17 +26,10 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        super::values_named(&self.headers, name).next()
     }
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        super::values_named(&self.headers, name).collect()
     }
     /// The scripted runner's report of what it received.
     pub fn seen(&self) -> serde_json::Value {

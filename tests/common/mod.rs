@@ -205,6 +205,17 @@ pub fn get(path: &str) -> RequestParts<'_> {
     }
 }
 
+/// The values of the headers called `name` in a recorded header list, in order.
+pub fn values_named<'a, 'n>(
+    headers: &'a [(String, String)],
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    headers
+        .iter()
+        .filter(move |(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
 pub mod conf;
 pub mod http;
 pub mod raw;
