@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The admin listener on any free port. Without a standby runner: these
@@ -358,20 +357,7 @@ async fn json_logs_are_one_object_per_line_with_relayed_runner_lines() {
 
 #[tokio::test]
 async fn the_demo_prints_its_admin_url_and_serves_it() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_extplug"))
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--runner",
-        ])
-        .arg(common::demo_runner())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_demo();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     let mut second = String::new();

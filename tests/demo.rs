@@ -5,7 +5,6 @@ mod common;
 
 use common::http::{get, send};
 use std::io::BufRead;
-use std::process::{Command, Stdio};
 
 struct Demo(std::process::Child);
 
@@ -18,20 +17,7 @@ impl Drop for Demo {
 
 #[tokio::test]
 async fn the_demo_does_what_it_prints() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_extplug"))
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--runner",
-        ])
-        .arg(common::demo_runner())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_demo();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let _demo = Demo(child);
     let mut lines = Vec::new();

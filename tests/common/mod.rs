@@ -216,6 +216,25 @@ pub fn values_named<'a, 'n>(
         .map(|(_, v)| v.as_str())
 }
 
+/// `extplug demo` with this build's example runner, the proxy and the admin
+/// listener on free ports, its stdout piped (the listening lines come first).
+pub fn spawn_demo() -> Child {
+    Command::new(env!("CARGO_BIN_EXE_extplug"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--runner",
+        ])
+        .arg(demo_runner())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting extplug demo")
+}
+
 pub mod conf;
 pub mod http;
 pub mod raw;
