@@ -6,6 +6,8 @@
 //! - `extplug check --config FILE`: validate a configuration with a
 //!   throwaway runner (every chain prepared), and exit; `--offline`: the
 //!   file only.
+//! - `extplug routes --config FILE`: list the routes the proxy would serve
+//!   from the file or from etcd, and each object skipped with the reason.
 //! - `extplug echo --listen ADDR`: the demo's echo upstream on its own, to
 //!   try a configuration against.
 
@@ -72,6 +74,18 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Check the file only; do not start the runner.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// List the routes the proxy would serve from its source (the file, or
+    /// etcd with `"etcd"`), each chain prepared by a throwaway runner, and
+    /// every object skipped with the reason. Exit status 0: every route is
+    /// served; 1: some object is skipped; 2: the source cannot be read.
+    Routes {
+        /// The JSON configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Do not start the runners (chains are not prepared).
         #[arg(long)]
         offline: bool,
     },
@@ -153,6 +167,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
+        Command::Routes { config, offline } => routes(&config, offline),
         Command::Echo { listen } => echo(listen),
         Command::Demo {
             listen,
@@ -268,6 +283,30 @@ fn check(path: &std::path::Path, config: &host::config::Config, offline: bool) -
             ExitCode::SUCCESS
         }
         Err(e) => fail(&format!("{}: {e}", path.display())),
+    }
+}
+
+/// `extplug routes`: prints the listing ([`host::source::list`]).
+fn routes(path: &std::path::Path, offline: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("starting the runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        let interrupted = CancellationToken::new();
+        tokio::spawn(extplug::stop_on_signal(interrupted.clone()));
+        host::source::list::check(path, offline, &interrupted).await
+    });
+    match result {
+        Ok((table, source)) => {
+            print!("{}", host::source::list::render(&table, &source));
+            if table.skipped.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail(&e.to_string()),
     }
 }
 

@@ -67,6 +67,36 @@ pub struct Config {
     pub client: ClientLimits,
     /// The admin listener (metrics, health, reload); off when `None`.
     pub admin: Option<AdminConf>,
+    /// Where the routes come from when not from this file: an etcd cluster
+    /// holding APISIX's keys (`"etcd": {...}`); `routes` is empty then, and
+    /// filled by [`super::source::etcd`].
+    pub etcd: Option<EtcdConf>,
+}
+
+/// The `etcd` section: the cluster and the key prefix the routes, upstreams
+/// and services are read from, as APISIX's `deployment.etcd` names them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdConf {
+    /// `http://host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// The key prefix (APISIX's `/apisix`), without a trailing `/`.
+    pub prefix: String,
+    /// The time limit of one request to etcd (connecting included).
+    pub timeout: Duration,
+    /// `(user, password)` for etcd's authentication, when set.
+    pub auth: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdConf {
+    /// Without the password: the configuration may be logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConf")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("user", &self.auth.as_ref().map(|(u, _)| u))
+            .finish()
+    }
 }
 
 /// The admin listener's settings (`"admin": {"listen": ADDR}`).
@@ -237,8 +267,11 @@ struct RawConfig<'a> {
     runners: BTreeMap<String, RawRunner>,
     // Raw text, borrowed from the file: each route is parsed on its own,
     // and its position in the file gives its errors a line and column.
-    #[serde(borrow)]
-    routes: Vec<&'a serde_json::value::RawValue>,
+    // Absent when the routes come from etcd.
+    #[serde(borrow, default)]
+    routes: Option<Vec<&'a serde_json::value::RawValue>>,
+    #[serde(default)]
+    etcd: Option<RawEtcd>,
     #[serde(default = "default_max_body")]
     max_request_body_bytes: usize,
     #[serde(default = "default_max_body")]
@@ -257,6 +290,27 @@ struct RawConfig<'a> {
     max_request_header_bytes: usize,
     #[serde(default)]
     admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+    #[serde(default = "default_etcd_prefix")]
+    prefix: String,
+    #[serde(default = "default_etcd_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+fn default_etcd_prefix() -> String {
+    "/apisix".to_owned()
+}
+fn default_etcd_timeout() -> u64 {
+    3000
 }
 
 #[derive(Deserialize)]
@@ -364,7 +418,34 @@ struct RawRoute {
     uri: Option<String>,
     uris: Option<Vec<String>>,
     methods: Option<Vec<String>>,
-    upstream: RawUpstream,
+    upstream: Option<RawUpstream>,
+    /// An upstream object by id (`<prefix>/upstreams/<id>` in etcd).
+    upstream_id: Option<RawId>,
+    /// A service object by id (`<prefix>/services/<id>` in etcd): its
+    /// upstream and plugins, unless the route has its own.
+    service_id: Option<RawId>,
+    #[serde(default)]
+    plugins: RawPlugins,
+}
+
+/// An APISIX service object: what the routes naming it share.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(rename = "id")]
+    _id: Option<IgnoredAny>,
+    #[serde(rename = "name")]
+    _name: Option<IgnoredAny>,
+    #[serde(rename = "desc")]
+    _desc: Option<IgnoredAny>,
+    #[serde(rename = "labels")]
+    _labels: Option<IgnoredAny>,
+    #[serde(rename = "create_time")]
+    _create_time: Option<IgnoredAny>,
+    #[serde(rename = "update_time")]
+    _update_time: Option<IgnoredAny>,
+    upstream: Option<RawUpstream>,
+    upstream_id: Option<RawId>,
     #[serde(default)]
     plugins: RawPlugins,
 }
@@ -550,8 +631,26 @@ impl Config {
             let conf = runner_conf(&format!("runners.{name}"), r)?;
             runners.insert(name, conf);
         }
-        let mut routes = Vec::with_capacity(raw.routes.len());
-        for (i, raw_route) in raw.routes.into_iter().enumerate() {
+        let etcd = match raw.etcd {
+            None => None,
+            Some(e) => Some(etcd_conf(e)?),
+        };
+        let raw_routes = match (raw.routes, &etcd) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "`routes`: the routes come from etcd (`etcd` is set); remove `routes` from the file, or `etcd` to serve the file's routes".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError(
+                    "missing field `routes` (or `etcd`, to read the routes from etcd)".into(),
+                ))
+            }
+            (Some(routes), None) => routes,
+            (None, Some(_)) => Vec::new(),
+        };
+        let mut routes = Vec::with_capacity(raw_routes.len());
+        for (i, raw_route) in raw_routes.into_iter().enumerate() {
             let route_text = raw_route.get();
             // The route's text is a slice of `text`: its offset is its place.
             let offset = (route_text.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
@@ -561,7 +660,7 @@ impl Config {
                 Ok(Some(serde_json::Value::Number(n))) => format!("`{n}`"),
                 _ => "without id".to_owned(),
             };
-            let route = parse_route(route_text).map_err(|(e, at)| {
+            let route = parse_route(route_text, None).map_err(|(e, at)| {
                 // serde's place is within the route's text.
                 let (l, c) = match at {
                     Some((1, c)) => (line, column + c.saturating_sub(1)),
@@ -571,11 +670,9 @@ impl Config {
                 };
                 ConfigError(format!("{l}:{c}: route {id} (routes[{i}]): {e}"))
             })?;
-            if let Some((phase, name)) = unknown_runner(&route, &runners) {
+            if let Err(e) = check_runners(&route, &runners) {
                 return Err(ConfigError(format!(
-                    "{line}:{column}: route {id} (routes[{i}]): `plugins.{}.runner` {name:?} is not a runner: {}",
-                    phase.name(),
-                    runner_names(&runners)
+                    "{line}:{column}: route {id} (routes[{i}]): {e}"
                 )));
             }
             if routes.iter().any(|r: &Route| r.id == route.id) {
@@ -596,7 +693,168 @@ impl Config {
             client_body_timeout: Duration::from_millis(raw.client_body_timeout_ms),
             client,
             admin,
+            etcd,
         })
+    }
+}
+
+/// Checks the `etcd` section.
+fn etcd_conf(raw: RawEtcd) -> Result<EtcdConf, ConfigError> {
+    if raw.endpoints.is_empty() {
+        return Err(ConfigError(
+            "`etcd.endpoints` is empty: list at least one, such as \"http://127.0.0.1:2379\""
+                .into(),
+        ));
+    }
+    for (i, e) in raw.endpoints.iter().enumerate() {
+        let ok = e
+            .strip_prefix("http://")
+            .and_then(|rest| {
+                rest.trim_end_matches('/')
+                    .parse::<http::uri::Authority>()
+                    .ok()
+            })
+            .is_some_and(|a| a.port_u16().is_some());
+        if !ok {
+            return Err(ConfigError(format!(
+                "`etcd.endpoints[{i}]` {e:?} is not http://host:port (TLS to etcd is not supported)"
+            )));
+        }
+    }
+    let prefix = raw.prefix.trim_end_matches('/').to_owned();
+    if !prefix.starts_with('/') {
+        return Err(ConfigError(format!(
+            "`etcd.prefix` {:?} must start with `/`, such as \"/apisix\"",
+            raw.prefix
+        )));
+    }
+    if raw.timeout_ms == 0 {
+        return Err(ConfigError(
+            "`etcd.timeout_ms` must be greater than 0".into(),
+        ));
+    }
+    let auth = match (raw.user, raw.password) {
+        (None, None) => None,
+        (Some(u), Some(p)) => Some((u, p)),
+        _ => {
+            return Err(ConfigError(
+                "`etcd.user` and `etcd.password` go together: set both or neither".into(),
+            ))
+        }
+    };
+    Ok(EtcdConf {
+        endpoints: raw.endpoints,
+        prefix,
+        timeout: Duration::from_millis(raw.timeout_ms),
+        auth,
+    })
+}
+
+/// A route's phases all name runners of the configuration; the message
+/// names the phase and lists the runners.
+pub fn check_runners(route: &Route, runners: &BTreeMap<String, RunnerConf>) -> Result<(), String> {
+    match unknown_runner(route, runners) {
+        None => Ok(()),
+        Some((phase, name)) => Err(format!(
+            "`plugins.{}.runner` {name:?} is not a runner: {}",
+            phase.name(),
+            runner_names(runners)
+        )),
+    }
+}
+
+/// The APISIX objects (from etcd) a route may name by id: upstreams and
+/// services, by id, as their JSON text; and the key prefix, to name the
+/// key of a missing or bad one in errors.
+#[derive(Debug, Clone, Copy)]
+pub struct Objects<'a> {
+    /// The key prefix (`/apisix`).
+    pub prefix: &'a str,
+    /// `<prefix>/upstreams/<id>` by id.
+    pub upstreams: &'a BTreeMap<String, String>,
+    /// `<prefix>/services/<id>` by id.
+    pub services: &'a BTreeMap<String, String>,
+}
+
+/// Parses and checks one APISIX route object (its JSON text, as etcd holds
+/// it), resolving its `upstream_id` and `service_id` in `objects`.
+///
+/// # Errors
+/// The route is not valid, or names an upstream or service that does not
+/// exist or is not valid; the message names the field (and the key).
+pub fn parse_apisix_route(text: &str, objects: &Objects<'_>) -> Result<Route, String> {
+    parse_route(text, Some(objects)).map_err(|(e, _)| e)
+}
+
+/// Checks one APISIX upstream object (`<prefix>/upstreams/<id>`).
+///
+/// # Errors
+/// It is not valid; the message names the field.
+pub fn check_apisix_upstream(text: &str) -> Result<(), String> {
+    parse_upstream_text(text).map(drop)
+}
+
+/// Checks one APISIX service object (`<prefix>/services/<id>`) on its own
+/// (its `upstream_id` is resolved with each route).
+///
+/// # Errors
+/// It is not valid; the message names the field.
+pub fn check_apisix_service(text: &str) -> Result<(), String> {
+    let service: RawService = from_text(text)?;
+    if service.upstream.is_some() && service.upstream_id.is_some() {
+        return Err("has both `upstream` and `upstream_id`; use one".into());
+    }
+    if let Some(u) = service.upstream {
+        parse_upstream(u)?;
+    }
+    Ok(())
+}
+
+/// Deserializes `text`, the error saying at which field.
+fn from_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            without_position(&inner)
+        } else {
+            format!("at `{path}`: {}", without_position(&inner))
+        }
+    })
+}
+
+fn parse_upstream_text(text: &str) -> Result<Upstream, String> {
+    parse_upstream(from_text::<RawUpstream>(text)?)
+}
+
+fn id_text(id: RawId, field: &str) -> Result<String, String> {
+    match id {
+        RawId::Text(s) if !s.is_empty() => Ok(s),
+        RawId::Text(_) => Err(format!("`{field}` is empty")),
+        RawId::Number(n) => Ok(n.to_string()),
+    }
+}
+
+/// The upstream object `id` names (`field`: `upstream_id`, or the service's).
+fn upstream_by_id(
+    id: RawId,
+    field: &str,
+    objects: Option<&Objects<'_>>,
+) -> Result<Upstream, String> {
+    let id = id_text(id, field)?;
+    let Some(objects) = objects else {
+        return Err(format!(
+            "`{field}` {id:?}: upstreams by id come from etcd; a route in the configuration file holds its `upstream`"
+        ));
+    };
+    let key = format!("{}/upstreams/{id}", objects.prefix);
+    match objects.upstreams.get(&id) {
+        None => Err(format!(
+            "`{field}` {id:?}: there is no upstream at `{key}` (the route is served once there is)"
+        )),
+        Some(text) => parse_upstream_text(text)
+            .map_err(|e| format!("`{field}` {id:?}: the upstream at `{key}` is not valid: {e}")),
     }
 }
 
@@ -743,7 +1001,10 @@ fn without_position(e: &serde_json::Error) -> String {
 
 /// Parses one route's text. The error's `(line, column)` in that text is
 /// given when serde found it; a rule broken after parsing has none.
-fn parse_route(text: &str) -> Result<Route, (String, Option<(usize, usize)>)> {
+fn parse_route(
+    text: &str,
+    objects: Option<&Objects<'_>>,
+) -> Result<Route, (String, Option<(usize, usize)>)> {
     let de = &mut serde_json::Deserializer::from_str(text);
     let raw: RawRoute = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -756,14 +1017,70 @@ fn parse_route(text: &str) -> Result<Route, (String, Option<(usize, usize)>)> {
             (format!("at `{path}`: {message}"), at)
         }
     })?;
-    route_from_raw(raw).map_err(|e| (e, None))
+    route_from_raw(raw, objects).map_err(|e| (e, None))
 }
 
-fn route_from_raw(raw: RawRoute) -> Result<Route, String> {
-    let id = match raw.id {
-        RawId::Text(s) if !s.is_empty() => s,
-        RawId::Text(_) => return Err("`id` is empty".into()),
-        RawId::Number(n) => n.to_string(),
+fn route_from_raw(raw: RawRoute, objects: Option<&Objects<'_>>) -> Result<Route, String> {
+    let id = id_text(raw.id, "id")?;
+    let service = match raw.service_id {
+        None => None,
+        Some(sid) => {
+            let sid = id_text(sid, "service_id")?;
+            let Some(objects) = objects else {
+                return Err(format!(
+                    "`service_id` {sid:?}: services come from etcd; a route in the configuration file holds its `upstream` and `plugins`"
+                ));
+            };
+            let key = format!("{}/services/{sid}", objects.prefix);
+            let Some(text) = objects.services.get(&sid) else {
+                return Err(format!(
+                    "`service_id` {sid:?}: there is no service at `{key}` (the route is served once there is)"
+                ));
+            };
+            let service: RawService = from_text(text).map_err(|e| {
+                format!("`service_id` {sid:?}: the service at `{key}` is not valid: {e}")
+            })?;
+            Some((sid, service))
+        }
+    };
+    // APISIX's merge: the route's own upstream and plugins win over the
+    // service's; a service's plugin applies when the route lacks it.
+    let mut service = service;
+    let upstream = match (raw.upstream, raw.upstream_id) {
+        (Some(_), Some(_)) => return Err("has both `upstream` and `upstream_id`; use one".into()),
+        (Some(u), None) => parse_upstream(u)?,
+        (None, Some(uid)) => upstream_by_id(uid, "upstream_id", objects)?,
+        (None, None) => match service.as_mut() {
+            None => {
+                return Err("missing field `upstream` (or `upstream_id`, or `service_id`)".into())
+            }
+            Some((sid, s)) => match (s.upstream.take(), s.upstream_id.take()) {
+                (Some(u), None) => {
+                    parse_upstream(u).map_err(|e| format!("the service {sid:?}: {e}"))?
+                }
+                (None, Some(uid)) => upstream_by_id(uid, "upstream_id", objects)
+                    .map_err(|e| format!("the service {sid:?}: {e}"))?,
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "the service {sid:?} has both `upstream` and `upstream_id`; use one"
+                    ))
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "has no `upstream` or `upstream_id`, and neither has its service {sid:?}"
+                    ))
+                }
+            },
+        },
+    };
+    let (svc_pre, svc_post, svc_resp) = match service {
+        Some((_, s)) => (s.plugins.pre_req, s.plugins.post_req, s.plugins.post_resp),
+        None => (None, None, None),
+    };
+    let plugins = RawPlugins {
+        pre_req: raw.plugins.pre_req.or(svc_pre),
+        post_req: raw.plugins.post_req.or(svc_post),
+        post_resp: raw.plugins.post_resp.or(svc_resp),
     };
     let texts = match (raw.uri, raw.uris) {
         (Some(uri), None) => vec![uri],
@@ -795,7 +1112,6 @@ fn route_from_raw(raw: RawRoute) -> Result<Route, String> {
             Some(methods)
         }
     };
-    let upstream = parse_upstream(raw.upstream)?;
     let phase = |p: Option<RawPhase>, phase: Phase| -> Result<Option<PhaseConf>, String> {
         let Some(p) = p else { return Ok(None) };
         if p.meta.as_ref().is_some_and(|m| m.disable) {
@@ -831,9 +1147,9 @@ fn route_from_raw(raw: RawRoute) -> Result<Route, String> {
     Ok(Route {
         enabled,
         priority: raw.priority.unwrap_or(0),
-        pre_req: phase(raw.plugins.pre_req, Phase::PreReq)?,
-        post_req: phase(raw.plugins.post_req, Phase::PostReq)?,
-        post_resp: phase(raw.plugins.post_resp, Phase::PostResp)?,
+        pre_req: phase(plugins.pre_req, Phase::PreReq)?,
+        post_req: phase(plugins.post_req, Phase::PostReq)?,
+        post_resp: phase(plugins.post_resp, Phase::PostResp)?,
         id,
         uris,
         methods,
@@ -1095,7 +1411,7 @@ mod tests {
     fn route_errors_have_the_line_and_column_in_the_file() {
         let text = "{\"ext-plugin\":{\"cmd\":[\"r\"]},\"routes\":[\n  {\"id\":\"a\",\"uri\":\"/a\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}},\n  {\"id\":\"b\",\"uri\":\"/b\",\"methods\":[\"GET\"], \"bad\":1,\n   \"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}},\n  {\"id\":\"c\",\"uri\":\"b\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}}]}";
         let err = Config::parse(text).unwrap_err().0;
-        assert_eq!(err, "3:47: route `b` (routes[1]): at `bad`: unknown field `bad`, expected one of `id`, `name`, `desc`, `labels`, `create_time`, `update_time`, `status`, `priority`, `uri`, `uris`, `methods`, `upstream`, `plugins`");
+        assert_eq!(err, "3:47: route `b` (routes[1]): at `bad`: unknown field `bad`, expected one of `id`, `name`, `desc`, `labels`, `create_time`, `update_time`, `status`, `priority`, `uri`, `uris`, `methods`, `upstream`, `upstream_id`, `service_id`, `plugins`");
         // A rule checked after parsing points at the route's start.
         let text = text.replace(", \"bad\":1", "");
         let err = Config::parse(&text).unwrap_err().0;
@@ -1258,6 +1574,76 @@ mod tests {
         .unwrap_err()
         .0;
         assert!(err.contains("\"default\" cannot name a runner"), "{err}");
+    }
+
+    #[test]
+    fn the_etcd_section_replaces_routes_and_errors_name_the_field() {
+        let base = r#""ext-plugin":{"cmd":["r"]}"#;
+        let c = Config::parse(&format!(
+            r#"{{{base},"etcd":{{"endpoints":["http://127.0.0.1:2379"],"prefix":"/apisix/","timeout_ms":3000,"user":"u","password":"p"}}}}"#
+        ))
+        .unwrap();
+        let e = c.etcd.as_ref().unwrap();
+        assert_eq!(e.prefix, "/apisix", "the trailing `/` is dropped");
+        assert_eq!(e.timeout, Duration::from_secs(3));
+        assert!(c.routes.is_empty());
+        assert!(!format!("{e:?}").contains("\"p\""), "no password in logs");
+        let c = Config::parse(&format!(
+            r#"{{{base},"etcd":{{"endpoints":["http://127.0.0.1:2379"]}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.etcd.unwrap().prefix, "/apisix");
+        for (etcd, expected) in [
+            (r#"{"endpoints":[]}"#, "`etcd.endpoints` is empty"),
+            (r#"{"endpoints":["127.0.0.1:2379"]}"#, "`etcd.endpoints[0]`"),
+            (r#"{"endpoints":["https://e:2379"]}"#, "TLS"),
+            (
+                r#"{"endpoints":["http://e:1"],"prefix":"apisix"}"#,
+                "`etcd.prefix`",
+            ),
+            (
+                r#"{"endpoints":["http://e:1"],"timeout_ms":0}"#,
+                "`etcd.timeout_ms`",
+            ),
+            (
+                r#"{"endpoints":["http://e:1"],"user":"u"}"#,
+                "`etcd.password`",
+            ),
+        ] {
+            let err = Config::parse(&format!(r#"{{{base},"etcd":{etcd}}}"#))
+                .unwrap_err()
+                .0;
+            assert!(err.contains(expected), "{etcd}: {err}");
+        }
+        let err = Config::parse(&format!(
+            r#"{{{base},"routes":[],"etcd":{{"endpoints":["http://e:1"]}}}}"#
+        ))
+        .unwrap_err()
+        .0;
+        assert!(err.contains("remove `routes`"), "{err}");
+        let err = Config::parse(&format!("{{{base}}}")).unwrap_err().0;
+        assert!(err.contains("missing field `routes`"), "{err}");
+    }
+
+    #[test]
+    fn a_file_route_holds_its_upstream_and_plugins() {
+        for (route, expected) in [
+            (
+                r#"{"id":"1","uri":"/a","upstream_id":"u"}"#,
+                "upstreams by id come from etcd",
+            ),
+            (
+                r#"{"id":"1","uri":"/a","service_id":"s"}"#,
+                "services come from etcd",
+            ),
+            (
+                r#"{"id":"1","uri":"/a","upstream_id":"u","upstream":{"nodes":{"127.0.0.1:1":1}}}"#,
+                "both `upstream` and `upstream_id`",
+            ),
+        ] {
+            let err = config(route).unwrap_err().0;
+            assert!(err.contains("route `1`") && err.contains(expected), "{err}");
+        }
     }
 
     #[test]

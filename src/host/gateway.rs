@@ -8,9 +8,10 @@
 //! did not change keep their tokens (the token key carries a hash of the
 //! chain; a changed chain gets a new key and is prepared again).
 
-use super::config::{Config, ConfigError, RunnerConf};
+use super::config::{Config, ConfigError, Route, RunnerConf};
 use super::proxy::{Proxy, ProxyCell};
 use super::runners::{RunnerHandle, Runners};
+use super::source::ErrorKind;
 use super::supervisor::RunnerState;
 use super::HostError;
 use std::collections::BTreeMap;
@@ -51,6 +52,29 @@ pub struct Gateway {
     /// Runners that a reload removed or replaced, stopping once the
     /// requests still using them have finished.
     retiring: TaskTracker,
+    /// Why the routes are not loaded yet (etcd: until the first load);
+    /// `None` once they are (a file's are from the start).
+    pending: std::sync::Mutex<Option<String>>,
+}
+
+/// What an apply changes.
+enum Change {
+    /// The whole configuration (a file's): all or nothing.
+    Config(Box<Config>),
+    /// The routes only (etcd's): route by route.
+    Routes(Vec<Route>),
+}
+
+/// A route a lenient apply ([`Gateway::apply_routes`]) left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLeftOut {
+    /// The route's id.
+    pub route: String,
+    /// [`ErrorKind::Chain`]: the runner refused a chain; [`ErrorKind::Route`]:
+    /// it names a runner the configuration lacks.
+    pub kind: ErrorKind,
+    /// Why, with the phase.
+    pub reason: String,
 }
 
 /// What a reload does with a runner of the new configuration.
@@ -128,6 +152,11 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<String> {
             "`admin` changed: the admin listener is bound at start; {RESTART}"
         ));
     }
+    if old.etcd != new.etcd {
+        return Some(format!(
+            "`etcd` changed: the routes' source is chosen at start; {RESTART}"
+        ));
+    }
     None
 }
 
@@ -157,7 +186,14 @@ impl Gateway {
                 return Err(HostError::RunnerStart(e));
             }
         };
+        let pending = config.etcd.as_ref().map(|e| {
+            format!(
+                "the routes are not loaded from etcd ({}) yet",
+                e.endpoints.join(", ")
+            )
+        });
         Ok(Some(Gateway {
+            pending: std::sync::Mutex::new(pending),
             current: Arc::new(ProxyCell::new(Arc::new(proxy))),
             states: arc_swap::ArcSwap::from_pointee(runners.states()),
             live: tokio::sync::Mutex::new(Live { config, runners }),
@@ -196,6 +232,9 @@ impl Gateway {
     /// Whether every runner of the configuration being served is ready
     /// (for a readiness check): `Err` names the first that is not, and why.
     pub fn ready(&self) -> Result<(), String> {
+        if let Some(why) = self.pending.lock().map_or(None, |p| p.clone()) {
+            return Err(why);
+        }
         for (name, state) in self.runner_states() {
             match state {
                 RunnerState::Ready { .. } => {}
@@ -207,6 +246,24 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// Says why the routes are not loaded yet (`/readyz` answers 503 with
+    /// it), while the first load from etcd is being retried.
+    pub fn routes_pending(&self, why: String) {
+        if let Ok(mut pending) = self.pending.lock() {
+            if pending.is_some() {
+                *pending = Some(why);
+            }
+        }
+    }
+
+    /// The routes are loaded: ready from now on (as far as the routes go;
+    /// a later etcd outage keeps the last table serving, and ready).
+    pub fn routes_loaded(&self) {
+        if let Ok(mut pending) = self.pending.lock() {
+            *pending = None;
+        }
     }
 
     /// Reads the configuration file again and applies it ([`Gateway::apply`]);
@@ -255,10 +312,63 @@ impl Gateway {
     /// A setting that needs a restart changed (`listen`, the client
     /// limits, `shutdown_grace_ms`), a runner does not start, or a runner
     /// refuses a chain; the message says which.
+    ///
+    /// With an etcd source, `config.routes` is ignored: the routes being
+    /// served stay (etcd's watch changes them, [`Gateway::apply_routes`]).
     pub async fn apply(&self, config: Config) -> Result<(), ConfigError> {
+        self.apply_with(Change::Config(Box::new(config)))
+            .await
+            .map(drop)
+    }
+
+    /// Swaps in `routes` (from etcd) with the rest of the configuration
+    /// being served, route by route: a route whose chain the runner refuses,
+    /// or which names a runner the configuration lacks, is left out (and
+    /// returned, with why), the others serve. Like [`Gateway::apply`]
+    /// otherwise (one swap; unchanged chains keep their tokens). A runner
+    /// that cannot be asked (down, timing out) leaves the route in: it is
+    /// no fault of the route's.
+    ///
+    /// # Errors
+    /// The gateway is stopping, or the proxy cannot be built.
+    pub async fn apply_routes(&self, routes: Vec<Route>) -> Result<Vec<RouteLeftOut>, ConfigError> {
+        self.apply_with(Change::Routes(routes)).await
+    }
+
+    /// [`Gateway::apply`] or [`Gateway::apply_routes`].
+    async fn apply_with(&self, change: Change) -> Result<Vec<RouteLeftOut>, ConfigError> {
         let mut live = self.live.lock().await;
+        // The routes' new table goes with the configuration being served
+        // as it is under the lock: a file reload meanwhile is not undone.
+        let (mut config, lenient) = match change {
+            Change::Config(config) => (*config, false),
+            Change::Routes(routes) => {
+                let mut config = live.config.clone();
+                config.routes = routes;
+                (config, true)
+            }
+        };
         if let Some(why) = restart_only_change(&live.config, &config) {
             return Err(ConfigError(why));
+        }
+        if !lenient && config.etcd.is_some() {
+            config.routes = live.config.routes.clone();
+        }
+        let mut left_out = Vec::new();
+        if lenient {
+            config.routes.retain(|route| {
+                match super::config::check_runners(route, &config.runners) {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        left_out.push(RouteLeftOut {
+                            route: route.id.clone(),
+                            kind: ErrorKind::Route,
+                            reason,
+                        });
+                        false
+                    }
+                }
+            });
         }
         // Runners started for this configuration: stopped again on failure.
         let mut started = Runners::default();
@@ -300,7 +410,42 @@ impl Gateway {
         }
         // Every chain of the new configuration, on its runner: unchanged
         // chains are in the kept clients' caches already.
-        for (name, client) in &clients {
+        if lenient {
+            let mut refused = std::collections::HashSet::new();
+            for route in &config.routes {
+                for (name, client) in &clients {
+                    let checked = tokio::select! {
+                        checked = super::preflight::preflight_route(route, name, client) => checked,
+                        _ = self.shutdown.cancelled() => {
+                            started.stop().await;
+                            return Err(ConfigError("the gateway is stopping".into()));
+                        }
+                    };
+                    match checked {
+                        Ok(()) => {}
+                        Err((phase, super::client::CallError::ChainRefused(reason))) => {
+                            refused.insert(route.id.clone());
+                            left_out.push(RouteLeftOut {
+                                route: route.id.clone(),
+                                kind: ErrorKind::Chain,
+                                reason: format!(
+                                    "{}: the runner refused the chain: {reason}",
+                                    phase.name()
+                                ),
+                            });
+                            break;
+                        }
+                        Err((phase, other)) => {
+                            tracing::warn!(route = %route.id, phase = phase.name(), "the chain could not be prepared now (served anyway; prepared at its first request): {other}");
+                        }
+                    }
+                }
+            }
+            config.routes.retain(|r| !refused.contains(&r.id));
+        }
+        // A file's configuration is all or nothing: the first refused
+        // chain refuses it.
+        for (name, client) in clients.iter().filter(|_| !lenient) {
             let checked = tokio::select! {
                 checked = super::preflight::preflight_on(&config, name, client) => checked,
                 _ = self.shutdown.cancelled() => {
@@ -350,7 +495,7 @@ impl Gateway {
                 info!(runners = ?names, "runners the configuration no longer uses are stopped");
             });
         }
-        Ok(())
+        Ok(left_out)
     }
 
     /// Stops every runner, those being retired included, and waits until

@@ -105,6 +105,9 @@ struct Metrics {
     runner_connections: IntGaugeVec,
     config_reloads: IntCounterVec,
     headers_dropped: IntCounterVec,
+    config_errors: IntCounterVec,
+    etcd_up: IntGauge,
+    routes_skipped: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -211,8 +214,35 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Plugin-supplied headers the proxy dropped, by reason.",
             &["reason"],
         ),
+        config_errors: counter(
+            &r,
+            "extplug_config_errors_total",
+            "Objects from etcd skipped as not valid, by kind (route, upstream, service, chain: the runner refused it); each error once, when it appears.",
+            &["kind"],
+        ),
+        etcd_up: {
+            let g = IntGauge::new(
+                "extplug_etcd_up",
+                "1 while the routes' etcd source is connected and watched, else 0 (the last routes keep serving).",
+            )
+            .expect("a valid metric");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        },
+        routes_skipped: {
+            let g = IntGauge::new(
+                "extplug_routes_skipped",
+                "Objects from etcd left out of the route table being served (see `extplug routes`).",
+            )
+            .expect("a valid metric");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        },
         registry: r,
     };
+    for kind in ["route", "upstream", "service", "chain"] {
+        m.config_errors.with_label_values(&[kind]);
+    }
     // Series that dashboards expect at 0 before anything happens.
     for reason in DROP_REASONS {
         m.headers_dropped.with_label_values(&[reason]);
@@ -307,6 +337,22 @@ pub fn runner_connections(runner: &str, delta: i64) {
 pub fn config_reload(ok: bool) {
     let result = if ok { "ok" } else { "error" };
     METRICS.config_reloads.with_label_values(&[result]).inc();
+}
+
+/// Counts an object from etcd skipped as not valid (`kind`: route,
+/// upstream, service, chain).
+pub fn config_error(kind: &str) {
+    METRICS.config_errors.with_label_values(&[kind]).inc();
+}
+
+/// Whether the routes' etcd source is connected and watched.
+pub fn etcd_up(up: bool) {
+    METRICS.etcd_up.set(i64::from(up));
+}
+
+/// How many objects from etcd the table being served left out.
+pub fn routes_skipped(n: usize) {
+    METRICS.routes_skipped.set(n as i64);
 }
 
 /// Counts a plugin-supplied header dropped for `reason` (see

@@ -66,6 +66,7 @@ pub mod runner_log;
 pub mod runner_proc;
 pub mod runners;
 pub mod server;
+pub mod source;
 pub mod supervisor;
 pub mod vars;
 
@@ -192,6 +193,7 @@ pub async fn run_from(
         config.listen,
         config.routes.len(),
     );
+    let etcd = config.etcd.clone();
     // Stopped last, after the runners: `/healthz` answers while we run.
     let admin_stop = CancellationToken::new();
     let _stop_admin = admin_stop.clone().drop_guard();
@@ -221,6 +223,15 @@ pub async fn run_from(
     };
     let gateway = Arc::new(gateway);
     let _ = started.set(gateway.clone());
+    // Routes from etcd: none until the first read, then live.
+    let follower = etcd.map(|conf| {
+        info!(endpoints = ?conf.endpoints, prefix = %conf.prefix, "the routes come from etcd");
+        tokio::spawn(source::etcd::follow(
+            conf,
+            gateway.clone(),
+            shutdown.clone(),
+        ))
+    });
     match hangups {
         Ok(mut hangups) => {
             let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
@@ -253,6 +264,10 @@ pub async fn run_from(
         admin: admin_addr,
     });
     server::serve(gateway.current(), listener, limits, shutdown, grace).await;
+    if let Some(follower) = follower {
+        // It stops at `shutdown`; awaited so that no apply races the stop.
+        let _ = follower.await;
+    }
     gateway.stop().await;
     info!("proxy stopped");
     Ok(())

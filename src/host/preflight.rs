@@ -4,7 +4,7 @@
 //! runner's message instead of answering every request with an error.
 
 use super::client::{CallError, ExtClient};
-use super::config::{Config, Phase, DEFAULT_RUNNER};
+use super::config::{Config, Phase, Route, DEFAULT_RUNNER};
 
 /// A route phase whose chain the runner would not prepare.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,22 +44,39 @@ pub async fn preflight_on(
     client: &ExtClient,
 ) -> Result<(), ConfigRefused> {
     for route in &config.routes {
-        for phase in [Phase::PreReq, Phase::PostReq, Phase::PostResp] {
-            let Some(conf) = route.phase(phase).filter(|c| c.runner == runner) else {
-                continue;
+        if let Err((phase, e)) = preflight_route(route, runner, client).await {
+            let reason = match e {
+                CallError::ChainRefused(message) => message,
+                other => format!("the chain could not be prepared: {other}"),
             };
-            if let Err(e) = client.ticket_unlogged(conf).await {
-                let reason = match e {
-                    CallError::ChainRefused(message) => message,
-                    other => format!("the chain could not be prepared: {other}"),
-                };
-                return Err(ConfigRefused {
-                    route: route.id.clone(),
-                    phase,
-                    reason,
-                });
-            }
+            return Err(ConfigRefused {
+                route: route.id.clone(),
+                phase,
+                reason,
+            });
         }
+    }
+    Ok(())
+}
+
+/// Prepares the chains of `route`'s phases that run on the runner named
+/// `runner` (the tokens stay in `client`'s cache), for a source that
+/// checks its routes one by one (etcd: a refused route is skipped, the
+/// others serve).
+///
+/// # Errors
+/// The first phase whose chain could not be prepared, with the call's
+/// error: [`CallError::ChainRefused`] when the runner refused it.
+pub async fn preflight_route(
+    route: &Route,
+    runner: &str,
+    client: &ExtClient,
+) -> Result<(), (Phase, CallError)> {
+    for phase in [Phase::PreReq, Phase::PostReq, Phase::PostResp] {
+        let Some(conf) = route.phase(phase).filter(|c| c.runner == runner) else {
+            continue;
+        };
+        client.ticket_unlogged(conf).await.map_err(|e| (phase, e))?;
     }
     Ok(())
 }

@@ -1,0 +1,287 @@
+//! Routes from etcd, as an APISIX cluster keeps them: one range read of
+//! the prefix, then a watch from the next revision; every change makes a
+//! new route table, swapped in through [`Gateway::apply_routes`].
+//!
+//! When etcd cannot be reached or the watch breaks, the last table keeps
+//! serving while this reconnects with backoff and resumes the watch from
+//! the last revision seen; when that revision was compacted meanwhile, it
+//! reads everything again. Before the first read succeeds, the proxy
+//! serves no route and `/readyz` says why.
+
+use super::apisix::Store;
+use super::{RouteSource, RouteTable, Skipped};
+use crate::host::config::{ConfigError, EtcdConf};
+use crate::host::gateway::Gateway;
+use crate::host::metrics;
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// The first wait before reconnecting; doubled at each failure in a row.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait before reconnecting.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The routes of an etcd cluster (`"etcd"` in the configuration file).
+#[derive(Debug, Clone)]
+pub struct EtcdRoutes {
+    /// The cluster and prefix.
+    pub conf: EtcdConf,
+}
+
+#[async_trait::async_trait]
+impl RouteSource for EtcdRoutes {
+    fn describe(&self) -> String {
+        format!(
+            "etcd {} prefix {}",
+            self.conf.endpoints.join(","),
+            self.conf.prefix
+        )
+    }
+
+    async fn load(&self) -> Result<RouteTable, ConfigError> {
+        let fail = |e: String| ConfigError(format!("{}: {e}", self.describe()));
+        let mut client = connect(&self.conf).await.map_err(fail)?;
+        let (store, _) = read_all(&mut client, &self.conf).await.map_err(fail)?;
+        Ok(store.table())
+    }
+}
+
+/// etcd's client options: the connection's time limit, keep-alive pings
+/// (a member that vanished without closing the connection is noticed),
+/// and the user.
+fn options(conf: &EtcdConf) -> ConnectOptions {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(conf.timeout)
+        .with_keep_alive(Duration::from_secs(5), conf.timeout)
+        .with_keep_alive_while_idle(true);
+    match &conf.auth {
+        Some((user, password)) => options.with_user(user.clone(), password.clone()),
+        None => options,
+    }
+}
+
+/// Connects to the cluster, within `conf.timeout`.
+async fn connect(conf: &EtcdConf) -> Result<Client, String> {
+    match tokio::time::timeout(
+        conf.timeout,
+        Client::connect(&conf.endpoints, Some(options(conf))),
+    )
+    .await
+    {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+        Err(_) => Err(format!("cannot connect within {:?}", conf.timeout)),
+    }
+}
+
+/// The key every object's key starts with: the prefix and a `/`.
+fn key_prefix(conf: &EtcdConf) -> String {
+    format!("{}/", conf.prefix)
+}
+
+/// Reads every key under the prefix at once: the objects, and the
+/// revision they are at.
+async fn read_all(client: &mut Client, conf: &EtcdConf) -> Result<(Store, i64), String> {
+    let get = client.get(key_prefix(conf), Some(GetOptions::new().with_prefix()));
+    let resp = match tokio::time::timeout(conf.timeout, get).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return Err(format!("cannot read {}: {e}", key_prefix(conf))),
+        Err(_) => {
+            return Err(format!(
+                "cannot read {} within {:?}",
+                key_prefix(conf),
+                conf.timeout
+            ))
+        }
+    };
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut store = Store::new(&conf.prefix);
+    for kv in resp.kvs() {
+        store.put(kv.key(), kv.value());
+    }
+    Ok((store, revision))
+}
+
+/// Follows the routes in etcd for `gateway` until `shutdown`: reads them,
+/// applies them, watches, applies every change; reconnects with backoff.
+pub async fn follow(conf: EtcdConf, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    metrics::etcd_up(false);
+    let mut follower = Follower {
+        store: Store::new(&conf.prefix),
+        conf,
+        gateway,
+        revision: None,
+        loaded: false,
+        reported: BTreeSet::new(),
+    };
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let ended = tokio::select! {
+            ended = follower.session(&mut backoff) => ended,
+            _ = shutdown.cancelled() => return,
+        };
+        metrics::etcd_up(false);
+        let Err(why) = ended else {
+            // The watch fell behind a compaction: read everything now.
+            continue;
+        };
+        if follower.loaded {
+            warn!(retry_in = ?backoff, "etcd: {why}; the last routes keep serving");
+        } else {
+            warn!(retry_in = ?backoff, "etcd: {why}; no routes are served until the first load");
+            follower
+                .gateway
+                .routes_pending(format!("the routes are not loaded from etcd yet: {why}"));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The state kept across connections.
+struct Follower {
+    conf: EtcdConf,
+    gateway: Arc<Gateway>,
+    /// The objects as of `revision`.
+    store: Store,
+    /// The last revision applied; `None`: read everything at the next
+    /// connection.
+    revision: Option<i64>,
+    /// Whether a table from etcd was applied once.
+    loaded: bool,
+    /// The objects skipped in the table being served: each is logged and
+    /// counted once, when it appears.
+    reported: BTreeSet<Skipped>,
+}
+
+impl Follower {
+    /// One connection: reads everything (or resumes from the last
+    /// revision), then applies the watch's changes until it breaks.
+    /// `Ok(())`: the watch fell behind a compaction (read again at once);
+    /// `Err`: why the connection ended.
+    async fn session(&mut self, backoff: &mut Duration) -> Result<(), String> {
+        let mut client = connect(&self.conf).await?;
+        let start = match self.revision {
+            Some(revision) => revision + 1,
+            None => {
+                let (store, revision) = read_all(&mut client, &self.conf).await?;
+                info!(
+                    revision,
+                    routes = store.route_count(),
+                    "read the routes from etcd"
+                );
+                self.store = store;
+                self.revision = Some(revision);
+                self.publish().await;
+                revision + 1
+            }
+        };
+        let watch = client.watch(
+            key_prefix(&self.conf),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(start)
+                    .with_progress_notify(),
+            ),
+        );
+        let mut stream = match tokio::time::timeout(self.conf.timeout, watch).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(format!("cannot watch: {e}")),
+            Err(_) => return Err(format!("cannot watch within {:?}", self.conf.timeout)),
+        };
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return Err("etcd ended the watch".into()),
+                Err(e) => return Err(format!("the watch broke: {e}")),
+            };
+            if resp.compact_revision() > 0 {
+                warn!(
+                    from_revision = start,
+                    compacted_to = resp.compact_revision(),
+                    "the etcd watch was compacted past the last revision seen: reading all the routes again"
+                );
+                self.revision = None;
+                return Ok(());
+            }
+            if resp.canceled() {
+                return Err(format!(
+                    "etcd cancelled the watch: {}",
+                    resp.cancel_reason()
+                ));
+            }
+            if resp.created() {
+                metrics::etcd_up(true);
+                *backoff = MIN_BACKOFF;
+                info!(from_revision = start, "watching etcd");
+                continue;
+            }
+            let mut changed = false;
+            let mut last = None;
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                last = Some(kv.mod_revision());
+                changed |= match event.event_type() {
+                    EventType::Put => self.store.put(kv.key(), kv.value()),
+                    EventType::Delete => self.store.delete(kv.key()),
+                };
+            }
+            // A progress notification (no events) says every event up to
+            // its header's revision was sent.
+            let seen = last.or_else(|| resp.header().map(|h| h.revision()));
+            if let Some(revision) = seen {
+                self.revision = Some(revision);
+            }
+            if changed {
+                self.publish().await;
+            }
+        }
+    }
+
+    /// Makes the table of the objects held and swaps it in; logs and counts
+    /// what was skipped anew.
+    async fn publish(&mut self) {
+        let table = self.store.table();
+        let mut skipped: BTreeSet<Skipped> = table.skipped.into_iter().collect();
+        let offered = table.routes.len();
+        let left_out = match self.gateway.apply_routes(table.routes).await {
+            Ok(left_out) => left_out,
+            Err(e) => {
+                error!("the routes from etcd could not be applied; the previous ones keep serving: {e}");
+                return;
+            }
+        };
+        let served = offered - left_out.len();
+        for l in left_out {
+            skipped.insert(Skipped {
+                key: self.store.route_key(&l.route),
+                kind: l.kind,
+                reason: l.reason,
+            });
+        }
+        for s in skipped.difference(&self.reported) {
+            warn!(key = %s.key, kind = s.kind.name(), "skipped from etcd: {}", s.reason);
+            metrics::config_error(s.kind.name());
+        }
+        metrics::routes_skipped(skipped.len());
+        info!(
+            revision = self.revision.unwrap_or(0),
+            routes = served,
+            skipped = skipped.len(),
+            "routes from etcd applied"
+        );
+        self.reported = skipped;
+        if !self.loaded {
+            self.loaded = true;
+            self.gateway.routes_loaded();
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `extplug routes`: what a source would serve, and why each object left
+//! out was skipped; what an operator runs when a route does not answer.
+
+use super::{ErrorKind, RouteTable, Skipped};
+use crate::host::client::CallError;
+use crate::host::config::{check_runners, Config, ConfigError, Phase, Route};
+use crate::host::runners::Runners;
+use std::fmt::Write as _;
+use std::path::Path;
+use tokio_util::sync::CancellationToken;
+
+/// Reads the routes of the configuration at `path` from its source (the
+/// file, or etcd) and checks each: with the runners (started for it and
+/// stopped again, each chain prepared) unless `offline`. The table, and
+/// the source's description.
+///
+/// # Errors
+/// The file is not valid, etcd cannot be read, or a runner does not start.
+pub async fn check(
+    path: &Path,
+    offline: bool,
+    shutdown: &CancellationToken,
+) -> Result<(RouteTable, String), ConfigError> {
+    let config = Config::load(path)?;
+    let source = super::of(&config, path.to_owned());
+    let mut table = source.load().await?;
+    let key = |id: &str| match &config.etcd {
+        Some(e) => format!("{}/routes/{id}", e.prefix),
+        None => format!("route {id}"),
+    };
+    let mut kept = Vec::with_capacity(table.routes.len());
+    for route in std::mem::take(&mut table.routes) {
+        match check_runners(&route, &config.runners) {
+            Ok(()) => kept.push(route),
+            Err(reason) => table.skipped.push(Skipped {
+                key: key(&route.id),
+                kind: ErrorKind::Route,
+                reason,
+            }),
+        }
+    }
+    table.routes = kept;
+    if offline {
+        return Ok((table, source.describe()));
+    }
+    // The runners start without routes: each route's chains are then
+    // prepared on their own, so that one refused does not hide the others.
+    let mut bare = config.clone();
+    bare.routes.clear();
+    let runners = match Runners::start(&bare, shutdown).await {
+        Ok(Some(runners)) => runners,
+        Ok(None) => return Err(ConfigError("interrupted".into())),
+        Err(e) => return Err(ConfigError(format!("{}: {e}", path.display()))),
+    };
+    let clients = runners.clients();
+    let mut kept = Vec::with_capacity(table.routes.len());
+    'routes: for route in std::mem::take(&mut table.routes) {
+        for (name, client) in &clients {
+            if let Err((phase, e)) =
+                crate::host::preflight::preflight_route(&route, name, client).await
+            {
+                let reason = match e {
+                    CallError::ChainRefused(m) => {
+                        format!("{}: the runner refused the chain: {m}", phase.name())
+                    }
+                    other => format!("{}: the chain could not be prepared: {other}", phase.name()),
+                };
+                table.skipped.push(Skipped {
+                    key: key(&route.id),
+                    kind: ErrorKind::Chain,
+                    reason,
+                });
+                continue 'routes;
+            }
+        }
+        kept.push(route);
+    }
+    table.routes = kept;
+    runners.stop().await;
+    Ok((table, source.describe()))
+}
+
+/// The listing: one line per route served (id, URIs, methods, upstream
+/// nodes, phases with their plugins), one per object skipped (key, kind,
+/// reason), and a summary line.
+pub fn render(table: &RouteTable, source: &str) -> String {
+    let mut out = String::new();
+    for r in &table.routes {
+        let _ = writeln!(out, "{}", route_line(r));
+    }
+    let mut skipped = table.skipped.clone();
+    skipped.sort();
+    for s in &skipped {
+        let _ = writeln!(out, "skipped {} ({}): {}", s.key, s.kind.name(), s.reason);
+    }
+    let _ = writeln!(
+        out,
+        "{} served, {} skipped, from {source}",
+        table.routes.len(),
+        table.skipped.len()
+    );
+    out
+}
+
+fn route_line(r: &Route) -> String {
+    let uris: Vec<String> = r
+        .uris
+        .iter()
+        .map(|u| match u {
+            crate::host::config::UriPattern::Exact(p) => p.clone(),
+            crate::host::config::UriPattern::Prefix(p) => format!("{p}*"),
+        })
+        .collect();
+    let methods = match &r.methods {
+        None => "*".to_owned(),
+        Some(m) => m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","),
+    };
+    let nodes: Vec<String> = r
+        .upstream
+        .nodes
+        .iter()
+        .map(|(n, w)| format!("{n}={w}"))
+        .collect();
+    let phases: Vec<String> = [Phase::PreReq, Phase::PostReq, Phase::PostResp]
+        .into_iter()
+        .filter_map(|p| {
+            r.phase(p).map(|c| {
+                let names: Vec<&str> = c.conf.iter().map(|(n, _)| n.as_str()).collect();
+                format!("{}[{}]@{}", p.name(), names.join(","), c.runner)
+            })
+        })
+        .collect();
+    format!(
+        "served {} uris={} methods={methods} upstream={}{}{}",
+        r.id,
+        uris.join(","),
+        nodes.join(","),
+        if phases.is_empty() { "" } else { " phases=" },
+        phases.join(" "),
+    ) + if r.enabled {
+        ""
+    } else {
+        " (disabled: status 0)"
+    }
+}
