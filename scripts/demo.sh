@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-capnp.sh
+scripts/ensure-protoc.sh
 cargo build --release --example demo-runner --bin extplug
 # Cargo knows where it put the binaries (CARGO_TARGET_DIR, a config file...).
 target_dir=$(cargo metadata --format-version 1 --no-deps |

@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-capnp.sh
+scripts/ensure-protoc.sh
 seconds="${FUZZ_SECONDS:-600}"
 jobs="${FUZZ_JOBS:-1}"
 all=(frame runner_messages host_messages path config)

@@ -236,6 +236,7 @@ pub fn spawn_demo() -> Child {
 }
 
 pub mod conf;
+pub mod etcd;
 pub mod http;
 pub mod raw;
 

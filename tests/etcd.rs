@@ -1,0 +1,378 @@
+//! Routes from etcd, with a real etcd (Debian's `etcd-server`), two real
+//! `extplug proxy` nodes watching it with the example runner, and a real
+//! upstream: routes put with `etcdctl` in APISIX's format are served by
+//! both, changed, deleted; `upstream_id` and `service_id` resolve; a bad
+//! route is skipped while the others serve; etcd killed, both keep
+//! serving; etcd back with changes made meanwhile (compaction included),
+//! both follow. Every wait is bounded; etcd is killed and its data removed
+//! even when a test fails.
+
+mod common;
+
+use common::conf::{demo, phase};
+use common::etcd::{free_port, Etcd};
+use common::http::{get, Got, ProxyProc, Upstream};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How long a change may take to show on a proxy before the test fails.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A proxy node whose routes come from `etcd`, with the admin listener.
+fn node(etcd: &Etcd) -> ProxyProc {
+    let mut runner = json!({"cmd": demo(), "standby": false, "start_timeout_ms": 10000});
+    runner["stop_grace_ms"] = json!(500);
+    ProxyProc::start(&json!({
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
+        "ext-plugin": runner,
+        "etcd": {"endpoints": [etcd.url()], "prefix": "/apisix", "timeout_ms": 2000},
+    }))
+}
+
+/// A route answered by the `say` plugin with `body`.
+fn say_route(uri: &str, body: &str) -> Value {
+    json!({
+        "uri": uri,
+        "upstream": {"type": "roundrobin", "nodes": {"127.0.0.1:1": 1}},
+        "plugins": {"ext-plugin-pre-req": phase(&[("say", json!({"body": body}))])},
+        "create_time": 1700000000,
+        "update_time": 1700000000,
+    })
+}
+
+/// Polls `path` on `node` until `ok` takes the answer; panics with the
+/// last answer and the node's log after [`WAIT`].
+async fn until(node: &ProxyProc, path: &str, what: &str, ok: impl Fn(&Got) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = get(&node.url(path)).await;
+        if ok(&got) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: GET {path} still gives {} {:?}; log:\n{}",
+            got.status,
+            got.text(),
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `path` answers 200 with `body` on every node.
+async fn serves(nodes: &[&ProxyProc], path: &str, body: &str) {
+    for n in nodes {
+        until(n, path, &format!("{path} answering {body:?}"), |g| {
+            g.status == 200 && g.text() == body
+        })
+        .await;
+    }
+}
+
+/// Waits until `path` answers 404 on every node.
+async fn not_found(nodes: &[&ProxyProc], path: &str) {
+    for n in nodes {
+        until(n, path, &format!("{path} answering 404"), |g| {
+            g.status == 404
+        })
+        .await;
+    }
+}
+
+/// The node's admin answer to `GET path`.
+async fn admin(node: &ProxyProc, path: &str) -> Got {
+    get(&format!(
+        "http://{}{path}",
+        node.admin.expect("admin listener")
+    ))
+    .await
+}
+
+/// The value of the metric line starting with `series` (name and labels).
+async fn metric(node: &ProxyProc, series: &str) -> Option<f64> {
+    admin(node, "/metrics")
+        .await
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Waits until the metric `series` is `want` on `node`.
+async fn metric_is(node: &ProxyProc, series: &str, want: f64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = metric(node, series).await;
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {now:?}, not {want}; log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_put_in_etcd_are_served_by_both_nodes_changed_and_deleted() {
+    let etcd = Etcd::start();
+    let up = Upstream::start().await;
+    let (a, b) = (node(&etcd), node(&etcd));
+    let both = [&a, &b];
+    for n in both {
+        metric_is(n, "extplug_etcd_up", 1.0).await;
+        let ready = admin(n, "/readyz").await;
+        assert_eq!(ready.status, 200, "{}", ready.text());
+    }
+    not_found(&both, "/hello").await;
+
+    // Put, change, as an operator with etcdctl.
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v1"));
+    serves(&both, "/hello", "v1").await;
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v2"));
+    serves(&both, "/hello", "v2").await;
+
+    // An upstream by id, with a chain that rewrites the request.
+    etcd.put(
+        "/apisix/upstreams/u1",
+        &json!({"id": "u1", "type": "roundrobin", "nodes": {up.addr.to_string(): 1}}),
+    );
+    etcd.put(
+        "/apisix/routes/2",
+        &json!({"id": "2", "uri": "/up", "upstream_id": "u1",
+                "plugins": {"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers": {"x-from-etcd": "yes"}}))])}}),
+    );
+    serves(&both, "/up", "upstream says hi").await;
+    assert_eq!(up.last().header("x-from-etcd"), Some("yes"));
+
+    // A service: its upstream and plugins, unless the route has its own.
+    etcd.put(
+        "/apisix/services/s1",
+        &json!({"upstream_id": "u1", "plugins": {"ext-plugin-pre-req": phase(&[("say", json!({"body": "from the service"}))])}}),
+    );
+    etcd.put(
+        "/apisix/routes/3",
+        &json!({"uri": "/svc", "service_id": "s1"}),
+    );
+    etcd.put(
+        "/apisix/routes/4",
+        &json!({"uri": "/svc-own", "service_id": "s1",
+                "plugins": {"ext-plugin-pre-req": phase(&[("say", json!({"body": "the route's own"}))])}}),
+    );
+    serves(&both, "/svc", "from the service").await;
+    serves(&both, "/svc-own", "the route's own").await;
+
+    // A route whose upstream does not exist yet: served once it does.
+    etcd.put(
+        "/apisix/routes/5",
+        &json!({"uri": "/later", "upstream_id": "u2"}),
+    );
+    etcd.put(
+        "/apisix/routes/6",
+        &say_route("/after-5", "written after 5"),
+    );
+    serves(&both, "/after-5", "written after 5").await;
+    not_found(&both, "/later").await;
+    etcd.put(
+        "/apisix/upstreams/u2",
+        &json!({"nodes": {up.addr.to_string(): 1}}),
+    );
+    serves(&both, "/later", "upstream says hi").await;
+
+    // Bad routes are skipped, counted, and the others keep serving.
+    let chain_errors = metric(&a, "extplug_config_errors_total{kind=\"chain\"}").await;
+    etcd.put_text("/apisix/routes/7", "{not json");
+    etcd.put(
+        "/apisix/routes/8",
+        &json!({"uri": "/refused", "upstream_id": "u1",
+                "plugins": {"ext-plugin-pre-req": phase(&[("no-such-plugin", json!({}))])}}),
+    );
+    etcd.put("/apisix/routes/9", &say_route("/after-bad", "still here"));
+    serves(&both, "/after-bad", "still here").await;
+    serves(&both, "/hello", "v2").await;
+    not_found(&both, "/refused").await;
+    assert_eq!(
+        metric(&a, "extplug_config_errors_total{kind=\"chain\"}").await,
+        chain_errors.map(|n| n + 1.0)
+    );
+    assert!(metric(&a, "extplug_config_errors_total{kind=\"route\"}").await >= Some(1.0));
+    assert!(
+        a.log().contains("/apisix/routes/8") && a.log().contains("no-such-plugin"),
+        "the skipped route's key and the runner's reason are logged:\n{}",
+        a.log()
+    );
+
+    // Deleted: 404 on both.
+    etcd.delete("/apisix/routes/1");
+    not_found(&both, "/hello").await;
+    serves(&both, "/after-bad", "still here").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_both_keep_serving_and_follow_it_when_back() {
+    let mut etcd = Etcd::start();
+    let (a, b) = (node(&etcd), node(&etcd));
+    let both = [&a, &b];
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v1"));
+    serves(&both, "/hello", "v1").await;
+
+    // Killed: the last table keeps serving, and the nodes stay ready.
+    etcd.kill();
+    for n in both {
+        metric_is(n, "extplug_etcd_up", 0.0).await;
+        let ready = admin(n, "/readyz").await;
+        assert_eq!(ready.status, 200, "{}", ready.text());
+    }
+    serves(&both, "/hello", "v1").await;
+
+    // A change made while the nodes cannot see it: etcd back on another
+    // port, written there, stopped; then back where the nodes look.
+    let hidden = free_port();
+    etcd.run_on(hidden);
+    etcd.put_on(hidden, "/apisix/routes/1", &say_route("/hello", "v2"));
+    etcd.kill();
+    serves(&both, "/hello", "v1").await;
+    etcd.restart();
+    serves(&both, "/hello", "v2").await;
+    for n in both {
+        metric_is(n, "extplug_etcd_up", 1.0).await;
+    }
+
+    // The same, with the history compacted past what the nodes saw: the
+    // watch cannot resume, and they read everything again.
+    etcd.kill();
+    for n in both {
+        metric_is(n, "extplug_etcd_up", 0.0).await;
+    }
+    etcd.run_on(hidden);
+    etcd.put_on(hidden, "/apisix/routes/1", &say_route("/hello", "v3"));
+    let revision = etcd.put_on(hidden, "/apisix/routes/2", &say_route("/new", "new"));
+    etcd.ctl_on(hidden, &["compact", &revision.to_string(), "--physical"]);
+    etcd.kill();
+    etcd.restart();
+    serves(&both, "/hello", "v3").await;
+    serves(&both, "/new", "new").await;
+    for n in both {
+        assert!(
+            n.log().contains("compacted"),
+            "the node read everything again after the compaction:\n{}",
+            n.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_not_ready_until_the_first_load_from_etcd() {
+    // etcd's port is chosen, but nothing listens there yet.
+    let port = free_port();
+    let unreachable = json!({"endpoints": [format!("http://127.0.0.1:{port}")]});
+    let mut runner = json!({"cmd": demo(), "standby": false});
+    runner["stop_grace_ms"] = json!(500);
+    let n = ProxyProc::start(&json!({
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
+        "ext-plugin": runner,
+        "etcd": {"endpoints": unreachable["endpoints"], "timeout_ms": 1000},
+    }));
+    let ready = admin(&n, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.text().contains("etcd"), "{}", ready.text());
+    assert_eq!(get(&n.url("/hello")).await.status, 404);
+    assert_eq!(metric(&n, "extplug_etcd_up").await, Some(0.0));
+
+    let etcd = Etcd::start_on(port);
+    etcd.put("/apisix/routes/1", &say_route("/hello", "at last"));
+    serves(&[&n], "/hello", "at last").await;
+    let ready = admin(&n, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extplug_routes_lists_what_would_be_served_and_why_not() {
+    let etcd = Etcd::start();
+    etcd.put("/apisix/routes/1", &say_route("/hello", "hi"));
+    etcd.put(
+        "/apisix/routes/2",
+        &json!({"uri": "/refused", "upstream": {"nodes": {"127.0.0.1:1": 1}},
+                "plugins": {"ext-plugin-pre-req": phase(&[("no-such-plugin", json!({}))])}}),
+    );
+    etcd.put(
+        "/apisix/routes/3",
+        &json!({"uri": "/x", "upstream_id": "missing"}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let write = |c: &Value| std::fs::write(&config, c.to_string()).unwrap();
+    write(&json!({
+        "ext-plugin": {"cmd": demo(), "standby": false},
+        "etcd": {"endpoints": [etcd.url()]},
+    }));
+    let routes = |offline: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_extplug"));
+        cmd.args(["routes", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn");
+        if offline {
+            cmd.arg("--offline");
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = routes(false);
+    assert_eq!(code, Some(1), "some skipped: exit 1\n{out}\n{err}");
+    assert!(
+        out.contains("served 1 uris=/hello methods=* upstream=127.0.0.1:1=1 phases=ext-plugin-pre-req[say]@default"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "skipped /apisix/routes/2 (chain): ext-plugin-pre-req: the runner refused the chain"
+        ) && out.contains("no-such-plugin"),
+        "{out}"
+    );
+    assert!(
+        out.contains("skipped /apisix/routes/3 (route): `upstream_id` \"missing\": there is no upstream at `/apisix/upstreams/missing`"),
+        "{out}"
+    );
+    assert!(out.contains("1 served, 2 skipped, from etcd"), "{out}");
+    // Offline, the runner is not asked: the chain is not checked.
+    let (code, out, _) = routes(true);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("2 served, 1 skipped"), "{out}");
+
+    etcd.delete("/apisix/routes/2");
+    etcd.delete("/apisix/routes/3");
+    let (code, out, err) = routes(false);
+    assert_eq!(code, Some(0), "all served: exit 0\n{out}\n{err}");
+    assert!(out.contains("1 served, 0 skipped"), "{out}");
+
+    // A file's routes, the same way.
+    write(&json!({
+        "ext-plugin": {"cmd": demo(), "standby": false},
+        "routes": [{"id": "f", "uri": "/f", "upstream": {"nodes": {"127.0.0.1:1": 1}}}],
+    }));
+    let (code, out, err) = routes(false);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("served f uris=/f") && out.contains("1 served, 0 skipped, from "),
+        "{out}"
+    );
+
+    // etcd unreachable: the source cannot be read, exit 2.
+    drop(etcd);
+    write(&json!({
+        "ext-plugin": {"cmd": demo()},
+        "etcd": {"endpoints": [format!("http://127.0.0.1:{}", free_port())], "timeout_ms": 500},
+    }));
+    let (code, _, err) = routes(false);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("etcd http://127.0.0.1:"), "{err}");
+}
