@@ -234,7 +234,14 @@ fn run_bench(what: BenchCommand) -> ExitCode {
 /// socket directory removed).
 fn check(path: &std::path::Path, config: &host::config::Config, offline: bool) -> ExitCode {
     let n = config.routes.len();
-    let routes = if n == 1 { "route" } else { "routes" };
+    let routes = if config.etcd.is_some() {
+        // The routes are in etcd, not here: `extplug routes` checks them.
+        "routes in the file; the routes come from etcd (`extplug routes` checks them)"
+    } else if n == 1 {
+        "route"
+    } else {
+        "routes"
+    };
     if offline {
         println!("{}: valid: {n} {routes} (file only)", path.display());
         return ExitCode::SUCCESS;

@@ -219,6 +219,19 @@ impl Follower {
                 ));
             }
             if resp.created() {
+                // A cluster restored from a backup, or a new one, may be at
+                // an older revision than the one applied: a watch from there
+                // would miss every write until it caught up.
+                let now = resp.header().map_or(start - 1, |h| h.revision());
+                if now < start - 1 {
+                    warn!(
+                        applied = start - 1,
+                        etcd = now,
+                        "etcd's revision is behind the last one applied (restored or new cluster): reading all the routes again"
+                    );
+                    self.revision = None;
+                    return Ok(());
+                }
                 metrics::etcd_up(true);
                 *backoff = MIN_BACKOFF;
                 info!(from_revision = start, "watching etcd");
