@@ -376,3 +376,32 @@ async fn extplug_routes_lists_what_would_be_served_and_why_not() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("etcd http://127.0.0.1:"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_the_file_keeps_the_routes_from_etcd() {
+    let etcd = Etcd::start();
+    let n = node(&etcd);
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v1"));
+    serves(&[&n], "/hello", "v1").await;
+    let reload = || async {
+        let url = format!("http://{}/reload", n.admin.unwrap());
+        common::http::send("POST", &url, &[], "").await
+    };
+    let got = reload().await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    serves(&[&n], "/hello", "v1").await;
+
+    // The source itself changes only by restart.
+    let path = n.dir.path().join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["etcd"]["prefix"] = json!("/other");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let got = reload().await;
+    assert_ne!(got.status, 200);
+    assert!(got.text().contains("`etcd` changed"), "{}", got.text());
+    serves(&[&n], "/hello", "v1").await;
+
+    // And the watch goes on.
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v2"));
+    serves(&[&n], "/hello", "v2").await;
+}
