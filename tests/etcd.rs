@@ -4,7 +4,9 @@
 //! both, changed, deleted; `upstream_id` and `service_id` resolve; a bad
 //! route is skipped while the others serve; etcd killed, both keep
 //! serving; etcd back with changes made meanwhile (compaction included),
-//! both follow. Every wait is bounded; etcd is killed and its data removed
+//! both follow; a node is not ready before its first read; a file reload
+//! keeps the routes from etcd; `extplug routes` lists what would be served
+//! and why not. Every wait is bounded; etcd is killed and its data removed
 //! even when a test fails.
 
 mod common;

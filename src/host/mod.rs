@@ -164,7 +164,9 @@ pub async fn run(
 /// addresses, serves, then finishes requests in flight, stops the runners,
 /// and returns. SIGHUP and `POST /reload` reload the configuration from
 /// `source` ([`gateway::Gateway::reload`]); SIGUSR2 and
-/// `POST /runners/restart` upgrade every runner in place.
+/// `POST /runners/restart` upgrade every runner in place. With an `etcd`
+/// section, the routes come from etcd ([`source::etcd::follow`]): none
+/// until the first read (`/readyz` says 503 meanwhile), then live.
 ///
 /// # Errors
 /// An address cannot be bound, a runner's directory cannot be created,
