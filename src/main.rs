@@ -75,7 +75,7 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
-    /// Benchmarks, measured side by side (see README, "Benchmarks").
+    /// Benchmarks, measured side by side (see README, "Performance").
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
