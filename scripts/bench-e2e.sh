@@ -151,7 +151,7 @@ nginx_conf proxy "upstream up { server 127.0.0.1:$up_port; keepalive 256; }
   }"
 for n in upstream proxy; do
   "$NGINX" -e "$work/$n.err" -p "$work" -c "$work/$n.conf" -g 'daemon off;' &
-  pids+=($!)
+  pids+=("$!")
 done
 wait_http "http://127.0.0.1:$up_port/"
 wait_http "http://127.0.0.1:$ngx_port/"
@@ -179,7 +179,7 @@ EOF
 TMPDIR="$work" RUST_LOG=info "$bin/extplug" proxy --config "$work/extplug.json" \
   >"$work/extplug.out" 2>"$work/extplug.log" &
 proxy_pid=$!
-pids+=($proxy_pid)
+pids+=("$proxy_pid")
 for _ in $(seq 400); do
   grep -q "listening on" "$work/extplug.out" && break
   kill -0 "$proxy_pid" 2>/dev/null || { cat "$work/extplug.log" >&2; log "extplug proxy exited"; exit 1; }
@@ -297,6 +297,7 @@ mem() { # pid: "VmRSS / VmHWM" in MiB
 main_targets() { # connections
   echo "nginx|$1|$ngx/|" "plain|$1|$ext/plain|" "rewrite|$1|$ext/rewrite|" "say|$1|$ext/say|"
 }
+# shellcheck disable=SC2016 # the backticks are markdown
 main_table() { # group
   echo "| | req/s | p99 | ratio (req/s) | p99 ratio |"
   echo "|---|---:|---:|---|---|"
@@ -324,7 +325,7 @@ if [ "$SOAK" -gt 0 ]; then
   log "soak: $SOAK s at $MANY clients on /rewrite"
   wrk -t"$THREADS" -c"$MANY" -d"${SOAK}s" "$ext/rewrite" >"$work/soak.txt" 2>&1 &
   soak_wrk=$!
-  pids+=($soak_wrk)
+  pids+=("$soak_wrk")
   t=0
   while kill -0 "$soak_wrk" 2>/dev/null && [ "$t" -le "$SOAK" ]; do
     soak_rows+=("| $t s | $(mem "$proxy_pid") | $(mem "$(runner_pid)") |")
