@@ -25,6 +25,8 @@
 #   BODIES="1024 65536 1048576"   request body sizes (bytes) for /body
 #   SOAK=0          seconds of a final flatness check at MANY clients on
 #                   /rewrite, sampling the resident memory every SOAK_EVERY=10 s
+#   RUNNER_BENCH=1  also `extplug bench runner` at CONNECTIONS (the hop's floor,
+#                   for the arithmetic of the best possible plugin ratio); 0: not
 #   NGINX_WORKERS=auto            worker_processes of both nginx instances
 #   KEEP=1          keep the temporary directory (configurations, logs, wrk output)
 # Installs wrk and nginx with apt-get when they are missing; builds the release
@@ -39,6 +41,7 @@ MANY=${MANY:-256}
 THREADS=${THREADS:-2}
 BODIES=${BODIES:-"1024 65536 1048576"}
 SOAK=${SOAK:-0}
+RUNNER_BENCH=${RUNNER_BENCH:-1}
 SOAK_EVERY=${SOAK_EVERY:-10}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
 
@@ -149,10 +152,12 @@ nginx_conf proxy "upstream up { server 127.0.0.1:$up_port; keepalive 256; }
       proxy_set_header Connection \"\";
     }
   }"
-for n in upstream proxy; do
-  "$NGINX" -e "$work/$n.err" -p "$work" -c "$work/$n.conf" -g 'daemon off;' &
-  pids+=("$!")
-done
+"$NGINX" -e "$work/upstream.err" -p "$work" -c "$work/upstream.conf" -g 'daemon off;' &
+up_master=$!
+pids+=("$up_master")
+"$NGINX" -e "$work/proxy.err" -p "$work" -c "$work/proxy.conf" -g 'daemon off;' &
+ngx_master=$!
+pids+=("$ngx_master")
 wait_http "http://127.0.0.1:$up_port/"
 wait_http "http://127.0.0.1:$ngx_port/"
 
@@ -217,7 +222,25 @@ wrk.headers["Content-Type"] = "application/octet-stream"
 EOF
 done
 
-# run_wrk connections seconds url [lua]: prints "req/s p99_ms errors"
+# CPU time (user + system, in 1/100 s) of processes, from /proc/PID/stat.
+ticks() { # pids...
+  local p t=0 v
+  for p in "$@"; do
+    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || v=
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+# The servers' CPU time: extplug proxy, its active runner, nginx as a proxy,
+# the nginx upstream (masters and workers).
+servers_ticks() {
+  # shellcheck disable=SC2046 # one word per pid
+  echo "$(ticks "$proxy_pid") $(ticks "$(runner_pid)")" \
+    "$(ticks "$ngx_master" $(pgrep -P "$ngx_master"))" \
+    "$(ticks "$up_master" $(pgrep -P "$up_master"))"
+}
+
+# run_wrk connections seconds url [lua]: prints "req/s p99_ms errors requests"
 run_wrk() {
   local out="$work/wrk.txt" script=()
   [ -n "${4:-}" ] && script=(-s "$4")
@@ -238,13 +261,16 @@ run_wrk() {
     /^ +99%/ { p99 = ms($2) }
     /Non-2xx or 3xx responses:/ { err += $NF }
     /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-    END { printf "%.0f %.3f %d\n", rps, p99, err }' "$out"
+    / requests in / { n = $1 }
+    END { printf "%.0f %.3f %d %d\n", rps, p99, err, n }' "$out"
 }
 
-# A group: interleaved rounds of named targets; results in $work/res/GROUP/NAME.
+# A group: interleaved rounds of named targets; results in $work/res/GROUP/NAME,
+# one line per round: req/s, p99 (ms), errors, requests, then the CPU ticks
+# the proxy, the runner, nginx as a proxy and the upstream spent in the round.
 # targets are "name|connections|url|lua" entries.
 run_group() { # group, targets...
-  local group=$1 t name c url lua r line
+  local group=$1 t name c url lua r line before after
   shift
   mkdir -p "$work/res/$group"
   for t in "$@"; do # warm-up, not counted
@@ -254,14 +280,19 @@ run_group() { # group, targets...
   for r in $(seq "$ROUNDS"); do
     for t in "$@"; do
       IFS='|' read -r name c url lua <<<"$t"
+      before=$(servers_ticks)
       line=$(run_wrk "$c" "$DURATION" "$url" "$lua")
-      echo "$line" >>"$work/res/$group/$name"
+      after=$(servers_ticks)
+      echo "$line $(paste -d ' ' <(tr ' ' '\n' <<<"$after") <(tr ' ' '\n' <<<"$before") |
+        awk '{printf "%d ", $1 - $2}')" >>"$work/res/$group/$name"
       log "$group round $r: $name: $(awk '{printf "%s req/s, p99 %s ms, %s errors", $1, $2, $3}' <<<"$line")"
     done
   done
 }
 
-# Statistics over a result file's column (1: req/s, 2: p99 ms, 3: errors).
+# Statistics over a result file's column (1: req/s, 2: p99 ms, 3: errors,
+# 4: requests, 5-8: CPU ticks).
+COLUMNS_PER_ROUND=8
 median() { # file column
   awk -v c="$2" '{print $c}' "$1" | sort -g |
     awk '{a[NR] = $1} END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
@@ -270,7 +301,7 @@ errors() { awk '{e += $3} END {print e + 0}' "$1"; }
 # The median of the per-round ratios b/a of one column (rounds interleave,
 # so each round's pair saw the same machine).
 ratio() { # file_b file_a column
-  paste -d ' ' "$1" "$2" | awk -v c="$3" '{print $c / $(c + 3)}' | sort -g |
+  paste -d ' ' "$1" "$2" | awk -v c="$3" -v n="$COLUMNS_PER_ROUND" '{print $c / $(c + n)}' | sort -g |
     awk '{a[NR] = $1} END { if (NR % 2) printf "%.2f\n", a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 fmt_rps() { # 43020.4 -> 43,020
@@ -289,6 +320,25 @@ row() { # label group name [ratio label against]
   else
     echo "| $1 | $(fmt_rps "$rps")$note | $(fmt_ms "$p99") | | |"
   fi
+}
+# CPU microseconds per request, over all rounds: each server, the servers
+# together, and the whole machine (cores / req/s: wrk and the kernel too).
+cpu_row() { # label group name
+  awk -v label="$1" -v cores="$(nproc)" -v secs="$DURATION" '
+    { n += $4; for (i = 5; i <= 8; i++) t[i] += $i }
+    END {
+      if (n == 0) n = 1
+      for (i = 5; i <= 8; i++) { us[i] = t[i] * 10000 / n; all += us[i] }
+      printf "| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", label, us[5], us[6], us[7], us[8], all, cores * secs * NR * 1e6 / n
+    }' "$work/res/$2/$3"
+}
+cpu_table() { # group
+  echo "| CPU per request (µs) | extplug proxy | runner | nginx proxy | upstream | servers | machine (cores / req/s) |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  cpu_row "nginx as reverse proxy" "$1" nginx
+  cpu_row "extplug, no plugins" "$1" plain
+  cpu_row "extplug, \`rewrite\`" "$1" rewrite
+  cpu_row "extplug, \`say\`" "$1" say
 }
 mem() { # pid: "VmRSS / VmHWM" in MiB
   awk '/^VmRSS:/ {r = $2} /^VmHWM:/ {h = $2} END { printf "%.1f MiB / %.1f MiB", r / 1024, h / 1024 }' "/proc/$1/status"
@@ -320,6 +370,19 @@ for size in $BODIES; do
 done
 [ ${#body_targets[@]} -eq 0 ] || run_group bodies "${body_targets[@]}"
 
+runner_rows=
+if [ "$RUNNER_BENCH" != 0 ]; then
+  log "runner bench: extplug bench runner --connections $CONNECTIONS"
+  "$bin/extplug" bench runner --runner "$bin/examples/demo-runner" --connections "$CONNECTIONS" \
+    --headers none --bodies none --rounds "$ROUNDS" --seconds 2 >"$work/runner-bench.txt" 2>&1 || {
+    cat "$work/runner-bench.txt" >&2
+    log "extplug bench runner failed"
+    exit 1
+  }
+  grep '^  ' "$work/runner-bench.txt" >&2 || true
+  runner_rows=$(grep '^|' "$work/runner-bench.txt")
+fi
+
 soak_rows=()
 if [ "$SOAK" -gt 0 ]; then
   log "soak: $SOAK s at $MANY clients on /rewrite"
@@ -348,9 +411,13 @@ Ratios: the median of the per-round ratios.
 
 $(main_table main)
 
+$(cpu_table main)
+
 At $MANY clients (\`-c$MANY\`):
 
 $(main_table many)
+
+$(cpu_table many)
 
 Resident memory at the end of the $MANY-client rounds (VmRSS / VmHWM): proxy $proxy_mem,
 runner $runner_mem.
@@ -375,6 +442,22 @@ if [ "$SOAK" -gt 0 ]; then
   echo "| time | proxy | runner |"
   echo "|---|---|---|"
   printf '%s\n' "${soak_rows[@]}"
+  echo
+fi
+if [ -n "$runner_rows" ]; then
+  floor=$(awk -F'|' 'NR == 3 {print $4 + 0}' <<<"$runner_rows")
+  plain=$(median "$work/res/main/plain" 1)
+  echo "The runner alone (\`extplug bench runner --connections $CONNECTIONS --headers none --bodies none\`):"
+  echo
+  echo "$runner_rows"
+  echo
+  echo "The arithmetic ($(nproc) cores, everything on them): a request without plugins costs"
+  awk -v cores="$(nproc)" -v plain="$plain" -v floor="$floor" -v measured="$(ratio "$work/res/main/rewrite" "$work/res/main/plain" 1)" 'BEGIN {
+    c = cores * 1e6 / plain; h = cores * 1e6 / floor
+    printf "%d cores / %.0f req/s = %.1f µs of CPU in all; the bare socket round trip (the runner bench'"'"'s\n", cores, plain, c
+    printf "floor) %d cores / %.0f calls/s = %.1f µs; so one sequential hop per request can at best reach\n", cores, floor, h
+    printf "%.1f / (%.1f + %.1f) = %.2f of the route without plugins; measured with `rewrite`: %s.\n", c, c, h, c / (c + h), measured
+  }'
   echo
 fi
 total_err=$(cat "$work"/res/*/* | awk '{e += $3} END {print e + 0}')
