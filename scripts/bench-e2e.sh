@@ -240,6 +240,14 @@ servers_ticks() {
     "$(ticks "$up_master" $(pgrep -P "$up_master"))"
 }
 
+# Context switches (voluntary and not) of all the threads of a process.
+switches() { # pid
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches:/ {n += $2} END {print n + 0}'
+}
+counts() { # the servers' CPU ticks, then the proxy's and the runner's switches
+  echo "$(servers_ticks) $(switches "$proxy_pid") $(switches "$(runner_pid)")"
+}
+
 # run_wrk connections seconds url [lua]: prints "req/s p99_ms errors requests"
 run_wrk() {
   local out="$work/wrk.txt" script=()
@@ -267,7 +275,8 @@ run_wrk() {
 
 # A group: interleaved rounds of named targets; results in $work/res/GROUP/NAME,
 # one line per round: req/s, p99 (ms), errors, requests, then the CPU ticks
-# the proxy, the runner, nginx as a proxy and the upstream spent in the round.
+# the proxy, the runner, nginx as a proxy and the upstream spent in the round,
+# and the context switches of the proxy and of the runner.
 # targets are "name|connections|url|lua" entries.
 run_group() { # group, targets...
   local group=$1 t name c url lua r line before after
@@ -280,9 +289,9 @@ run_group() { # group, targets...
   for r in $(seq "$ROUNDS"); do
     for t in "$@"; do
       IFS='|' read -r name c url lua <<<"$t"
-      before=$(servers_ticks)
+      before=$(counts)
       line=$(run_wrk "$c" "$DURATION" "$url" "$lua")
-      after=$(servers_ticks)
+      after=$(counts)
       echo "$line $(paste -d ' ' <(tr ' ' '\n' <<<"$after") <(tr ' ' '\n' <<<"$before") |
         awk '{printf "%d ", $1 - $2}')" >>"$work/res/$group/$name"
       log "$group round $r: $name: $(awk '{printf "%s req/s, p99 %s ms, %s errors", $1, $2, $3}' <<<"$line")"
@@ -291,8 +300,8 @@ run_group() { # group, targets...
 }
 
 # Statistics over a result file's column (1: req/s, 2: p99 ms, 3: errors,
-# 4: requests, 5-8: CPU ticks).
-COLUMNS_PER_ROUND=8
+# 4: requests, 5-8: CPU ticks, 9-10: context switches).
+COLUMNS_PER_ROUND=10
 median() { # file column
   awk -v c="$2" '{print $c}' "$1" | sort -g |
     awk '{a[NR] = $1} END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
@@ -325,16 +334,16 @@ row() { # label group name [ratio label against]
 # together, and the whole machine (cores / req/s: wrk and the kernel too).
 cpu_row() { # label group name
   awk -v label="$1" -v cores="$(nproc)" -v secs="$DURATION" '
-    { n += $4; for (i = 5; i <= 8; i++) t[i] += $i }
+    { n += $4; for (i = 5; i <= 10; i++) t[i] += $i }
     END {
       if (n == 0) n = 1
       for (i = 5; i <= 8; i++) { us[i] = t[i] * 10000 / n; all += us[i] }
-      printf "| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", label, us[5], us[6], us[7], us[8], all, cores * secs * NR * 1e6 / n
+      printf "| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f / %.2f |\n", label, us[5], us[6], us[7], us[8], all, cores * secs * NR * 1e6 / n, t[9] / n, t[10] / n
     }' "$work/res/$2/$3"
 }
 cpu_table() { # group
-  echo "| CPU per request (µs) | extplug proxy | runner | nginx proxy | upstream | servers | machine (cores / req/s) |"
-  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "| CPU per request (µs) | extplug proxy | runner | nginx proxy | upstream | servers | machine (cores / req/s) | context switches per request, proxy / runner |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   cpu_row "nginx as reverse proxy" "$1" nginx
   cpu_row "extplug, no plugins" "$1" plain
   cpu_row "extplug, \`rewrite\`" "$1" rewrite
@@ -397,7 +406,7 @@ if [ "$SOAK" -gt 0 ]; then
   done
   wait "$soak_wrk" || true
   soak_rows+=("| end | $(mem "$proxy_pid") | $(mem "$(runner_pid)") |")
-  soak_rps=$(sed -n 's/Requests\/sec: *//p' "$work/soak.txt")
+  soak_rps=$(fmt_rps "$(sed -n 's/Requests\/sec: *//p' "$work/soak.txt")")
 fi
 
 # --- the report ------------------------------------------------------------------------
