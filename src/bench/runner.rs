@@ -7,8 +7,8 @@
 //! connections, of headers, a body size) the same frame goes to both servers,
 //! and the floor answers with the very bytes the runner answered it with;
 //! rounds alternate (floor, runner, floor, ...) and the medians are reported,
-//! with the runner's CPU time per call (from `/proc/PID/stat`) and its peak
-//! resident memory.
+//! with each server's CPU time and context switches per call (from `/proc`)
+//! and the runner's peak resident memory.
 
 use super::client::Summary;
 use super::frames;
@@ -60,6 +60,7 @@ struct Case {
 struct Side {
     runs: Vec<Summary>,
     cpu_ticks: u64,
+    switches: u64,
 }
 
 impl Side {
@@ -73,6 +74,26 @@ impl Side {
             0 => 0.0,
             n => self.cpu_ticks as f64 * 10_000.0 / n as f64,
         }
+    }
+
+    /// Context switches per call.
+    fn switches_per_call(&self) -> f64 {
+        match self.calls() {
+            0 => 0.0,
+            n => self.switches as f64 / n as f64,
+        }
+    }
+
+    /// One round: `pid`'s CPU time and context switches around `round`.
+    async fn measure<F>(&mut self, pid: u32, round: F) -> Result<(), String>
+    where
+        F: std::future::Future<Output = Result<Summary, String>>,
+    {
+        let (ticks, switched) = (cpu_ticks(pid)?, switches(pid));
+        self.runs.push(round.await?);
+        self.cpu_ticks += cpu_ticks(pid)?.saturating_sub(ticks);
+        self.switches += switches(pid).saturating_sub(switched);
+        Ok(())
     }
 }
 
@@ -179,12 +200,10 @@ pub async fn run(suite: &Suite) -> Result<(), String> {
         load(runner_sock.clone(), warm_up).await?;
         let (mut f, mut r) = (Side::default(), Side::default());
         for round in 0..suite.rounds {
-            let before = cpu_ticks(floor_pid)?;
-            f.runs.push(load(floor_sock.clone(), suite.seconds).await?);
-            f.cpu_ticks += cpu_ticks(floor_pid)? - before;
-            let before = cpu_ticks(runner_pid)?;
-            r.runs.push(load(runner_sock.clone(), suite.seconds).await?);
-            r.cpu_ticks += cpu_ticks(runner_pid)? - before;
+            f.measure(floor_pid, load(floor_sock.clone(), suite.seconds))
+                .await?;
+            r.measure(runner_pid, load(runner_sock.clone(), suite.seconds))
+                .await?;
             let (a, b) = (f.runs[round], r.runs[round]);
             println!(
                 "  {}, round {}: floor {:>8.0} calls/s p99 {:>7.1} µs   runner {:>8.0} calls/s p99 {:>7.1} µs   ratio {:.2}",
@@ -201,8 +220,8 @@ pub async fn run(suite: &Suite) -> Result<(), String> {
         rows.push(row(case, frame.len(), &f, &r));
     }
     println!();
-    println!("| case | frame | floor calls/s | floor p99 | runner calls/s | runner p99 | ratio | p99 ratio | CPU per call, floor / runner |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| case | frame | floor calls/s | floor p99 | runner calls/s | runner p99 | ratio | p99 ratio | CPU per call, floor / runner | context switches per call, floor / runner |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!("{r}");
     }
@@ -226,7 +245,7 @@ fn row(case: &Case, frame: usize, f: &Side, r: &Side) -> String {
     };
     let med = |s: &Side, get: fn(&Summary) -> f64| median(s.runs.iter().map(get).collect());
     format!(
-        "| {} | {} | {:.0} | {:.0} µs | {:.0} | {:.0} µs | {:.2} | {:.2} | {:.1} µs / {:.1} µs |",
+        "| {} | {} | {:.0} | {:.0} µs | {:.0} | {:.0} µs | {:.2} | {:.2} | {:.1} µs / {:.1} µs | {:.2} / {:.2} |",
         case.label,
         human_bytes(frame),
         med(f, Summary::rate),
@@ -237,6 +256,8 @@ fn row(case: &Case, frame: usize, f: &Side, r: &Side) -> String {
         ratio(|s| s.p99_us),
         f.cpu_per_call_us(),
         r.cpu_per_call_us(),
+        f.switches_per_call(),
+        r.switches_per_call(),
     )
 }
 
@@ -386,6 +407,25 @@ fn cpu_ticks(pid: u32) -> Result<u64, String> {
         (Some(user), Some(system)) => Ok(user + system),
         _ => Err(format!("/proc/{pid}/stat has no CPU times: {stat:?}")),
     }
+}
+
+/// Context switches (voluntary and involuntary) of all of a process's
+/// threads, from `/proc/PID/task/*/status`; 0 when unreadable.
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// `VmRSS / VmHWM` of a process, in MiB.
