@@ -10,11 +10,13 @@
 #                 reads it whole and sends it with the call),
 # all in front of the same nginx upstream answering a 2-byte body. Rounds are
 # interleaved (every target once per round) and the medians are reported, with
-# the ratios; then the same at many clients, with the resident memory of the
-# proxy and its runner at the end, and with request bodies on /body against
-# the same body through /plain.
+# the ratios and the CPU time and context switches per request of each server
+# (from /proc); then the same at many clients, with the resident memory of the
+# proxy and its runner at the end (and over a longer run with SOAK); request
+# bodies on /body against the same body through /plain; and last the runner
+# bench's floor, for the arithmetic of the best possible plugin ratio.
 #
-# Usage: scripts/bench-e2e.sh          (prints a markdown table on stdout;
+# Usage: scripts/bench-e2e.sh          (prints markdown tables on stdout;
 #                                       progress and raw rounds on stderr)
 # Settings (environment):
 #   ROUNDS=3        rounds per target (medians of these)
@@ -23,8 +25,8 @@
 #   MANY=256        wrk connections of the many-clients table
 #   THREADS=2       wrk threads
 #   BODIES="1024 65536 1048576"   request body sizes (bytes) for /body
-#   SOAK=0          seconds of a final flatness check at MANY clients on
-#                   /rewrite, sampling the resident memory every SOAK_EVERY=10 s
+#   SOAK=0          seconds of a flatness check at MANY clients on
+#                   /rewrite after the MANY rounds, sampling the resident memory every SOAK_EVERY=10 s
 #   RUNNER_BENCH=1  also `extplug bench runner` at CONNECTIONS (the hop's floor,
 #                   for the arithmetic of the best possible plugin ratio); 0: not
 #   NGINX_WORKERS=auto            worker_processes of both nginx instances
@@ -373,6 +375,23 @@ run_group many $(main_targets "$MANY")
 runner=$(runner_pid)
 proxy_mem=$(mem "$proxy_pid")
 runner_mem=$( [ -n "$runner" ] && mem "$runner" || echo "unknown")
+soak_rows=()
+if [ "$SOAK" -gt 0 ]; then
+  log "soak: $SOAK s at $MANY clients on /rewrite"
+  wrk -t"$THREADS" -c"$MANY" -d"${SOAK}s" "$ext/rewrite" >"$work/soak.txt" 2>&1 &
+  soak_wrk=$!
+  pids+=("$soak_wrk")
+  t=0
+  while kill -0 "$soak_wrk" 2>/dev/null && [ "$t" -le "$SOAK" ]; do
+    soak_rows+=("| $t s | $(mem "$proxy_pid") | $(mem "$(runner_pid)") |")
+    sleep "$SOAK_EVERY"
+    t=$((t + SOAK_EVERY))
+  done
+  wait "$soak_wrk" || true
+  soak_rows+=("| end | $(mem "$proxy_pid") | $(mem "$(runner_pid)") |")
+  soak_rps=$(fmt_rps "$(sed -n 's/Requests\/sec: *//p' "$work/soak.txt")")
+fi
+
 body_targets=()
 for size in $BODIES; do
   body_targets+=("plain-$size|$CONNECTIONS|$ext/plain|$work/post-$size.lua" "body-$size|$CONNECTIONS|$ext/body|$work/post-$size.lua")
@@ -390,23 +409,6 @@ if [ "$RUNNER_BENCH" != 0 ]; then
   }
   grep '^  ' "$work/runner-bench.txt" >&2 || true
   runner_rows=$(grep '^|' "$work/runner-bench.txt")
-fi
-
-soak_rows=()
-if [ "$SOAK" -gt 0 ]; then
-  log "soak: $SOAK s at $MANY clients on /rewrite"
-  wrk -t"$THREADS" -c"$MANY" -d"${SOAK}s" "$ext/rewrite" >"$work/soak.txt" 2>&1 &
-  soak_wrk=$!
-  pids+=("$soak_wrk")
-  t=0
-  while kill -0 "$soak_wrk" 2>/dev/null && [ "$t" -le "$SOAK" ]; do
-    soak_rows+=("| $t s | $(mem "$proxy_pid") | $(mem "$(runner_pid)") |")
-    sleep "$SOAK_EVERY"
-    t=$((t + SOAK_EVERY))
-  done
-  wait "$soak_wrk" || true
-  soak_rows+=("| end | $(mem "$proxy_pid") | $(mem "$(runner_pid)") |")
-  soak_rps=$(fmt_rps "$(sed -n 's/Requests\/sec: *//p' "$work/soak.txt")")
 fi
 
 # --- the report ------------------------------------------------------------------------
@@ -432,6 +434,14 @@ Resident memory at the end of the $MANY-client rounds (VmRSS / VmHWM): proxy $pr
 runner $runner_mem.
 
 EOF
+if [ "$SOAK" -gt 0 ]; then
+  echo "Flatness: $SOAK s at $MANY clients on \`/rewrite\` (${soak_rps:-?} req/s), resident memory (VmRSS / VmHWM):"
+  echo
+  echo "| time | proxy | runner |"
+  echo "|---|---|---|"
+  printf '%s\n' "${soak_rows[@]}"
+  echo
+fi
 if [ ${#body_targets[@]} -gt 0 ]; then
   echo "Request bodies (POST, \`-c$CONNECTIONS\`): \`/body\`'s chain (\`body-size\`) needs the body, so the proxy"
   echo "reads it whole and sends it with the call; \`/plain\` streams it to the upstream."
@@ -443,14 +453,6 @@ if [ ${#body_targets[@]} -gt 0 ]; then
     b="$work/res/bodies/body-$size"
     echo "| $(human "$size") | $(fmt_rps "$(median "$a" 1)") | $(fmt_ms "$(median "$a" 2)") | $(fmt_rps "$(median "$b" 1)") | $(fmt_ms "$(median "$b" 2)") | $(ratio "$b" "$a" 1) | $(ratio "$b" "$a" 2) x |"
   done
-  echo
-fi
-if [ "$SOAK" -gt 0 ]; then
-  echo "Flatness: $SOAK s at $MANY clients on \`/rewrite\` (${soak_rps:-?} req/s), resident memory (VmRSS / VmHWM):"
-  echo
-  echo "| time | proxy | runner |"
-  echo "|---|---|---|"
-  printf '%s\n' "${soak_rows[@]}"
   echo
 fi
 if [ -n "$runner_rows" ]; then
