@@ -136,3 +136,28 @@ fn bench_proxy_reports_both_sides_and_a_ratio() {
         "{out}"
     );
 }
+
+/// `scripts/bench-e2e.sh` needs wrk, nginx and minutes, so it does not run
+/// here; it must at least parse, and refuse a bad setting before it starts
+/// anything (no build, no install: the settings are checked first).
+#[test]
+fn the_end_to_end_script_parses_and_checks_its_settings() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench-e2e.sh");
+    let parse = Command::new("bash").args(["-n", script]).output().unwrap();
+    assert!(
+        parse.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parse.stderr)
+    );
+    let bad = Command::new("bash")
+        .arg(script)
+        .env("ROUNDS", "three")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ROUNDS=three is not a positive whole number"),
+        "{stderr}"
+    );
+}
