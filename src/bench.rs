@@ -8,8 +8,9 @@
 //!   pre-encoded answers (the floor), at several connection counts, header
 //!   counts and body sizes; servers and load generator are separate processes.
 //! - `extplug bench proxy`: requests per second through the proxy, on a
-//!   route with a plugin chain and on one without (its load generator runs in
-//!   this process: for figures to compare with nginx, use the script).
+//!   route with a plugin chain and on one without (its load generator, a
+//!   hyper client in this process, is heavier than wrk: for figures to
+//!   compare with nginx, use the script).
 //! - `extplug bench bare-server --socket PATH [--answer FILE]`: the floor.
 //! - `extplug bench client ...` ([`client`]): the runner bench's load
 //!   generator (hidden; the runner bench starts it for every round).
