@@ -343,6 +343,9 @@ cpu_row() { # label group name
       printf "| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f / %.2f |\n", label, us[5], us[6], us[7], us[8], all, cores * secs * NR * 1e6 / n, t[9] / n, t[10] / n
     }' "$work/res/$2/$3"
 }
+servers_us() { # group name: the servers' CPU microseconds per request
+  awk '{ n += $4; t += $5 + $6 + $7 + $8 } END { printf "%.1f\n", n ? t * 10000 / n : 0 }' "$work/res/$1/$2"
+}
 cpu_table() { # group
   echo "| CPU per request (µs) | extplug proxy | runner | nginx proxy | upstream | servers | machine (cores / req/s) | context switches per request, proxy / runner |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -468,6 +471,10 @@ if [ -n "$runner_rows" ]; then
     printf "%d cores / %.0f req/s = %.1f µs of CPU in all; the bare socket round trip (the runner bench'"'"'s\n", cores, plain, c
     printf "floor) %d cores / %.0f calls/s = %.1f µs; so one sequential hop per request can at best reach\n", cores, floor, h
     printf "%.1f / (%.1f + %.1f) = %.2f of the route without plugins; measured with `rewrite`: %s.\n", c, c, h, c / (c + h), measured
+  }'
+  awk -v plain="$(servers_us main plain)" -v rewrite="$(servers_us main rewrite)" 'BEGIN {
+    printf "By the servers'"'"' own CPU per request (less sensitive to other load on the machine, wrk not counted):\n"
+    printf "no plugins %.1f µs, `rewrite` %.1f µs: %.2f.\n", plain, rewrite, rewrite ? plain / rewrite : 0
   }'
   echo
 fi
