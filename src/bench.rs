@@ -1,33 +1,38 @@
 //! `extplug bench`: the project's own benchmarks, measured side by side in
 //! one run (alternating rounds, medians), so that machine noise hits both
-//! sides alike.
+//! sides alike. The end-to-end benchmark against nginx, with an external
+//! load generator, is `scripts/bench-e2e.sh`.
 //!
-//! - `extplug bench runner`: calls per second of the real runner against a
-//!   bare socket server that answers the same frames with a canned answer.
+//! - `extplug bench runner` ([`runner`]): calls per second and p99 of the
+//!   real runner against a bare socket server answering the same frames with
+//!   pre-encoded answers (the floor), at several connection counts, header
+//!   counts and body sizes; servers and load generator are separate processes.
 //! - `extplug bench proxy`: requests per second through the proxy, on a
-//!   route with a plugin chain and on one without.
-//! - `extplug bench bare-server --socket PATH`: the bare server itself (the
-//!   runner bench starts it as a separate process, like the runner).
+//!   route with a plugin chain and on one without (its load generator, a
+//!   hyper client in this process, is heavier than wrk: for figures to
+//!   compare with nginx, use the script).
+//! - `extplug bench bare-server --socket PATH [--answer FILE]`: the floor.
+//! - `extplug bench client ...` ([`client`]): the runner bench's load
+//!   generator (hidden; the runner bench starts it for every round).
+
+pub mod client;
+pub mod frames;
+pub mod runner;
 
 use bytes::Bytes;
-use extplug::wire::{FrameCodec, PrepareConf, ReqCall, ReqCallAnswer};
-use extplug::wire::{RequestOutcome, RequestParts};
-use futures::{SinkExt, StreamExt};
-use http::Method;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-use tokio_util::codec::{Encoder, Framed};
+use tokio::net::UnixStream;
 
-/// Settings shared by the benches.
+/// Settings of the proxy bench.
 #[derive(Clone, Copy)]
 pub struct Load {
-    /// Concurrent connections (runner) or clients (proxy).
+    /// Concurrent clients.
     pub connections: usize,
     /// Seconds per round.
     pub seconds: f64,
@@ -44,68 +49,6 @@ fn median(mut v: Vec<f64>) -> f64 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// A typical request: a dozen headers, a few args.
-fn sample_request(token: u32) -> Vec<u8> {
-    let headers = vec![
-        ("host", "api.example.com"),
-        ("user-agent", "curl/8.0"),
-        ("accept", "*/*"),
-        ("x-api-key", "bench-key"),
-        ("x-request-id", "4f1d2c3b4a5968778695a4b3c2d1e0f0"),
-        ("accept-encoding", "gzip, deflate"),
-        ("accept-language", "en-US,en;q=0.9"),
-        ("cache-control", "no-cache"),
-        ("connection", "keep-alive"),
-        ("content-type", "application/json"),
-        ("x-forwarded-for", "10.1.2.3"),
-        ("cookie", "session=abcdef0123456789"),
-    ];
-    let parts = RequestParts {
-        id: 1,
-        src_ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
-        method: Method::GET,
-        path: "/api/v1/users/42",
-        args: vec![("page", Some("2")), ("sort", Some("name")), ("debug", None)],
-        headers,
-        extra_info: vec![],
-    };
-    encode(&ReqCall {
-        conf_token: token,
-        parts,
-    })
-}
-
-fn encode<T: extplug::wire::Encode>(msg: &T) -> Vec<u8> {
-    let mut buf = bytes::BytesMut::new();
-    FrameCodec::default()
-        .encode(msg, &mut buf)
-        .expect("encoding");
-    buf.to_vec()
-}
-
-/// Serves the bare baseline: every frame is answered with a canned
-/// "continue" answer; nothing is decoded.
-pub async fn bare_server(socket: &Path) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
-    let answer = Bytes::from(encode(&ReqCallAnswer {
-        id: 1,
-        outcome: RequestOutcome::Continue,
-    }));
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let answer = answer.clone();
-        tokio::spawn(async move {
-            let mut conn = Framed::with_capacity(stream, FrameCodec::default(), 8192);
-            while let Some(Ok(_frame)) = conn.next().await {
-                if conn.send((2u8, &answer[4..])).await.is_err() {
-                    return;
-                }
-            }
-        });
     }
 }
 
@@ -167,114 +110,19 @@ where
     );
 }
 
-/// One round against a runner-like socket; calls per second.
-async fn drive_runner(socket: &Path, frame: &[u8], load: &Load, seconds: f64) -> f64 {
-    let mut streams = Vec::new();
-    for _ in 0..load.connections {
-        streams.push(std::sync::Mutex::new(Some(
-            UnixStream::connect(socket).await.expect("connect"),
-        )));
-    }
-    let streams = Arc::new(streams);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let frame: Arc<[u8]> = frame.into();
-    drive(load, seconds, |stop| {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let stream = streams[i].lock().unwrap().take();
-        let frame = frame.clone();
-        async move {
-            let mut stream = stream.expect("one stream per client");
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                stream.write_all(&frame).await.expect("write");
-                let mut header = [0u8; 4];
-                stream.read_exact(&mut header).await.expect("read");
-                let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
-                stream.read_exact(&mut buf[..len]).await.expect("read");
-                assert_eq!(
-                    header[0], 2,
-                    "the answer is not a call answer (type {})",
-                    header[0]
-                );
-                n += 1;
-            }
-            n
-        }
-    })
-    .await
-}
-
-async fn wait_socket(socket: &Path) {
+/// Waits until `socket` accepts connections (20 s at most).
+///
+/// # Errors
+/// It never did.
+async fn wait_socket(socket: &Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while UnixStream::connect(socket).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never accepted",
-            socket.display()
-        );
+        if Instant::now() >= deadline {
+            return Err(format!("{} never accepted a connection", socket.display()));
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// `extplug bench runner`.
-pub async fn runner(runner: &Path, chain: &[(String, String)], load: &Load) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let runner_sock = dir.path().join("runner.sock");
-    let bare_sock = dir.path().join("bare.sock");
-    let exe = std::env::current_exe().expect("current exe");
-    let _runner = tokio::process::Command::new(runner)
-        .env(
-            "APISIX_LISTEN_ADDRESS",
-            format!("unix:{}", runner_sock.display()),
-        )
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting the runner");
-    let _bare = tokio::process::Command::new(exe)
-        .args(["bench", "bare-server", "--socket"])
-        .arg(&bare_sock)
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting the bare server");
-    wait_socket(&runner_sock).await;
-    wait_socket(&bare_sock).await;
-    let mut conn = Framed::new(
-        UnixStream::connect(&runner_sock).await.expect("connect"),
-        FrameCodec::default(),
-    );
-    let conf: Vec<(&str, &str)> = chain
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    conn.send(&PrepareConf { conf, key: None })
-        .await
-        .expect("prepare");
-    let answer = conn.next().await.expect("answer").expect("answer");
-    let payload = extplug::wire::Payload::parse(&answer.payload).expect("payload");
-    let token = match answer.kind {
-        1 => payload.prepared().expect("prepared").token,
-        _ => panic!("the runner refused the chain: {:?}", payload.error()),
-    };
-    let frame = sample_request(token);
-    println!(
-        "runner bench: {} connections, {} s rounds, {} rounds each, request frame {} bytes, chain {:?}",
-        load.connections,
-        load.seconds,
-        load.rounds,
-        frame.len(),
-        chain.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
-    );
-    compare(
-        load,
-        ["bare", "runner"],
-        "calls/s",
-        |secs| drive_runner(&bare_sock, &frame, load, secs),
-        |secs| drive_runner(&runner_sock, &frame, load, secs),
-    )
-    .await;
+    Ok(())
 }
 
 /// `extplug bench proxy`.
