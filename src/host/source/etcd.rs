@@ -83,27 +83,66 @@ fn key_prefix(conf: &EtcdConf) -> String {
     format!("{}/", conf.prefix)
 }
 
-/// Reads every key under the prefix at once: the objects, and the
-/// revision they are at.
-async fn read_all(client: &mut Client, conf: &EtcdConf) -> Result<(Store, i64), String> {
-    let get = client.get(key_prefix(conf), Some(GetOptions::new().with_prefix()));
-    let resp = match tokio::time::timeout(conf.timeout, get).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(format!("cannot read {}: {e}", key_prefix(conf))),
-        Err(_) => {
-            return Err(format!(
-                "cannot read {} within {:?}",
-                key_prefix(conf),
-                conf.timeout
-            ))
+/// Keys asked for in one range request: a page stays well under the gRPC
+/// message limit however many objects there are.
+const PAGE: i64 = 64;
+
+/// The largest message taken from etcd: a page of [`PAGE`] values or one
+/// watch response may hold values up to etcd's request limit (1.5 MiB by
+/// default, more when raised), far above gRPC's default of 4 MiB.
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// The key just past every key starting with `prefix` (etcd's range end
+/// for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
         }
-    };
-    let revision = resp.header().map_or(0, |h| h.revision());
-    let mut store = Store::new(&conf.prefix);
-    for kv in resp.kvs() {
-        store.put(kv.key(), kv.value());
     }
-    Ok((store, revision))
+    // Every byte 0xff: to the end of the key space.
+    vec![0]
+}
+
+/// Reads every key under the prefix, as of one revision: the objects, and
+/// that revision. Page by page (each page at the revision of the first),
+/// so that many or large objects never make one message too large.
+async fn read_all(client: &mut Client, conf: &EtcdConf) -> Result<(Store, i64), String> {
+    let prefix = key_prefix(conf);
+    let end = prefix_end(prefix.as_bytes());
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut store = Store::new(&conf.prefix);
+    let mut from = prefix.clone().into_bytes();
+    // 0: the newest revision; then the first page's, for every other page.
+    let mut revision = 0;
+    loop {
+        let options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(PAGE)
+            .with_revision(revision);
+        let get = kv.get(from.clone(), Some(options));
+        let resp = match tokio::time::timeout(conf.timeout, get).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(format!("cannot read {prefix}: {e}")),
+            Err(_) => return Err(format!("cannot read {prefix} within {:?}", conf.timeout)),
+        };
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            store.put(kv.key(), kv.value());
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                // The next page starts just after the last key read.
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((store, revision)),
+        }
+    }
 }
 
 /// Follows the routes in etcd for `gateway` until `shutdown`: reads them,
@@ -183,7 +222,8 @@ impl Follower {
                 revision + 1
             }
         };
-        let watch = client.watch(
+        let mut watcher = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        let watch = watcher.watch(
             key_prefix(&self.conf),
             Some(
                 WatchOptions::new()
@@ -296,5 +336,17 @@ impl Follower {
             self.loaded = true;
             self.gateway.routes_loaded();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn the_range_end_of_a_prefix_is_the_next_key_after_all_of_it() {
+        assert_eq!(prefix_end(b"/apisix/"), b"/apisix0");
+        assert_eq!(prefix_end(b"/a\xff"), b"/b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
     }
 }
