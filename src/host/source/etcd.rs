@@ -13,7 +13,8 @@ use super::{RouteSource, RouteTable, Skipped};
 use crate::host::config::{ConfigError, EtcdConf};
 use crate::host::gateway::Gateway;
 use crate::host::metrics;
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchResponse};
+use futures::FutureExt as _;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +87,9 @@ fn key_prefix(conf: &EtcdConf) -> String {
 /// Keys asked for in one range request: a page stays well under the gRPC
 /// message limit however many objects there are.
 const PAGE: i64 = 64;
+
+/// The most watch responses already received that go into one new table.
+const MAX_COALESCED: usize = 10_000;
 
 /// The largest message taken from etcd: a page of [`PAGE`] values or one
 /// watch response may hold values up to etcd's request limit (1.5 MiB by
@@ -229,7 +233,8 @@ impl Follower {
                 WatchOptions::new()
                     .with_prefix()
                     .with_start_revision(start)
-                    .with_progress_notify(),
+                    .with_progress_notify()
+                    .with_fragment(),
             ),
         );
         let mut stream = match tokio::time::timeout(self.conf.timeout, watch).await {
@@ -238,65 +243,111 @@ impl Follower {
             Err(_) => return Err(format!("cannot watch within {:?}", self.conf.timeout)),
         };
         loop {
-            let resp = match stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => return Err("etcd ended the watch".into()),
-                Err(e) => return Err(format!("the watch broke: {e}")),
-            };
-            if resp.compact_revision() > 0 {
-                warn!(
-                    from_revision = start,
-                    compacted_to = resp.compact_revision(),
-                    "the etcd watch was compacted past the last revision seen: reading all the routes again"
-                );
-                self.revision = None;
-                return Ok(());
-            }
-            if resp.canceled() {
-                return Err(format!(
-                    "etcd cancelled the watch: {}",
-                    resp.cancel_reason()
-                ));
-            }
-            if resp.created() {
-                // A cluster restored from a backup, or a new one, may be at
-                // an older revision than the one applied: a watch from there
-                // would miss every write until it caught up.
-                let now = resp.header().map_or(start - 1, |h| h.revision());
-                if now < start - 1 {
-                    warn!(
-                        applied = start - 1,
-                        etcd = now,
-                        "etcd's revision is behind the last one applied (restored or new cluster): reading all the routes again"
-                    );
-                    self.revision = None;
-                    return Ok(());
-                }
-                metrics::etcd_up(true);
-                *backoff = MIN_BACKOFF;
-                info!(from_revision = start, "watching etcd");
-                continue;
-            }
+            let mut got = Some(stream.message().await);
             let mut changed = false;
-            let mut last = None;
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                last = Some(kv.mod_revision());
-                changed |= match event.event_type() {
-                    EventType::Put => self.store.put(kv.key(), kv.value()),
-                    EventType::Delete => self.store.delete(kv.key()),
-                };
+            let mut ended = None;
+            let mut taken = 0;
+            while let Some(next) = got.take() {
+                match self.absorb(next, start, backoff) {
+                    Ok(c) => changed |= c,
+                    Err(end) => {
+                        ended = Some(end);
+                        break;
+                    }
+                }
+                // Every response already received goes into the same new
+                // table: a storm of puts makes a few rebuilds, not one per
+                // put, each of them over all the routes.
+                taken += 1;
+                if taken < MAX_COALESCED {
+                    got = stream.message().now_or_never();
+                }
             }
-            // A progress notification (no events) says every event up to
-            // its header's revision was sent.
-            let seen = last.or_else(|| resp.header().map(|h| h.revision()));
-            if let Some(revision) = seen {
-                self.revision = Some(revision);
-            }
+            // Published before the session ends too: the revision of
+            // what was absorbed is recorded, so a resumed watch would not
+            // send it again.
             if changed {
                 self.publish().await;
             }
+            if let Some(end) = ended {
+                return end;
+            }
         }
+    }
+
+    /// Takes one watch response into the store. `Ok`: whether an object
+    /// changed; `Err`: the session ends (as [`Follower::session`] says).
+    fn absorb(
+        &mut self,
+        got: Result<Option<WatchResponse>, etcd_client::Error>,
+        start: i64,
+        backoff: &mut Duration,
+    ) -> Result<bool, Result<(), String>> {
+        let resp = match got {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return Err(Err("etcd ended the watch".into())),
+            Err(e) => return Err(Err(format!("the watch broke: {e}"))),
+        };
+        if resp.compact_revision() > 0 {
+            warn!(
+                from_revision = start,
+                compacted_to = resp.compact_revision(),
+                "the etcd watch was compacted past the last revision seen: reading all the routes again"
+            );
+            self.revision = None;
+            return Err(Ok(()));
+        }
+        if resp.canceled() {
+            return Err(Err(format!(
+                "etcd cancelled the watch: {}",
+                resp.cancel_reason()
+            )));
+        }
+        if resp.created() {
+            // A cluster restored from a backup, or a new one, may be at
+            // an older revision than the one applied: a watch from there
+            // would miss every write until it caught up.
+            let now = resp.header().map_or(start - 1, |h| h.revision());
+            if now < start - 1 {
+                warn!(
+                    applied = start - 1,
+                    etcd = now,
+                    "etcd's revision is behind the last one applied (restored or new cluster): reading all the routes again"
+                );
+                self.revision = None;
+                return Err(Ok(()));
+            }
+            metrics::etcd_up(true);
+            *backoff = MIN_BACKOFF;
+            info!(from_revision = start, "watching etcd");
+            return Ok(false);
+        }
+        let mut changed = false;
+        let mut last = None;
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            last = Some(kv.mod_revision());
+            changed |= match event.event_type() {
+                EventType::Put => self.store.put(kv.key(), kv.value()),
+                EventType::Delete => self.store.delete(kv.key()),
+            };
+        }
+        // A large revision (a transaction) may come in fragments: its
+        // events are complete only with the next response, so the last
+        // revision counts as seen only up to the one before it; a watch
+        // resumed from there applies its events again (the same values).
+        // A progress notification (no events) says every event up to its
+        // header's revision was sent.
+        let seen = match last {
+            Some(last) => Some(last - 1),
+            None => resp.header().map(|h| h.revision()),
+        };
+        if let Some(revision) = seen {
+            if self.revision.is_none_or(|r| revision > r) {
+                self.revision = Some(revision);
+            }
+        }
+        Ok(changed)
     }
 
     /// Makes the table of the objects held and swaps it in; logs and counts
