@@ -476,10 +476,17 @@ struct RawPhase {
     meta: Option<RawMeta>,
 }
 
+/// APISIX's `_meta`: `disable` is honoured, `priority` changes nothing
+/// (each `ext-plugin-*` phase holds one plugin); the others (`filter`,
+/// `error_response`, `pre_function`) are refused: ignored, the phase
+/// would run on requests APISIX would not run it on, or answer otherwise.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawMeta {
     #[serde(default)]
     disable: bool,
+    #[serde(rename = "priority")]
+    _priority: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -1519,6 +1526,28 @@ mod tests {
             assert!(
                 err.contains(want),
                 "{nodes}\n  gave: {err}\n  missing: {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_phase_meta_we_cannot_honour_is_refused() {
+        let route = |meta: &str| {
+            format!(
+                r#"{{"id":"1","uri":"/a","upstream":{{"nodes":{{"127.0.0.1:1":1}}}},
+                   "plugins":{{"ext-plugin-pre-req":{{"conf":[{{"name":"say","value":"{{}}"}}],"_meta":{meta}}}}}}}"#
+            )
+        };
+        assert!(config(&route(r#"{"disable":false,"priority":5}"#)).is_ok());
+        for field in ["filter", "error_response", "pre_function"] {
+            let err = config(&route(&format!(r#"{{"{field}":[["arg_x","==","1"]]}}"#)))
+                .unwrap_err()
+                .0;
+            assert!(
+                err.contains(&format!(
+                    "at `plugins.ext-plugin-pre-req._meta.{field}`: unknown field `{field}`"
+                )),
+                "{err}"
             );
         }
     }
