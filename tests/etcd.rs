@@ -407,3 +407,182 @@ async fn a_reload_of_the_file_keeps_the_routes_from_etcd() {
     etcd.put("/apisix/routes/1", &say_route("/hello", "v2"));
     serves(&[&n], "/hello", "v2").await;
 }
+
+/// A proxy node as [`node`], with `etcd`'s extra settings (`user`, ...).
+fn node_with(etcd: &Etcd, extra: Value) -> ProxyProc {
+    let mut runner = json!({"cmd": demo(), "standby": false, "start_timeout_ms": 10000});
+    runner["stop_grace_ms"] = json!(500);
+    let mut conf = json!({"endpoints": [etcd.url()], "prefix": "/apisix", "timeout_ms": 2000});
+    for (k, v) in extra.as_object().unwrap() {
+        conf[k] = v.clone();
+    }
+    ProxyProc::start(&json!({
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
+        "ext-plugin": runner,
+        "etcd": conf,
+    }))
+}
+
+/// An etcd client of the test's own, for what `etcdctl` cannot do quickly
+/// (hundreds of puts) or at all (a value larger than an argument).
+async fn client(etcd: &Etcd) -> etcd_client::Client {
+    etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("connecting to the test's etcd")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_as_apisix_stores_them_and_an_upstream_deleted_under_its_routes() {
+    let etcd = Etcd::start();
+    let up = Upstream::start().await;
+    let n = node(&etcd);
+    // What APISIX's Admin API writes: defaults filled in (`priority` of
+    // each node, `hash_on`, `scheme`, `pass_host`, `allow_degradation`,
+    // the route's `priority` and `status`), bookkeeping fields.
+    etcd.put(
+        "/apisix/upstreams/1",
+        &json!({"id": "1", "create_time": 1700000000, "update_time": 1700000000,
+                "name": "echo", "desc": "the test's upstream", "labels": {"env": "test"},
+                "type": "roundrobin", "scheme": "http", "pass_host": "pass", "hash_on": "vars",
+                "nodes": [{"host": "127.0.0.1", "port": up.addr.port(), "weight": 1, "priority": 0}]}),
+    );
+    etcd.put(
+        "/apisix/routes/1",
+        &json!({"id": "1", "create_time": 1700000000, "update_time": 1700000001,
+                "name": "r1", "desc": "d", "labels": {"env": "test"},
+                "uri": "/apisix", "methods": ["GET"], "priority": 0, "status": 1, "upstream_id": "1",
+                "plugins": {"ext-plugin-pre-req": {
+                    "conf": [{"name": "rewrite", "value": json!({"headers": {"x-from-etcd": "apisix"}}).to_string()}],
+                    "allow_degradation": false, "_meta": {"disable": false}}}}),
+    );
+    serves(&[&n], "/apisix", "upstream says hi").await;
+    assert_eq!(up.last().header("x-from-etcd"), Some("apisix"));
+
+    // A phase filter APISIX would apply is not ignored: the route is
+    // skipped, with its key and the field.
+    etcd.put(
+        "/apisix/routes/2",
+        &json!({"uri": "/filtered", "upstream_id": "1",
+                "plugins": {"ext-plugin-pre-req": {
+                    "conf": [{"name": "say", "value": json!({"body": "everyone"}).to_string()}],
+                    "_meta": {"filter": [["arg_x", "==", "1"]]}}}}),
+    );
+    etcd.put("/apisix/routes/3", &say_route("/after-2", "after 2"));
+    serves(&[&n], "/after-2", "after 2").await;
+    not_found(&[&n], "/filtered").await;
+    assert!(
+        n.log().contains("/apisix/routes/2") && n.log().contains("unknown field `filter`"),
+        "{}",
+        n.log()
+    );
+
+    // The upstream deleted while a route uses it: the route is no longer
+    // served, with the reason; the others still are.
+    etcd.delete("/apisix/upstreams/1");
+    not_found(&[&n], "/apisix").await;
+    serves(&[&n], "/after-2", "after 2").await;
+    assert!(
+        n.log()
+            .contains("there is no upstream at `/apisix/upstreams/1`"),
+        "{}",
+        n.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_larger_than_a_grpc_message_in_all_are_read_and_watched() {
+    let etcd = Etcd::start();
+    let early = node(&etcd);
+    // Four routes of 1.2 MB each (etcd takes up to 1.5 MiB a request):
+    // 4.8 MB in all, above gRPC's default message limit of 4 MiB.
+    let mut c = client(&etcd).await;
+    for i in 0..4 {
+        let mut route = say_route(&format!("/big{i}"), &format!("big {i}"));
+        route["desc"] = json!("x".repeat(1_200_000));
+        c.put(format!("/apisix/routes/big{i}"), route.to_string(), None)
+            .await
+            .unwrap();
+    }
+    let late = node(&etcd);
+    for i in 0..4 {
+        serves(&[&early, &late], &format!("/big{i}"), &format!("big {i}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_puts_and_a_flapping_route_end_as_etcd_does() {
+    let etcd = Etcd::start();
+    let (a, b) = (node(&etcd), node(&etcd));
+    let both = [&a, &b];
+    etcd.put("/apisix/routes/first", &say_route("/first", "first"));
+    serves(&both, "/first", "first").await;
+    // Hundreds of writes as fast as one client makes them, each its own
+    // revision: routes added, one flapping, some deleted again.
+    let mut c = client(&etcd).await;
+    let puts = 300;
+    for i in 0..puts {
+        let route = say_route(&format!("/s{i}"), &format!("s{i}"));
+        c.put(format!("/apisix/routes/s{i}"), route.to_string(), None)
+            .await
+            .unwrap();
+        let flap = say_route("/flap", &format!("v{i}"));
+        c.put("/apisix/routes/flap", flap.to_string(), None)
+            .await
+            .unwrap();
+    }
+    for i in 0..50 {
+        c.delete(format!("/apisix/routes/s{i}"), None)
+            .await
+            .unwrap();
+    }
+    serves(&both, "/flap", &format!("v{}", puts - 1)).await;
+    for i in [50, 123, puts - 1] {
+        serves(&both, &format!("/s{i}"), &format!("s{i}")).await;
+    }
+    for i in [0, 49] {
+        not_found(&both, &format!("/s{i}")).await;
+    }
+    serves(&both, "/first", "first").await;
+    for n in both {
+        let applied = n.log().matches("routes from etcd applied").count();
+        eprintln!("{applied} tables applied for {} writes", 2 * puts + 50);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_authentication_user_and_password() {
+    let mut etcd = Etcd::start();
+    etcd.enable_auth("s3cret");
+    let n = node_with(&etcd, json!({"user": "root", "password": "s3cret"}));
+    let wrong = node_with(&etcd, json!({"user": "root", "password": "wrong"}));
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v1"));
+    serves(&[&n], "/hello", "v1").await;
+
+    // Wrong credentials: not ready, and the reason says so.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = admin(&wrong, "/readyz").await;
+        assert_eq!(ready.status, 503, "{}", ready.text());
+        if ready.text().contains("authentication failed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            ready.text(),
+            wrong.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&wrong.url("/hello")).await.status, 404);
+
+    // etcd restarted (its tokens are gone): the node logs in again and
+    // follows the changes.
+    etcd.kill();
+    metric_is(&n, "extplug_etcd_up", 0.0).await;
+    etcd.restart();
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v2"));
+    serves(&[&n], "/hello", "v2").await;
+    metric_is(&n, "extplug_etcd_up", 1.0).await;
+}

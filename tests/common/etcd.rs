@@ -23,6 +23,9 @@ pub struct Etcd {
     /// The client port the proxies are given.
     pub port: u16,
     peer: u16,
+    /// `user:password` given to `etcdctl` once authentication is on
+    /// ([`Etcd::enable_auth`]).
+    pub user: Option<String>,
 }
 
 impl Etcd {
@@ -39,6 +42,7 @@ impl Etcd {
             dir: tempfile::tempdir().unwrap(),
             port,
             peer: free_port(),
+            user: None,
         };
         etcd.run_on(port);
         etcd
@@ -91,6 +95,7 @@ impl Etcd {
                     "endpoint",
                     "health",
                 ])
+                .args(self.user.iter().flat_map(|u| ["--user", u.as_str()]))
                 .env("ETCDCTL_API", "3")
                 .output()
                 .expect("running etcdctl");
@@ -135,6 +140,7 @@ impl Etcd {
     pub fn ctl_on(&self, port: u16, args: &[&str]) -> String {
         let out = Command::new("etcdctl")
             .args(["--endpoints", &format!("http://127.0.0.1:{port}")])
+            .args(self.user.iter().flat_map(|u| ["--user", u.as_str()]))
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()
@@ -162,6 +168,14 @@ impl Etcd {
     /// `etcdctl put KEY TEXT` with a value that need not be JSON.
     pub fn put_text(&self, key: &str, text: &str) {
         self.ctl_on(self.port, &["put", key, text]);
+    }
+
+    /// Turns etcd's authentication on with the `root` user and
+    /// `password`; `etcdctl` logs in as root from then on.
+    pub fn enable_auth(&mut self, password: &str) {
+        self.ctl_on(self.port, &["user", "add", &format!("root:{password}")]);
+        self.ctl_on(self.port, &["auth", "enable"]);
+        self.user = Some(format!("root:{password}"));
     }
 
     /// `etcdctl del KEY`.
