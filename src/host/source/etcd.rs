@@ -158,6 +158,7 @@ pub async fn follow(conf: EtcdConf, gateway: Arc<Gateway>, shutdown: Cancellatio
         conf,
         gateway,
         revision: None,
+        newest: 0,
         loaded: false,
         reported: BTreeSet::new(),
     };
@@ -197,6 +198,9 @@ struct Follower {
     /// The last revision applied; `None`: read everything at the next
     /// connection.
     revision: Option<i64>,
+    /// The newest revision whose events were taken (what the table being
+    /// published is at, for the log).
+    newest: i64,
     /// Whether a table from etcd was applied once.
     loaded: bool,
     /// The objects skipped in the table being served: each is logged and
@@ -222,6 +226,7 @@ impl Follower {
                 );
                 self.store = store;
                 self.revision = Some(revision);
+                self.newest = revision;
                 self.publish().await;
                 revision + 1
             }
@@ -338,6 +343,9 @@ impl Follower {
         // resumed from there applies its events again (the same values).
         // A progress notification (no events) says every event up to its
         // header's revision was sent.
+        if let Some(last) = last {
+            self.newest = self.newest.max(last);
+        }
         let seen = match last {
             Some(last) => Some(last - 1),
             None => resp.header().map(|h| h.revision()),
@@ -377,7 +385,7 @@ impl Follower {
         }
         metrics::routes_skipped(skipped.len());
         info!(
-            revision = self.revision.unwrap_or(0),
+            revision = self.newest,
             routes = served,
             skipped = skipped.len(),
             "routes from etcd applied"
