@@ -477,6 +477,23 @@ async fn objects_as_apisix_stores_them_and_an_upstream_deleted_under_its_routes(
         n.log()
     );
 
+    // Keys that are not a route: another prefix that starts the same, a
+    // path below an id, an empty id, another kind; a unicode id is one.
+    for key in [
+        "/apisix2/routes/1",
+        "/apisix/routes/../x",
+        "/apisix/routes/1/x",
+        "/apisix/routes/",
+        "/apisix/plugins/x",
+        "/apisixroutes/1",
+    ] {
+        etcd.put(key, &say_route("/not-a-route", key));
+    }
+    etcd.put("/apisix/routes/ü", &say_route("/unicode", "ü"));
+    serves(&[&n], "/unicode", "ü").await;
+    not_found(&[&n], "/not-a-route").await;
+    serves(&[&n], "/apisix", "upstream says hi").await;
+
     // The upstream deleted while a route uses it: the route is no longer
     // served, with the reason; the others still are.
     etcd.delete("/apisix/upstreams/1");
