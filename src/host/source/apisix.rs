@@ -61,8 +61,10 @@ impl Store {
     /// Records `key` = `value` (a put); false when the key is not one of
     /// the objects read (nothing changed).
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> bool {
-        let key = String::from_utf8_lossy(key);
-        let Some((kind, id)) = self.classify(&key) else {
+        let Some(key) = utf8_key(key) else {
+            return false;
+        };
+        let Some((kind, id)) = self.classify(key) else {
             return false;
         };
         let id = id.to_owned();
@@ -74,8 +76,10 @@ impl Store {
     /// Forgets `key` (a delete); false when the key is not one of the
     /// objects read.
     pub fn delete(&mut self, key: &[u8]) -> bool {
-        let key = String::from_utf8_lossy(key);
-        let Some((kind, id)) = self.classify(&key) else {
+        let Some(key) = utf8_key(key) else {
+            return false;
+        };
+        let Some((kind, id)) = self.classify(key) else {
             return false;
         };
         let id = id.to_owned();
@@ -99,7 +103,7 @@ impl Store {
         for (id, text) in &self.upstreams {
             if let Err(reason) = config::check_apisix_upstream(text) {
                 table.skipped.push(Skipped {
-                    key: format!("{}/upstreams/{id}", self.prefix),
+                    key: format!("{}/upstreams/{}", self.prefix, id.escape_debug()),
                     kind: ErrorKind::Upstream,
                     reason,
                 });
@@ -108,7 +112,7 @@ impl Store {
         for (id, text) in &self.services {
             if let Err(reason) = config::check_apisix_service(text) {
                 table.skipped.push(Skipped {
-                    key: format!("{}/services/{id}", self.prefix),
+                    key: format!("{}/services/{}", self.prefix, id.escape_debug()),
                     kind: ErrorKind::Service,
                     reason,
                 });
@@ -129,9 +133,22 @@ impl Store {
         table
     }
 
-    /// The etcd key of route `id`.
+    /// The etcd key of route `id`, for messages: control characters
+    /// escaped (a key in etcd may hold any byte; a log line may not).
     pub fn route_key(&self, id: &str) -> String {
-        format!("{}/routes/{id}", self.prefix)
+        format!("{}/routes/{}", self.prefix, id.escape_debug())
+    }
+}
+
+/// `key` as text; `None` (the key is ignored) when it is not UTF-8, which
+/// no APISIX id is: two such keys would otherwise read as one.
+fn utf8_key(key: &[u8]) -> Option<&str> {
+    match std::str::from_utf8(key) {
+        Ok(key) => Some(key),
+        Err(_) => {
+            tracing::warn!(key = %String::from_utf8_lossy(key).escape_debug(), "ignored an etcd key that is not UTF-8");
+            None
+        }
     }
 }
 
@@ -171,6 +188,13 @@ mod tests {
         assert_eq!(s.route_count(), 1);
         assert!(s.delete(b"/apisix/routes/1"));
         assert!(!s.delete(b"/apisix/routes/1"));
+        assert!(!s.put(b"/apisix/routes/\xff", b"{}"), "not UTF-8: ignored");
+        s.put(b"/apisix/routes/a\nb", b"{}");
+        let t = s.table();
+        assert_eq!(
+            t.skipped[0].key, "/apisix/routes/a\\nb",
+            "escaped for the log"
+        );
     }
 
     #[test]
