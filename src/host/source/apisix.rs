@@ -241,6 +241,30 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_values_are_skipped_not_a_stack_overflow() {
+        let mut s = Store::new("/apisix");
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let route = format!(r#"{{"uri":"/a","upstream_id":"u1","desc":{deep}}}"#);
+        s.put(b"/apisix/routes/1", route.as_bytes());
+        s.put(
+            b"/apisix/upstreams/u1",
+            format!(r#"{{"nodes":{deep}}}"#).as_bytes(),
+        );
+        s.put(
+            b"/apisix/services/s1",
+            format!(r#"{{"labels":{deep}}}"#).as_bytes(),
+        );
+        let t = s.table();
+        assert!(t.routes.is_empty());
+        // The service's `labels` are skipped over (ignored, without
+        // recursion); the route and the upstream are refused.
+        assert_eq!(t.skipped.len(), 2, "{:?}", t.skipped);
+        for skipped in &t.skipped {
+            assert!(skipped.reason.contains("recursion limit"), "{skipped:?}");
+        }
+    }
+
+    #[test]
     fn a_bad_upstream_is_skipped_with_its_key_and_so_are_its_routes() {
         let mut s = Store::new("/apisix");
         s.put(b"/apisix/upstreams/u1", br#"{"nodes":{"nohost":1}}"#);
