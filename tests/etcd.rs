@@ -603,3 +603,27 @@ async fn etcd_with_authentication_user_and_password() {
     serves(&[&n], "/hello", "v2").await;
     metric_is(&n, "extplug_etcd_up", 1.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_behind_the_revision_applied_is_read_again() {
+    let mut old = Etcd::start();
+    let n = node(&old);
+    for i in 0..10 {
+        old.put("/apisix/routes/old", &say_route("/old", &format!("v{i}")));
+    }
+    serves(&[&n], "/old", "v9").await;
+    // A new cluster (or one restored from an older backup) where the old
+    // one was: its revisions start again below the one the node applied.
+    let port = old.port;
+    old.kill();
+    metric_is(&n, "extplug_etcd_up", 0.0).await;
+    let new = Etcd::start_on(port);
+    new.put("/apisix/routes/new", &say_route("/new", "new"));
+    serves(&[&n], "/new", "new").await;
+    not_found(&[&n], "/old").await;
+    metric_is(&n, "extplug_etcd_up", 1.0).await;
+    assert!(n.log().contains("restored or new cluster"), "{}", n.log());
+    // And it follows the new cluster from there.
+    new.put("/apisix/routes/new", &say_route("/new", "newer"));
+    serves(&[&n], "/new", "newer").await;
+}

@@ -149,6 +149,23 @@ async fn read_all(client: &mut Client, conf: &EtcdConf) -> Result<(Store, i64), 
     }
 }
 
+/// The cluster's revision now, by a linearizable read (one key at most).
+async fn cluster_revision(client: &mut Client, conf: &EtcdConf) -> Result<i64, String> {
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_limit(1);
+    let get = client.get(key_prefix(conf), Some(options));
+    match tokio::time::timeout(conf.timeout, get).await {
+        Ok(Ok(resp)) => Ok(resp.header().map_or(0, |h| h.revision())),
+        Ok(Err(e)) => Err(format!("cannot read etcd's revision: {e}")),
+        Err(_) => Err(format!(
+            "cannot read etcd's revision within {:?}",
+            conf.timeout
+        )),
+    }
+}
+
 /// Follows the routes in etcd for `gateway` until `shutdown`: reads them,
 /// applies them, watches, applies every change; reconnects with backoff.
 pub async fn follow(conf: EtcdConf, gateway: Arc<Gateway>, shutdown: CancellationToken) {
@@ -159,6 +176,7 @@ pub async fn follow(conf: EtcdConf, gateway: Arc<Gateway>, shutdown: Cancellatio
         gateway,
         revision: None,
         newest: 0,
+        behind: None,
         loaded: false,
         reported: BTreeSet::new(),
     };
@@ -201,6 +219,9 @@ struct Follower {
     /// The newest revision whose events were taken (what the table being
     /// published is at, for the log).
     newest: i64,
+    /// The revision of the member watched when it answered the watch
+    /// behind the revision applied (checked against the cluster's).
+    behind: Option<i64>,
     /// Whether a table from etcd was applied once.
     loaded: bool,
     /// The objects skipped in the table being served: each is logged and
@@ -214,6 +235,7 @@ impl Follower {
     /// `Ok(())`: the watch fell behind a compaction (read again at once);
     /// `Err`: why the connection ended.
     async fn session(&mut self, backoff: &mut Duration) -> Result<(), String> {
+        self.behind = None;
         let mut client = connect(&self.conf).await?;
         let start = match self.revision {
             Some(revision) => revision + 1,
@@ -277,6 +299,31 @@ impl Follower {
             if let Some(end) = ended {
                 return end;
             }
+            if let Some(member) = self.behind.take() {
+                // A linearizable read answers with the cluster's revision.
+                let cluster = cluster_revision(&mut client, &self.conf).await?;
+                if cluster < start - 1 {
+                    // Restored or new: a watch from there would miss every
+                    // write until it caught up with the revision applied.
+                    warn!(
+                        applied = start - 1,
+                        etcd = cluster,
+                        "etcd's revision is behind the last one applied (restored or new cluster): reading all the routes again"
+                    );
+                    self.revision = None;
+                    return Ok(());
+                }
+                // One member lagging: its watch sends the changes from
+                // `start` once it catches up.
+                info!(
+                    from_revision = start,
+                    member_revision = member,
+                    cluster_revision = cluster,
+                    "watching etcd (the member watched is catching up)"
+                );
+                metrics::etcd_up(true);
+                *backoff = MIN_BACKOFF;
+            }
         }
     }
 
@@ -309,18 +356,13 @@ impl Follower {
             )));
         }
         if resp.created() {
-            // A cluster restored from a backup, or a new one, may be at
-            // an older revision than the one applied: a watch from there
-            // would miss every write until it caught up.
             let now = resp.header().map_or(start - 1, |h| h.revision());
             if now < start - 1 {
-                warn!(
-                    applied = start - 1,
-                    etcd = now,
-                    "etcd's revision is behind the last one applied (restored or new cluster): reading all the routes again"
-                );
-                self.revision = None;
-                return Err(Ok(()));
+                // Behind the revision applied: a cluster restored from a
+                // backup, a new one, or only this member lagging behind
+                // the others; the session asks the cluster which.
+                self.behind = Some(now);
+                return Ok(false);
             }
             metrics::etcd_up(true);
             *backoff = MIN_BACKOFF;
