@@ -13,7 +13,7 @@ mod common;
 
 use common::conf::{demo, phase};
 use common::etcd::{free_port, Etcd};
-use common::http::{get, Got, ProxyProc, Upstream};
+use common::http::{get, send, Got, ProxyProc, Upstream};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -626,4 +626,45 @@ async fn a_new_cluster_behind_the_revision_applied_is_read_again() {
     // And it follows the new cluster from there.
     new.put("/apisix/routes/new", &say_route("/new", "newer"));
     serves(&[&n], "/new", "newer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_fleet_walkthrough_config_and_etcdctl_puts_work_as_written() {
+    let etcd = Etcd::start();
+    let up = Upstream::start().await;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The shipped node configuration, pointed at the test's etcd, ports and
+    // runner build.
+    let text = std::fs::read_to_string(repo.join("examples/fleet-node-1.json")).unwrap();
+    let mut conf: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(conf["etcd"]["endpoints"], json!(["http://127.0.0.1:2379"]));
+    conf["etcd"]["endpoints"] = json!([etcd.url()]);
+    conf["listen"] = json!("127.0.0.1:0");
+    conf["admin"]["listen"] = json!("127.0.0.1:0");
+    conf["ext-plugin"]["cmd"] = json!(demo());
+    let n = ProxyProc::start(&conf);
+
+    // The README's `etcdctl put` lines, run as written (the upstream's
+    // address aside).
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let walk = &readme[readme.find("**Try it on one machine**").unwrap()..];
+    let walk = &walk[..walk.find("\n```\n").unwrap()];
+    let mut puts = 0;
+    let mut rest = walk;
+    while let Some(at) = rest.find("etcdctl put ") {
+        let line = &rest[at + "etcdctl put ".len()..];
+        let (key, after) = line.split_once(" '").unwrap();
+        let (value, after) = after.split_once('\'').unwrap();
+        let value = value.replace("127.0.0.1:1980", &up.addr.to_string());
+        etcd.put_text(key, &value);
+        puts += 1;
+        rest = after;
+    }
+    assert_eq!(puts, 2, "the upstream and the route:\n{walk}");
+    let hello = n.url("/hello");
+    until(&n, "/hello", "the README's route", |g| g.status == 401).await;
+    let got = send("GET", &hello, &[("x-api-key", "k1")], "").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.text(), "upstream says hi");
+    assert_eq!(up.last().header("x-by"), Some("extplug"));
 }
