@@ -668,3 +668,24 @@ async fn the_readme_fleet_walkthrough_config_and_etcdctl_puts_work_as_written() 
     assert_eq!(got.text(), "upstream says hi");
     assert_eq!(up.last().header("x-by"), Some("extplug"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_that_answers_nothing_is_noticed_and_followed_again() {
+    let etcd = Etcd::start();
+    let n = node(&etcd);
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v1"));
+    serves(&[&n], "/hello", "v1").await;
+    // Frozen: the connection stays open, nothing answers; the keep-alive
+    // pings (5 s apart, `timeout_ms` to answer) notice it.
+    etcd.freeze(true);
+    let deadline = Instant::now() + 3 * WAIT;
+    while metric(&n, "extplug_etcd_up").await != Some(0.0) {
+        assert!(Instant::now() < deadline, "{}", n.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serves(&[&n], "/hello", "v1").await;
+    assert_eq!(admin(&n, "/readyz").await.status, 200);
+    etcd.freeze(false);
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v2"));
+    serves(&[&n], "/hello", "v2").await;
+}

@@ -131,6 +131,20 @@ impl Etcd {
         }
     }
 
+    /// SIGSTOPs etcd (`true`) or SIGCONTs it (`false`): a member that
+    /// keeps its connections open and answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        use nix::sys::signal::{kill, Signal};
+        let child = self.child.as_ref().expect("etcd is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(pid, signal).unwrap();
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
@@ -186,6 +200,10 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            // A frozen etcd dies of SIGKILL too; thawed, it is reaped at once.
+            self.freeze(false);
+        }
         self.kill();
     }
 }
