@@ -188,7 +188,8 @@ pub async fn follow(conf: EtcdConf, gateway: Arc<Gateway>, shutdown: Cancellatio
         };
         metrics::etcd_up(false);
         let Err(why) = ended else {
-            // The watch fell behind a compaction: read everything now.
+            // The watch fell behind a compaction, or the cluster is behind
+            // the revision applied (restored, new): read everything now.
             continue;
         };
         if follower.loaded {
@@ -232,7 +233,8 @@ struct Follower {
 impl Follower {
     /// One connection: reads everything (or resumes from the last
     /// revision), then applies the watch's changes until it breaks.
-    /// `Ok(())`: the watch fell behind a compaction (read again at once);
+    /// `Ok(())`: the watch fell behind a compaction, or the cluster is
+    /// behind the revision applied (read again at once);
     /// `Err`: why the connection ended.
     async fn session(&mut self, backoff: &mut Duration) -> Result<(), String> {
         self.behind = None;
