@@ -177,6 +177,7 @@ pub async fn follow(conf: EtcdConf, gateway: Arc<Gateway>, shutdown: Cancellatio
         revision: None,
         newest: 0,
         behind: None,
+        reread: false,
         loaded: false,
         reported: BTreeSet::new(),
     };
@@ -187,10 +188,13 @@ pub async fn follow(conf: EtcdConf, gateway: Arc<Gateway>, shutdown: Cancellatio
             _ = shutdown.cancelled() => return,
         };
         metrics::etcd_up(false);
-        let Err(why) = ended else {
+        let why = match ended {
             // The watch fell behind a compaction, or the cluster is behind
-            // the revision applied (restored, new): read everything now.
-            continue;
+            // the revision applied (restored, new): read everything now;
+            // again and again without a watch in between, with backoff.
+            Ok(()) if !std::mem::replace(&mut follower.reread, true) => continue,
+            Ok(()) => "everything was read again twice in a row without a watch".to_owned(),
+            Err(why) => why,
         };
         if follower.loaded {
             warn!(retry_in = ?backoff, "etcd: {why}; the last routes keep serving");
@@ -223,6 +227,9 @@ struct Follower {
     /// The revision of the member watched when it answered the watch
     /// behind the revision applied (checked against the cluster's).
     behind: Option<i64>,
+    /// Whether the last session ended asking for everything to be read
+    /// again, with no watch since (a second time waits with backoff).
+    reread: bool,
     /// Whether a table from etcd was applied once.
     loaded: bool,
     /// The objects skipped in the table being served: each is logged and
@@ -325,6 +332,7 @@ impl Follower {
                 );
                 metrics::etcd_up(true);
                 *backoff = MIN_BACKOFF;
+                self.reread = false;
             }
         }
     }
@@ -368,6 +376,7 @@ impl Follower {
             }
             metrics::etcd_up(true);
             *backoff = MIN_BACKOFF;
+            self.reread = false;
             info!(from_revision = start, "watching etcd");
             return Ok(false);
         }
