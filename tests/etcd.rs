@@ -13,7 +13,7 @@ mod common;
 
 use common::conf::{demo, phase};
 use common::etcd::{free_port, Etcd};
-use common::http::{get, Got, ProxyProc, Upstream};
+use common::http::{get, send, Got, ProxyProc, Upstream};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -404,6 +404,288 @@ async fn a_reload_of_the_file_keeps_the_routes_from_etcd() {
     serves(&[&n], "/hello", "v1").await;
 
     // And the watch goes on.
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v2"));
+    serves(&[&n], "/hello", "v2").await;
+}
+
+/// A proxy node as [`node`], with `etcd`'s extra settings (`user`, ...).
+fn node_with(etcd: &Etcd, extra: Value) -> ProxyProc {
+    let mut runner = json!({"cmd": demo(), "standby": false, "start_timeout_ms": 10000});
+    runner["stop_grace_ms"] = json!(500);
+    let mut conf = json!({"endpoints": [etcd.url()], "prefix": "/apisix", "timeout_ms": 2000});
+    for (k, v) in extra.as_object().unwrap() {
+        conf[k] = v.clone();
+    }
+    ProxyProc::start(&json!({
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
+        "ext-plugin": runner,
+        "etcd": conf,
+    }))
+}
+
+/// An etcd client of the test's own, for what `etcdctl` cannot do quickly
+/// (hundreds of puts) or at all (a value larger than an argument).
+async fn client(etcd: &Etcd) -> etcd_client::Client {
+    etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .expect("connecting to the test's etcd")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_as_apisix_stores_them_and_an_upstream_deleted_under_its_routes() {
+    let etcd = Etcd::start();
+    let up = Upstream::start().await;
+    let n = node(&etcd);
+    // What APISIX's Admin API writes: defaults filled in (`priority` of
+    // each node, `hash_on`, `scheme`, `pass_host`, `allow_degradation`,
+    // the route's `priority` and `status`), bookkeeping fields.
+    etcd.put(
+        "/apisix/upstreams/1",
+        &json!({"id": "1", "create_time": 1700000000, "update_time": 1700000000,
+                "name": "echo", "desc": "the test's upstream", "labels": {"env": "test"},
+                "type": "roundrobin", "scheme": "http", "pass_host": "pass", "hash_on": "vars",
+                "nodes": [{"host": "127.0.0.1", "port": up.addr.port(), "weight": 1, "priority": 0}]}),
+    );
+    etcd.put(
+        "/apisix/routes/1",
+        &json!({"id": "1", "create_time": 1700000000, "update_time": 1700000001,
+                "name": "r1", "desc": "d", "labels": {"env": "test"},
+                "uri": "/apisix", "methods": ["GET"], "priority": 0, "status": 1, "upstream_id": "1",
+                "plugins": {"ext-plugin-pre-req": {
+                    "conf": [{"name": "rewrite", "value": json!({"headers": {"x-from-etcd": "apisix"}}).to_string()}],
+                    "allow_degradation": false, "_meta": {"disable": false}}}}),
+    );
+    serves(&[&n], "/apisix", "upstream says hi").await;
+    assert_eq!(up.last().header("x-from-etcd"), Some("apisix"));
+
+    // A phase filter APISIX would apply is not ignored: the route is
+    // skipped, with its key and the field.
+    etcd.put(
+        "/apisix/routes/2",
+        &json!({"uri": "/filtered", "upstream_id": "1",
+                "plugins": {"ext-plugin-pre-req": {
+                    "conf": [{"name": "say", "value": json!({"body": "everyone"}).to_string()}],
+                    "_meta": {"filter": [["arg_x", "==", "1"]]}}}}),
+    );
+    etcd.put("/apisix/routes/3", &say_route("/after-2", "after 2"));
+    serves(&[&n], "/after-2", "after 2").await;
+    not_found(&[&n], "/filtered").await;
+    assert!(
+        n.log().contains("/apisix/routes/2") && n.log().contains("unknown field `filter`"),
+        "{}",
+        n.log()
+    );
+
+    // Keys that are not a route: another prefix that starts the same, a
+    // path below an id, an empty id, another kind; a unicode id is one.
+    for key in [
+        "/apisix2/routes/1",
+        "/apisix/routes/../x",
+        "/apisix/routes/1/x",
+        "/apisix/routes/",
+        "/apisix/plugins/x",
+        "/apisixroutes/1",
+    ] {
+        etcd.put(key, &say_route("/not-a-route", key));
+    }
+    etcd.put("/apisix/routes/ü", &say_route("/unicode", "ü"));
+    serves(&[&n], "/unicode", "ü").await;
+    not_found(&[&n], "/not-a-route").await;
+    serves(&[&n], "/apisix", "upstream says hi").await;
+
+    // The upstream deleted while a route uses it: the route is no longer
+    // served, with the reason; the others still are.
+    etcd.delete("/apisix/upstreams/1");
+    not_found(&[&n], "/apisix").await;
+    serves(&[&n], "/after-2", "after 2").await;
+    assert!(
+        n.log()
+            .contains("there is no upstream at `/apisix/upstreams/1`"),
+        "{}",
+        n.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_larger_than_a_grpc_message_in_all_are_read_and_watched() {
+    let etcd = Etcd::start();
+    let early = node(&etcd);
+    // Four routes of 1.2 MB each (etcd takes up to 1.5 MiB a request):
+    // 4.8 MB in all, above gRPC's default message limit of 4 MiB.
+    let mut c = client(&etcd).await;
+    for i in 0..4 {
+        let mut route = say_route(&format!("/big{i}"), &format!("big {i}"));
+        route["desc"] = json!("x".repeat(1_200_000));
+        c.put(format!("/apisix/routes/big{i}"), route.to_string(), None)
+            .await
+            .unwrap();
+    }
+    let late = node(&etcd);
+    for i in 0..4 {
+        serves(&[&early, &late], &format!("/big{i}"), &format!("big {i}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_puts_and_a_flapping_route_end_as_etcd_does() {
+    let etcd = Etcd::start();
+    let (a, b) = (node(&etcd), node(&etcd));
+    let both = [&a, &b];
+    etcd.put("/apisix/routes/first", &say_route("/first", "first"));
+    serves(&both, "/first", "first").await;
+    // Hundreds of writes as fast as one client makes them, each its own
+    // revision: routes added, one flapping, some deleted again.
+    let mut c = client(&etcd).await;
+    let puts = 300;
+    for i in 0..puts {
+        let route = say_route(&format!("/s{i}"), &format!("s{i}"));
+        c.put(format!("/apisix/routes/s{i}"), route.to_string(), None)
+            .await
+            .unwrap();
+        let flap = say_route("/flap", &format!("v{i}"));
+        c.put("/apisix/routes/flap", flap.to_string(), None)
+            .await
+            .unwrap();
+    }
+    for i in 0..50 {
+        c.delete(format!("/apisix/routes/s{i}"), None)
+            .await
+            .unwrap();
+    }
+    serves(&both, "/flap", &format!("v{}", puts - 1)).await;
+    for i in [50, 123, puts - 1] {
+        serves(&both, &format!("/s{i}"), &format!("s{i}")).await;
+    }
+    for i in [0, 49] {
+        not_found(&both, &format!("/s{i}")).await;
+    }
+    serves(&both, "/first", "first").await;
+    for n in both {
+        let applied = n.log().matches("routes from etcd applied").count();
+        eprintln!("{applied} tables applied for {} writes", 2 * puts + 50);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_authentication_user_and_password() {
+    let mut etcd = Etcd::start();
+    etcd.enable_auth("s3cret");
+    let n = node_with(&etcd, json!({"user": "root", "password": "s3cret"}));
+    let wrong = node_with(&etcd, json!({"user": "root", "password": "wrong"}));
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v1"));
+    serves(&[&n], "/hello", "v1").await;
+
+    // Wrong credentials: not ready, and the reason says so.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = admin(&wrong, "/readyz").await;
+        assert_eq!(ready.status, 503, "{}", ready.text());
+        if ready.text().contains("authentication failed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            ready.text(),
+            wrong.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&wrong.url("/hello")).await.status, 404);
+
+    // etcd restarted (its tokens are gone): the node logs in again and
+    // follows the changes.
+    etcd.kill();
+    metric_is(&n, "extplug_etcd_up", 0.0).await;
+    etcd.restart();
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v2"));
+    serves(&[&n], "/hello", "v2").await;
+    metric_is(&n, "extplug_etcd_up", 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_behind_the_revision_applied_is_read_again() {
+    let mut old = Etcd::start();
+    let n = node(&old);
+    for i in 0..10 {
+        old.put("/apisix/routes/old", &say_route("/old", &format!("v{i}")));
+    }
+    serves(&[&n], "/old", "v9").await;
+    // A new cluster (or one restored from an older backup) where the old
+    // one was: its revisions start again below the one the node applied.
+    let port = old.port;
+    old.kill();
+    metric_is(&n, "extplug_etcd_up", 0.0).await;
+    let new = Etcd::start_on(port);
+    new.put("/apisix/routes/new", &say_route("/new", "new"));
+    serves(&[&n], "/new", "new").await;
+    not_found(&[&n], "/old").await;
+    metric_is(&n, "extplug_etcd_up", 1.0).await;
+    assert!(n.log().contains("restored or new cluster"), "{}", n.log());
+    // And it follows the new cluster from there.
+    new.put("/apisix/routes/new", &say_route("/new", "newer"));
+    serves(&[&n], "/new", "newer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_fleet_walkthrough_config_and_etcdctl_puts_work_as_written() {
+    let etcd = Etcd::start();
+    let up = Upstream::start().await;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The shipped node configuration, pointed at the test's etcd, ports and
+    // runner build.
+    let text = std::fs::read_to_string(repo.join("examples/fleet-node-1.json")).unwrap();
+    let mut conf: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(conf["etcd"]["endpoints"], json!(["http://127.0.0.1:2379"]));
+    conf["etcd"]["endpoints"] = json!([etcd.url()]);
+    conf["listen"] = json!("127.0.0.1:0");
+    conf["admin"]["listen"] = json!("127.0.0.1:0");
+    conf["ext-plugin"]["cmd"] = json!(demo());
+    let n = ProxyProc::start(&conf);
+
+    // The README's `etcdctl put` lines, run as written (the upstream's
+    // address aside).
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let walk = &readme[readme.find("**Try it on one machine**").unwrap()..];
+    let walk = &walk[..walk.find("\n```\n").unwrap()];
+    let mut puts = 0;
+    let mut rest = walk;
+    while let Some(at) = rest.find("etcdctl put ") {
+        let line = &rest[at + "etcdctl put ".len()..];
+        let (key, after) = line.split_once(" '").unwrap();
+        let (value, after) = after.split_once('\'').unwrap();
+        let value = value.replace("127.0.0.1:1980", &up.addr.to_string());
+        etcd.put_text(key, &value);
+        puts += 1;
+        rest = after;
+    }
+    assert_eq!(puts, 2, "the upstream and the route:\n{walk}");
+    let hello = n.url("/hello");
+    until(&n, "/hello", "the README's route", |g| g.status == 401).await;
+    let got = send("GET", &hello, &[("x-api-key", "k1")], "").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.text(), "upstream says hi");
+    assert_eq!(up.last().header("x-by"), Some("extplug"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_that_answers_nothing_is_noticed_and_followed_again() {
+    let etcd = Etcd::start();
+    let n = node(&etcd);
+    etcd.put("/apisix/routes/1", &say_route("/hello", "v1"));
+    serves(&[&n], "/hello", "v1").await;
+    // Frozen: the connection stays open, nothing answers; the keep-alive
+    // pings (5 s apart, `timeout_ms` to answer) notice it.
+    etcd.freeze(true);
+    let deadline = Instant::now() + 3 * WAIT;
+    while metric(&n, "extplug_etcd_up").await != Some(0.0) {
+        assert!(Instant::now() < deadline, "{}", n.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serves(&[&n], "/hello", "v1").await;
+    assert_eq!(admin(&n, "/readyz").await.status, 200);
+    etcd.freeze(false);
     etcd.put("/apisix/routes/1", &say_route("/hello", "v2"));
     serves(&[&n], "/hello", "v2").await;
 }

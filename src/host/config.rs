@@ -476,10 +476,17 @@ struct RawPhase {
     meta: Option<RawMeta>,
 }
 
+/// APISIX's `_meta`: `disable` is honoured, `priority` changes nothing
+/// (each `ext-plugin-*` phase holds one plugin); the others (`filter`,
+/// `error_response`, `pre_function`) are refused: ignored, the phase
+/// would run on requests APISIX would not run it on, or answer otherwise.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawMeta {
     #[serde(default)]
     disable: bool,
+    #[serde(rename = "priority")]
+    _priority: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -525,20 +532,69 @@ fn default_lb() -> String {
     "roundrobin".to_owned()
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// `nodes`, in either of APISIX's forms: `{"host:port": weight}` or
+/// `[{"host", "port", "weight"}]`.
 enum RawNodes {
     Map(BTreeMap<String, u32>),
     List(Vec<RawNode>),
+}
+
+impl<'de> Deserialize<'de> for RawNodes {
+    /// By the JSON's shape, so that an error names the node and the field
+    /// (an untagged enum would only say that no form matched).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Object(map) => {
+                let mut nodes = BTreeMap::new();
+                for (addr, weight) in map {
+                    let weight = serde_json::from_value(weight).map_err(|e| {
+                        D::Error::custom(format!(
+                            "the weight of {addr:?} is not a whole number from 0: {e}"
+                        ))
+                    })?;
+                    nodes.insert(addr, weight);
+                }
+                Ok(RawNodes::Map(nodes))
+            }
+            serde_json::Value::Array(list) => {
+                let mut nodes = Vec::with_capacity(list.len());
+                for (i, node) in list.into_iter().enumerate() {
+                    let node = serde_json::from_value(node)
+                        .map_err(|e| D::Error::custom(format!("[{i}]: {e}")))?;
+                    nodes.push(node);
+                }
+                Ok(RawNodes::List(nodes))
+            }
+            other => Err(D::Error::custom(format!(
+                "{other} is neither {{\"host:port\": weight}} nor [{{\"host\", \"port\", \"weight\"}}]"
+            ))),
+        }
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
     host: String,
+    /// APISIX's default for an `http` upstream: 80.
+    #[serde(default = "http_port")]
     port: u16,
     #[serde(default = "one")]
     weight: u32,
+    /// APISIX's failover order (higher first, the next only when all of
+    /// a priority fail); APISIX stores `0` when none is given. extplug
+    /// balances over every node: nodes of different priorities are
+    /// refused rather than balanced (see `parse_upstream`).
+    #[serde(default)]
+    priority: i64,
+    // Bookkeeping for APISIX's own plugins; it changes nothing here.
+    #[serde(rename = "metadata")]
+    _metadata: Option<IgnoredAny>,
+}
+
+fn http_port() -> u16 {
+    80
 }
 
 fn one() -> u32 {
@@ -1182,17 +1238,24 @@ fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
     };
     let nodes: Vec<(String, u32)> = match raw.nodes {
         RawNodes::Map(map) => map.into_iter().collect(),
-        RawNodes::List(list) => list
-            .into_iter()
-            .map(|n| {
-                let host = if n.host.contains(':') && !n.host.starts_with('[') {
-                    format!("[{}]", n.host)
-                } else {
-                    n.host
-                };
-                (format!("{host}:{}", n.port), n.weight)
-            })
-            .collect(),
+        RawNodes::List(list) => {
+            if let Some(n) = list.iter().find(|n| n.priority != list[0].priority) {
+                return Err(format!(
+                    "`upstream.nodes`: the nodes have different `priority` values ({} and {}): extplug balances over every node and does not fail over by priority; give them the same one",
+                    list[0].priority, n.priority
+                ));
+            }
+            list.into_iter()
+                .map(|n| {
+                    let host = if n.host.contains(':') && !n.host.starts_with('[') {
+                        format!("[{}]", n.host)
+                    } else {
+                        n.host
+                    };
+                    (format!("{host}:{}", n.port), n.weight)
+                })
+                .collect()
+        }
     };
     for (addr, _) in &nodes {
         let ok = addr
@@ -1422,6 +1485,71 @@ mod tests {
         // Outside the routes too.
         let err = Config::parse("{\n \"listen\": 5}").unwrap_err().0;
         assert!(err.starts_with("2:12: at `listen`: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn upstream_nodes_as_apisix_stores_them_and_errors_name_the_node() {
+        // The list form as APISIX's Admin API stores it: `priority: 0`
+        // filled in, `metadata`, a node without `port` (80).
+        let up = r#"{"type":"roundrobin","scheme":"http","pass_host":"pass","hash_on":"vars",
+            "nodes":[{"host":"127.0.0.1","port":1980,"weight":1,"priority":0},
+                     {"host":"10.0.0.2","weight":2,"priority":0,"metadata":{"zone":"a"}}]}"#;
+        let c = config(&format!(r#"{{"id":"1","uri":"/a","upstream":{up}}}"#)).unwrap();
+        assert_eq!(
+            c.routes[0].upstream.nodes,
+            [
+                ("127.0.0.1:1980".to_string(), 1),
+                ("10.0.0.2:80".to_string(), 2)
+            ]
+        );
+        for (nodes, want) in [
+            (
+                r#"[{"host":"a","port":1,"priority":1},{"host":"b","port":1}]"#,
+                "different `priority` values (1 and 0)",
+            ),
+            (
+                r#"[{"host":"a","port":1},{"host":"b","port":"x"}]"#,
+                "at `upstream.nodes`: [1]: invalid type: string \"x\"",
+            ),
+            (
+                r#"[{"host":"a","port":1,"wieght":1}]"#,
+                "at `upstream.nodes`: [0]: unknown field `wieght`",
+            ),
+            (
+                r#"{"a:1":-1}"#,
+                "at `upstream.nodes`: the weight of \"a:1\" is not a whole number",
+            ),
+            (r#""a:1""#, "at `upstream.nodes`: \"a:1\" is neither"),
+        ] {
+            let route = format!(r#"{{"id":"1","uri":"/a","upstream":{{"nodes":{nodes}}}}}"#);
+            let err = config(&route).unwrap_err().0;
+            assert!(
+                err.contains(want),
+                "{nodes}\n  gave: {err}\n  missing: {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_phase_meta_we_cannot_honour_is_refused() {
+        let route = |meta: &str| {
+            format!(
+                r#"{{"id":"1","uri":"/a","upstream":{{"nodes":{{"127.0.0.1:1":1}}}},
+                   "plugins":{{"ext-plugin-pre-req":{{"conf":[{{"name":"say","value":"{{}}"}}],"_meta":{meta}}}}}}}"#
+            )
+        };
+        assert!(config(&route(r#"{"disable":false,"priority":5}"#)).is_ok());
+        for field in ["filter", "error_response", "pre_function"] {
+            let err = config(&route(&format!(r#"{{"{field}":[["arg_x","==","1"]]}}"#)))
+                .unwrap_err()
+                .0;
+            assert!(
+                err.contains(&format!(
+                    "at `plugins.ext-plugin-pre-req._meta.{field}`: unknown field `{field}`"
+                )),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Etcd {
     /// The client port the proxies are given.
     pub port: u16,
     peer: u16,
+    /// `user:password` given to `etcdctl` once authentication is on
+    /// ([`Etcd::enable_auth`]).
+    pub user: Option<String>,
 }
 
 impl Etcd {
@@ -39,6 +42,7 @@ impl Etcd {
             dir: tempfile::tempdir().unwrap(),
             port,
             peer: free_port(),
+            user: None,
         };
         etcd.run_on(port);
         etcd
@@ -91,6 +95,7 @@ impl Etcd {
                     "endpoint",
                     "health",
                 ])
+                .args(self.user.iter().flat_map(|u| ["--user", u.as_str()]))
                 .env("ETCDCTL_API", "3")
                 .output()
                 .expect("running etcdctl");
@@ -126,6 +131,20 @@ impl Etcd {
         }
     }
 
+    /// SIGSTOPs etcd (`true`) or SIGCONTs it (`false`): a member that
+    /// keeps its connections open and answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        use nix::sys::signal::{kill, Signal};
+        let child = self.child.as_ref().expect("etcd is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(pid, signal).unwrap();
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
@@ -135,6 +154,7 @@ impl Etcd {
     pub fn ctl_on(&self, port: u16, args: &[&str]) -> String {
         let out = Command::new("etcdctl")
             .args(["--endpoints", &format!("http://127.0.0.1:{port}")])
+            .args(self.user.iter().flat_map(|u| ["--user", u.as_str()]))
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()
@@ -164,6 +184,14 @@ impl Etcd {
         self.ctl_on(self.port, &["put", key, text]);
     }
 
+    /// Turns etcd's authentication on with the `root` user and
+    /// `password`; `etcdctl` logs in as root from then on.
+    pub fn enable_auth(&mut self, password: &str) {
+        self.ctl_on(self.port, &["user", "add", &format!("root:{password}")]);
+        self.ctl_on(self.port, &["auth", "enable"]);
+        self.user = Some(format!("root:{password}"));
+    }
+
     /// `etcdctl del KEY`.
     pub fn delete(&self, key: &str) {
         self.ctl_on(self.port, &["del", key]);
@@ -172,6 +200,10 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            // A frozen etcd dies of SIGKILL too; thawed, it is reaped at once.
+            self.freeze(false);
+        }
         self.kill();
     }
 }

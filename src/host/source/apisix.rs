@@ -61,8 +61,10 @@ impl Store {
     /// Records `key` = `value` (a put); false when the key is not one of
     /// the objects read (nothing changed).
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> bool {
-        let key = String::from_utf8_lossy(key);
-        let Some((kind, id)) = self.classify(&key) else {
+        let Some(key) = utf8_key(key) else {
+            return false;
+        };
+        let Some((kind, id)) = self.classify(key) else {
             return false;
         };
         let id = id.to_owned();
@@ -74,8 +76,10 @@ impl Store {
     /// Forgets `key` (a delete); false when the key is not one of the
     /// objects read.
     pub fn delete(&mut self, key: &[u8]) -> bool {
-        let key = String::from_utf8_lossy(key);
-        let Some((kind, id)) = self.classify(&key) else {
+        let Some(key) = utf8_key(key) else {
+            return false;
+        };
+        let Some((kind, id)) = self.classify(key) else {
             return false;
         };
         let id = id.to_owned();
@@ -99,7 +103,7 @@ impl Store {
         for (id, text) in &self.upstreams {
             if let Err(reason) = config::check_apisix_upstream(text) {
                 table.skipped.push(Skipped {
-                    key: format!("{}/upstreams/{id}", self.prefix),
+                    key: format!("{}/upstreams/{}", self.prefix, id.escape_debug()),
                     kind: ErrorKind::Upstream,
                     reason,
                 });
@@ -108,7 +112,7 @@ impl Store {
         for (id, text) in &self.services {
             if let Err(reason) = config::check_apisix_service(text) {
                 table.skipped.push(Skipped {
-                    key: format!("{}/services/{id}", self.prefix),
+                    key: format!("{}/services/{}", self.prefix, id.escape_debug()),
                     kind: ErrorKind::Service,
                     reason,
                 });
@@ -129,9 +133,22 @@ impl Store {
         table
     }
 
-    /// The etcd key of route `id`.
+    /// The etcd key of route `id`, for messages: control characters
+    /// escaped (a key in etcd may hold any byte; a log line may not).
     pub fn route_key(&self, id: &str) -> String {
-        format!("{}/routes/{id}", self.prefix)
+        format!("{}/routes/{}", self.prefix, id.escape_debug())
+    }
+}
+
+/// `key` as text; `None` (the key is ignored) when it is not UTF-8, which
+/// no APISIX id is: two such keys would otherwise read as one.
+fn utf8_key(key: &[u8]) -> Option<&str> {
+    match std::str::from_utf8(key) {
+        Ok(key) => Some(key),
+        Err(_) => {
+            tracing::warn!(key = %String::from_utf8_lossy(key).escape_debug(), "ignored an etcd key that is not UTF-8");
+            None
+        }
     }
 }
 
@@ -171,6 +188,13 @@ mod tests {
         assert_eq!(s.route_count(), 1);
         assert!(s.delete(b"/apisix/routes/1"));
         assert!(!s.delete(b"/apisix/routes/1"));
+        assert!(!s.put(b"/apisix/routes/\xff", b"{}"), "not UTF-8: ignored");
+        s.put(b"/apisix/routes/a\nb", b"{}");
+        let t = s.table();
+        assert_eq!(
+            t.skipped[0].key, "/apisix/routes/a\\nb",
+            "escaped for the log"
+        );
     }
 
     #[test]
@@ -214,6 +238,30 @@ mod tests {
             .reason
             .contains("no upstream at `/apisix/upstreams/nope`"));
         assert!(t.skipped[1].reason.contains("not the key's id"));
+    }
+
+    #[test]
+    fn deeply_nested_values_are_skipped_not_a_stack_overflow() {
+        let mut s = Store::new("/apisix");
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let route = format!(r#"{{"uri":"/a","upstream_id":"u1","desc":{deep}}}"#);
+        s.put(b"/apisix/routes/1", route.as_bytes());
+        s.put(
+            b"/apisix/upstreams/u1",
+            format!(r#"{{"nodes":{deep}}}"#).as_bytes(),
+        );
+        s.put(
+            b"/apisix/services/s1",
+            format!(r#"{{"labels":{deep}}}"#).as_bytes(),
+        );
+        let t = s.table();
+        assert!(t.routes.is_empty());
+        // The service's `labels` are skipped over (ignored, without
+        // recursion); the route and the upstream are refused.
+        assert_eq!(t.skipped.len(), 2, "{:?}", t.skipped);
+        for skipped in &t.skipped {
+            assert!(skipped.reason.contains("recursion limit"), "{skipped:?}");
+        }
     }
 
     #[test]

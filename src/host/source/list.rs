@@ -25,7 +25,7 @@ pub async fn check(
     let source = super::of(&config, path.to_owned());
     let mut table = source.load().await?;
     let key = |id: &str| match &config.etcd {
-        Some(e) => format!("{}/routes/{id}", e.prefix),
+        Some(e) => format!("{}/routes/{}", e.prefix, id.escape_debug()),
         None => format!("route {id}"),
     };
     let mut kept = Vec::with_capacity(table.routes.len());
@@ -132,7 +132,7 @@ fn route_line(r: &Route) -> String {
         .collect();
     format!(
         "served {} uris={} methods={methods} upstream={}{}{}",
-        r.id,
+        r.id.escape_debug(),
         uris.join(","),
         nodes.join(","),
         if phases.is_empty() { "" } else { " phases=" },
