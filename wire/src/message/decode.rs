@@ -220,10 +220,10 @@ impl<'a> Payload<'a> {
         list: capnp::struct_list::Reader<'r, schema::pair::Owned>,
         item: &str,
     ) -> Result<Pairs<'r, &'r str>, Reason> {
-        let fast = self.segment.and_then(|segment| {
-            super::flat::pairs(segment, list, true, |v| std::str::from_utf8(v).ok())
-        });
-        match fast {
+        match self
+            .segment
+            .and_then(|segment| super::flat::text_pairs(segment, list))
+        {
             Some(pairs) => Ok(pairs),
             None => read_pairs(list.iter(), item),
         }
@@ -237,7 +237,7 @@ impl<'a> Payload<'a> {
     ) -> Result<Pairs<'r, &'r [u8]>, Reason> {
         match self
             .segment
-            .and_then(|segment| super::flat::pairs(segment, list, false, Some))
+            .and_then(|segment| super::flat::data_pairs(segment, list))
         {
             Some(pairs) => Ok(pairs),
             None => read_pairs(list.iter(), item),

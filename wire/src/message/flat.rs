@@ -10,20 +10,76 @@
 //! reader handles it and words its error. The results are the same either
 //! way (`tests.rs` compares them).
 
-/// `(name, value)` for each entry of `list` (`None` for a null value;
-/// values converted by `value`, which gives `None` to refuse), or `None`
-/// when the list is not in the simple form this reads, or a name is not
-/// UTF-8, or `value` refused one: then read it with capnp's reader, which
-/// says what is wrong.
+/// Entries read: names, and values (`None`: null).
+type Pairs<'a, V> = Vec<(&'a str, Option<V>)>;
+
+/// Entries' raw bytes: names, and values (`None`: null).
+type RawPairs<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
+
+/// `(name, value)` for each entry of a `Pair` list (`None` for a null
+/// value), or `None` when the list is not in the simple form this reads or
+/// a text is not UTF-8: then read it with capnp's reader, which says what
+/// is wrong.
 ///
-/// `segment` is the message's only segment; `text_values` is true for
-/// `Pair` (text values end in NUL, left out), false for `PairData`.
-pub(super) fn pairs<'a, O: capnp::traits::OwnedStruct, V>(
+/// The UTF-8 check runs once over the span that holds the list's texts
+/// (the encoders write them one after the other), not once per text; a
+/// text is then a slice of that checked span, which is UTF-8 on its own
+/// exactly when it starts and ends on character boundaries. When the span
+/// is not UTF-8 (bytes between the texts), each text is checked alone.
+pub(super) fn text_pairs<'a, O: capnp::traits::OwnedStruct>(
+    segment: &'a [u8],
+    list: capnp::struct_list::Reader<'a, O>,
+) -> Option<Pairs<'a, &'a str>> {
+    let raw = raw_pairs(segment, list, true)?;
+    let base = segment.as_ptr() as usize;
+    let (mut lo, mut hi) = (segment.len(), 0);
+    for text in raw.iter().flat_map(|(n, v)| std::iter::once(*n).chain(*v)) {
+        let at = text.as_ptr() as usize - base;
+        lo = lo.min(at);
+        hi = hi.max(at + text.len());
+    }
+    let span = segment
+        .get(lo..hi)
+        .and_then(|s| std::str::from_utf8(s).ok());
+    let text = |bytes: &'a [u8]| match span {
+        Some(span) => {
+            let at = bytes.as_ptr() as usize - base - lo;
+            span.get(at..at + bytes.len())
+        }
+        None => std::str::from_utf8(bytes).ok(),
+    };
+    raw.into_iter()
+        .map(|(name, value)| {
+            let value = match value {
+                Some(v) => Some(text(v)?),
+                None => None,
+            };
+            Some((text(name)?, value))
+        })
+        .collect()
+}
+
+/// As [`text_pairs`], for a `PairData` list (values are bytes).
+pub(super) fn data_pairs<'a, O: capnp::traits::OwnedStruct>(
+    segment: &'a [u8],
+    list: capnp::struct_list::Reader<'a, O>,
+) -> Option<Pairs<'a, &'a [u8]>> {
+    raw_pairs(segment, list, false)?
+        .into_iter()
+        .map(|(name, value)| Some((std::str::from_utf8(name).ok()?, value)))
+        .collect()
+}
+
+/// The raw `(name, value)` bytes of each entry of `list` (names and text
+/// values without their NUL; `None` for a null value), or `None` when the
+/// list is not in the simple form this reads. `segment` is the message's
+/// only segment; `text_values` is true for `Pair` (text values end in NUL),
+/// false for `PairData`.
+fn raw_pairs<'a, O: capnp::traits::OwnedStruct>(
     segment: &'a [u8],
     list: capnp::struct_list::Reader<'a, O>,
     text_values: bool,
-    value: impl Fn(&'a [u8]) -> Option<V>,
-) -> Option<Vec<(&'a str, Option<V>)>> {
+) -> Option<RawPairs<'a>> {
     if list.is_empty() {
         return Some(Vec::new());
     }
@@ -46,11 +102,8 @@ pub(super) fn pairs<'a, O: capnp::traits::OwnedStruct, V>(
     let mut budget = segment.len();
     for i in 0..list.len() as usize {
         let at = start + i * 16;
-        let name = std::str::from_utf8(bytes_at(segment, at, true, &mut budget)??).ok()?;
-        let value = match bytes_at(segment, at + 8, text_values, &mut budget)? {
-            Some(bytes) => Some(value(bytes)?),
-            None => None,
-        };
+        let name = bytes_at(segment, at, true, &mut budget)??;
+        let value = bytes_at(segment, at + 8, text_values, &mut budget)?;
         out.push((name, value));
     }
     Some(out)
