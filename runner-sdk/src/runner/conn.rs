@@ -10,8 +10,9 @@ use crate::{
     async_trait, CallError, Chain, InfoKey, InfoSource, PluginError, Registry, Request,
     RequestParts, Response, ResponseParts,
 };
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use capnp::message::ScratchSpaceHeapAllocator;
+use extplug_wire::codec::{HEADER_LEN, RESERVE_CHUNK};
 use extplug_wire::{
     Encode, ErrorCode, ErrorResp, Frame, FrameCodec, FrameError, MessageType, Payload, Prepared,
     ReqCallAnswer, RespCallAnswer,
@@ -71,6 +72,28 @@ impl Conn<'_> {
     /// frames.
     async fn next(&mut self) -> Option<Result<Frame, FrameError>> {
         loop {
+            // A larger frame: grow by what has arrived (at least the codec's
+            // chunk), so that its bytes are moved a few times, not once per
+            // chunk (the codec's own reserve, next, then has room), and
+            // memory still follows the bytes received, never the length
+            // declared.
+            if let [_, a, b, c, ..] = self.rbuf[..] {
+                let need =
+                    HEADER_LEN + (usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c));
+                let missing = need.saturating_sub(self.rbuf.len());
+                // (A length over the limit is the decoder's to refuse.)
+                if need <= HEADER_LEN + self.codec.max_payload()
+                    && missing > self.rbuf.capacity() - self.rbuf.len()
+                {
+                    // A new buffer with only the frame's bytes: growing the
+                    // old one in place would also move the dead bytes of
+                    // the frames before it.
+                    let more = missing.min(self.rbuf.len().max(RESERVE_CHUNK));
+                    let mut grown = BytesMut::with_capacity(self.rbuf.len() + more);
+                    grown.extend_from_slice(&self.rbuf);
+                    self.rbuf = grown;
+                }
+            }
             match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(frame)) => return Some(Ok(frame)),
                 Ok(None) => {}
@@ -415,7 +438,7 @@ struct ConnSource<'c, 's> {
 
 #[async_trait]
 impl InfoSource for ConnSource<'_, '_> {
-    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, PluginError> {
+    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<Bytes>, PluginError> {
         if self.broken {
             return Err("the connection to the host failed earlier in this call".into());
         }
@@ -435,7 +458,7 @@ impl InfoSource for ConnSource<'_, '_> {
     }
 }
 
-async fn exchange(conn: &mut Conn<'_>, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, PluginError> {
+async fn exchange(conn: &mut Conn<'_>, key: InfoKey<'_>) -> Result<Option<Bytes>, PluginError> {
     conn.send(&key).await?;
     let frame = match conn.next().await {
         None => return Err("the host closed the connection during EXTRA_INFO".into()),
@@ -448,6 +471,21 @@ async fn exchange(conn: &mut Conn<'_>, key: InfoKey<'_>) -> Result<Option<Vec<u8
         )
         .into());
     }
-    let payload = Payload::parse(&frame.payload)?;
-    Ok(payload.extra_info_resp()?.0.map(<[u8]>::to_vec))
+    // The value is a slice of the frame, which the call keeps: no copy.
+    let frame = frame.payload.freeze();
+    let payload = Payload::parse(&frame)?;
+    Ok(payload
+        .extra_info_resp()?
+        .0
+        .map(|value| slice_of(&frame, value)))
+}
+
+/// `value` as a slice of `frame` when it lies in it (the decoder borrows
+/// the frame's bytes), else a copy.
+fn slice_of(frame: &Bytes, value: &[u8]) -> Bytes {
+    let at = (value.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+    match at.checked_add(value.len()) {
+        Some(end) if end <= frame.len() => frame.slice(at..end),
+        _ => Bytes::copy_from_slice(value),
+    }
 }
