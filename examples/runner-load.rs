@@ -14,6 +14,17 @@
 //!
 //! Plain threads and blocking sockets: the client's own cost stays out of
 //! the runner's process, which is what the counts measure.
+//!
+//! Per-call counts are the difference of two runs (startup cancels out):
+//!
+//! ```text
+//! cargo build --release --example demo-runner --example runner-load
+//! export APISIX_LISTEN_ADDRESS=unix:/tmp/r.sock RUST_LOG=warn
+//! valgrind --tool=callgrind --callgrind-out-file=cg.out \
+//!     target/release/examples/demo-runner &          # or --tool=dhat,
+//! target/release/examples/runner-load /tmp/r.sock 16 300   # or strace -f -c
+//! kill -TERM %1; wait; grep totals cg.out             # again with 900 calls
+//! ```
 
 use extplug::wire::{
     Encode, FrameCodec, MessageType, Payload, PrepareConf, ReqCall, RequestOutcome, RequestParts,
