@@ -968,3 +968,62 @@ async fn random_frames_on_many_connections_never_hurt_the_runner() {
     let mut fresh = runner.client().await;
     assert_stops(&mut fresh, token).await;
 }
+
+#[tokio::test]
+async fn a_current_thread_runner_serves_megabyte_bodies_fetched_or_prefetched() {
+    let runner = RunnerProc::start(&[("DEMO_RUNNER_THREADS", "1")]);
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", runner.pid()))
+            .unwrap()
+            .count()
+    };
+    let mut c = runner.client().await;
+    let token = c.prepare(&[("body-size", "{}")]).await;
+    let body: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let size_of = |answer: extplug::wire::ReqCallAnswer| match answer.outcome {
+        RequestOutcome::Rewrite(rw) => rw.headers,
+        other => panic!("{other:?}"),
+    };
+    // Fetched during the call (EXTRA_INFO), then sent up front, then a small
+    // call: the connection's buffers grow for the large frames and the
+    // calls after them still get their own answers.
+    c.call_until_extra_info(token, get("/")).await;
+    c.conn
+        .send(&extplug::wire::ExtraInfoAnswer(Some(&body)))
+        .await
+        .unwrap();
+    let Some(Answer::Call(answer)) = c.answer().await else {
+        panic!("no answer after the body")
+    };
+    assert_eq!(
+        size_of(answer),
+        vec![(s("x-body-size"), Some(s("1048576")))]
+    );
+    let mut req = get("/");
+    req.extra_info = vec![("$request_body", Some(&body[..]))];
+    let answer = c.call(token, req).await;
+    assert_eq!(
+        size_of(answer),
+        vec![(s("x-body-size"), Some(s("1048576")))]
+    );
+    let mut req = get("/");
+    req.extra_info = vec![("$request_body", Some(b"abc"))];
+    let answer = c.call(token, req).await;
+    assert_eq!(size_of(answer), vec![(s("x-body-size"), Some(s("3")))]);
+    // Other connections are served meanwhile by the same thread.
+    let mut others = Vec::new();
+    for _ in 0..8 {
+        others.push(runner.client().await);
+    }
+    for other in &mut others {
+        let mut req = get("/");
+        req.extra_info = vec![("$request_body", Some(b"x"))];
+        let answer = other.call(token, req).await;
+        assert_eq!(size_of(answer), vec![(s("x-body-size"), Some(s("1")))]);
+    }
+    assert_eq!(
+        threads(),
+        1,
+        "a current-thread runner runs on its main thread only"
+    );
+}

@@ -3,23 +3,26 @@
 
 use crate::{InfoKey, PluginError};
 use async_trait::async_trait;
+use bytes::Bytes;
 
 /// Where lazily read values come from: in the runner, an `EXTRA_INFO` round
 /// trip on the call's connection; in [`crate::testing`], a map.
 #[async_trait]
 pub trait InfoSource: Send {
     /// Fetches one value; `Ok(None)` when the gateway has no such value.
+    /// In the runner the value is a slice of the answer's frame (a body is
+    /// not copied between the socket and the plugin).
     ///
     /// # Errors
     /// The exchange with the gateway failed; the call then fails.
-    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, PluginError>;
+    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<Bytes>, PluginError>;
 }
 
 /// The values known to one call: the prefetched ones (borrowed from the call's
 /// frame) and the ones fetched during the call (owned), plus the source.
 pub(crate) struct Info<'a> {
     prefetched: Vec<(&'a str, Option<&'a [u8]>)>,
-    fetched: Vec<(String, Option<Vec<u8>>)>,
+    fetched: Vec<(String, Option<Bytes>)>,
     source: &'a mut dyn InfoSource,
 }
 

@@ -61,10 +61,10 @@ struct MapSource {
 
 #[async_trait]
 impl InfoSource for MapSource {
-    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, PluginError> {
+    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<bytes::Bytes>, PluginError> {
         let name = key.prefetch_name();
         self.fetched.push(name.to_owned());
-        Ok(self.values.get(name).cloned())
+        Ok(self.values.get(name).cloned().map(bytes::Bytes::from))
     }
 }
 

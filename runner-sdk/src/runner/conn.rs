@@ -10,15 +10,18 @@ use crate::{
     async_trait, CallError, Chain, InfoKey, InfoSource, PluginError, Registry, Request,
     RequestParts, Response, ResponseParts,
 };
+use bytes::{Bytes, BytesMut};
+use capnp::message::ScratchSpaceHeapAllocator;
+use extplug_wire::codec::{HEADER_LEN, RESERVE_CHUNK};
 use extplug_wire::{
     Encode, ErrorCode, ErrorResp, Frame, FrameCodec, FrameError, MessageType, Payload, Prepared,
     ReqCallAnswer, RespCallAnswer,
 };
-use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -32,8 +35,6 @@ pub(crate) struct Shared {
     pub max_extra_info: u32,
 }
 
-type Conn = Framed<UnixStream, FrameCodec>;
-
 /// Whether the connection can take another frame after an answer.
 enum Flow {
     Next,
@@ -43,12 +44,108 @@ enum Flow {
 /// Bytes of read buffer a connection starts with: most calls fit.
 const READ_BUFFER: usize = 8 * 1024;
 
+/// Bytes of Cap'n Proto scratch space per connection: the first segment of
+/// every answer, so that an answer this size or smaller allocates nothing.
+const SCRATCH: usize = 8 * 1024;
+
+/// A buffer grown past this by a large frame is given back once empty, so
+/// that one large body does not keep its memory for the connection's life.
+const KEEP_BUFFER: usize = 256 * 1024;
+
+/// One host connection: its socket and the buffers every call reuses.
+///
+/// Reads go into one buffer with room for a usual frame, so that a call
+/// costs one read; a frame is split off it without copying (the payload
+/// shares the buffer, and its bytes are what the plugins see). An answer is
+/// built in the connection's scratch space, encoded into the output buffer
+/// and sent with one write.
+struct Conn<'s> {
+    stream: UnixStream,
+    codec: FrameCodec,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    scratch: ScratchSpaceHeapAllocator<'s>,
+}
+
+impl Conn<'_> {
+    /// The next frame; `None` when the host closed the connection between
+    /// frames.
+    async fn next(&mut self) -> Option<Result<Frame, FrameError>> {
+        loop {
+            // A larger frame: grow by what has arrived (at least the codec's
+            // chunk), so that its bytes are moved a few times, not once per
+            // chunk (the codec's own reserve, next, then has room), and
+            // memory still follows the bytes received, never the length
+            // declared.
+            if let [_, a, b, c, ..] = self.rbuf[..] {
+                let need =
+                    HEADER_LEN + (usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c));
+                let missing = need.saturating_sub(self.rbuf.len());
+                // (A length over the limit is the decoder's to refuse.)
+                if need <= HEADER_LEN + self.codec.max_payload()
+                    && missing > self.rbuf.capacity() - self.rbuf.len()
+                {
+                    // A new buffer with only the frame's bytes: growing the
+                    // old one in place would also move the dead bytes of
+                    // the frames before it.
+                    let more = missing.min(self.rbuf.len().max(RESERVE_CHUNK));
+                    let mut grown = BytesMut::with_capacity(self.rbuf.len() + more);
+                    grown.extend_from_slice(&self.rbuf);
+                    self.rbuf = grown;
+                }
+            }
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+                self.rbuf = BytesMut::with_capacity(READ_BUFFER);
+            }
+            // Room for a whole usual frame, so that it comes in one read (the
+            // decoder reserves more for a larger frame it has the header of).
+            // The frames split off earlier are gone by now, so this reuses
+            // the same memory rather than allocating.
+            if self.rbuf.capacity() - self.rbuf.len() < READ_BUFFER / 2 {
+                self.rbuf.reserve(READ_BUFFER);
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) => return self.codec.decode_eof(&mut self.rbuf).transpose(),
+                Ok(_) => {}
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+
+    /// Sends `message` as one frame, with one write.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when it is over the frame limit (nothing of
+    /// it was sent: the stream is still in step), or the socket failed.
+    async fn send<T: Encode + ?Sized>(&mut self, message: &T) -> Result<(), FrameError> {
+        self.wbuf.clear();
+        self.codec
+            .encode_with(message, &mut self.scratch, &mut self.wbuf)?;
+        self.stream.write_all(&self.wbuf).await?;
+        if self.wbuf.capacity() > KEEP_BUFFER {
+            self.wbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+}
+
 /// Serves one connection until the host closes it, the stream breaks, or the
 /// runner shuts down (checked only between frames, so a call in flight
 /// always gets its answer).
 pub(crate) async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let codec = FrameCodec::with_max_payload(shared.max_frame);
-    let mut conn = Framed::with_capacity(stream, codec, READ_BUFFER);
+    let mut scratch = vec![0u8; SCRATCH];
+    let mut conn = Conn {
+        stream,
+        codec: FrameCodec::with_max_payload(shared.max_frame),
+        rbuf: BytesMut::with_capacity(READ_BUFFER),
+        wbuf: BytesMut::with_capacity(READ_BUFFER),
+        scratch: ScratchSpaceHeapAllocator::new(&mut scratch),
+    };
     // Tokens this connection used: found again without the shared lock.
     let mut tokens: HashMap<u32, Arc<Entry>> = HashMap::new();
     loop {
@@ -82,13 +179,17 @@ pub(crate) async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Can
     }
 }
 
-async fn send_error(conn: &mut Conn, code: ErrorCode, message: String) -> Result<(), FrameError> {
+async fn send_error(
+    conn: &mut Conn<'_>,
+    code: ErrorCode,
+    message: String,
+) -> Result<(), FrameError> {
     conn.send(&ErrorResp { code, message }).await
 }
 
 /// Answers one frame.
 async fn handle(
-    conn: &mut Conn,
+    conn: &mut Conn<'_>,
     shared: &Shared,
     tokens: &mut HashMap<u32, Arc<Entry>>,
     frame: Frame,
@@ -128,7 +229,7 @@ async fn handle(
 }
 
 async fn prepare(
-    conn: &mut Conn,
+    conn: &mut Conn<'_>,
     shared: &Shared,
     payload: &Payload<'_>,
 ) -> Result<Flow, FrameError> {
@@ -193,7 +294,7 @@ fn lookup<'t>(
 }
 
 async fn req_call(
-    conn: &mut Conn,
+    conn: &mut Conn<'_>,
     shared: &Shared,
     tokens: &mut HashMap<u32, Arc<Entry>>,
     payload: &Payload<'_>,
@@ -208,7 +309,7 @@ async fn req_call(
 }
 
 async fn resp_call(
-    conn: &mut Conn,
+    conn: &mut Conn<'_>,
     shared: &Shared,
     tokens: &mut HashMap<u32, Arc<Entry>>,
     payload: &Payload<'_>,
@@ -234,7 +335,7 @@ trait CallParts: Send {
     fn run(
         self,
         chain: &Chain,
-        source: &mut ConnSource<'_>,
+        source: &mut ConnSource<'_, '_>,
     ) -> impl std::future::Future<Output = Result<Self::Answer, CallError>> + Send;
 }
 
@@ -246,7 +347,7 @@ impl CallParts for RequestParts<'_> {
     async fn run(
         self,
         chain: &Chain,
-        source: &mut ConnSource<'_>,
+        source: &mut ConnSource<'_, '_>,
     ) -> Result<ReqCallAnswer, CallError> {
         let id = self.id;
         let mut req = Request::new(self, source);
@@ -266,7 +367,7 @@ impl CallParts for ResponseParts<'_> {
     async fn run(
         self,
         chain: &Chain,
-        source: &mut ConnSource<'_>,
+        source: &mut ConnSource<'_, '_>,
     ) -> Result<RespCallAnswer, CallError> {
         let id = self.id;
         let mut resp = Response::new(self, source);
@@ -281,7 +382,7 @@ impl CallParts for ResponseParts<'_> {
 /// Runs a call under `token` and sends its one answer: the outcome, or
 /// ERROR `confTokenNotFound` / `serviceUnavailable`.
 async fn call<P: CallParts>(
-    conn: &mut Conn,
+    conn: &mut Conn<'_>,
     shared: &Shared,
     tokens: &mut HashMap<u32, Arc<Entry>>,
     token: u32,
@@ -324,8 +425,8 @@ async fn call<P: CallParts>(
 
 /// Lazy reads during a call: an EXTRA_INFO round trip on the call's own
 /// connection.
-struct ConnSource<'c> {
-    conn: &'c mut Conn,
+struct ConnSource<'c, 's> {
+    conn: &'c mut Conn<'s>,
     /// Set when an exchange failed: the stream is out of step, so the
     /// connection closes after the call's answer.
     broken: bool,
@@ -336,8 +437,8 @@ struct ConnSource<'c> {
 }
 
 #[async_trait]
-impl InfoSource for ConnSource<'_> {
-    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, PluginError> {
+impl InfoSource for ConnSource<'_, '_> {
+    async fn fetch(&mut self, key: InfoKey<'_>) -> Result<Option<Bytes>, PluginError> {
         if self.broken {
             return Err("the connection to the host failed earlier in this call".into());
         }
@@ -357,7 +458,7 @@ impl InfoSource for ConnSource<'_> {
     }
 }
 
-async fn exchange(conn: &mut Conn, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, PluginError> {
+async fn exchange(conn: &mut Conn<'_>, key: InfoKey<'_>) -> Result<Option<Bytes>, PluginError> {
     conn.send(&key).await?;
     let frame = match conn.next().await {
         None => return Err("the host closed the connection during EXTRA_INFO".into()),
@@ -370,6 +471,21 @@ async fn exchange(conn: &mut Conn, key: InfoKey<'_>) -> Result<Option<Vec<u8>>, 
         )
         .into());
     }
-    let payload = Payload::parse(&frame.payload)?;
-    Ok(payload.extra_info_resp()?.0.map(<[u8]>::to_vec))
+    // The value is a slice of the frame, which the call keeps: no copy.
+    let frame = frame.payload.freeze();
+    let payload = Payload::parse(&frame)?;
+    Ok(payload
+        .extra_info_resp()?
+        .0
+        .map(|value| slice_of(&frame, value)))
+}
+
+/// `value` as a slice of `frame` when it lies in it (the decoder borrows
+/// the frame's bytes), else a copy.
+fn slice_of(frame: &Bytes, value: &[u8]) -> Bytes {
+    let at = (value.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+    match at.checked_add(value.len()) {
+        Some(end) if end <= frame.len() => frame.slice(at..end),
+        _ => Bytes::copy_from_slice(value),
+    }
 }

@@ -8,7 +8,7 @@ use crate::codec::{FrameCodec, FrameError};
 use crate::ext_plugin_capnp as schema;
 use crate::{InfoKey, RequestOutcome};
 use bytes::{BufMut, BytesMut};
-use capnp::message::{Builder, HeapAllocator};
+use capnp::message::{Allocator, Builder, HeapAllocator};
 use http::Method;
 use std::net::IpAddr;
 use tokio_util::codec::Encoder;
@@ -17,25 +17,87 @@ use tokio_util::codec::Encoder;
 pub trait Encode {
     /// The frame type to send it with.
     fn kind(&self) -> MessageType;
-    /// Writes the message into a fresh Cap'n Proto builder.
+    /// Writes the message into a fresh Cap'n Proto builder (whose segments
+    /// come from any allocator: the heap, or a connection's reused scratch
+    /// space).
     ///
     /// # Errors
     /// A Cap'n Proto error (only on resource exhaustion in practice).
-    fn build(&self, message: &mut Builder<HeapAllocator>) -> capnp::Result<()>;
+    fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()>;
+
+    /// The words the message takes, or a slight over-estimate. [`FrameCodec`]'s
+    /// encoder makes its first segment this large, so that the message is
+    /// one segment: the reader then follows no far pointers (and reads it
+    /// without allocating). The default, 128 words, suits small messages.
+    fn size_hint_words(&self) -> usize {
+        128
+    }
+}
+
+/// Words of a text of `len` bytes (with its NUL, padded to a word).
+fn text_words(len: usize) -> usize {
+    (len + 8) / 8
+}
+
+/// Words of a data blob of `len` bytes (padded to a word).
+fn data_words(len: usize) -> usize {
+    len.div_ceil(8)
+}
+
+/// Words of a `Pair`/`PairData` list: its tag, two pointers per entry, and
+/// each name and value.
+/// `pairs` gives each entry's name and value lengths (`None`: no value).
+fn pairs_words(pairs: impl IntoIterator<Item = (usize, Option<usize>)>) -> usize {
+    pairs.into_iter().fold(1, |words, (name, value)| {
+        words + 2 + text_words(name) + value.map_or(0, text_words)
+    })
+}
+
+/// Words of a message's fixed parts: the root pointer, root struct and
+/// list pointers of any message here, with room to spare.
+const FIXED_WORDS: usize = 16;
+
+/// The first segment of a message built by [`FrameCodec`]'s encoder: its
+/// size hint, at least 128 words and at most the largest frame.
+fn first_segment_words(hint: usize) -> u32 {
+    hint.clamp(128, crate::MAX_PAYLOAD / 8 + 1) as u32
+}
+
+impl FrameCodec {
+    /// Encodes `item` as one frame at the end of `dst`, building the Cap'n
+    /// Proto message in segments from `alloc`. With a reused
+    /// [`capnp::message::ScratchSpaceHeapAllocator`] (passed as `&mut`), a
+    /// message that fits its scratch space costs no allocation: the only
+    /// copy is the one into `dst`, the connection's output buffer.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the payload is over the limit (nothing
+    /// of the frame is left in `dst`), or a Cap'n Proto error.
+    pub fn encode_with<T: Encode + ?Sized, A: Allocator>(
+        &self,
+        item: &T,
+        alloc: A,
+        dst: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        let mut message = Builder::new(alloc);
+        item.build(&mut message)?;
+        let words = capnp::serialize::compute_serialized_size_in_words(&message);
+        dst.reserve(crate::codec::HEADER_LEN + words * 8);
+        let start = FrameCodec::begin(dst, item.kind() as u8);
+        if let Err(e) = capnp::serialize::write_message((&mut *dst).writer(), &message) {
+            dst.truncate(start);
+            return Err(e.into());
+        }
+        self.finish(dst, start)
+    }
 }
 
 impl<T: Encode> Encoder<&T> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let mut message = Builder::new(HeapAllocator::new().first_segment_words(128));
-        item.build(&mut message)?;
-        let words = capnp::serialize::compute_serialized_size_in_words(&message);
-        dst.reserve(crate::codec::HEADER_LEN + words * 8);
-        let start = FrameCodec::begin(dst, item.kind() as u8);
-        capnp::serialize::write_message((&mut *dst).writer(), &message)
-            .map_err(FrameError::from)?;
-        self.finish(dst, start)
+        let words = first_segment_words(item.size_hint_words());
+        self.encode_with(item, HeapAllocator::new().first_segment_words(words), dst)
     }
 }
 
@@ -112,7 +174,7 @@ impl Encode for ErrorResp {
     fn kind(&self) -> MessageType {
         MessageType::Error
     }
-    fn build(&self, message: &mut Builder<HeapAllocator>) -> capnp::Result<()> {
+    fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()> {
         let mut root = message.init_root::<schema::error_resp::Builder>();
         root.set_code(match self.code {
             ErrorCode::BadRequest => schema::ErrorCode::BadRequest,
@@ -128,7 +190,12 @@ impl Encode for PrepareConf<'_> {
     fn kind(&self) -> MessageType {
         MessageType::PrepareConf
     }
-    fn build(&self, message: &mut Builder<HeapAllocator>) -> capnp::Result<()> {
+    fn size_hint_words(&self) -> usize {
+        FIXED_WORDS
+            + pairs_words(self.conf.iter().map(|(n, v)| (n.len(), Some(v.len()))))
+            + self.key.map_or(0, |k| text_words(k.len()))
+    }
+    fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()> {
         let mut root = message.init_root::<schema::prepare_conf_req::Builder>();
         write_pairs(
             root.reborrow().init_conf(self.conf.len() as u32),
@@ -145,7 +212,7 @@ impl Encode for Prepared {
     fn kind(&self) -> MessageType {
         MessageType::PrepareConf
     }
-    fn build(&self, message: &mut Builder<HeapAllocator>) -> capnp::Result<()> {
+    fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()> {
         let mut root = message.init_root::<schema::prepare_conf_resp::Builder>();
         root.set_conf_token(self.token);
         if !self.needs.vars.is_empty() {
@@ -164,7 +231,16 @@ impl Encode for ReqCall<'_> {
     fn kind(&self) -> MessageType {
         MessageType::HttpReqCall
     }
-    fn build(&self, message: &mut Builder<HeapAllocator>) -> capnp::Result<()> {
+    fn size_hint_words(&self) -> usize {
+        let p = &self.parts;
+        FIXED_WORDS
+            + 2 // the source address
+            + text_words(p.path.len())
+            + pairs_words(p.args.iter().map(|(n, v)| (n.len(), v.as_ref().map(|v| v.len()))))
+            + pairs_words(p.headers.iter().map(|(n, v)| (n.len(), Some(v.len()))))
+            + pairs_words(p.extra_info.iter().map(|(n, v)| (n.len(), v.as_ref().map(|v| v.len()))))
+    }
+    fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()> {
         let p = &self.parts;
         let mut root = message.init_root::<schema::http_req_call_req::Builder>();
         root.set_id(p.id);
@@ -200,7 +276,36 @@ impl Encode for ReqCallAnswer {
     fn kind(&self) -> MessageType {
         MessageType::HttpReqCall
     }
-    fn build(&self, message: &mut Builder<HeapAllocator>) -> capnp::Result<()> {
+    fn size_hint_words(&self) -> usize {
+        FIXED_WORDS
+            + match &self.outcome {
+                RequestOutcome::Continue => 0,
+                RequestOutcome::Stop(stop) => {
+                    pairs_words(stop.headers.iter().map(|(n, v)| (n.len(), Some(v.len()))))
+                        + data_words(stop.body.len())
+                }
+                RequestOutcome::Rewrite(rw) => {
+                    rw.path.as_ref().map_or(0, |p| text_words(p.len()))
+                        + pairs_words(
+                            rw.headers
+                                .iter()
+                                .map(|(n, v)| (n.len(), v.as_ref().map(|v| v.len()))),
+                        )
+                        + pairs_words(
+                            rw.args
+                                .iter()
+                                .map(|(n, v)| (n.len(), v.as_ref().map(|v| v.len()))),
+                        )
+                        + pairs_words(
+                            rw.resp_headers
+                                .iter()
+                                .map(|(n, v)| (n.len(), Some(v.len()))),
+                        )
+                        + rw.body.as_ref().map_or(0, |b| data_words(b.len()))
+                }
+            }
+    }
+    fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()> {
         let mut root = message.init_root::<schema::http_req_call_resp::Builder>();
         root.set_id(self.id);
         let mut action = root.init_action();
@@ -256,7 +361,17 @@ impl Encode for RespCall<'_> {
     fn kind(&self) -> MessageType {
         MessageType::HttpRespCall
     }
-    fn build(&self, message: &mut Builder<HeapAllocator>) -> capnp::Result<()> {
+    fn size_hint_words(&self) -> usize {
+        let p = &self.parts;
+        FIXED_WORDS
+            + pairs_words(p.headers.iter().map(|(n, v)| (n.len(), Some(v.len()))))
+            + pairs_words(
+                p.extra_info
+                    .iter()
+                    .map(|(n, v)| (n.len(), v.as_ref().map(|v| v.len()))),
+            )
+    }
+    fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()> {
         let p = &self.parts;
         let mut root = message.init_root::<schema::http_resp_call_req::Builder>();
         root.set_id(p.id);
@@ -280,7 +395,15 @@ impl Encode for RespCallAnswer {
     fn kind(&self) -> MessageType {
         MessageType::HttpRespCall
     }
-    fn build(&self, message: &mut Builder<HeapAllocator>) -> capnp::Result<()> {
+    fn size_hint_words(&self) -> usize {
+        let o = &self.outcome;
+        FIXED_WORDS
+            + o.headers.as_ref().map_or(0, |h| {
+                pairs_words(h.iter().map(|(n, v)| (n.len(), Some(v.len()))))
+            })
+            + o.body.as_ref().map_or(0, |b| data_words(b.len()))
+    }
+    fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()> {
         let o = &self.outcome;
         let mut root = message.init_root::<schema::http_resp_call_resp::Builder>();
         root.set_id(self.id);
@@ -302,7 +425,7 @@ impl Encode for InfoKey<'_> {
     fn kind(&self) -> MessageType {
         MessageType::ExtraInfo
     }
-    fn build(&self, message: &mut Builder<HeapAllocator>) -> capnp::Result<()> {
+    fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()> {
         let root = message.init_root::<schema::extra_info_req::Builder>();
         let mut info = root.init_info();
         match self {
@@ -318,7 +441,10 @@ impl Encode for ExtraInfoAnswer<'_> {
     fn kind(&self) -> MessageType {
         MessageType::ExtraInfo
     }
-    fn build(&self, message: &mut Builder<HeapAllocator>) -> capnp::Result<()> {
+    fn size_hint_words(&self) -> usize {
+        FIXED_WORDS + self.0.map_or(0, |v| data_words(v.len()))
+    }
+    fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()> {
         let mut root = message.init_root::<schema::extra_info_resp::Builder>();
         if let Some(value) = self.0 {
             root.set_result(value);

@@ -3,7 +3,8 @@
 //! - `types.rs`: the messages as Rust types;
 //! - `encode.rs`: [`Encode`], writing a message straight into the output buffer;
 //! - `decode.rs`: [`Payload`], reading a frame's payload without copying it
-//!   (the views it hands out, `&str` and `&[u8]`, point into the frame).
+//!   (the views it hands out, `&str` and `&[u8]`, point into the frame);
+//! - `flat.rs`: the fast path for the pair lists of a one-segment message.
 //!
 //! `Pair` and `PairData` lists, which most messages carry, are written by
 //! one generic writer and read by one generic reader (`write_pairs`,
@@ -11,6 +12,7 @@
 
 mod decode;
 mod encode;
+mod flat;
 mod types;
 
 pub use decode::{reader_options, DecodeError, Payload};

@@ -369,3 +369,111 @@ fn every_pair_list_refuses_a_nameless_entry_and_names_it() {
         .unwrap_err();
     assert!(err.to_string().contains("header 0 has no name"), "{err}");
 }
+
+/// Reads a request both ways (pair lists from the segment's bytes, and
+/// entry by entry through capnp) and checks that they agree, errors
+/// included; returns the fast path's result as text.
+fn both_readers(bytes: &[u8]) -> String {
+    let fast = Payload::parse(bytes).unwrap();
+    let slow = Payload::parse(bytes).unwrap().without_fast_path();
+    let fast = format!("{:?}", fast.req_call().map(|c| (c.conf_token, c.parts)));
+    let slow = format!("{:?}", slow.req_call().map(|c| (c.conf_token, c.parts)));
+    assert_eq!(fast, slow, "the two readers disagree");
+    fast
+}
+
+#[test]
+fn the_fast_pair_reader_agrees_with_capnp() {
+    let long = "v".repeat(300);
+    let parts = RequestParts {
+        id: 3,
+        src_ip: "10.0.0.1".parse().unwrap(),
+        method: Method::GET,
+        path: "/p",
+        args: vec![
+            ("a", Some("1")),
+            ("flag", None),
+            ("", Some("")),
+            ("é", Some("ü")),
+        ],
+        headers: vec![("host", "x"), ("empty", ""), ("x-long", &long)],
+        extra_info: vec![
+            ("$request_body", Some(&[0u8, 255, 1][..])),
+            ("none", None),
+            ("e", Some(&[][..])),
+        ],
+    };
+    let call = ReqCall {
+        conf_token: 5,
+        parts,
+    };
+    let mut buf = BytesMut::new();
+    FrameCodec::default().encode(&call, &mut buf).unwrap();
+    assert_eq!(&buf[4..8], &[0; 4], "the encoder wrote one segment");
+    let text = both_readers(&buf[4..]);
+    assert!(text.contains(r#"("é", Some("ü"))"#), "{text}");
+
+    // Several segments (a tiny first segment): the generic reader only.
+    let mut msg = Builder::new(capnp::message::HeapAllocator::new().first_segment_words(1));
+    call.build(&mut msg).unwrap();
+    let mut bytes = Vec::new();
+    capnp::serialize::write_message(&mut bytes, &msg).unwrap();
+    assert_ne!(&bytes[..4], &[0; 4]);
+    assert_eq!(both_readers(&bytes), text);
+}
+
+#[test]
+fn the_fast_pair_reader_leaves_bad_entries_to_capnp() {
+    // A nameless header, a header value that is not UTF-8, a text without
+    // its NUL, a far pointer, a pointer out of the segment: the fast path
+    // gives up on each, and both readers give the same error.
+    let call = bytes_of(|msg| {
+        let mut root = msg.init_root::<schema::http_req_call_req::Builder>();
+        root.set_src_ip(&[127, 0, 0, 1]);
+        root.set_path("/");
+        let mut h = root.init_headers(2);
+        h.reborrow().get(0).set_name("a");
+        h.reborrow().get(0).set_value("bbbbbbb");
+        h.reborrow().get(1).set_name("c");
+        h.reborrow().get(1).set_value("d");
+    });
+    assert!(both_readers(&call).starts_with("Ok"));
+    let find = |needle: &[u8]| {
+        call.windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+    };
+    let value_at = find(b"bbbbbbb\0");
+    // The header list's first entry: its name pointer.
+    let entry = {
+        let message = capnp::serialize::read_message_from_flat_slice(
+            &mut &call[..],
+            capnp::message::ReaderOptions::new(),
+        )
+        .unwrap();
+        let root: schema::http_req_call_req::Reader = message.get_root().unwrap();
+        let entries = capnp::raw::get_list_bytes(root.get_headers().unwrap());
+        entries.as_ptr() as usize - call.as_ptr() as usize
+    };
+    assert!(both_readers(&call).contains(r#"("a", "bbbbbbb")"#));
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut bad = call.clone();
+    bad[value_at] = 0xff;
+    cases.push(("not UTF-8", bad));
+    let mut bad = call.clone();
+    bad[value_at + 7] = b'b';
+    cases.push(("no NUL", bad));
+    let mut bad = call.clone();
+    bad[entry..entry + 8].fill(0);
+    cases.push(("no name", bad));
+    let mut bad = call.clone();
+    bad[entry] = (bad[entry] & !3) | 2;
+    cases.push(("far pointer", bad));
+    let mut bad = call.clone();
+    bad[entry + 3] = 0x7f; // a large positive offset
+    cases.push(("out of the segment", bad));
+    for (what, bytes) in cases {
+        let text = both_readers(&bytes);
+        assert!(text.starts_with("Err"), "{what}: {text}");
+    }
+}
