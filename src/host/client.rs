@@ -108,12 +108,23 @@ pub trait InfoProvider: Send {
 /// One route phase's cached token (or the runner's refusal of its chain,
 /// with the runner generation that refused), and a lock that makes
 /// concurrent requests share one PREPARE_CONF.
+///
+/// The ticket is read by every call and written once per PREPARE_CONF:
+/// an `ArcSwapOption`, so that reading takes no lock that calls on other
+/// threads contend for.
 #[derive(Default)]
 struct Slot {
-    ticket: Mutex<Option<Ticket>>,
+    ticket: arc_swap::ArcSwapOption<Ticket>,
     refused: Mutex<Option<(u64, String)>>,
     preparing: tokio::sync::Mutex<()>,
 }
+
+/// A route phase's entry in a client's token cache, looked up once (when
+/// the proxy is built, [`ExtClient::phase_slot`]) rather than by name on
+/// every call. Entries are kept for the client's life, so a proxy rebuilt
+/// by a reload finds the tokens its routes' phases already had.
+#[derive(Clone)]
+pub struct PhaseSlot(Arc<Slot>);
 
 struct PooledConn {
     conn: Framed<UnixStream, FrameCodec>,
@@ -566,16 +577,13 @@ impl ExtClient {
 
     /// The cached ticket, if it is for the running runner and not too old.
     fn valid(&self, slot: &Slot) -> Option<Ticket> {
-        let ticket = slot
-            .ticket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
+        let guard = slot.ticket.load();
+        let ticket = guard.as_deref()?;
         let current = match &*self.state.borrow() {
             RunnerState::Ready { generation, .. } => *generation,
             _ => return None,
         };
-        (ticket.generation == current && Instant::now() < ticket.expires).then_some(ticket)
+        (ticket.generation == current && Instant::now() < ticket.expires).then(|| ticket.clone())
     }
 
     /// The current runner's refusal of the slot's chain, if it refused it.
@@ -597,28 +605,50 @@ impl ExtClient {
     /// The runner is down, or refused the chain ([`CallError::ChainRefused`],
     /// remembered for that runner), or the exchange failed.
     pub async fn ticket(&self, phase: &PhaseConf) -> Result<Ticket, CallError> {
-        self.prepare(phase, true).await
+        self.prepare(&self.slot(&phase.key), phase, true).await
+    }
+
+    /// `phase`'s entry in the token cache, for [`ExtClient::ticket_in`].
+    pub fn phase_slot(&self, phase: &PhaseConf) -> PhaseSlot {
+        PhaseSlot(self.slot(&phase.key))
+    }
+
+    /// [`ExtClient::ticket`] with the phase's cache entry resolved before
+    /// (`slot` is [`ExtClient::phase_slot`] of `phase`): no lookup by name.
+    ///
+    /// # Errors
+    /// As [`ExtClient::ticket`].
+    pub async fn ticket_in(
+        &self,
+        slot: &PhaseSlot,
+        phase: &PhaseConf,
+    ) -> Result<Ticket, CallError> {
+        self.prepare(&slot.0, phase, true).await
     }
 
     /// [`ExtClient::ticket`] for the start-up check: a refusal is not
     /// logged, as the caller reports it (once, as its error).
     pub(crate) async fn ticket_unlogged(&self, phase: &PhaseConf) -> Result<Ticket, CallError> {
-        self.prepare(phase, false).await
+        self.prepare(&self.slot(&phase.key), phase, false).await
     }
 
-    async fn prepare(&self, phase: &PhaseConf, log_refusal: bool) -> Result<Ticket, CallError> {
-        let slot = self.slot(&phase.key);
-        if let Some(ticket) = self.valid(&slot) {
+    async fn prepare(
+        &self,
+        slot: &Slot,
+        phase: &PhaseConf,
+        log_refusal: bool,
+    ) -> Result<Ticket, CallError> {
+        if let Some(ticket) = self.valid(slot) {
             return Ok(ticket);
         }
-        if let Some(refused) = self.refusal(&slot) {
+        if let Some(refused) = self.refusal(slot) {
             return Err(refused);
         }
         let _one_at_a_time = slot.preparing.lock().await;
-        if let Some(ticket) = self.valid(&slot) {
+        if let Some(ticket) = self.valid(slot) {
             return Ok(ticket);
         }
-        if let Some(refused) = self.refusal(&slot) {
+        if let Some(refused) = self.refusal(slot) {
             return Err(refused);
         }
         let req = PrepareConf {
@@ -667,7 +697,7 @@ impl ExtClient {
         };
         debug!(route_phase = %phase.key, token = ticket.token, generation, "chain prepared");
         self.metrics.conf_prepared();
-        *slot.ticket.lock().unwrap_or_else(|p| p.into_inner()) = Some(ticket.clone());
+        slot.ticket.store(Some(Arc::new(ticket.clone())));
         Ok(ticket)
     }
 
@@ -678,7 +708,7 @@ impl ExtClient {
     fn forget_all(&self) {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
         for slot in slots.values() {
-            *slot.ticket.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            slot.ticket.store(None);
         }
     }
 

@@ -272,7 +272,7 @@ impl Proxy {
         route: usize,
     ) -> Option<Response<Body>> {
         let started = std::time::Instant::now();
-        let result = self.call_request_phase(pc, ex).await;
+        let result = self.call_request_phase(route, phase, pc, ex).await;
         self.record_call(route, phase, &result, started);
         // A body that failed during the call (a lazy read answered "not
         // available" to the runner) decides the answer, whatever the call
@@ -367,11 +367,14 @@ impl Proxy {
 
     async fn call_request_phase(
         &self,
+        route: usize,
+        phase: Phase,
         pc: &PhaseConf,
         ex: &mut Exchange,
     ) -> Result<RequestOutcome, PhaseError> {
-        let client = self.client_of(pc)?;
-        let ticket = client.ticket(pc).await?;
+        let handle = self.phase_handle(route, phase)?;
+        let client = &*handle.client;
+        let ticket = client.ticket_in(&handle.slot, pc).await?;
         let body = if ticket.needs.request_body {
             Some(ex.body.buffer().await?)
         } else {
@@ -438,7 +441,7 @@ impl Proxy {
         route: usize,
     ) -> Result<(), Response<Body>> {
         let started = std::time::Instant::now();
-        let result = self.call_response_phase(pc, ex, head, body).await;
+        let result = self.call_response_phase(route, pc, ex, head, body).await;
         self.record_call(route, Phase::PostResp, &result, started);
         if let Some(e) = body.failure().cloned() {
             return Err(ex.body_failed(Side::Response, &e));
@@ -467,13 +470,15 @@ impl Proxy {
 
     async fn call_response_phase(
         &self,
+        route: usize,
         pc: &PhaseConf,
         ex: &mut Exchange,
         head: &http::response::Parts,
         body: &mut MessageBody,
     ) -> Result<crate::wire::ResponseOutcome, PhaseError> {
-        let client = self.client_of(pc)?;
-        let ticket = client.ticket(pc).await?;
+        let handle = self.phase_handle(route, Phase::PostResp)?;
+        let client = &*handle.client;
+        let ticket = client.ticket_in(&handle.slot, pc).await?;
         let resp_body = if ticket.needs.response_body {
             Some(body.buffer().await?)
         } else {
