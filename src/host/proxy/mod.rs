@@ -103,12 +103,11 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> String {
-        format!(
-            "{:016x}{:016x}",
-            self.prefix,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        )
+    fn next(&self) -> crate::host::vars::RequestId {
+        crate::host::vars::RequestId {
+            prefix: self.prefix,
+            counter: self.counter.fetch_add(1, Ordering::Relaxed),
+        }
     }
 }
 

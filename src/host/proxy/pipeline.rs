@@ -8,7 +8,7 @@
 
 use super::body::{BodyError, MessageBody, Side};
 use super::headers::{self, Origin};
-use super::query::{parse_query, rewrite_query, target};
+use super::query::{parse_query, rewrite_query, target, target_of};
 use super::{error_response, full, Body, Proxy};
 use crate::host::client::{CallError, InfoProvider};
 use crate::host::config::{Phase, PhaseConf, Route};
@@ -40,7 +40,7 @@ pub(crate) struct Exchange {
     pub(crate) body: MessageBody,
     pub(crate) peer: SocketAddr,
     local: SocketAddr,
-    request_id: String,
+    request_id: vars::RequestId,
     /// Response headers added by request-phase rewrites (filtered).
     resp_headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -53,7 +53,7 @@ impl Exchange {
             peer: self.peer,
             local: self.local,
             route_id: &self.route.id,
-            request_id: &self.request_id,
+            request_id: self.request_id,
         }
     }
 
@@ -178,7 +178,7 @@ impl Proxy {
         *routed = Some(index);
         let (mut head, body) = req.into_parts();
         let original_uri = head.uri.clone();
-        head.uri = match target(&path, original_uri.query()) {
+        head.uri = match target_of(&path, &original_uri) {
             Ok(uri) => uri,
             Err(e) => {
                 return error_response(StatusCode::BAD_REQUEST, &format!("bad request target: {e}"))
@@ -394,7 +394,7 @@ impl Proxy {
             peer: ex.peer,
             local: ex.local,
             route_id: &ex.route.id,
-            request_id: &ex.request_id,
+            request_id: ex.request_id,
         };
         let values: Vec<(&str, Option<String>)> = ticket
             .needs
