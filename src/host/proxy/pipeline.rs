@@ -22,7 +22,6 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::{debug, error, warn};
@@ -520,7 +519,9 @@ impl Proxy {
 
 /// Applies a request-phase rewrite to the request.
 fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
-    let route = ex.route.id.clone();
+    // The route's id, for logs, without copying it.
+    let route_ref = ex.route.clone();
+    let route = route_ref.id.as_str();
     if rw.path.is_some() || !rw.args.is_empty() {
         let new_path = match rw.path.as_deref().map(path::normalize_decoded) {
             None => Some(ex.path.clone()),
@@ -547,9 +548,11 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
             }
         }
     }
-    let mut replaced = HashSet::new();
-    for (name, value) in headers::from_plugin(rw.headers, &route, Origin::Plugin) {
-        if replaced.insert(name.clone()) {
+    // A list: a rewrite sets a few headers.
+    let mut replaced: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers::from_plugin(rw.headers, route, Origin::Plugin) {
+        if !replaced.contains(&name) {
+            replaced.push(name.clone());
             ex.head.headers.remove(&name);
         }
         if let Some(value) = value {
@@ -565,7 +568,7 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
         }
     }
     let resp_headers = rw.resp_headers.into_iter().map(|(n, v)| (n, Some(v)));
-    for (name, value) in headers::from_plugin(resp_headers, &route, Origin::PluginRespHeaders) {
+    for (name, value) in headers::from_plugin(resp_headers, route, Origin::PluginRespHeaders) {
         if let Some(value) = value {
             ex.resp_headers.push((name, value));
         }
