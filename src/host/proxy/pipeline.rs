@@ -21,7 +21,6 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::{debug, error, warn};
@@ -380,12 +379,7 @@ impl Proxy {
             None
         };
         let args = parse_query(ex.head.uri.query());
-        let headers: Vec<(&str, Cow<'_, str>)> = ex
-            .head
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes())))
-            .collect();
+        let lossy = lossy_values(&ex.head.headers);
         // Field by field, so that the body stays mutable for the provider.
         let ctx = VarCtx {
             head: &ex.head,
@@ -417,7 +411,7 @@ impl Proxy {
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_deref()))
                 .collect(),
-            headers: headers.iter().map(|(n, v)| (*n, v.as_ref())).collect(),
+            headers: header_pairs(&ex.head.headers, &lossy),
             extra_info,
         };
         let mut provider = RequestInfo {
@@ -483,11 +477,7 @@ impl Proxy {
         } else {
             None
         };
-        let headers: Vec<(&str, Cow<'_, str>)> = head
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes())))
-            .collect();
+        let lossy = lossy_values(&head.headers);
         let ctx = ex.var_ctx();
         let values: Vec<(&str, Option<Bytes>)> = ticket
             .needs
@@ -503,7 +493,7 @@ impl Proxy {
         let parts = ResponseParts {
             id: client.next_id(),
             status: head.status,
-            headers: headers.iter().map(|(n, v)| (*n, v.as_ref())).collect(),
+            headers: header_pairs(&head.headers, &lossy),
             extra_info,
         };
         let mut provider = ResponseInfo {
@@ -515,6 +505,34 @@ impl Proxy {
             .call_response(pc, &ticket, parts, &mut provider)
             .await?)
     }
+}
+
+/// The header values that are not UTF-8 text, made text (invalid bytes
+/// replaced), in order: [`header_pairs`] takes them. Almost always none,
+/// and then nothing is allocated.
+fn lossy_values(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
+        .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+/// A header map as the runner gets it: name and text pairs, borrowed from
+/// the map, and from `lossy` (its [`lossy_values`]) for values that are not
+/// UTF-8.
+fn header_pairs<'a>(headers: &'a http::HeaderMap, lossy: &'a [String]) -> Vec<(&'a str, &'a str)> {
+    let mut lossy = lossy.iter();
+    headers
+        .iter()
+        .map(|(n, v)| {
+            let text = match std::str::from_utf8(v.as_bytes()) {
+                Ok(text) => text,
+                Err(_) => lossy.next().map_or("", String::as_str),
+            };
+            (n.as_str(), text)
+        })
+        .collect()
 }
 
 /// Applies a request-phase rewrite to the request.
@@ -613,5 +631,36 @@ impl InfoProvider for ResponseInfo<'_> {
             InfoKey::RequestBody => self.req_body.clone(),
             InfoKey::ResponseBody => self.body.buffer().await.ok(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_pairs_are_the_values_as_text_in_order() {
+        let mut map = http::HeaderMap::new();
+        map.append("a", HeaderValue::from_static("1"));
+        map.append("b", HeaderValue::from_bytes(b"x\xffy").unwrap());
+        map.append("a", HeaderValue::from_static("2"));
+        map.append("c", HeaderValue::from_bytes(b"\xfe").unwrap());
+        let lossy = lossy_values(&map);
+        let expect: Vec<(&str, String)> = map
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let got: Vec<(&str, String)> = header_pairs(&map, &lossy)
+            .into_iter()
+            .map(|(n, v)| (n, v.to_owned()))
+            .collect();
+        assert_eq!(got, expect);
+        assert_eq!(lossy.len(), 2);
+        assert!(lossy_values(&http::HeaderMap::new()).is_empty());
     }
 }
