@@ -453,9 +453,9 @@ fn serve(
     source: Option<host::gateway::ConfigSource>,
     after_listening: Option<Box<dyn FnOnce(host::Listening) -> String>>,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match proxy_runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(&format!("starting the runtime: {e}")),
+        Err(e) => return fail(&e),
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
@@ -487,6 +487,44 @@ fn serve(
             ExitCode::FAILURE
         }
     }
+}
+
+/// The environment variable that sets the proxy's number of threads.
+const THREADS_ENV: &str = "EXTPLUG_THREADS";
+
+/// The proxy's runtime: `EXTPLUG_THREADS` worker threads; by default half
+/// the machine's cores, at least one, since the runner, a process of its
+/// own on the same machine, needs the others. With one thread it is a
+/// current-thread runtime: no wake-ups across threads, no work stealing.
+/// On 2 cores shared by the proxy, its runner, the upstream and the load
+/// generator, that gave a shorter tail and more requests per second than
+/// two worker threads (see README, "Running the proxy").
+///
+/// # Errors
+/// `EXTPLUG_THREADS` is not a positive number, or the runtime cannot start.
+fn proxy_runtime() -> Result<tokio::runtime::Runtime, String> {
+    let threads = match std::env::var(THREADS_ENV) {
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                format!("{THREADS_ENV}={v:?}: expected a number of threads, 1 or more")
+            })?,
+        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
+    };
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))
 }
 
 /// Serves the echo upstream until SIGTERM/SIGINT. Prints `extplug echo

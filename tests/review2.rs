@@ -53,7 +53,8 @@ exec "$0""#;
 /// connection. The host used to put the connection back in its pool after
 /// the id mismatch it then saw, so every later call on it read the answer
 /// of the call before (503 for good). It must drop that connection: at most
-/// the one call that read the stale answer fails.
+/// the one call that read the stale answer fails (none, when the stale
+/// answer is seen on the idle connection first).
 #[tokio::test]
 async fn a_connection_whose_answer_is_for_another_call_is_not_reused() {
     let up = Upstream::start().await;
@@ -69,7 +70,13 @@ async fn a_connection_whose_answer_is_for_another_call_is_not_reused() {
         "{statuses:?}; log:\n{}",
         proxy.log()
     );
-    assert!(proxy.log().contains("answer id"), "{}", proxy.log());
+    // Either the stale answer is seen on the idle connection before any
+    // call uses it, or the call that reads it sees the wrong id.
+    let log = proxy.log();
+    assert!(
+        log.contains("stale answer") || log.contains("answer id"),
+        "{log}"
+    );
 }
 
 /// A runner removes its socket at exit, but only its own: when the path was

@@ -2,6 +2,14 @@
 //! each), a token cache per route phase, and calls with a deadline, EXTRA_INFO
 //! answers and the `confTokenNotFound` retry.
 //!
+//! The pool is bounded: at most `pool_size` connections are open, one per
+//! call in progress (idle ones are kept for the next calls). A call beyond
+//! that waits, within its call timeout, for one of them to come back, rather
+//! than opening (and closing) a connection of its own: the runner's number
+//! of connections, and its accept work, stay flat however many clients the
+//! proxy has. `pool_size` 0 turns pooling off (a new connection per call,
+//! unbounded).
+//!
 //! A token is only ever sent to the runner generation that issued it: a
 //! restarted runner numbers its chains anew, so an old token could name
 //! another route's chain there. A call whose ticket is from another
@@ -24,9 +32,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tracing::{debug, error, warn};
@@ -99,12 +108,23 @@ pub trait InfoProvider: Send {
 /// One route phase's cached token (or the runner's refusal of its chain,
 /// with the runner generation that refused), and a lock that makes
 /// concurrent requests share one PREPARE_CONF.
+///
+/// The ticket is read by every call and written once per PREPARE_CONF:
+/// an `ArcSwapOption`, so that reading takes no lock that calls on other
+/// threads contend for.
 #[derive(Default)]
 struct Slot {
-    ticket: Mutex<Option<Ticket>>,
+    ticket: arc_swap::ArcSwapOption<Ticket>,
     refused: Mutex<Option<(u64, String)>>,
     preparing: tokio::sync::Mutex<()>,
 }
+
+/// A route phase's entry in a client's token cache, looked up once (when
+/// the proxy is built, [`ExtClient::phase_slot`]) rather than by name on
+/// every call. Entries are kept for the client's life, so a proxy rebuilt
+/// by a reload finds the tokens its routes' phases already had.
+#[derive(Clone)]
+pub struct PhaseSlot(Arc<Slot>);
 
 struct PooledConn {
     conn: Framed<UnixStream, FrameCodec>,
@@ -112,23 +132,61 @@ struct PooledConn {
     /// Held while the connection is checked out: a runner replaced by an
     /// upgrade is stopped only once no call uses it.
     lease: Option<Lease>,
+    /// The pool's place this call holds (none when pooling is off): given
+    /// back when the connection is checked in or dropped.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Whether it served a call before: the runner may have closed it since.
+    reused: bool,
     /// Counted in `extplug_runner_connections` while it is open.
     _counted: super::metrics::ConnectionCount,
 }
 
+/// What an idle pooled connection looks like when it is checked out.
+#[derive(Debug, PartialEq, Eq)]
+enum IdleState {
+    /// Nothing arrived since its last answer: usable.
+    Open,
+    /// The runner closed its end (it died, or is stopping).
+    Closed,
+    /// Bytes arrived that no call asked for (a runner that answered a
+    /// call twice): the next call would read them as its answer.
+    Stray,
+}
+
 impl PooledConn {
-    /// Whether the runner closed its end (it died, or is stopping): such a
-    /// connection is dropped instead of being used for a call that would
-    /// fail. A peek, without waiting; stray bytes also disqualify it.
-    fn closed_by_peer(&self) -> bool {
-        use nix::sys::socket::{recv, MsgFlags};
-        use std::os::fd::AsRawFd;
-        let mut byte = [0u8; 1];
-        let fd = self.conn.get_ref().as_raw_fd();
-        !matches!(
-            recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
-            Err(nix::errno::Errno::EAGAIN)
-        )
+    /// Whether the connection can carry a call: one the runner closed, or
+    /// left stray bytes on, is dropped instead of being used for a call
+    /// that would fail or read the wrong answer.
+    ///
+    /// Without a system call in the usual case: the connection's last read
+    /// drained the socket, and the runtime marks it readable again only
+    /// when the reactor saw bytes or an end of stream arrive since; only
+    /// then is the socket read (without waiting) to tell which. An event the
+    /// reactor has not seen yet is caught later: a write to a closed
+    /// connection fails (and the call is sent again on a fresh one, see
+    /// [`ExtClient::exchange_on`]), and a stale answer has the wrong call id.
+    fn idle_state(&mut self) -> IdleState {
+        if !self.conn.read_buffer().is_empty() {
+            // Read together with the last answer.
+            return IdleState::Stray;
+        }
+        let stream = self.conn.get_ref();
+        // A no-op waker: nothing waits on an idle connection, and the next
+        // read registers its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        match stream.poll_read_ready(&mut cx) {
+            Poll::Pending => IdleState::Open,
+            Poll::Ready(Err(_)) => IdleState::Closed,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                match stream.try_read(&mut byte) {
+                    // This also clears the readiness: nothing was there.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => IdleState::Open,
+                    Ok(n) if n > 0 => IdleState::Stray,
+                    Ok(_) | Err(_) => IdleState::Closed,
+                }
+            }
+        }
     }
 }
 
@@ -138,8 +196,11 @@ pub struct ExtClient {
     call_timeout: Duration,
     start_timeout: Duration,
     token_lifetime: Duration,
-    pool_size: usize,
+    /// Idle connections, ready for a call.
     pool: Mutex<Vec<PooledConn>>,
+    /// One permit per open connection (`pool_size` in all); `None` when
+    /// pooling is off.
+    permits: Option<Arc<Semaphore>>,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
     next_id: AtomicU32,
     /// Replaces a runner that stopped answering, when set.
@@ -159,8 +220,8 @@ impl ExtClient {
             call_timeout: conf.call_timeout,
             start_timeout: conf.start_timeout,
             token_lifetime: conf.conf_expire.mul_f64(0.9),
-            pool_size: conf.pool_size,
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(Vec::with_capacity(conf.pool_size)),
+            permits: (conf.pool_size > 0).then(|| Arc::new(Semaphore::new(conf.pool_size))),
             slots: RwLock::default(),
             next_id: AtomicU32::new(1),
             restarter: None,
@@ -240,15 +301,48 @@ impl ExtClient {
         }
     }
 
-    /// A connection to the current runner: pooled (and still open), or new
-    /// (and then checked to be served by the runner process itself).
+    /// A connection to the current runner for one call: pooled (and still
+    /// open), or new (and then checked to be served by the runner process
+    /// itself). While `pool_size` connections are in use, waits for one to
+    /// come back, up to the call timeout.
+    async fn checkout(&self) -> Result<PooledConn, CallError> {
+        let permit = self.permit().await?;
+        self.connection(permit).await
+    }
+
+    /// A place in the pool: at once while fewer than `pool_size` calls are
+    /// in progress, else the first one given back (first come, first
+    /// served), up to the call timeout. `None` when pooling is off.
+    async fn permit(&self) -> Result<Option<OwnedSemaphorePermit>, CallError> {
+        let Some(permits) = &self.permits else {
+            return Ok(None);
+        };
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            return Ok(Some(permit));
+        }
+        match tokio::time::timeout(self.call_timeout, permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            // The semaphore is never closed.
+            Ok(Err(_)) => Err(CallError::RunnerDown("the client is closed".into())),
+            Err(_) => {
+                debug!("every runner connection stayed busy for the call timeout");
+                Err(CallError::TimedOut(self.call_timeout))
+            }
+        }
+    }
+
+    /// A connection for the call that holds `permit`: see
+    /// [`ExtClient::checkout`].
     ///
     /// A runner that refuses the connection (it just died: its socket is
     /// still there) is most likely being replaced by its standby: the
     /// connection is tried once more on the next runner, if the state
     /// changes within the call timeout. Nothing was sent yet, so this
     /// retry cannot run a call twice.
-    async fn checkout(&self) -> Result<PooledConn, CallError> {
+    async fn connection(
+        &self,
+        mut permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<PooledConn, CallError> {
         let mut retried = false;
         loop {
             let (socket, generation, pid) = self.ready().await?;
@@ -258,14 +352,10 @@ impl ExtClient {
             if lease.is_some() && !self.is_current(generation) {
                 continue;
             }
-            {
-                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-                while let Some(mut conn) = pool.pop() {
-                    if conn.generation == generation && !conn.closed_by_peer() {
-                        conn.lease = lease;
-                        return Ok(conn);
-                    }
-                }
+            if let Some(mut conn) = self.idle(generation) {
+                conn.lease = lease;
+                conn.permit = permit;
+                return Ok(conn);
             }
             let connected = tokio::time::timeout(self.call_timeout, UnixStream::connect(&*socket))
                 .await
@@ -293,9 +383,34 @@ impl ExtClient {
                 conn: Framed::new(stream, FrameCodec::default()),
                 generation,
                 lease,
+                permit: permit.take(),
+                reused: false,
                 _counted: self.metrics.connection(),
             });
         }
+    }
+
+    /// An idle connection to the runner of `generation` that is still open;
+    /// the others are closed on the way.
+    fn idle(&self, generation: u64) -> Option<PooledConn> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(mut conn) = pool.pop() {
+            if conn.generation != generation {
+                continue;
+            }
+            match conn.idle_state() {
+                IdleState::Open => {
+                    conn.reused = true;
+                    return Some(conn);
+                }
+                IdleState::Closed => {}
+                IdleState::Stray => warn!(
+                    generation,
+                    "the runner sent bytes no call asked for (a stale answer?): closing that connection"
+                ),
+            }
+        }
+        None
     }
 
     /// Whether the runner of `generation` is the one calls go to now.
@@ -320,12 +435,18 @@ impl ExtClient {
             .unwrap_or(false)
     }
 
+    /// Puts a connection whose call went well back in the pool, and gives
+    /// its place back (after: a caller waiting for a place finds it idle).
     fn checkin(&self, mut conn: PooledConn) {
         conn.lease = None;
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < self.pool_size {
-            pool.push(conn);
+        let permit = conn.permit.take();
+        if self.permits.is_some() {
+            self.pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
         }
+        drop(permit);
     }
 
     /// Sends `msg` on a connection to the current runner; see
@@ -366,11 +487,33 @@ impl ExtClient {
             CallError::TimedOut(limit)
         };
         let mut deadline = Instant::now() + limit;
-        let conn = &mut pooled.conn;
-        tokio::time::timeout_at(deadline, conn.send(msg))
+        let sent = tokio::time::timeout_at(deadline, pooled.conn.send(msg))
             .await
-            .map_err(timed_out)?
-            .map_err(broken)?;
+            .map_err(timed_out)?;
+        match sent {
+            Ok(()) => {}
+            // A pooled connection the runner closed while it was idle (the
+            // reactor had not told yet): a write to a closed socket fails,
+            // so the runner took nothing, and the call goes once on another
+            // connection to the same runner.
+            Err(FrameError::Io(e)) if pooled.reused => {
+                debug!(generation, cause = %e, "pooled runner connection was closed: sending on another");
+                let permit = pooled.permit.take();
+                drop(pooled);
+                pooled = self.connection(permit).await?;
+                if pooled.generation != generation {
+                    return Err(CallError::Broken(format!(
+                        "the runner closed the connection ({e}) and was replaced"
+                    )));
+                }
+                tokio::time::timeout_at(deadline, pooled.conn.send(msg))
+                    .await
+                    .map_err(timed_out)?
+                    .map_err(broken)?;
+            }
+            Err(e) => return Err(broken(e)),
+        }
+        let conn = &mut pooled.conn;
         let frame = loop {
             let frame = match tokio::time::timeout_at(deadline, conn.next())
                 .await
@@ -434,16 +577,13 @@ impl ExtClient {
 
     /// The cached ticket, if it is for the running runner and not too old.
     fn valid(&self, slot: &Slot) -> Option<Ticket> {
-        let ticket = slot
-            .ticket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
+        let guard = slot.ticket.load();
+        let ticket = guard.as_deref()?;
         let current = match &*self.state.borrow() {
             RunnerState::Ready { generation, .. } => *generation,
             _ => return None,
         };
-        (ticket.generation == current && Instant::now() < ticket.expires).then_some(ticket)
+        (ticket.generation == current && Instant::now() < ticket.expires).then(|| ticket.clone())
     }
 
     /// The current runner's refusal of the slot's chain, if it refused it.
@@ -465,28 +605,50 @@ impl ExtClient {
     /// The runner is down, or refused the chain ([`CallError::ChainRefused`],
     /// remembered for that runner), or the exchange failed.
     pub async fn ticket(&self, phase: &PhaseConf) -> Result<Ticket, CallError> {
-        self.prepare(phase, true).await
+        self.prepare(&self.slot(&phase.key), phase, true).await
+    }
+
+    /// `phase`'s entry in the token cache, for [`ExtClient::ticket_in`].
+    pub fn phase_slot(&self, phase: &PhaseConf) -> PhaseSlot {
+        PhaseSlot(self.slot(&phase.key))
+    }
+
+    /// [`ExtClient::ticket`] with the phase's cache entry resolved before
+    /// (`slot` is [`ExtClient::phase_slot`] of `phase`): no lookup by name.
+    ///
+    /// # Errors
+    /// As [`ExtClient::ticket`].
+    pub async fn ticket_in(
+        &self,
+        slot: &PhaseSlot,
+        phase: &PhaseConf,
+    ) -> Result<Ticket, CallError> {
+        self.prepare(&slot.0, phase, true).await
     }
 
     /// [`ExtClient::ticket`] for the start-up check: a refusal is not
     /// logged, as the caller reports it (once, as its error).
     pub(crate) async fn ticket_unlogged(&self, phase: &PhaseConf) -> Result<Ticket, CallError> {
-        self.prepare(phase, false).await
+        self.prepare(&self.slot(&phase.key), phase, false).await
     }
 
-    async fn prepare(&self, phase: &PhaseConf, log_refusal: bool) -> Result<Ticket, CallError> {
-        let slot = self.slot(&phase.key);
-        if let Some(ticket) = self.valid(&slot) {
+    async fn prepare(
+        &self,
+        slot: &Slot,
+        phase: &PhaseConf,
+        log_refusal: bool,
+    ) -> Result<Ticket, CallError> {
+        if let Some(ticket) = self.valid(slot) {
             return Ok(ticket);
         }
-        if let Some(refused) = self.refusal(&slot) {
+        if let Some(refused) = self.refusal(slot) {
             return Err(refused);
         }
         let _one_at_a_time = slot.preparing.lock().await;
-        if let Some(ticket) = self.valid(&slot) {
+        if let Some(ticket) = self.valid(slot) {
             return Ok(ticket);
         }
-        if let Some(refused) = self.refusal(&slot) {
+        if let Some(refused) = self.refusal(slot) {
             return Err(refused);
         }
         let req = PrepareConf {
@@ -535,7 +697,7 @@ impl ExtClient {
         };
         debug!(route_phase = %phase.key, token = ticket.token, generation, "chain prepared");
         self.metrics.conf_prepared();
-        *slot.ticket.lock().unwrap_or_else(|p| p.into_inner()) = Some(ticket.clone());
+        slot.ticket.store(Some(Arc::new(ticket.clone())));
         Ok(ticket)
     }
 
@@ -546,7 +708,7 @@ impl ExtClient {
     fn forget_all(&self) {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
         for slot in slots.values() {
-            *slot.ticket.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            slot.ticket.store(None);
         }
     }
 

@@ -168,7 +168,8 @@ pub struct RunnerConf {
     pub start_timeout: Duration,
     /// How long the runner has to exit after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
-    /// Idle connections kept open to the runner.
+    /// Connections to the runner, at most (one per call in progress; calls
+    /// beyond wait for one); 0: a new connection per call, no limit.
     pub pool_size: usize,
     /// Calls timing out in a row before the runner is deemed stuck and
     /// replaced; 0 never replaces it.

@@ -133,7 +133,11 @@ pub fn framing_conflict(head: &[u8]) -> bool {
 /// `host` (removed when the client sent none, so that a client cannot pose
 /// as another host by sending only `X-Forwarded-Host`).
 pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>) {
-    let peer = peer.to_canonical();
+    let mut ip = Vec::with_capacity(39);
+    ip_text(peer.to_canonical(), &mut ip);
+    // The usual case, no X-Forwarded-For from the client: one value for
+    // both headers, formatted once.
+    let real_ip = HeaderValue::from_bytes(&ip).ok();
     let mut xff: Vec<u8> = Vec::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
         let value = value.as_bytes().trim_ascii();
@@ -142,12 +146,17 @@ pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, host: Option<&H
             xff.extend_from_slice(b", ");
         }
     }
-    xff.extend_from_slice(peer.to_string().as_bytes());
     // The client's values were valid header values and the joiner is too.
-    if let Ok(v) = HeaderValue::from_bytes(&xff) {
+    let forwarded_for = if xff.is_empty() {
+        real_ip.clone()
+    } else {
+        xff.extend_from_slice(&ip);
+        HeaderValue::from_bytes(&xff).ok()
+    };
+    if let Some(v) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+    if let Some(v) = real_ip {
         headers.insert(X_REAL_IP, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -161,8 +170,56 @@ pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, host: Option<&H
     }
 }
 
+/// Appends `ip` as text (as its `Display` does: dotted quad, RFC 5952
+/// for IPv6); IPv4 without the formatting machinery, which costs more than
+/// the rest of the forwarding headers together.
+fn ip_text(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            // Writing to a Vec does not fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ip_text_is_the_display_text() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.100.255",
+            "192.168.9.99",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8:800:200c:417a",
+        ]
+        .into_iter()
+        .map(|ip| ip.parse::<IpAddr>().unwrap())
+        .chain((0..=255).map(|o| IpAddr::from([o, 0, o, 9])))
+        {
+            let mut out = Vec::new();
+            ip_text(ip, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -50,6 +50,15 @@ impl NormalizedPath {
         &self.decoded
     }
 
+    /// Whether `raw` (a request's path as received) is this path's
+    /// canonical encoding already ([`NormalizedPath::encoded`] would give
+    /// it back): then the request's target can be forwarded as it came.
+    pub fn is_encoded_as(&self, raw: &str) -> bool {
+        // Equal decoded text means `raw` had no escapes; kept bytes only
+        // means encoding changes nothing.
+        self.decoded == raw && raw.bytes().all(|b| b == b'/' || keeps(b))
+    }
+
     /// The path re-encoded canonically, for the upstream's request line.
     pub fn encoded(&self) -> String {
         let mut out = String::with_capacity(self.decoded.len() + 8);
@@ -154,6 +163,39 @@ fn hex(b: u8) -> Option<u8> {
 /// # Errors
 /// A [`PathError`] naming what cannot be made safe and where.
 pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
+    if is_normal(raw) {
+        return Ok(NormalizedPath {
+            decoded: raw.to_owned(),
+        });
+    }
+    normalize_slow(raw)
+}
+
+/// Whether `raw` is normalized and canonically encoded already (most
+/// request paths are): bytes the encoding keeps and `/` only (so no escape,
+/// no `;`, no control), no empty segment but a last one (a trailing
+/// slash), no dot segment. [`normalize`] then gives it back as it is, and
+/// does not build it segment by segment.
+fn is_normal(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last)
+            || segment == "."
+            || segment == ".."
+            || !segment.bytes().all(keeps)
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// [`normalize`], segment by segment.
+fn normalize_slow(raw: &str) -> Result<NormalizedPath, PathError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -401,8 +443,11 @@ mod tests {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
+            assert_eq!(normalize(&raw), normalize_slow(&raw), "{raw}");
             let Ok(p) = normalize(&raw) else { continue };
             checked += 1;
+            // Sufficient, not necessary: `/%25` is canonical too.
+            assert!(!p.is_encoded_as(&raw) || p.encoded() == raw, "{raw}");
             let again = normalize(&p.encoded()).unwrap_or_else(|e| panic!("{raw}: {e}"));
             assert_eq!(again, p, "{raw}");
             assert_eq!(normalize_decoded(p.as_str()).unwrap(), p, "{raw}");
@@ -413,6 +458,28 @@ mod tests {
             assert!(!p.as_str().contains("//"), "{raw}");
         }
         assert!(checked > 1000, "only {checked} inputs were valid");
+    }
+
+    #[test]
+    fn paths_normal_already_take_the_short_way_with_the_same_result() {
+        for raw in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b.c/~d",
+            "/a:b@c!$&'()*+,=",
+            "/.a/..b/...",
+        ] {
+            assert!(is_normal(raw), "{raw}");
+            assert_eq!(normalize(raw).unwrap().as_str(), raw);
+            assert_eq!(normalize_slow(raw).unwrap().as_str(), raw);
+            assert!(normalize(raw).unwrap().is_encoded_as(raw));
+        }
+        for raw in [
+            "", "a", "//", "/a//b", "/.", "/a/..", "/./a", "/a%20b", "/a;b", "/a b", "/a\\b", "/é",
+        ] {
+            assert!(!is_normal(raw), "{raw}");
+        }
     }
 
     #[test]

@@ -36,7 +36,24 @@ pub struct VarCtx<'a> {
     /// The route.
     pub route_id: &'a str,
     /// This request's id.
-    pub request_id: &'a str,
+    pub request_id: RequestId,
+}
+
+/// A request's unique id: a per-process prefix and a counter. Its text, 32
+/// hex digits, is made only when a plugin asks for it, not for every
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId {
+    /// Random, per process.
+    pub prefix: u64,
+    /// Counts the process's requests.
+    pub counter: u64,
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}{:016x}", self.prefix, self.counter)
+    }
 }
 
 /// The value of variable `name`, if it has one.
@@ -88,7 +105,7 @@ pub fn lookup(name: &str, ctx: &VarCtx<'_>) -> Option<String> {
         "content_type" => header("content-type"),
         "content_length" => header("content-length"),
         "route_id" => Some(ctx.route_id.to_owned()),
-        "request_id" => Some(ctx.request_id.to_owned()),
+        "request_id" => Some(ctx.request_id.to_string()),
         _ => {
             if let Some(h) = name.strip_prefix("http_") {
                 header(&h.replace('_', "-").to_ascii_lowercase())
@@ -147,7 +164,10 @@ mod tests {
             peer: "[::ffff:10.0.0.1]:5555".parse().unwrap(),
             local: "127.0.0.1:9080".parse().unwrap(),
             route_id: "r1",
-            request_id: "id",
+            request_id: RequestId {
+                prefix: 0xab,
+                counter: 7,
+            },
         };
         let v = |n: &str| lookup(n, &ctx);
         assert_eq!(v("remote_addr").as_deref(), Some("10.0.0.1"));
@@ -168,6 +188,10 @@ mod tests {
         assert_eq!(v("arg_none"), None);
         assert_eq!(v("cookie_sid").as_deref(), Some("abc"));
         assert_eq!(v("route_id").as_deref(), Some("r1"));
+        assert_eq!(
+            v("request_id").as_deref(),
+            Some("00000000000000ab0000000000000007")
+        );
         assert_eq!(v("no_such_var"), None);
         assert_eq!(strip_port("[::1]:80"), "[::1]");
     }

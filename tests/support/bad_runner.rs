@@ -7,7 +7,10 @@
 //!   request path (see [`scripted_answer`]); it reports what it received in
 //!   request header `x-seen` (JSON), so the upstream records it. With
 //!   `BAD_RUNNER_REFUSE_AFTER=N`, PREPARE_CONF is answered `badRequest`
-//!   after the first N (a runner upgraded under a running host).
+//!   after the first N (a runner upgraded under a running host). `x-seen`
+//!   also counts the connections: `accepted` so far, `open_max` at once.
+//!   `/pause` is answered after 100 ms; `/close-after` closes the
+//!   connection once answered.
 //! - `foreign-listener`: never listens itself; starts another process, in a
 //!   process group of its own, that serves the socket in `scripted` mode (a
 //!   process that is not the runner answering in its place).
@@ -97,6 +100,11 @@ struct Script {
     failed_once: AtomicBool,
     /// PREPARE_CONFs accepted before every later one is refused.
     refuse_after: Option<u32>,
+    /// Connections accepted so far, open now, and open at most at once
+    /// (reported in `x-seen`: the host's pool at work).
+    accepted: AtomicU32,
+    open: AtomicU32,
+    open_max: AtomicU32,
 }
 
 /// Starts a copy of this program in `scripted` mode, in a process group of
@@ -146,13 +154,17 @@ async fn scripted(hijack: bool) {
             foreign = Some(spawn_foreign());
         }
         let script = script.clone();
+        script.accepted.fetch_add(1, Ordering::SeqCst);
+        let open = script.open.fetch_add(1, Ordering::SeqCst) + 1;
+        script.open_max.fetch_max(open, Ordering::SeqCst);
         tokio::spawn(async move {
             let mut conn = Framed::new(stream, FrameCodec::default());
             while let Some(Ok(frame)) = conn.next().await {
                 if !scripted_answer(&mut conn, &script, frame).await {
-                    return;
+                    break;
                 }
             }
+            script.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
@@ -183,6 +195,11 @@ async fn scripted_answer(
     let call = payload.req_call().unwrap();
     let p = &call.parts;
     let id = p.id;
+    if p.path == "/pause" {
+        // A call that takes a while, so that calls overlap; answered as
+        // any other path.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let outcome = match p.path {
         "/status0" => {
             let mut stop = Stop::new(StatusCode::OK);
@@ -264,6 +281,16 @@ async fn scripted_answer(
             conn.send(&first).await.unwrap();
             RequestOutcome::Continue
         }
+        // Answers, then closes the connection: the host's pooled
+        // connection is closed under it.
+        "/close-after" => {
+            let answer = ReqCallAnswer {
+                id,
+                outcome: RequestOutcome::Continue,
+            };
+            conn.send(&answer).await.unwrap();
+            return false;
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             RequestOutcome::Continue
@@ -322,6 +349,8 @@ async fn scripted_answer(
                 "headers": p.headers,
                 "extra_info": p.extra_info.iter().map(|(n, v)| (n.to_string(), v.map(|v| String::from_utf8_lossy(v).into_owned()))).collect::<BTreeMap<_, _>>(),
                 "prepares": script.prepares.load(Ordering::SeqCst),
+                "accepted": script.accepted.load(Ordering::SeqCst),
+                "open_max": script.open_max.load(Ordering::SeqCst),
                 "env": std::env::var("RUNNER_TEST_VAR").ok(),
                 "expire": std::env::var("APISIX_CONF_EXPIRE_TIME").ok(),
             });

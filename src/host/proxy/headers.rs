@@ -17,7 +17,6 @@
 
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{debug, warn};
 
@@ -131,8 +130,9 @@ fn dropped_one(route: &str, origin: Origin, name: &str, reason: DropReason) {
     }
 }
 
-/// Names listed in the `Connection` values.
-fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> HashSet<String> {
+/// Names listed in the `Connection` values (a list: there are few, most
+/// often none, and a scan costs less than hashing every header's name).
+fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
     values
         .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
@@ -142,12 +142,12 @@ fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> HashSet<Stri
 }
 
 /// The verdict on one (valid) name.
-fn verdict(name: &str, listed: &HashSet<String>, origin: Origin) -> Option<DropReason> {
+fn verdict(name: &str, listed: &[String], origin: Origin) -> Option<DropReason> {
     if FRAMING.contains(&name) {
         Some(DropReason::Framing)
     } else if HOP_BY_HOP.contains(&name) {
         Some(DropReason::HopByHop)
-    } else if listed.contains(name) {
+    } else if listed.iter().any(|l| l == name) {
         Some(DropReason::ConnectionListed)
     } else if origin == Origin::PluginRespHeaders && PROTECTED_RESP_HEADERS.contains(&name) {
         Some(DropReason::Protected)

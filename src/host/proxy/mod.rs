@@ -28,7 +28,7 @@ mod query;
 mod upstream;
 
 use super::client::{CallError, ExtClient};
-use super::config::{Config, PhaseConf, DEFAULT_RUNNER};
+use super::config::{Config, Phase, DEFAULT_RUNNER};
 use super::router::Router;
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -62,8 +62,6 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub struct Proxy {
     router: Router,
     routes: Vec<RouteRuntime>,
-    /// The ext-plugin client of each runner, by name.
-    clients: HashMap<String, Arc<ExtClient>>,
     max_request_body: usize,
     max_response_body: usize,
     /// The longest wait for the next bytes of a client's body (408 past it).
@@ -71,6 +69,16 @@ pub struct Proxy {
     ids: RequestIds,
     /// Each route's metrics series, by route index (as `routes`).
     route_metrics: Vec<crate::host::metrics::RouteHandles>,
+    /// Each route's phases (pre-req, post-req, post-resp) with their
+    /// runner's client and token cache entry, by route index: resolved
+    /// here, once, not looked up by name on each call.
+    phase_handles: Vec<[Option<PhaseHandle>; 3]>,
+}
+
+/// A route phase's runner client and token cache entry.
+struct PhaseHandle {
+    client: Arc<ExtClient>,
+    slot: super::client::PhaseSlot,
 }
 
 /// Unique request ids: a random per-process prefix and a counter.
@@ -95,12 +103,11 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> String {
-        format!(
-            "{:016x}{:016x}",
-            self.prefix,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        )
+    fn next(&self) -> crate::host::vars::RequestId {
+        crate::host::vars::RequestId {
+            prefix: self.prefix,
+            counter: self.counter.fetch_add(1, Ordering::Relaxed),
+        }
     }
 }
 
@@ -183,7 +190,6 @@ impl Proxy {
         clients: HashMap<String, Arc<ExtClient>>,
         previous: Option<&Proxy>,
     ) -> Result<Self, String> {
-        use super::config::Phase;
         for route in &config.routes {
             for phase in [Phase::PreReq, Phase::PostReq, Phase::PostResp] {
                 if let Some(pc) = route.phase(phase) {
@@ -227,11 +233,24 @@ impl Proxy {
                 )
             })
             .collect();
+        let phase_handles = router
+            .routes()
+            .iter()
+            .map(|route| {
+                [Phase::PreReq, Phase::PostReq, Phase::PostResp].map(|p| {
+                    let pc = route.phase(p)?;
+                    // Every phase's runner was checked above.
+                    let client = clients.get(&pc.runner)?.clone();
+                    let slot = client.phase_slot(pc);
+                    Some(PhaseHandle { client, slot })
+                })
+            })
+            .collect();
         Ok(Proxy {
             router,
             routes,
             route_metrics,
-            clients,
+            phase_handles,
             max_request_body: config.max_request_body,
             max_response_body: config.max_response_body,
             client_body_timeout: config.client_body_timeout,
@@ -239,13 +258,19 @@ impl Proxy {
         })
     }
 
-    /// The client of the runner that runs `pc`'s chain.
-    fn client_of(&self, pc: &PhaseConf) -> Result<&ExtClient, CallError> {
-        // `with_runners` checked every phase: this is for safety only.
-        self.clients
-            .get(&pc.runner)
-            .map(|c| &**c)
-            .ok_or_else(|| CallError::RunnerDown(format!("no runner named {:?}", pc.runner)))
+    /// Route `route`'s `phase`: the client of the runner that runs its
+    /// chain, and its token cache entry.
+    fn phase_handle(&self, route: usize, phase: Phase) -> Result<&PhaseHandle, CallError> {
+        let index = match phase {
+            Phase::PreReq => 0,
+            Phase::PostReq => 1,
+            Phase::PostResp => 2,
+        };
+        // `with_runners` resolved every phase: this is for safety only.
+        self.phase_handles
+            .get(route)
+            .and_then(|phases| phases[index].as_ref())
+            .ok_or_else(|| CallError::RunnerDown(format!("route {route} has no {}", phase.name())))
     }
 
     /// Serves `listener` until `shutdown`, then stops accepting and lets the

@@ -8,7 +8,7 @@
 
 use super::body::{BodyError, MessageBody, Side};
 use super::headers::{self, Origin};
-use super::query::{parse_query, rewrite_query, target};
+use super::query::{parse_query, rewrite_query, target, target_of};
 use super::{error_response, full, Body, Proxy};
 use crate::host::client::{CallError, InfoProvider};
 use crate::host::config::{Phase, PhaseConf, Route};
@@ -21,8 +21,6 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use std::borrow::Cow;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::{debug, error, warn};
@@ -40,7 +38,7 @@ pub(crate) struct Exchange {
     pub(crate) body: MessageBody,
     pub(crate) peer: SocketAddr,
     local: SocketAddr,
-    request_id: String,
+    request_id: vars::RequestId,
     /// Response headers added by request-phase rewrites (filtered).
     resp_headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -53,7 +51,7 @@ impl Exchange {
             peer: self.peer,
             local: self.local,
             route_id: &self.route.id,
-            request_id: &self.request_id,
+            request_id: self.request_id,
         }
     }
 
@@ -178,7 +176,7 @@ impl Proxy {
         *routed = Some(index);
         let (mut head, body) = req.into_parts();
         let original_uri = head.uri.clone();
-        head.uri = match target(&path, original_uri.query()) {
+        head.uri = match target_of(&path, &original_uri) {
             Ok(uri) => uri,
             Err(e) => {
                 return error_response(StatusCode::BAD_REQUEST, &format!("bad request target: {e}"))
@@ -272,7 +270,7 @@ impl Proxy {
         route: usize,
     ) -> Option<Response<Body>> {
         let started = std::time::Instant::now();
-        let result = self.call_request_phase(pc, ex).await;
+        let result = self.call_request_phase(route, phase, pc, ex).await;
         self.record_call(route, phase, &result, started);
         // A body that failed during the call (a lazy read answered "not
         // available" to the runner) decides the answer, whatever the call
@@ -367,23 +365,21 @@ impl Proxy {
 
     async fn call_request_phase(
         &self,
+        route: usize,
+        phase: Phase,
         pc: &PhaseConf,
         ex: &mut Exchange,
     ) -> Result<RequestOutcome, PhaseError> {
-        let client = self.client_of(pc)?;
-        let ticket = client.ticket(pc).await?;
+        let handle = self.phase_handle(route, phase)?;
+        let client = &*handle.client;
+        let ticket = client.ticket_in(&handle.slot, pc).await?;
         let body = if ticket.needs.request_body {
             Some(ex.body.buffer().await?)
         } else {
             None
         };
         let args = parse_query(ex.head.uri.query());
-        let headers: Vec<(&str, Cow<'_, str>)> = ex
-            .head
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes())))
-            .collect();
+        let lossy = lossy_values(&ex.head.headers);
         // Field by field, so that the body stays mutable for the provider.
         let ctx = VarCtx {
             head: &ex.head,
@@ -391,7 +387,7 @@ impl Proxy {
             peer: ex.peer,
             local: ex.local,
             route_id: &ex.route.id,
-            request_id: &ex.request_id,
+            request_id: ex.request_id,
         };
         let values: Vec<(&str, Option<String>)> = ticket
             .needs
@@ -415,7 +411,7 @@ impl Proxy {
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_deref()))
                 .collect(),
-            headers: headers.iter().map(|(n, v)| (*n, v.as_ref())).collect(),
+            headers: header_pairs(&ex.head.headers, &lossy),
             extra_info,
         };
         let mut provider = RequestInfo {
@@ -438,7 +434,7 @@ impl Proxy {
         route: usize,
     ) -> Result<(), Response<Body>> {
         let started = std::time::Instant::now();
-        let result = self.call_response_phase(pc, ex, head, body).await;
+        let result = self.call_response_phase(route, pc, ex, head, body).await;
         self.record_call(route, Phase::PostResp, &result, started);
         if let Some(e) = body.failure().cloned() {
             return Err(ex.body_failed(Side::Response, &e));
@@ -467,23 +463,21 @@ impl Proxy {
 
     async fn call_response_phase(
         &self,
+        route: usize,
         pc: &PhaseConf,
         ex: &mut Exchange,
         head: &http::response::Parts,
         body: &mut MessageBody,
     ) -> Result<crate::wire::ResponseOutcome, PhaseError> {
-        let client = self.client_of(pc)?;
-        let ticket = client.ticket(pc).await?;
+        let handle = self.phase_handle(route, Phase::PostResp)?;
+        let client = &*handle.client;
+        let ticket = client.ticket_in(&handle.slot, pc).await?;
         let resp_body = if ticket.needs.response_body {
             Some(body.buffer().await?)
         } else {
             None
         };
-        let headers: Vec<(&str, Cow<'_, str>)> = head
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes())))
-            .collect();
+        let lossy = lossy_values(&head.headers);
         let ctx = ex.var_ctx();
         let values: Vec<(&str, Option<Bytes>)> = ticket
             .needs
@@ -499,7 +493,7 @@ impl Proxy {
         let parts = ResponseParts {
             id: client.next_id(),
             status: head.status,
-            headers: headers.iter().map(|(n, v)| (*n, v.as_ref())).collect(),
+            headers: header_pairs(&head.headers, &lossy),
             extra_info,
         };
         let mut provider = ResponseInfo {
@@ -513,9 +507,39 @@ impl Proxy {
     }
 }
 
+/// The header values that are not UTF-8 text, made text (invalid bytes
+/// replaced), in order: [`header_pairs`] takes them. Almost always none,
+/// and then nothing is allocated.
+fn lossy_values(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
+        .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+/// A header map as the runner gets it: name and text pairs, borrowed from
+/// the map, and from `lossy` (its [`lossy_values`]) for values that are not
+/// UTF-8.
+fn header_pairs<'a>(headers: &'a http::HeaderMap, lossy: &'a [String]) -> Vec<(&'a str, &'a str)> {
+    let mut lossy = lossy.iter();
+    headers
+        .iter()
+        .map(|(n, v)| {
+            let text = match std::str::from_utf8(v.as_bytes()) {
+                Ok(text) => text,
+                Err(_) => lossy.next().map_or("", String::as_str),
+            };
+            (n.as_str(), text)
+        })
+        .collect()
+}
+
 /// Applies a request-phase rewrite to the request.
 fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
-    let route = ex.route.id.clone();
+    // The route's id, for logs, without copying it.
+    let route_ref = ex.route.clone();
+    let route = route_ref.id.as_str();
     if rw.path.is_some() || !rw.args.is_empty() {
         let new_path = match rw.path.as_deref().map(path::normalize_decoded) {
             None => Some(ex.path.clone()),
@@ -542,9 +566,11 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
             }
         }
     }
-    let mut replaced = HashSet::new();
-    for (name, value) in headers::from_plugin(rw.headers, &route, Origin::Plugin) {
-        if replaced.insert(name.clone()) {
+    // A list: a rewrite sets a few headers.
+    let mut replaced: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers::from_plugin(rw.headers, route, Origin::Plugin) {
+        if !replaced.contains(&name) {
+            replaced.push(name.clone());
             ex.head.headers.remove(&name);
         }
         if let Some(value) = value {
@@ -560,7 +586,7 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
         }
     }
     let resp_headers = rw.resp_headers.into_iter().map(|(n, v)| (n, Some(v)));
-    for (name, value) in headers::from_plugin(resp_headers, &route, Origin::PluginRespHeaders) {
+    for (name, value) in headers::from_plugin(resp_headers, route, Origin::PluginRespHeaders) {
         if let Some(value) = value {
             ex.resp_headers.push((name, value));
         }
@@ -605,5 +631,36 @@ impl InfoProvider for ResponseInfo<'_> {
             InfoKey::RequestBody => self.req_body.clone(),
             InfoKey::ResponseBody => self.body.buffer().await.ok(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_pairs_are_the_values_as_text_in_order() {
+        let mut map = http::HeaderMap::new();
+        map.append("a", HeaderValue::from_static("1"));
+        map.append("b", HeaderValue::from_bytes(b"x\xffy").unwrap());
+        map.append("a", HeaderValue::from_static("2"));
+        map.append("c", HeaderValue::from_bytes(b"\xfe").unwrap());
+        let lossy = lossy_values(&map);
+        let expect: Vec<(&str, String)> = map
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let got: Vec<(&str, String)> = header_pairs(&map, &lossy)
+            .into_iter()
+            .map(|(n, v)| (n, v.to_owned()))
+            .collect();
+        assert_eq!(got, expect);
+        assert_eq!(lossy.len(), 2);
+        assert!(lossy_values(&http::HeaderMap::new()).is_empty());
     }
 }

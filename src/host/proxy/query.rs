@@ -79,6 +79,23 @@ pub(crate) fn target(path: &NormalizedPath, query: Option<&str>) -> Result<Uri, 
     Ok(pq.parse::<Uri>()?)
 }
 
+/// The origin-form target for `path` and `uri`'s query: `uri` itself when
+/// it is that already (origin form, its path `path`'s canonical encoding,
+/// no empty query), as for most requests; else [`target`].
+///
+/// # Errors
+/// As [`target`].
+pub(crate) fn target_of(path: &NormalizedPath, uri: &Uri) -> Result<Uri, http::Error> {
+    if uri.scheme().is_none()
+        && uri.authority().is_none()
+        && uri.query() != Some("")
+        && path.is_encoded_as(uri.path())
+    {
+        return Ok(uri.clone());
+    }
+    target(path, uri.query())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +125,28 @@ mod tests {
             ],
         );
         assert_eq!(q, "keep=%2F&flag&a=x%20y&a=z&new=%26");
+    }
+
+    #[test]
+    fn a_target_canonical_already_is_kept_and_others_are_rebuilt() {
+        for raw in [
+            "/a/b?x=1",
+            "/a/b",
+            "/a/b?",
+            "/a/./b?x",
+            "/a%2Db",
+            "/a%20b?y=%20",
+            "http://h/a?q",
+            "/",
+        ] {
+            let uri: Uri = raw.parse().unwrap();
+            let p = crate::host::path::normalize(uri.path()).unwrap();
+            assert_eq!(
+                target_of(&p, &uri).unwrap(),
+                target(&p, uri.query()).unwrap(),
+                "{raw}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::pipeline::Exchange;
 use super::{error_response, Body};
 use crate::host::config::Route;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,6 +25,29 @@ pub(crate) struct RouteRuntime {
     next: AtomicUsize,
     /// Pooled upstream connections (per route: timeouts are per upstream).
     client: Client<HttpConnector, Body>,
+    /// Each node's address as a URI authority and as a `Host` value, by
+    /// node index (as the upstream's `nodes`): parsed once, not per request.
+    nodes: Vec<NodeAddr>,
+}
+
+/// A node's address, parsed.
+struct NodeAddr {
+    /// `Err` says why the address is no URI authority (502 for requests
+    /// sent to it).
+    authority: Result<Authority, String>,
+    host: Option<HeaderValue>,
+}
+
+fn node_addrs(route: &Route) -> Vec<NodeAddr> {
+    route
+        .upstream
+        .nodes
+        .iter()
+        .map(|(node, _)| NodeAddr {
+            authority: node.parse::<Authority>().map_err(|e| e.to_string()),
+            host: HeaderValue::from_str(node).ok(),
+        })
+        .collect()
 }
 
 impl RouteRuntime {
@@ -33,6 +57,7 @@ impl RouteRuntime {
         connector.set_connect_timeout(Some(route.upstream.connect_timeout));
         connector.set_nodelay(true);
         RouteRuntime {
+            nodes: node_addrs(&route),
             route,
             next: AtomicUsize::new(0),
             client: Client::builder(TokioExecutor::new())
@@ -49,6 +74,7 @@ impl RouteRuntime {
             return Self::new(route);
         }
         RouteRuntime {
+            nodes: node_addrs(&route),
             route,
             next: AtomicUsize::new(0),
             // A clone shares the pool.
@@ -65,9 +91,26 @@ impl RouteRuntime {
     ) -> Result<Response<Incoming>, Response<Body>> {
         let upstream = &self.route.upstream;
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % upstream.schedule.len();
-        let node = &upstream.nodes[upstream.schedule[slot]].0;
-        let pq = ex.head.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let uri: Uri = match format!("http://{node}{pq}").parse() {
+        let index = upstream.schedule[slot];
+        let node = &upstream.nodes[index].0;
+        let addr = &self.nodes[index];
+        let uri = match &addr.authority {
+            Ok(authority) => {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(authority.clone());
+                parts.path_and_query = Some(
+                    ex.head
+                        .uri
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                );
+                Uri::from_parts(parts).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let uri = match uri {
             Ok(uri) => uri,
             Err(e) => {
                 return Err(error_response(
@@ -76,19 +119,24 @@ impl RouteRuntime {
                 ))
             }
         };
-        let mut headers = ex.head.headers.clone();
+        // The response phase reads the request's headers (its variables):
+        // a copy then; else the request gives them up.
+        let mut headers = if self.route.post_resp.is_some() {
+            ex.head.headers.clone()
+        } else {
+            std::mem::take(&mut ex.head.headers)
+        };
+        // The client's Host (after the request phases), before the node's
+        // may replace it.
+        let client_host = headers.get(HOST).cloned();
         headers::filter_map(&mut headers, &ex.route.id, Origin::Traffic);
         if upstream.pass_host_node || !headers.contains_key(HOST) {
-            if let Ok(v) = HeaderValue::from_str(node) {
-                headers.insert(HOST, v);
+            if let Some(v) = &addr.host {
+                headers.insert(HOST, v.clone());
             }
         }
         // X-Forwarded-For/-Proto/-Host and X-Real-IP, from the client's Host.
-        crate::host::ingress::forwarding_headers(
-            &mut headers,
-            ex.peer.ip(),
-            ex.head.headers.get(HOST),
-        );
+        crate::host::ingress::forwarding_headers(&mut headers, ex.peer.ip(), client_host.as_ref());
         // The proxy sets the framing: a buffered body's length here; a
         // streamed body's framing is hyper's, from the client's (already
         // validated) length, or chunked.

@@ -179,23 +179,18 @@ impl Clock {
 /// Looks for the end of a request head in what was read so far; once found,
 /// records whether it frames its body twice.
 fn scan(s: &mut State, bytes: &[u8], max_head: usize) {
+    if s.head.is_empty() {
+        // The usual case, a whole head in one read: scanned where it is,
+        // not copied.
+        if let Some((lead, end)) = head_end(bytes, 0) {
+            s.verdict = Some(ingress::framing_conflict(&bytes[lead..end]));
+            s.scanning = false;
+            return;
+        }
+    }
     let from = s.head.len().saturating_sub(3);
     s.head.extend_from_slice(bytes);
-    // Empty lines before a request are skipped, as hyper does.
-    let lead = s
-        .head
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(s.head.len());
-    let from = from.max(lead);
-    // The head ends at an empty line: `\n` then `\n` or `\r\n` (hyper
-    // accepts bare line feeds).
-    let end = (from..s.head.len()).find(|&i| {
-        s.head[i] == b'\n'
-            && (s.head.get(i + 1) == Some(&b'\n')
-                || s.head.get(i + 1..i + 3) == Some(b"\r\n".as_slice()))
-    });
-    if let Some(end) = end {
+    if let Some((lead, end)) = head_end(&s.head, from) {
         s.verdict = Some(ingress::framing_conflict(&s.head[lead..end]));
         s.scanning = false;
         s.head = Vec::new();
@@ -204,6 +199,26 @@ fn scan(s: &mut State, bytes: &[u8], max_head: usize) {
         s.scanning = false;
         s.head = Vec::new();
     }
+}
+
+/// Where the request head in `head` starts (after the empty lines before
+/// it) and ends (the empty line after it), looking for the end from byte
+/// `from` on (what was scanned before cannot hold it).
+fn head_end(head: &[u8], from: usize) -> Option<(usize, usize)> {
+    // Empty lines before a request are skipped, as hyper does.
+    let lead = head
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(head.len());
+    let from = from.max(lead);
+    // The head ends at an empty line: `\n` then `\n` or `\r\n` (hyper
+    // accepts bare line feeds).
+    let end = (from..head.len()).find(|&i| {
+        head[i] == b'\n'
+            && (head.get(i + 1) == Some(&b'\n')
+                || head.get(i + 1..i + 3) == Some(b"\r\n".as_slice()))
+    })?;
+    Some((lead, end))
 }
 
 /// A request being served; dropping it restarts the connection's clock.
@@ -226,15 +241,29 @@ impl Drop for InFlight {
     }
 }
 
+/// The most one read takes from the socket (hyper asks for more when a
+/// body streams through).
+const READ_CHUNK: usize = 64 * 1024;
+
 /// The client socket, telling the clock what it reads.
 pub(super) struct ClientIo {
     stream: Arc<TcpStream>,
     clock: Arc<Clock>,
+    /// Where the socket is read into, then copied to hyper's buffer: the
+    /// runtime reads into uninitialized memory only through a `BufMut`,
+    /// and hyper's `ReadBuf` would otherwise have to be zeroed whole (8 KiB
+    /// and more) before every read, for the few hundred bytes a request
+    /// head takes.
+    scratch: bytes::BytesMut,
 }
 
 impl ClientIo {
     pub(super) fn new(stream: Arc<TcpStream>, clock: Arc<Clock>) -> Self {
-        ClientIo { stream, clock }
+        ClientIo {
+            stream,
+            clock,
+            scratch: bytes::BytesMut::new(),
+        }
     }
 }
 
@@ -254,13 +283,21 @@ impl AsyncRead for ClientIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        use bytes::BufMut;
+        let this = self.get_mut();
+        let want = buf.remaining().min(READ_CHUNK);
         loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match self.stream.try_read(unfilled) {
+            ready!(this.stream.poll_read_ready(cx))?;
+            this.scratch.clear();
+            this.scratch.reserve(want);
+            match this
+                .stream
+                .try_read_buf(&mut (&mut this.scratch).limit(want))
+            {
                 Ok(n) => {
-                    self.clock.on_read(&unfilled[..n]);
-                    buf.advance(n);
+                    let read = &this.scratch[..n];
+                    this.clock.on_read(read);
+                    buf.put_slice(read);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
