@@ -701,6 +701,19 @@ impl ExtClient {
         Ok(ticket)
     }
 
+    /// Drops the token-cache entries that no route phase holds any more
+    /// (only the cache refers to them): the chains of routes that a reload
+    /// or an etcd change removed or changed. Without this the cache would
+    /// grow with every distinct chain a long-lived host has ever served (a
+    /// route that flaps in etcd makes a new chain key each time). Returns
+    /// how many entries were dropped.
+    pub fn prune_slots(&self) -> usize {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        let before = slots.len();
+        slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        before - slots.len()
+    }
+
     /// Drops every cached token, as PROTOCOL.md asks on `confTokenNotFound`:
     /// a runner that lost one token (restarted behind our back, or expired
     /// it) has most likely lost them all. At worst a chain is prepared once
@@ -877,5 +890,43 @@ fn refused(payload: &Payload<'_>) -> CallError {
             message: e.message,
         },
         Err(e) => CallError::Malformed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(key: &str) -> PhaseConf {
+        PhaseConf {
+            conf: Vec::new(),
+            allow_degradation: false,
+            extra_info: Vec::new(),
+            runner: super::super::config::DEFAULT_RUNNER.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_slots_route_phases_hold_and_drops_the_others() {
+        let conf = crate::host::config::Config::parse(
+            r#"{"ext-plugin": {"cmd": ["runner"]}, "routes": []}"#,
+        )
+        .expect("a valid configuration")
+        .runner;
+        let (_tx, rx) = watch::channel(RunnerState::Stopped);
+        let client = ExtClient::new(&conf, rx);
+        let held = client.phase_slot(&phase("route-1"));
+        drop(client.phase_slot(&phase("route-2")));
+        drop(client.phase_slot(&phase("route-3")));
+        assert_eq!(client.prune_slots(), 2);
+        assert_eq!(client.prune_slots(), 0);
+        // The held slot is the one the cache still has.
+        assert!(Arc::ptr_eq(
+            &client.phase_slot(&phase("route-1")).0,
+            &held.0
+        ));
+        drop(held);
+        assert_eq!(client.prune_slots(), 1);
     }
 }

@@ -485,8 +485,9 @@ impl Gateway {
         // The swap: requests from now on use the new proxy.
         let old = self.current.swap(Arc::new(proxy));
         self.states.store(Arc::new(live.runners.states()));
-        drop(live);
-        if !retiring.0.is_empty() {
+        if retiring.0.is_empty() {
+            drop(old);
+        } else {
             let names: Vec<String> = retiring.0.keys().cloned().collect();
             self.retiring.spawn(async move {
                 drained(old, grace).await;
@@ -495,6 +496,14 @@ impl Gateway {
                 info!(runners = ?names, "runners the configuration no longer uses are stopped");
             });
         }
+        // Token-cache entries of chains no proxy holds any more (the old
+        // proxy's, once no request in flight holds it; those still held are
+        // pruned at a later change). Under the lock, so that a change being
+        // prepared meanwhile does not lose the entries its preflight made.
+        for handle in live.runners.0.values() {
+            handle.client.prune_slots();
+        }
+        drop(live);
         Ok(left_out)
     }
 
