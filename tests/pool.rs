@@ -121,3 +121,57 @@ async fn a_pooled_connection_the_runner_closed_is_not_used() {
     );
     assert!(accepted.last() > accepted.first(), "{accepted:?}");
 }
+
+/// A chain that asks for the body during the call (EXTRA_INFO) waits for the
+/// client, for as long as the client sends bytes within the body timeout,
+/// and that wait is the client's time, not the runner's: it must not hold
+/// the pool's place meanwhile, or `pool_size` slow clients stop every other
+/// request. With `pool_size` 1 and such a client stalled, another request is
+/// answered (it would wait the call timeout for a place and get 503), and
+/// the slow one still completes when its body arrives.
+#[tokio::test]
+async fn a_call_waiting_for_a_slow_client_gives_its_place_back() {
+    use common::conf::{bad, config, phase, route};
+    use common::http::ProxyProc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = Upstream::start().await;
+    let (cmd, env) = bad("scripted");
+    let pre_req = json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])});
+    let mut c = config(cmd, env, json!([route("r", "/*", up.addr, pre_req)]));
+    c["ext-plugin"]["pool_size"] = json!(1);
+    c["ext-plugin"]["call_timeout_ms"] = json!(500);
+    c["ext-plugin"]["standby"] = json!(false);
+    let proxy = ProxyProc::builder(&c)
+        .log_filter("info,extplug::host::client=debug")
+        .start();
+    proxy.wait_runner_ready(1);
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(
+        b"POST /lazy-body HTTP/1.1\r\nhost: test\r\ncontent-length: 10\r\nconnection: close\r\n\r\n01234",
+    )
+    .await
+    .unwrap();
+    // The runner asked for the body: the call now waits for the client.
+    proxy.wait_log("EXTRA_INFO", 1);
+    for _ in 0..3 {
+        let got = get(&proxy.url("/other")).await;
+        assert_eq!(got.status, 200, "{}", proxy.log());
+    }
+    slow.write_all(b"56789").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        slow.read_to_end(&mut answer),
+    )
+    .await
+    .expect("no answer within 20 s")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer}\n{}",
+        proxy.log()
+    );
+    assert_eq!(up.last().header("x-lazy-body-len"), Some("10"));
+}

@@ -198,6 +198,8 @@ pub struct ExtClient {
     token_lifetime: Duration,
     /// Idle connections, ready for a call.
     pool: Mutex<Vec<PooledConn>>,
+    /// At most this many idle connections are kept.
+    pool_size: usize,
     /// One permit per open connection (`pool_size` in all); `None` when
     /// pooling is off.
     permits: Option<Arc<Semaphore>>,
@@ -221,6 +223,7 @@ impl ExtClient {
             start_timeout: conf.start_timeout,
             token_lifetime: conf.conf_expire.mul_f64(0.9),
             pool: Mutex::new(Vec::with_capacity(conf.pool_size)),
+            pool_size: conf.pool_size,
             permits: (conf.pool_size > 0).then(|| Arc::new(Semaphore::new(conf.pool_size))),
             slots: RwLock::default(),
             next_id: AtomicU32::new(1),
@@ -441,10 +444,12 @@ impl ExtClient {
         conn.lease = None;
         let permit = conn.permit.take();
         if self.permits.is_some() {
-            self.pool
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            // A call that gave its place back while it gathered an
+            // EXTRA_INFO answer comes back with one connection too many.
+            if pool.len() < self.pool_size {
+                pool.push(conn);
+            }
         }
         drop(permit);
     }
@@ -543,7 +548,21 @@ impl ExtClient {
                 .map_err(|e| CallError::Malformed(e.to_string()))?;
             debug!(?key, "EXTRA_INFO");
             let asked = Instant::now();
-            let value = provider.provide(key).await;
+            let mut gathering = provider.provide(key);
+            let value = match futures::poll!(&mut gathering) {
+                Poll::Ready(value) => value,
+                Poll::Pending => {
+                    // The client's time (a slow body, say), unbounded by
+                    // the call timeout: the call gives its place in the
+                    // pool back, so that a few slow clients cannot hold
+                    // every place while the calls of all other requests
+                    // wait for one and time out. The connection stays
+                    // this call's; it is one over `pool_size` until the
+                    // call ends (see `checkin`).
+                    drop(pooled.permit.take());
+                    gathering.await
+                }
+            };
             // The clock stops while we gather the answer.
             deadline += asked.elapsed();
             tokio::time::timeout_at(deadline, conn.send(&ExtraInfoAnswer(value.as_deref())))
