@@ -194,8 +194,14 @@ fn is_normal(raw: &str) -> bool {
     true
 }
 
-/// [`normalize`], segment by segment.
-fn normalize_slow(raw: &str) -> Result<NormalizedPath, PathError> {
+/// [`normalize`] without its shortcut for paths that are normal already:
+/// every path built segment by segment. The same result as [`normalize`]
+/// for every input; public so that the fuzz target can compare the two.
+///
+/// # Errors
+/// As [`normalize`].
+#[doc(hidden)]
+pub fn normalize_slow(raw: &str) -> Result<NormalizedPath, PathError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -479,6 +485,50 @@ mod tests {
             "", "a", "//", "/a//b", "/.", "/a/..", "/./a", "/a%20b", "/a;b", "/a b", "/a\\b", "/é",
         ] {
             assert!(!is_normal(raw), "{raw}");
+        }
+    }
+
+    /// Pieces that matter to the rules (dot segments in every encoding,
+    /// encoded separators, path parameters, controls, overlong and invalid
+    /// UTF-8, escapes of unreserved characters, bad escapes) and plain ones.
+    const PIECES: &[&str] = &[
+        "/", "//", ".", "..", "...", "%2e", "%2E", ".%2e", "%2e.", "%2f", "%2F", "%5c", "%5C",
+        "\\", ";", "%3b", "%3B", "%00", "\0", "\u{1}", "\u{7f}", "%7f", "%c0%ae", "%c0%af", "%ff",
+        "%41", "%7e", "%2d", "~", "a", "Z", "0", "é", "%c3%a9", "%", "%2", "%g0", "?", "#", " ",
+        "%20", "+", "@", ":", "!", "'", "*", ",", "=", "$", "&", "(", "[", "]", "{", "|", "^", "`",
+        "\"", "<", "%25", "%252e", "\t", "\n", "\r", "\u{85}", "\u{feff}",
+    ];
+
+    fn raw_paths() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            4 => proptest::sample::select(PIECES).prop_map(str::to_owned),
+            1 => any::<char>().prop_map(String::from),
+        ];
+        (
+            proptest::sample::select(&["/", "/", "/", "", "a", "%2f", "."][..]),
+            proptest::collection::vec(piece, 0..12),
+        )
+            .prop_map(|(lead, pieces)| format!("{lead}{}", pieces.concat()))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        /// The shortcut never changes the outcome: a path it takes as
+        /// normal is one that full normalization gives back unchanged (same
+        /// decoded text, same canonical encoding, forwarded as it came),
+        /// and every other path goes the full way.
+        #[test]
+        fn the_shortcut_agrees_with_full_normalization(raw in raw_paths()) {
+            let full = normalize_slow(&raw);
+            proptest::prop_assert_eq!(normalize(&raw), full.clone(), "{:?}", raw);
+            if is_normal(&raw) {
+                let full = full.expect("a path taken as normal is valid");
+                proptest::prop_assert_eq!(full.as_str(), raw.as_str());
+                proptest::prop_assert_eq!(full.encoded(), raw.clone());
+                proptest::prop_assert!(full.is_encoded_as(&raw));
+            }
         }
     }
 
