@@ -241,29 +241,15 @@ impl Drop for InFlight {
     }
 }
 
-/// The most one read takes from the socket (hyper asks for more when a
-/// body streams through).
-const READ_CHUNK: usize = 64 * 1024;
-
 /// The client socket, telling the clock what it reads.
 pub(super) struct ClientIo {
     stream: Arc<TcpStream>,
     clock: Arc<Clock>,
-    /// Where the socket is read into, then copied to hyper's buffer: the
-    /// runtime reads into uninitialized memory only through a `BufMut`,
-    /// and hyper's `ReadBuf` would otherwise have to be zeroed whole (8 KiB
-    /// and more) before every read, for the few hundred bytes a request
-    /// head takes.
-    scratch: bytes::BytesMut,
 }
 
 impl ClientIo {
     pub(super) fn new(stream: Arc<TcpStream>, clock: Arc<Clock>) -> Self {
-        ClientIo {
-            stream,
-            clock,
-            scratch: bytes::BytesMut::new(),
-        }
+        ClientIo { stream, clock }
     }
 }
 
@@ -283,21 +269,18 @@ impl AsyncRead for ClientIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        use bytes::BufMut;
-        let this = self.get_mut();
-        let want = buf.remaining().min(READ_CHUNK);
         loop {
-            ready!(this.stream.poll_read_ready(cx))?;
-            this.scratch.clear();
-            this.scratch.reserve(want);
-            match this
-                .stream
-                .try_read_buf(&mut (&mut this.scratch).limit(want))
-            {
-                Ok(n) => {
-                    let read = &this.scratch[..n];
-                    this.clock.on_read(read);
-                    buf.put_slice(read);
+            ready!(self.stream.poll_read_ready(cx))?;
+            // Straight into hyper's buffer, through its `BufMut` side: the
+            // runtime then reads into the free space as it is, without
+            // zeroing it first (8 KiB and more per read, for the few
+            // hundred bytes a request head takes), and the connection
+            // keeps no buffer of its own (which stayed as large as the
+            // largest read, on every idle keep-alive connection).
+            let before = buf.filled().len();
+            match self.stream.try_read_buf(buf) {
+                Ok(_) => {
+                    self.clock.on_read(&buf.filled()[before..]);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
