@@ -443,8 +443,14 @@ impl ExtClient {
     fn checkin(&self, mut conn: PooledConn) {
         conn.lease = None;
         let permit = conn.permit.take();
-        if self.permits.is_some() {
+        // A connection to a runner replaced during the call (it served on
+        // under its lease) is of no use any more: kept, it would lie under
+        // the new runner's connections, never reached, its socket open.
+        if self.permits.is_some() && self.is_current(conn.generation) {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() >= self.pool_size {
+                pool.retain(|c| c.generation == conn.generation);
+            }
             // A call that gave its place back while it gathered an
             // EXTRA_INFO answer comes back with one connection too many.
             if pool.len() < self.pool_size {
@@ -924,6 +930,75 @@ mod tests {
             runner: super::super::config::DEFAULT_RUNNER.to_owned(),
             key: key.to_owned(),
         }
+    }
+
+    /// A connection for `generation` on one end of a socket pair (the
+    /// other end returned, to keep it open).
+    fn pooled(client: &ExtClient, generation: u64) -> (PooledConn, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let conn = PooledConn {
+            conn: Framed::new(ours, FrameCodec::default()),
+            generation,
+            lease: None,
+            permit: None,
+            reused: false,
+            _counted: client.metrics.connection(),
+        };
+        (conn, theirs)
+    }
+
+    fn ready(generation: u64) -> RunnerState {
+        RunnerState::Ready {
+            socket: Arc::new(PathBuf::from("/nonexistent")),
+            generation,
+            pid: 1,
+        }
+    }
+
+    /// The idle pool holds at most `pool_size` connections, and none to a
+    /// runner replaced since: a call that ends on the old runner after the
+    /// switch drops its connection, and old ones still idle make room for
+    /// the new runner's.
+    #[tokio::test]
+    async fn the_idle_pool_keeps_pool_size_connections_to_the_current_runner() {
+        let mut conf = crate::host::config::Config::parse(
+            r#"{"ext-plugin": {"cmd": ["runner"]}, "routes": []}"#,
+        )
+        .expect("a valid configuration")
+        .runner;
+        conf.pool_size = 2;
+        let (tx, rx) = watch::channel(ready(1));
+        let client = ExtClient::new(&conf, rx);
+        let mut peers = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let (conn, peer) = pooled(&client, 1);
+            out.push(conn);
+            peers.push(peer);
+        }
+        let generations = |client: &ExtClient| -> Vec<u64> {
+            client
+                .pool
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|c| c.generation)
+                .collect()
+        };
+        client.checkin(out.pop().unwrap());
+        client.checkin(out.pop().unwrap());
+        tx.send(ready(2)).unwrap();
+        // The last call on the old runner ends after the switch.
+        client.checkin(out.pop().unwrap());
+        assert_eq!(generations(&client), [1, 1]);
+        let (new, _peer) = pooled(&client, 2);
+        client.checkin(new);
+        assert_eq!(generations(&client), [2]);
+        let (new, _peer2) = pooled(&client, 2);
+        client.checkin(new);
+        let (new, _peer3) = pooled(&client, 2);
+        client.checkin(new);
+        assert_eq!(generations(&client), [2, 2], "at most pool_size idle");
     }
 
     #[test]
