@@ -1027,3 +1027,75 @@ async fn a_current_thread_runner_serves_megabyte_bodies_fetched_or_prefetched() 
         "a current-thread runner runs on its main thread only"
     );
 }
+
+/// The runner reads into a buffer of its own (no codec framing it): a frame
+/// that arrives split at any byte, one byte per write, or several frames in
+/// one write are each answered once, in order, with their own id.
+#[tokio::test]
+async fn frames_split_anywhere_or_sent_together_are_each_answered_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let runner = RunnerProc::start(&[]);
+    let mut c = runner.client().await;
+    let token = c
+        .prepare(&[("rewrite", r#"{"headers":{"x-n":"1"}}"#)])
+        .await;
+    let frame = |id: u32| {
+        let mut parts = get("/split");
+        parts.id = id;
+        parts.headers = vec![("x-a", "1"), ("x-b", "two")];
+        let mut b = bytes::BytesMut::new();
+        tokio_util::codec::Encoder::encode(
+            &mut extplug::wire::FrameCodec::default(),
+            &extplug::wire::ReqCall {
+                conf_token: token,
+                parts,
+            },
+            &mut b,
+        )
+        .unwrap();
+        b.to_vec()
+    };
+    async fn expect_id(c: &mut Client, id: u32) {
+        match c.answer().await {
+            Some(Answer::Call(a)) => {
+                assert_eq!(a.id, id);
+                assert!(matches!(a.outcome, RequestOutcome::Rewrite(_)));
+            }
+            other => panic!("call {id}: {other:?}"),
+        }
+    }
+    // One byte per write.
+    for b in frame(1) {
+        let stream = c.conn.get_mut();
+        stream.write_all(&[b]).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    expect_id(&mut c, 1).await;
+    // Split in two at every byte.
+    let len = frame(0).len();
+    for at in 1..len {
+        let id = 100 + at as u32;
+        let bytes = frame(id);
+        let stream = c.conn.get_mut();
+        stream.write_all(&bytes[..at]).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::task::yield_now().await;
+        stream.write_all(&bytes[at..]).await.unwrap();
+        expect_id(&mut c, id).await;
+    }
+    // Eight frames in one write, then eight more with the last one split.
+    let together: Vec<u8> = (10..18).flat_map(frame).collect();
+    c.conn.get_mut().write_all(&together).await.unwrap();
+    for id in 10..18 {
+        expect_id(&mut c, id).await;
+    }
+    let together: Vec<u8> = (20..28).flat_map(frame).collect();
+    let cut = together.len() - 7;
+    c.conn.get_mut().write_all(&together[..cut]).await.unwrap();
+    for id in 20..27 {
+        expect_id(&mut c, id).await;
+    }
+    c.conn.get_mut().write_all(&together[cut..]).await.unwrap();
+    expect_id(&mut c, 27).await;
+}
