@@ -414,3 +414,29 @@ fn a_socket_directory_that_cannot_be_made_stops_the_proxy() {
         "{stderr}"
     );
 }
+
+/// A runner's rewrite with a `Connection` header that lists 200 000 names,
+/// 20 000 headers to set and 20 000 to delete: the proxy filters it with a
+/// search per header, not a scan of every list (billions of comparisons, the
+/// proxy's one thread taken for minutes, every client waiting). The listed
+/// headers are dropped, the three others reach the upstream, and the next
+/// request is served as usual.
+#[tokio::test]
+async fn a_rewrite_with_huge_header_lists_is_filtered_without_stalling_the_proxy() {
+    let up = Upstream::start().await;
+    let (cmd, env) = bad("scripted");
+    let pre_req = json!({"ext-plugin-pre-req": phase(&[("any", json!({}))])});
+    let c = config(cmd, env, json!([route("r", "/*", up.addr, pre_req)]));
+    let proxy = ProxyProc::builder(&c).env("EXTPLUG_THREADS", "1").start();
+    proxy.wait_runner_ready(1);
+    let got = get(&proxy.url("/many-headers")).await;
+    assert_eq!(got.status, 200, "{}", proxy.log());
+    let seen = up.last();
+    for kept in ["x-h7", "x-h12345", "x-h19999"] {
+        assert_eq!(seen.header(kept), Some("v"), "{kept}");
+    }
+    for dropped in ["x-h0", "x-h8", "x-h19998", "connection", "y-h0"] {
+        assert_eq!(seen.header(dropped), None, "{dropped}");
+    }
+    assert_eq!(get(&proxy.url("/next")).await.status, 200);
+}

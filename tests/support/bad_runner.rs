@@ -291,6 +291,23 @@ async fn scripted_answer(
             conn.send(&answer).await.unwrap();
             return false;
         }
+        // A rewrite no SDK would build: a `Connection` header that lists
+        // 200 000 names (`x-h0`.. `x-h199999` but `x-h7`, `x-h12345` and
+        // `x-h19999`), 20 000 headers to set (`x-h0`.. `x-h19999`: three
+        // are not listed) and 20 000 to delete (`y-h0`..).
+        "/many-headers" => {
+            let listed: Vec<String> = (0..200_000)
+                .filter(|i| ![7, 12_345, 19_999].contains(i))
+                .map(|i| format!("x-h{i}"))
+                .collect();
+            let mut headers = vec![("connection".to_owned(), Some(listed.join(",")))];
+            headers.extend((0..20_000).map(|i| (format!("x-h{i}"), Some("v".to_owned()))));
+            headers.extend((0..20_000).map(|i| (format!("y-h{i}"), None)));
+            RequestOutcome::Rewrite(Rewrite {
+                headers,
+                ..Rewrite::default()
+            })
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             RequestOutcome::Continue

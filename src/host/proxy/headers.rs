@@ -130,24 +130,32 @@ fn dropped_one(route: &str, origin: Origin, name: &str, reason: DropReason) {
     }
 }
 
-/// Names listed in the `Connection` values (a list: there are few, most
-/// often none, and a scan costs less than hashing every header's name).
+/// Names listed in the `Connection` values, sorted and without repeats (a
+/// list: there are few, most often none, and a search costs less than
+/// hashing every header's name; searched by halves, not scanned, as a
+/// hostile peer or runner may list hundreds of thousands of names, and a
+/// scan per header name would then take minutes).
 fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
-    values
+    let mut listed: Vec<String> = values
         .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
-        .collect()
+        .collect();
+    if listed.len() > 1 {
+        listed.sort_unstable();
+        listed.dedup();
+    }
+    listed
 }
 
-/// The verdict on one (valid) name.
+/// The verdict on one (valid) name; `listed` is [`connection_listed`]'s.
 fn verdict(name: &str, listed: &[String], origin: Origin) -> Option<DropReason> {
     if FRAMING.contains(&name) {
         Some(DropReason::Framing)
     } else if HOP_BY_HOP.contains(&name) {
         Some(DropReason::HopByHop)
-    } else if listed.iter().any(|l| l == name) {
+    } else if !listed.is_empty() && listed.binary_search_by(|l| l.as_str().cmp(name)).is_ok() {
         Some(DropReason::ConnectionListed)
     } else if origin == Origin::PluginRespHeaders && PROTECTED_RESP_HEADERS.contains(&name) {
         Some(DropReason::Protected)

@@ -566,15 +566,30 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
             }
         }
     }
-    // A list: a rewrite sets a few headers.
-    let mut replaced: Vec<HeaderName> = Vec::new();
-    for (name, value) in headers::from_plugin(rw.headers, route, Origin::Plugin) {
-        if !replaced.contains(&name) {
-            replaced.push(name.clone());
+    // A rewrite sets a few headers: a list of the names replaced so far,
+    // scanned. A runner may send tens of thousands, though (a scan per
+    // header would then take the proxy's thread for seconds): a set then.
+    let rewrites = headers::from_plugin(rw.headers, route, Origin::Plugin);
+    let mut few: Vec<HeaderName> = Vec::new();
+    let mut many: std::collections::HashSet<HeaderName> = std::collections::HashSet::new();
+    let is_many = rewrites.len() > 16;
+    for (name, value) in rewrites {
+        let first = if is_many {
+            many.insert(name.clone())
+        } else if few.contains(&name) {
+            false
+        } else {
+            few.push(name.clone());
+            true
+        };
+        if first {
             ex.head.headers.remove(&name);
         }
         if let Some(value) = value {
-            ex.head.headers.append(name, value);
+            if ex.head.headers.try_append(name, value).is_err() {
+                warn!(route = %route, "runner's rewrite sets more headers than a request may hold; the rest dropped");
+                break;
+            }
         }
     }
     // One Host only (RFC 9112 section 3.2): a list that repeats it keeps
