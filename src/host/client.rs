@@ -78,6 +78,26 @@ pub enum CallError {
     Broken(String),
 }
 
+/// How [`ExtClient::exchange_on`] failed.
+enum Failure {
+    /// The call failed.
+    Call(CallError),
+    /// The call's pooled connection was closed by the runner while it was
+    /// idle: the write failed, so nothing of the call was taken, and it can
+    /// go again on another connection. The call's place in the pool comes
+    /// back with it.
+    Unsent {
+        cause: std::io::Error,
+        permit: Option<OwnedSemaphorePermit>,
+    },
+}
+
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Self {
+        Failure::Call(e)
+    }
+}
+
 /// What the host knows about a prepared chain.
 #[derive(Debug, Clone)]
 pub struct Ticket {
@@ -466,13 +486,56 @@ impl ExtClient {
         &self,
         msg: &M,
         expect: MessageType,
-        provider: Option<&mut dyn InfoProvider>,
     ) -> Result<(Frame, u64), CallError> {
-        let pooled = self.checkout().await?;
-        let generation = pooled.generation;
-        let (frame, pooled) = self.exchange_on(pooled, msg, expect, provider).await?;
-        self.checkin(pooled);
-        Ok((frame, generation))
+        let mut held = None;
+        let mut unsent = 0;
+        loop {
+            let pooled = self.checkout_holding(held.take()).await?;
+            let generation = pooled.generation;
+            match self.exchange_on(pooled, msg, expect, None).await {
+                Ok((frame, pooled)) => {
+                    self.checkin(pooled);
+                    return Ok((frame, generation));
+                }
+                Err(Failure::Call(e)) => return Err(e),
+                Err(Failure::Unsent { cause, permit }) => {
+                    held = permit;
+                    self.unsent(&mut unsent, generation, cause)?;
+                }
+            }
+        }
+    }
+
+    /// [`ExtClient::checkout`], with the place in the pool `held` when the
+    /// call has one already (its first connection was found closed).
+    async fn checkout_holding(
+        &self,
+        held: Option<OwnedSemaphorePermit>,
+    ) -> Result<PooledConn, CallError> {
+        match held {
+            Some(permit) => self.connection(Some(permit)).await,
+            None => self.checkout().await,
+        }
+    }
+
+    /// Counts a call sent on a pooled connection the runner had closed (see
+    /// [`Failure::Unsent`]): the call goes again, on the next connection,
+    /// unless that happened more often than the pool has connections (a
+    /// runner that closes every connection it served on).
+    fn unsent(
+        &self,
+        count: &mut usize,
+        generation: u64,
+        cause: std::io::Error,
+    ) -> Result<(), CallError> {
+        *count += 1;
+        if *count > self.pool_size + 1 {
+            return Err(CallError::Broken(format!(
+                "the runner closed {count} pooled connections in a row ({cause})"
+            )));
+        }
+        debug!(generation, %cause, "pooled runner connection was closed: sending on another");
+        Ok(())
     }
 
     /// Sends `msg` on `pooled` and returns the final answer frame (type
@@ -490,7 +553,7 @@ impl ExtClient {
         msg: &M,
         expect: MessageType,
         mut provider: Option<&mut dyn InfoProvider>,
-    ) -> Result<(Frame, PooledConn), CallError> {
+    ) -> Result<(Frame, PooledConn), Failure> {
         let generation = pooled.generation;
         let limit = self.call_timeout;
         let timed_out = |_| {
@@ -505,24 +568,16 @@ impl ExtClient {
             Ok(()) => {}
             // A pooled connection the runner closed while it was idle (the
             // reactor had not told yet): a write to a closed socket fails,
-            // so the runner took nothing, and the call goes once on another
-            // connection to the same runner.
-            Err(FrameError::Io(e)) if pooled.reused => {
-                debug!(generation, cause = %e, "pooled runner connection was closed: sending on another");
-                let permit = pooled.permit.take();
-                drop(pooled);
-                pooled = self.connection(permit).await?;
-                if pooled.generation != generation {
-                    return Err(CallError::Broken(format!(
-                        "the runner closed the connection ({e}) and was replaced"
-                    )));
-                }
-                tokio::time::timeout_at(deadline, pooled.conn.send(msg))
-                    .await
-                    .map_err(timed_out)?
-                    .map_err(broken)?;
+            // so the runner took nothing, and the caller sends the call
+            // again on another connection (to the runner's replacement,
+            // when it died: the chain is prepared there first).
+            Err(FrameError::Io(cause)) if pooled.reused => {
+                return Err(Failure::Unsent {
+                    cause,
+                    permit: pooled.permit.take(),
+                });
             }
-            Err(e) => return Err(broken(e)),
+            Err(e) => return Err(broken(e).into()),
         }
         let conn = &mut pooled.conn;
         let frame = loop {
@@ -530,7 +585,9 @@ impl ExtClient {
                 .await
                 .map_err(timed_out)?
             {
-                None => return Err(CallError::Broken("the runner closed the connection".into())),
+                None => {
+                    return Err(CallError::Broken("the runner closed the connection".into()).into())
+                }
                 Some(frame) => frame.map_err(broken)?,
             };
             if frame.kind == expect as u8 || frame.kind == MessageType::Error as u8 {
@@ -540,12 +597,11 @@ impl ExtClient {
                 return Err(CallError::Malformed(format!(
                     "got a frame of type {} while waiting for type {}",
                     frame.kind, expect as u8
-                )));
+                ))
+                .into());
             }
             let Some(provider) = provider.as_deref_mut() else {
-                return Err(CallError::Malformed(
-                    "EXTRA_INFO during PREPARE_CONF".into(),
-                ));
+                return Err(CallError::Malformed("EXTRA_INFO during PREPARE_CONF".into()).into());
             };
             let payload =
                 Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
@@ -684,7 +740,7 @@ impl ExtClient {
                 .collect(),
             key: Some(&phase.key),
         };
-        let (frame, generation) = self.exchange(&req, MessageType::PrepareConf, None).await?;
+        let (frame, generation) = self.exchange(&req, MessageType::PrepareConf).await?;
         let payload =
             Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
         if frame.kind == MessageType::Error as u8 {
@@ -802,8 +858,10 @@ impl ExtClient {
         provider: &mut dyn InfoProvider,
     ) -> Result<C::Outcome, CallError> {
         let mut attempt = 1;
+        let mut held = None;
+        let mut unsent = 0;
         loop {
-            let pooled = self.checkout().await?;
+            let pooled = self.checkout_holding(held.take()).await?;
             if pooled.generation != generation {
                 // The runner was replaced since the ticket was issued (while
                 // the request body was read, say): the new one may know this
@@ -821,9 +879,19 @@ impl ExtClient {
                 attempt += 1;
                 continue;
             }
-            let (frame, pooled) = self
+            let sent_to = pooled.generation;
+            let (frame, pooled) = match self
                 .exchange_on(pooled, &call, C::KIND, Some(&mut *provider))
-                .await?;
+                .await
+            {
+                Ok(answer) => answer,
+                Err(Failure::Call(e)) => return Err(e),
+                Err(Failure::Unsent { cause, permit }) => {
+                    held = permit;
+                    self.unsent(&mut unsent, sent_to, cause)?;
+                    continue;
+                }
+            };
             // `pooled` goes back to the pool only with a well-formed answer
             // to this call: a runner that answered twice, say, has left a
             // stale frame that every later call on it would read instead.
@@ -999,6 +1067,55 @@ mod tests {
         let (new, _peer3) = pooled(&client, 2);
         client.checkin(new);
         assert_eq!(generations(&client), [2, 2], "at most pool_size idle");
+    }
+
+    /// Pooled connections the runner closed, before the reactor saw it
+    /// (they look open): the call's write fails on each, nothing was sent,
+    /// so the call goes on the next one, and then on a new connection, and
+    /// is answered. (Before, it was sent once more only, on the next
+    /// pooled connection, closed too: the call failed.)
+    #[tokio::test]
+    async fn a_call_goes_past_every_closed_pooled_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("runner.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        // The runner: answers one PREPARE_CONF per connection.
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut conn = Framed::new(stream, FrameCodec::default());
+                    if let Some(Ok(frame)) = conn.next().await {
+                        assert_eq!(frame.kind, MessageType::PrepareConf as u8);
+                        let answer = crate::wire::Prepared {
+                            token: 9,
+                            needs: Needs::default(),
+                        };
+                        conn.send(&answer).await.unwrap();
+                    }
+                });
+            }
+        });
+        let mut conf = crate::host::config::Config::parse(
+            r#"{"ext-plugin": {"cmd": ["runner"]}, "routes": []}"#,
+        )
+        .expect("a valid configuration")
+        .runner;
+        conf.pool_size = 4;
+        let (_tx, rx) = watch::channel(RunnerState::Ready {
+            socket: Arc::new(socket),
+            generation: 1,
+            pid: std::process::id(),
+        });
+        let client = ExtClient::new(&conf, rx);
+        for _ in 0..3 {
+            let (conn, peer) = pooled(&client, 1);
+            drop(peer);
+            client.checkin(conn);
+        }
+        // No await since: the runtime has not polled its reactor.
+        let ticket = client.ticket(&phase("route-1")).await.unwrap();
+        assert_eq!(ticket.token, 9);
+        assert_eq!(client.pool.lock().unwrap().len(), 1, "the new connection");
     }
 
     #[test]
