@@ -291,15 +291,44 @@ pub(crate) fn map_from_plugin(
     let mut map = HeaderMap::new();
     for (name, value) in from_plugin(pairs.into_iter().map(|(n, v)| (n, Some(v))), route, origin) {
         if let Some(value) = value {
-            map.append(name, value);
+            if !append_or_warn(&mut map, name, value, route) {
+                break;
+            }
         }
     }
     map
 }
 
+/// Appends a plugin's header to `map`; false (with a warning) when the map
+/// is full: a map holds some 24 000 entries at most (`append` panics past
+/// that), and a runner may send more.
+pub(crate) fn append_or_warn(
+    map: &mut HeaderMap,
+    name: HeaderName,
+    value: HeaderValue,
+    route: &str,
+) -> bool {
+    if map.try_append(name, value).is_ok() {
+        return true;
+    }
+    warn!(
+        route,
+        "a plugin sent more headers than a message may hold; the rest dropped"
+    );
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_headers_than_a_map_holds_are_cut_without_a_panic() {
+        let pairs = (0..40_000).map(|i| (format!("x-h{i}"), "v".to_owned()));
+        let map = map_from_plugin(pairs, "r", Origin::Plugin);
+        assert!(map.len() > 20_000 && map.len() < 40_000, "{}", map.len());
+        assert_eq!(map.get("x-h0").map(|v| v.as_bytes()), Some(&b"v"[..]));
+    }
 
     #[test]
     fn framing_hop_by_hop_listed_and_invalid_are_dropped() {

@@ -239,7 +239,9 @@ impl Proxy {
         }
         headers::filter_map(&mut head.headers, &ex.route.id, Origin::Traffic);
         for (name, value) in std::mem::take(&mut ex.resp_headers) {
-            head.headers.append(name, value);
+            if !headers::append_or_warn(&mut head.headers, name, value, &ex.route.id) {
+                break;
+            }
         }
         let (body, len) = match body.send() {
             Ok(sent) => sent,
@@ -586,8 +588,7 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
             ex.head.headers.remove(&name);
         }
         if let Some(value) = value {
-            if ex.head.headers.try_append(name, value).is_err() {
-                warn!(route = %route, "runner's rewrite sets more headers than a request may hold; the rest dropped");
+            if !headers::append_or_warn(&mut ex.head.headers, name, value, route) {
                 break;
             }
         }
