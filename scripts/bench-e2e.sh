@@ -30,6 +30,8 @@
 #   RUNNER_BENCH=1  also `extplug bench runner` at CONNECTIONS (the hop's floor,
 #                   for the arithmetic of the best possible plugin ratio); 0: not
 #   NGINX_WORKERS=auto            worker_processes of both nginx instances
+#   RUNNER_THREADS=  the demo runner's threads (DEMO_RUNNER_THREADS; empty:
+#                   its default, one per core); the proxy's are EXTPLUG_THREADS
 #   KEEP=1          keep the temporary directory (configurations, logs, wrk output)
 # Installs wrk and nginx with apt-get when they are missing; builds the release
 # binaries (`cargo build --release`). Every process it starts is stopped, and
@@ -169,11 +171,15 @@ wait_http "http://127.0.0.1:$ngx_port/"
 chain() { # plugin name, its JSON conf (as JSON text)
   printf '"plugins": { "ext-plugin-pre-req": { "conf": [ { "name": "%s", "value": %s } ] } }' "$1" "$2"
 }
+runner_env=""
+if [ -n "${RUNNER_THREADS:-}" ]; then
+  runner_env=", \"env\": { \"DEMO_RUNNER_THREADS\": \"$RUNNER_THREADS\" }"
+fi
 upstream_json="\"upstream\": { \"nodes\": { \"127.0.0.1:$up_port\": 1 } }"
 cat >"$work/extplug.json" <<EOF
 {
   "listen": "127.0.0.1:0",
-  "ext-plugin": { "cmd": ["$bin/examples/demo-runner"] },
+  "ext-plugin": { "cmd": ["$bin/examples/demo-runner"]$runner_env },
   "routes": [
     { "id": "plain", "uri": "/plain", $upstream_json },
     { "id": "rewrite", "uri": "/rewrite", $upstream_json,
