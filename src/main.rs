@@ -363,15 +363,7 @@ fn check(path: &std::path::Path, config: &host::config::Config, offline: bool) -
         println!("{}: valid: {n} {routes} (file only)", path.display());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("starting the runtime: {e}")),
-    };
-    let result = runtime.block_on(async {
-        // A signal stops the check cleanly: its runner stopped, its
-        // directory removed.
-        let interrupted = CancellationToken::new();
-        tokio::spawn(extplug::stop_on_signal(interrupted.clone()));
+    let result = interruptible(|interrupted| async move {
         match host::start_runner(config, &interrupted).await? {
             Some(runners) => {
                 runners.stop().await;
@@ -380,6 +372,10 @@ fn check(path: &std::path::Path, config: &host::config::Config, offline: bool) -
             None => Ok(false),
         }
     });
+    let result = match result {
+        Ok(result) => result,
+        Err(code) => return code,
+    };
     match result {
         Ok(false) => {
             eprintln!("extplug: check interrupted");
@@ -412,15 +408,13 @@ fn check(path: &std::path::Path, config: &host::config::Config, offline: bool) -
 
 /// `extplug routes`: prints the listing ([`host::source::list`]).
 fn routes(path: &std::path::Path, offline: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("starting the runtime: {e}")),
-    };
-    let result = runtime.block_on(async {
-        let interrupted = CancellationToken::new();
-        tokio::spawn(extplug::stop_on_signal(interrupted.clone()));
+    let result = interruptible(|interrupted| async move {
         host::source::list::check(path, offline, &interrupted).await
     });
+    let result = match result {
+        Ok(result) => result,
+        Err(code) => return code,
+    };
     match result {
         Ok((table, source)) => {
             print!("{}", host::source::list::render(&table, &source));
@@ -432,6 +426,23 @@ fn routes(path: &std::path::Path, offline: bool) -> ExitCode {
         }
         Err(e) => fail(&e.to_string()),
     }
+}
+
+/// Runs `work` on a new runtime with a token that SIGTERM/SIGINT cancel, so
+/// that a command interrupted by a signal stops cleanly (its throwaway
+/// runners stopped, their directories removed). `Err`: the exit code of a
+/// runtime that could not start (already reported).
+fn interruptible<T, F>(work: impl FnOnce(CancellationToken) -> F) -> Result<T, ExitCode>
+where
+    F: std::future::Future<Output = T>,
+{
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| fail(&format!("starting the runtime: {e}")))?;
+    Ok(runtime.block_on(async {
+        let interrupted = CancellationToken::new();
+        tokio::spawn(extplug::stop_on_signal(interrupted.clone()));
+        work(interrupted).await
+    }))
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -8,7 +8,7 @@
 mod common;
 
 use common::conf::scripted;
-use common::http::{get, Upstream};
+use common::http::{get, statuses_of, Upstream};
 use serde_json::json;
 
 /// The `accepted` and `open_max` counts the runner reported with each
@@ -43,15 +43,7 @@ async fn calls_beyond_the_pool_wait_for_a_connection() {
     });
     proxy.wait_runner_ready(1);
     let url = proxy.url("/pause");
-    let calls = (0..CALLS).map(|_| {
-        let url = url.clone();
-        tokio::spawn(async move { get(&url).await.status })
-    });
-    let statuses: Vec<u16> = futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let statuses = statuses_of((0..CALLS).map(|_| url.clone())).await;
     assert!(
         statuses.iter().all(|s| *s == 200),
         "{statuses:?}\n{}",

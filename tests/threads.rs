@@ -4,7 +4,7 @@
 mod common;
 
 use common::conf::{config, demo, phase, route};
-use common::http::{get, ProxyProc, Upstream};
+use common::http::{statuses_of, ProxyProc, Upstream};
 use serde_json::json;
 use std::process::{Command, Stdio};
 
@@ -31,15 +31,8 @@ async fn the_proxy_serves_on_one_thread_or_several() {
             .env("EXTPLUG_THREADS", threads)
             .start();
         proxy.wait_runner_ready(1);
-        let calls = (0..8).map(|i| {
-            let url = proxy.url(if i % 2 == 0 { "/rw" } else { "/plain" });
-            tokio::spawn(async move { get(&url).await.status })
-        });
-        let statuses: Vec<u16> = futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let urls = (0..8).map(|i| proxy.url(if i % 2 == 0 { "/rw" } else { "/plain" }));
+        let statuses = statuses_of(urls).await;
         assert!(
             statuses.iter().all(|s| *s == 200),
             "threads {threads}: {statuses:?}\n{}",

@@ -451,3 +451,15 @@ pub async fn send(
 pub async fn get(url: &str) -> Got {
     send("GET", url, &[], Bytes::new()).await
 }
+
+/// GETs every URL at once (one task each) and gives the statuses in order.
+pub async fn statuses_of(urls: impl IntoIterator<Item = String>) -> Vec<u16> {
+    let calls = urls
+        .into_iter()
+        .map(|url| tokio::spawn(async move { get(&url).await.status }));
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
