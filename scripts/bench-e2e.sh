@@ -62,24 +62,12 @@ done
 log() { echo "bench-e2e: $*" >&2; }
 
 # --- tools ---------------------------------------------------------------
-NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-[ -x "$NGINX" ] || missing+=(nginx)
-command -v curl >/dev/null || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  log "installing ${missing[*]} with apt-get"
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "${missing[@]}" >&2
-  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-fi
-
 cd "$(dirname "$0")/.."
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+scripts/ensure-debian.sh wrk=wrk "$NGINX=nginx" curl=curl capnp=capnproto protoc=protobuf-compiler
+NGINX=$(command -v nginx || echo "$NGINX")
+
 log "building (cargo build --release)"
-scripts/ensure-capnp.sh
-scripts/ensure-protoc.sh
 cargo build --quiet --release --example demo-runner --bin extplug
 target_dir=$(cargo metadata --format-version 1 --no-deps |
   sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')

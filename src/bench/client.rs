@@ -187,6 +187,30 @@ fn thread(
     })
 }
 
+/// Sends `frame` on `stream` and reads the answer frame: its type is
+/// returned, its payload left in `buf` (resized to it).
+///
+/// # Errors
+/// The write or the read failed; the message says which.
+pub async fn call(stream: &mut UnixStream, frame: &[u8], buf: &mut Vec<u8>) -> Result<u8, String> {
+    stream
+        .write_all(frame)
+        .await
+        .map_err(|e| format!("sending a call: {e}"))?;
+    let mut header = [0u8; 4];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| format!("reading an answer: {e}"))?;
+    let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
+    buf.resize(len, 0);
+    stream
+        .read_exact(buf)
+        .await
+        .map_err(|e| format!("reading an answer of {len} bytes: {e}"))?;
+    Ok(header[0])
+}
+
 /// One connection: send, read the whole answer, again, until `deadline`.
 async fn connection(
     mut stream: UnixStream,
@@ -194,34 +218,17 @@ async fn connection(
     deadline: Instant,
 ) -> Result<Vec<u64>, String> {
     let mut latencies = Vec::with_capacity(1 << 16);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         let start = Instant::now();
         if start >= deadline {
             return Ok(latencies);
         }
-        stream
-            .write_all(&frame)
-            .await
-            .map_err(|e| format!("sending a call: {e}"))?;
-        let mut header = [0u8; 4];
-        stream
-            .read_exact(&mut header)
-            .await
-            .map_err(|e| format!("reading an answer: {e}"))?;
-        let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        stream
-            .read_exact(&mut buf[..len])
-            .await
-            .map_err(|e| format!("reading an answer of {len} bytes: {e}"))?;
-        if header[0] != 2 {
+        let kind = call(&mut stream, &frame, &mut buf).await?;
+        if kind != 2 {
             return Err(format!(
-                "the server answered a frame of type {} (expected 2, a call answer): {}",
-                header[0],
-                String::from_utf8_lossy(&buf[..len.min(200)])
+                "the server answered a frame of type {kind} (expected 2, a call answer): {}",
+                String::from_utf8_lossy(&buf[..buf.len().min(200)])
             ));
         }
         let end = Instant::now();

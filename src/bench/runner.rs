@@ -17,7 +17,6 @@ use extplug::wire::{FrameCodec, Payload, PrepareConf, ReqCallAnswer, RequestOutc
 use futures::{SinkExt, StreamExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{Encoder, Framed};
 
@@ -325,28 +324,22 @@ async fn answer_of(socket: &Path, frame: &[u8]) -> Result<Vec<u8>, String> {
     let mut stream = UnixStream::connect(socket)
         .await
         .map_err(|e| format!("connecting to the runner: {e}"))?;
-    stream
-        .write_all(frame)
+    let mut payload_bytes = Vec::new();
+    let kind = super::client::call(&mut stream, frame, &mut payload_bytes)
         .await
-        .map_err(|e| format!("sending a call: {e}"))?;
-    let mut header = [0u8; 4];
-    stream
-        .read_exact(&mut header)
-        .await
-        .map_err(|e| format!("reading the runner's answer: {e}"))?;
-    let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
-    let mut answer = header.to_vec();
-    answer.resize(4 + len, 0);
-    stream
-        .read_exact(&mut answer[4..])
-        .await
-        .map_err(|e| format!("reading the runner's answer: {e}"))?;
-    let payload = Payload::parse(&answer[4..]).map_err(|e| e.to_string())?;
-    match header[0] {
+        .map_err(|e| format!("the runner: {e}"))?;
+    let payload = Payload::parse(&payload_bytes).map_err(|e| e.to_string())?;
+    match kind {
         2 => {
             payload
                 .req_call_answer()
                 .map_err(|e| format!("the runner's call answer: {e}"))?;
+            // The whole frame, as the floor sends it back.
+            let len = payload_bytes.len() as u32;
+            let mut answer = Vec::with_capacity(4 + payload_bytes.len());
+            answer.push(kind);
+            answer.extend_from_slice(&len.to_be_bytes()[1..]);
+            answer.extend_from_slice(&payload_bytes);
             Ok(answer)
         }
         0 => Err(format!(
