@@ -8,11 +8,11 @@ scripts/ensure-protoc.sh
 scripts/ensure-etcd.sh
 # The demo and the benchmarks run the release binaries: a release build that
 # breaks must fail here, not on a user's first `scripts/demo.sh`.
-cargo build --release --example demo-runner --bin extplug
+cargo build --locked --release --example demo-runner --bin extplug
 # The rustdoc is the plugin author's first page: no broken links.
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
-cargo test --workspace --all-targets
-cargo test --workspace --doc
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --workspace --quiet
+cargo test --locked --workspace --all-targets
+cargo test --locked --workspace --doc
 # The plugin template is its own workspace (tests/template.rs builds and runs
 # it): lint it as its author would, in the target dir that test uses.
 cargo fmt --manifest-path examples/plugin-template/Cargo.toml --check
