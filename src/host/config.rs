@@ -121,6 +121,9 @@ pub struct ClientLimits {
     pub max_connections: usize,
     /// The largest request header (request line included); past it: 431.
     pub max_header_bytes: usize,
+    /// The most header fields a request may have; past it: 431. hyper
+    /// counts fields (its default is 100); nginx only counts bytes.
+    pub max_headers: usize,
 }
 
 impl Default for ClientLimits {
@@ -132,6 +135,7 @@ impl Default for ClientLimits {
             keepalive_timeout: Duration::from_millis(default_keepalive_timeout()),
             max_connections: default_max_client_connections(),
             max_header_bytes: default_max_request_header(),
+            max_headers: default_max_request_headers(),
         }
     }
 }
@@ -143,6 +147,13 @@ const MAX_CLIENT_CONNECTIONS: usize = 10_000_000;
 /// The bounds of `max_request_header_bytes`: hyper needs room for a request
 /// line, and its read buffer (about 400 KiB) caps what it can hold.
 const HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=262_144;
+
+/// The bounds of `max_request_headers`: at most what a plugin may send
+/// ([`crate::host::proxy::headers::MAX_PLUGIN_HEADERS`]), so that a
+/// request's header map, the client's fields and two rewrites', stays far
+/// below what a map holds.
+const HEADER_COUNT_RANGE: std::ops::RangeInclusive<usize> =
+    1..=crate::host::proxy::headers::MAX_PLUGIN_HEADERS;
 
 /// The `ext-plugin` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +182,11 @@ pub struct RunnerConf {
     /// Connections to the runner, at most (one per call in progress; calls
     /// beyond wait for one); 0: a new connection per call, no limit.
     pub pool_size: usize,
+    /// Connections to the runner held, at most, by calls waiting for a
+    /// client's (or upstream's) body the runner asked for during the call
+    /// (`max_waiting_calls`, default `pool_size`); with `pool_size`, the
+    /// host never holds more than their sum. 0: no bound.
+    pub max_waiting_calls: usize,
     /// Calls timing out in a row before the runner is deemed stuck and
     /// replaced; 0 never replaces it.
     pub restart_after_timeouts: u32,
@@ -289,6 +305,8 @@ struct RawConfig<'a> {
     max_client_connections: usize,
     #[serde(default = "default_max_request_header")]
     max_request_header_bytes: usize,
+    #[serde(default = "default_max_request_headers")]
+    max_request_headers: usize,
     #[serde(default)]
     admin: Option<RawAdmin>,
 }
@@ -344,6 +362,12 @@ fn default_max_client_connections() -> usize {
 fn default_max_request_header() -> usize {
     32 * 1024
 }
+/// Past hyper's 100 (a browser behind a few proxies and tracing layers can
+/// send more), within a small allocation: hyper takes 64 bytes per field
+/// for each request head it parses.
+fn default_max_request_headers() -> usize {
+    256
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -361,6 +385,8 @@ struct RawRunner {
     stop_grace_ms: u64,
     #[serde(default = "default_pool")]
     pool_size: usize,
+    #[serde(default)]
+    max_waiting_calls: Option<usize>,
     #[serde(default = "default_restart_after")]
     restart_after_timeouts: u32,
     #[serde(default = "default_standby")]
@@ -956,6 +982,7 @@ fn runner_conf(section: &str, r: RawRunner) -> Result<RunnerConf, ConfigError> {
         start_timeout: Duration::from_millis(r.start_timeout_ms),
         stop_grace: Duration::from_millis(r.stop_grace_ms),
         pool_size: r.pool_size,
+        max_waiting_calls: r.max_waiting_calls.unwrap_or(r.pool_size),
         restart_after_timeouts: r.restart_after_timeouts,
         standby: r.standby,
     })
@@ -1002,11 +1029,20 @@ fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError> {
             HEADER_BYTES_RANGE.end()
         )));
     }
+    if !HEADER_COUNT_RANGE.contains(&raw.max_request_headers) {
+        return Err(ConfigError(format!(
+            "`max_request_headers` {} must be between {} and {}",
+            raw.max_request_headers,
+            HEADER_COUNT_RANGE.start(),
+            HEADER_COUNT_RANGE.end()
+        )));
+    }
     Ok(ClientLimits {
         header_timeout: Duration::from_millis(raw.client_header_timeout_ms),
         keepalive_timeout: Duration::from_millis(raw.keepalive_timeout_ms),
         max_connections: raw.max_client_connections,
         max_header_bytes: raw.max_request_header_bytes,
+        max_headers: raw.max_request_headers,
     })
 }
 
@@ -1632,7 +1668,8 @@ mod tests {
         assert_eq!(c.client.keepalive_timeout, Duration::from_secs(75));
         let c = Config::parse(
             r#"{"ext-plugin":{"cmd":["r"]},"routes":[],"client_header_timeout_ms":300,
-                "keepalive_timeout_ms":0,"max_client_connections":2,"max_request_header_bytes":4096}"#,
+                "keepalive_timeout_ms":0,"max_client_connections":2,"max_request_header_bytes":4096,
+                "max_request_headers":20}"#,
         )
         .unwrap();
         assert_eq!(
@@ -1642,6 +1679,7 @@ mod tests {
                 keepalive_timeout: Duration::ZERO,
                 max_connections: 2,
                 max_header_bytes: 4096,
+                max_headers: 20,
             }
         );
         for (field, value) in [
@@ -1650,6 +1688,8 @@ mod tests {
             ("max_client_connections", "100000000000"),
             ("max_request_header_bytes", "100"),
             ("max_request_header_bytes", "10000000"),
+            ("max_request_headers", "0"),
+            ("max_request_headers", "8193"),
             ("keepalive_timeout_ms", "-1"),
         ] {
             let err = Config::parse(&format!(

@@ -18,6 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
 
+/// The most header fields an upstream's answer may have (502 past it).
+/// hyper's default, 100, refused an answer with 99 `Set-Cookie` and the
+/// usual four others; nginx bounds only the header's bytes (4-8 KiB by
+/// default), which holds fewer fields than this.
+const MAX_UPSTREAM_HEADERS: usize = 1024;
+
 /// One route with its run-time state.
 pub(crate) struct RouteRuntime {
     pub(crate) route: Arc<Route>,
@@ -62,6 +68,7 @@ impl RouteRuntime {
             next: AtomicUsize::new(0),
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
+                .http1_max_headers(MAX_UPSTREAM_HEADERS)
                 .build(connector),
         }
     }
