@@ -53,6 +53,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod fd_limit;
 pub mod gateway;
 pub mod ingress;
 pub mod metrics;
@@ -190,7 +191,7 @@ pub async fn run_from(
             source,
         })?;
     let (limits, grace, listen, routes) = (
-        config.client,
+        fd_limit::fit(&config),
         config.shutdown_grace,
         config.listen,
         config.routes.len(),
