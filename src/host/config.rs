@@ -58,6 +58,9 @@ pub struct Config {
     pub max_request_body: usize,
     /// The largest upstream body buffered for a plugin (502 past it).
     pub max_response_body: usize,
+    /// The bytes all bodies buffered for plugins may hold at once
+    /// (`max_buffered_body_bytes`); past it a body is refused with 503.
+    pub max_buffered_body: usize,
     /// How long requests in flight may take to finish at shutdown.
     pub shutdown_grace: Duration,
     /// The longest wait for the next bytes of a client's request body, like
@@ -293,6 +296,8 @@ struct RawConfig<'a> {
     max_request_body_bytes: usize,
     #[serde(default = "default_max_body")]
     max_response_body_bytes: usize,
+    #[serde(default = "default_max_buffered_body")]
+    max_buffered_body_bytes: usize,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace_ms: u64,
     #[serde(default = "default_client_body_timeout")]
@@ -343,6 +348,9 @@ fn default_listen() -> String {
 }
 fn default_max_body() -> usize {
     8 * 1024 * 1024
+}
+fn default_max_buffered_body() -> usize {
+    128 * 1024 * 1024
 }
 fn default_shutdown_grace() -> u64 {
     10_000
@@ -692,6 +700,13 @@ impl Config {
             ));
         }
         let client = client_limits(&raw)?;
+        let largest = raw.max_request_body_bytes.max(raw.max_response_body_bytes);
+        if raw.max_buffered_body_bytes < largest {
+            return Err(ConfigError(format!(
+                "`max_buffered_body_bytes` {} is less than one body may be (`max_request_body_bytes` or `max_response_body_bytes`, {largest}): no such body could ever be read",
+                raw.max_buffered_body_bytes
+            )));
+        }
         let admin = match &raw.admin {
             None => None,
             Some(a) => Some(AdminConf {
@@ -772,6 +787,7 @@ impl Config {
             routes,
             max_request_body: raw.max_request_body_bytes,
             max_response_body: raw.max_response_body_bytes,
+            max_buffered_body: raw.max_buffered_body_bytes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
             client_body_timeout: Duration::from_millis(raw.client_body_timeout_ms),
             client,
@@ -1688,6 +1704,7 @@ mod tests {
             ("max_client_connections", "100000000000"),
             ("max_request_header_bytes", "100"),
             ("max_request_header_bytes", "10000000"),
+            ("max_buffered_body_bytes", "1000"),
             ("max_request_headers", "0"),
             ("max_request_headers", "8193"),
             ("keepalive_timeout_ms", "-1"),

@@ -193,6 +193,7 @@ impl Proxy {
             &head.headers,
             self.max_request_body,
             self.client_body_timeout,
+            self.budget.clone(),
         );
         headers::from_client(&mut head.headers, &rt.route.id);
         // RFC 9112 section 3.2.2: an absolute-form target's authority is
@@ -231,6 +232,7 @@ impl Proxy {
             &head.headers,
             self.max_response_body,
             rt.route.upstream.read_timeout,
+            self.budget.clone(),
         );
         // The upstream's length of a bodiless answer (HEAD, 304) describes
         // the resource: it goes back to the client as it was.
