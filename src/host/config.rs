@@ -102,11 +102,30 @@ impl std::fmt::Debug for EtcdConf {
     }
 }
 
-/// The admin listener's settings (`"admin": {"listen": ADDR}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The admin listener's settings (`"admin": {"listen": ADDR, "hosts": [...],
+/// "token": "..."}`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct AdminConf {
     /// Where it listens (port 0: any free port, printed at start).
     pub listen: SocketAddr,
+    /// Host names a request may name in `Host` besides the address it came
+    /// to and `localhost` (with or without the port): the names the
+    /// listener is reached by (a load balancer's, a Kubernetes service's).
+    pub hosts: Vec<String>,
+    /// When set, every endpoint but `/healthz` and `/readyz` wants
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConf {
+    /// Without the token: the configuration may be logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConf")
+            .field("listen", &self.listen)
+            .field("hosts", &self.hosts)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// Limits on the proxy's client side, with nginx-like defaults.
@@ -341,6 +360,10 @@ fn default_etcd_timeout() -> u64 {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -709,14 +732,7 @@ impl Config {
         }
         let admin = match &raw.admin {
             None => None,
-            Some(a) => Some(AdminConf {
-                listen: a.listen.parse().map_err(|_| {
-                    ConfigError(format!(
-                        "`admin.listen`: {:?} is not an address such as 127.0.0.1:9091",
-                        a.listen
-                    ))
-                })?,
-            }),
+            Some(a) => Some(admin_conf(a)?),
         };
         let runner = runner_conf("ext-plugin", raw.ext_plugin)?;
         let mut runners = BTreeMap::new();
@@ -1022,6 +1038,38 @@ fn runner_names(runners: &BTreeMap<String, RunnerConf>) -> String {
         .map(|n| format!("`{n}`"))
         .collect();
     format!("the runners are {}", names.join(", "))
+}
+
+/// Checks the `admin` section; errors name the field.
+fn admin_conf(a: &RawAdmin) -> Result<AdminConf, ConfigError> {
+    let listen = a.listen.parse().map_err(|_| {
+        ConfigError(format!(
+            "`admin.listen`: {:?} is not an address such as 127.0.0.1:9091",
+            a.listen
+        ))
+    })?;
+    for (i, host) in a.hosts.iter().enumerate() {
+        let valid = http::HeaderValue::from_str(host)
+            .is_ok_and(|v| !host.is_empty() && crate::host::proxy::headers::valid_host(&v));
+        if !valid {
+            return Err(ConfigError(format!(
+                "`admin.hosts[{i}]`: {host:?} is not a host name such as metrics.internal"
+            )));
+        }
+    }
+    if let Some(token) = &a.token {
+        // Sent in a header: visible ASCII, and long enough not to be guessed.
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError(
+                "`admin.token` must be 16 or more visible ASCII characters (no spaces)".into(),
+            ));
+        }
+    }
+    Ok(AdminConf {
+        listen,
+        hosts: a.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        token: a.token.clone(),
+    })
 }
 
 /// Checks the client-side limits; errors name the field.
