@@ -291,6 +291,34 @@ pub struct Upstream {
     pub read_timeout: Duration,
     /// Send the node's address as `Host` instead of the client's.
     pub pass_host_node: bool,
+    /// The idle connections kept to each node (`keepalive_pool`).
+    pub keepalive: KeepalivePool,
+}
+
+/// An upstream's `keepalive_pool`, with APISIX's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepalivePool {
+    /// Idle connections kept per node per proxy thread (APISIX counts per
+    /// worker process); past it a connection is closed when its request
+    /// ends.
+    pub size: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+    /// Requests a connection carries before it is closed (nginx's
+    /// `keepalive_requests`: memory some servers free only with the
+    /// connection).
+    pub requests: u32,
+}
+
+impl Default for KeepalivePool {
+    /// APISIX's: 320 connections, 60 s, 1000 requests.
+    fn default() -> Self {
+        KeepalivePool {
+            size: 320,
+            idle_timeout: Duration::from_secs(60),
+            requests: 1000,
+        }
+    }
 }
 
 // ---- the file's shape ----
@@ -582,8 +610,53 @@ struct RawUpstream {
     _update_time: Option<IgnoredAny>,
     #[serde(rename = "hash_on")]
     _hash_on: Option<IgnoredAny>,
-    #[serde(rename = "keepalive_pool")]
-    _keepalive_pool: Option<IgnoredAny>,
+    #[serde(default)]
+    keepalive_pool: Option<RawKeepalivePool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeepalivePool {
+    size: Option<u64>,
+    idle_timeout: Option<f64>,
+    requests: Option<u64>,
+}
+
+/// Checks `keepalive_pool` as APISIX's schema does (`size` and `requests`
+/// at least 1, `idle_timeout` at least 0 seconds).
+fn keepalive_pool(raw: Option<&RawKeepalivePool>) -> Result<KeepalivePool, String> {
+    let mut pool = KeepalivePool::default();
+    let Some(raw) = raw else {
+        return Ok(pool);
+    };
+    if let Some(size) = raw.size {
+        pool.size = usize::try_from(size)
+            .ok()
+            .filter(|&s| (1..=100_000).contains(&s))
+            .ok_or_else(|| {
+                format!("`upstream.keepalive_pool.size` {size} must be between 1 and 100000")
+            })?;
+    }
+    if let Some(secs) = raw.idle_timeout {
+        pool.idle_timeout = Some(secs)
+            .filter(|s| *s >= 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .ok_or_else(|| {
+                format!("`upstream.keepalive_pool.idle_timeout` {secs} must be a number of seconds, 0 or more")
+            })?;
+    }
+    if let Some(requests) = raw.requests {
+        pool.requests = u32::try_from(requests)
+            .ok()
+            .filter(|&r| r >= 1)
+            .ok_or_else(|| {
+                format!(
+                    "`upstream.keepalive_pool.requests` {requests} must be between 1 and {}",
+                    u32::MAX
+                )
+            })?;
+    }
+    Ok(pool)
 }
 
 fn default_lb() -> String {
@@ -1388,12 +1461,14 @@ fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
         None => (None, None, None),
     };
     secs(send, "send")?;
+    let keepalive = keepalive_pool(raw.keepalive_pool.as_ref())?;
     Ok(Upstream {
         nodes,
         schedule,
         connect_timeout: secs(connect, "connect")?,
         read_timeout: secs(read, "read")?,
         pass_host_node,
+        keepalive,
     })
 }
 
