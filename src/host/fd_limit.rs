@@ -33,7 +33,7 @@ pub fn raise_nofile() -> Option<u64> {
 /// The client connections `nofile` descriptors allow: each takes two (the
 /// client's and, while a request is forwarded, the upstream's), after
 /// `open` already open, the runners' connections (`pool_size` +
-/// `max_waiting_calls` each, and a readiness check) and [`SPARE`].
+/// `max_waiting_calls` each, and a readiness check) and 64 spare.
 pub fn connections_allowed(nofile: u64, open: u64, config: &Config) -> usize {
     let runners: u64 = std::iter::once(&config.runner)
         .chain(config.runners.values())
