@@ -152,9 +152,11 @@ async fn a_rewritten_host_that_is_not_a_host_is_500() {
             400,
             "client Host {host:?}"
         );
-        let got = get(&proxy.url(&format!("/set-host?to={to}"))).await;
-        assert_eq!(got.status, 500, "{to}: {}", got.text());
-        assert!(error_msg(&got.body).contains("Host"), "{}", got.text());
+        for then in ["", "&then=delete"] {
+            let got = get(&proxy.url(&format!("/set-host?to={to}{then}"))).await;
+            assert_eq!(got.status, 500, "{to}{then}: {}", got.text());
+            assert!(error_msg(&got.body).contains("Host"), "{}", got.text());
+        }
     }
     assert!(up.requests().is_empty(), "{:?}", up.requests());
     let got = get(&proxy.url("/set-host?to=good.example%3A8080")).await;

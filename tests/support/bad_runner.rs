@@ -14,7 +14,8 @@
 //!   connection once answered. Attacker's answers, each a runner no SDK
 //!   would let a plugin build: `/set-path` rewrites the path to the
 //!   query's `to` (a plugin building a path from client data);
-//!   `/set-host` sets `Host` to the query's `to`; `/stop-headers` stops
+//!   `/set-host` sets `Host` to the query's `to` (and, with `then=delete`,
+//!   lists `host` again to delete); `/stop-headers` stops
 //!   and `/rewrite-headers` rewrites with the query's `n` headers; a
 //!   response-phase call (HTTP_RESP_CALL) answers with the number of
 //!   headers in the upstream's `x-answer-headers`, or changes nothing.
@@ -249,13 +250,21 @@ async fn scripted_answer(
             headers: vec![("x-rewritten".into(), Some("yes".into()))],
             ..Rewrite::default()
         }),
-        "/set-host" => RequestOutcome::Rewrite(Rewrite {
-            headers: vec![
+        // With `then=delete`, a second `host` entry that deletes (which
+        // does not undo the first: a list removes a name once, first).
+        "/set-host" => {
+            let mut headers = vec![
                 ("host".into(), Some(arg("to"))),
                 ("x-rewritten".into(), Some("yes".into())),
-            ],
-            ..Rewrite::default()
-        }),
+            ];
+            if arg("then") == "delete" {
+                headers.push(("host".into(), None));
+            }
+            RequestOutcome::Rewrite(Rewrite {
+                headers,
+                ..Rewrite::default()
+            })
+        }
         "/stop-headers" => {
             let mut stop = Stop::new(StatusCode::OK);
             stop.headers = numbered_headers(arg("n").parse().unwrap());

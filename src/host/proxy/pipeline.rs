@@ -641,12 +641,14 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite, phase: Phase) -> Result<(), Res
         )));
     }
     // The Host the upstream would get, checked as a client's is (400 from
-    // a client; from a plugin, 500): the last value set, when set.
-    let host = rewrites.iter().rev().find(|(n, _)| n == HOST);
-    if let Some((_, Some(value))) = host {
-        if !headers::valid_host(value) {
-            return Err(refuse(format!("the Host {value:?} is not a host")));
-        }
+    // a client; from a plugin, 500): every value set (a later entry that
+    // deletes does not undo an earlier set of the same list).
+    let hosts = rewrites.iter().filter(|(n, _)| n == HOST);
+    if let Some(value) = hosts
+        .filter_map(|(_, v)| v.as_ref())
+        .find(|v| !headers::valid_host(v))
+    {
+        return Err(refuse(format!("the Host {value:?} is not a host")));
     }
     if let Some((uri, new_path)) = uri {
         ex.head.uri = uri;
