@@ -594,9 +594,11 @@ impl ExtClient {
             CallError::TimedOut(limit)
         };
         let mut deadline = Instant::now() + limit;
+        // A call too large for the socket's buffer waits for the runner to
+        // read it: a runner that never accepted the connection is as above.
         let sent = tokio::time::timeout_at(deadline, pooled.conn.send(msg))
             .await
-            .map_err(timed_out)?;
+            .map_err(|_| answer_timed_out(pooled.conn.get_ref(), true))?;
         match sent {
             Ok(()) => {}
             // A pooled connection the runner closed while it was idle (the
