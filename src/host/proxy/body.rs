@@ -244,7 +244,16 @@ impl MessageBody {
             State::Buffered(bytes) => {
                 self.state = State::Buffered(bytes.clone());
                 let len = bytes.len();
-                Ok((full(bytes), Some(len)))
+                // The buffer stays counted until what is sent is gone too:
+                // a client that reads an answer slowly holds its bytes.
+                let charge = self.charge.take();
+                let body = full(bytes)
+                    .map_frame(move |frame| {
+                        let _held = &charge;
+                        frame
+                    })
+                    .boxed();
+                Ok((body, Some(len)))
             }
             State::Streaming(body) => Ok((
                 IdleTimeout::new(body, self.idle, self.failure.clone()).boxed(),
