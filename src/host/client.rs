@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -238,6 +238,9 @@ pub struct ExtClient {
     restart_after: u32,
     /// Calls timed out in a row (any success resets it).
     timeouts: AtomicU32,
+    /// Calls the runner answered so far: whether it served others while a
+    /// call waited.
+    answered: AtomicU64,
     /// The runner's metrics series.
     metrics: super::metrics::RunnerHandles,
 }
@@ -260,6 +263,7 @@ impl ExtClient {
             restarter: None,
             restart_after: conf.restart_after_timeouts,
             timeouts: AtomicU32::new(0),
+            answered: AtomicU64::new(0),
             metrics: super::metrics::RunnerHandles::new(&conf.name),
         }
     }
@@ -580,13 +584,19 @@ impl ExtClient {
         };
         // The first answer's wait on a new connection: a runner that never
         // read the call (it has not accepted the connection: its backlog
-        // is full, its connection cap reached) is overloaded, not stuck.
+        // is full, its connection cap reached) while it answered other
+        // calls meanwhile is overloaded, not stuck. (A runner that answers
+        // nothing, SIGSTOPped or deadlocked, reads nothing either: it is
+        // counted.)
         let first_wait_on_new = !pooled.reused;
+        let answered_before = self.answered.load(Ordering::Relaxed);
         let answer_timed_out = |stream: &UnixStream, first: bool| {
-            if first && first_wait_on_new && unread_bytes(stream).is_some_and(|n| n > 0) {
+            let serving = self.answered.load(Ordering::Relaxed) != answered_before;
+            if first && first_wait_on_new && serving && unread_bytes(stream).is_some_and(|n| n > 0)
+            {
                 warn!(
                     generation,
-                    "the runner never read the call (its backlog is full?): timed out, not counted toward `restart_after_timeouts`"
+                    "the runner never read the call while it answered others (its backlog is full): timed out, not counted toward `restart_after_timeouts`"
                 );
             } else {
                 self.timed_out(generation);
@@ -683,6 +693,7 @@ impl ExtClient {
                 .map_err(timed_out)?
                 .map_err(broken)?;
         };
+        self.answered.fetch_add(1, Ordering::Relaxed);
         // Read first: no shared write per call while all is well.
         if self.timeouts.load(Ordering::Relaxed) != 0 {
             self.timeouts.store(0, Ordering::Relaxed);
