@@ -427,7 +427,7 @@ mod tests {
             ("x-bad".to_owned(), "a\r\nb".to_owned()),
             ("x-nul".to_owned(), "a\0b".to_owned()),
         ];
-        let map = map_from_plugin(pairs, "r", Origin::Plugin);
+        let map = map_from_plugin(pairs, "r", Origin::Plugin).unwrap();
         assert_eq!(map.len(), 2);
         assert_eq!(map["x-user"].as_bytes(), "José".as_bytes());
         assert_eq!(
