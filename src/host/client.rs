@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -90,6 +90,11 @@ enum Failure {
         cause: std::io::Error,
         permit: Option<OwnedSemaphorePermit>,
     },
+    /// The runner asked for a body that was not in yet while
+    /// `max_waiting_calls` connections already waited for one: the
+    /// connection was closed (the runner drops the call) and the body read
+    /// without it; the call is to run again, its body now at hand.
+    Abandoned,
 }
 
 impl From<CallError> for Failure {
@@ -223,6 +228,9 @@ pub struct ExtClient {
     /// One permit per open connection (`pool_size` in all); `None` when
     /// pooling is off.
     permits: Option<Arc<Semaphore>>,
+    /// One place per connection held by a call waiting for a body
+    /// (`max_waiting_calls` in all); `None`: no bound.
+    waiting: Option<Arc<Semaphore>>,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
     next_id: AtomicU32,
     /// Replaces a runner that stopped answering, when set.
@@ -230,6 +238,9 @@ pub struct ExtClient {
     restart_after: u32,
     /// Calls timed out in a row (any success resets it).
     timeouts: AtomicU32,
+    /// Calls the runner answered so far: whether it served others while a
+    /// call waited.
+    answered: AtomicU64,
     /// The runner's metrics series.
     metrics: super::metrics::RunnerHandles,
 }
@@ -245,11 +256,14 @@ impl ExtClient {
             pool: Mutex::new(Vec::with_capacity(conf.pool_size)),
             pool_size: conf.pool_size,
             permits: (conf.pool_size > 0).then(|| Arc::new(Semaphore::new(conf.pool_size))),
+            waiting: (conf.max_waiting_calls > 0)
+                .then(|| Arc::new(Semaphore::new(conf.max_waiting_calls))),
             slots: RwLock::default(),
             next_id: AtomicU32::new(1),
             restarter: None,
             restart_after: conf.restart_after_timeouts,
             timeouts: AtomicU32::new(0),
+            answered: AtomicU64::new(0),
             metrics: super::metrics::RunnerHandles::new(&conf.name),
         }
     }
@@ -492,7 +506,7 @@ impl ExtClient {
         loop {
             let pooled = self.checkout_holding(held.take()).await?;
             let generation = pooled.generation;
-            match self.exchange_on(pooled, msg, expect, None).await {
+            match self.exchange_on(pooled, msg, expect, None, false).await {
                 Ok((frame, pooled)) => {
                     self.checkin(pooled);
                     return Ok((frame, generation));
@@ -502,6 +516,8 @@ impl ExtClient {
                     held = permit;
                     self.unsent(&mut unsent, generation, cause)?;
                 }
+                // Without a provider nothing is gathered.
+                Err(Failure::Abandoned) => {}
             }
         }
     }
@@ -547,12 +563,18 @@ impl ExtClient {
     /// The call timeout bounds the time spent waiting for the runner (to
     /// take a frame, to answer one) only: the time `provider` takes is
     /// added to the deadline, as it is the client's time, not the runner's.
+    ///
+    /// A call waiting for a body gives its place in the pool back and
+    /// takes a place among `max_waiting_calls`; with none free, and
+    /// `may_abandon`, it closes the connection, reads the body without it
+    /// and fails with [`Failure::Abandoned`] (to run again).
     async fn exchange_on<M: Encode>(
         &self,
         mut pooled: PooledConn,
         msg: &M,
         expect: MessageType,
         mut provider: Option<&mut dyn InfoProvider>,
+        may_abandon: bool,
     ) -> Result<(Frame, PooledConn), Failure> {
         let generation = pooled.generation;
         let limit = self.call_timeout;
@@ -560,10 +582,33 @@ impl ExtClient {
             self.timed_out(generation);
             CallError::TimedOut(limit)
         };
+        // The first answer's wait on a new connection: a runner that never
+        // read the call (it has not accepted the connection: its backlog
+        // is full, its connection cap reached) while it answered other
+        // calls meanwhile is overloaded, not stuck. (A runner that answers
+        // nothing, SIGSTOPped or deadlocked, reads nothing either: it is
+        // counted.)
+        let first_wait_on_new = !pooled.reused;
+        let answered_before = self.answered.load(Ordering::Relaxed);
+        let answer_timed_out = |stream: &UnixStream, first: bool| {
+            let serving = self.answered.load(Ordering::Relaxed) != answered_before;
+            if first && first_wait_on_new && serving && unread_bytes(stream).is_some_and(|n| n > 0)
+            {
+                warn!(
+                    generation,
+                    "the runner never read the call while it answered others (its backlog is full): timed out, not counted toward `restart_after_timeouts`"
+                );
+            } else {
+                self.timed_out(generation);
+            }
+            CallError::TimedOut(limit)
+        };
         let mut deadline = Instant::now() + limit;
+        // A call too large for the socket's buffer waits for the runner to
+        // read it: a runner that never accepted the connection is as above.
         let sent = tokio::time::timeout_at(deadline, pooled.conn.send(msg))
             .await
-            .map_err(timed_out)?;
+            .map_err(|_| answer_timed_out(pooled.conn.get_ref(), true))?;
         match sent {
             Ok(()) => {}
             // A pooled connection the runner closed while it was idle (the
@@ -579,12 +624,13 @@ impl ExtClient {
             }
             Err(e) => return Err(broken(e).into()),
         }
-        let mut answered = false;
+        let conn = &mut pooled.conn;
+        let mut first = true;
         let frame = loop {
-            let frame = match tokio::time::timeout_at(deadline, pooled.conn.next())
-                .await
-                .map_err(timed_out)?
-            {
+            let next = tokio::time::timeout_at(deadline, conn.next()).await;
+            let next = next.map_err(|_| answer_timed_out(conn.get_ref(), first))?;
+            let before_any_answer = std::mem::replace(&mut first, false);
+            let frame = match next {
                 None => {
                     return Err(CallError::Broken("the runner closed the connection".into()).into())
                 }
@@ -596,7 +642,7 @@ impl ExtClient {
                 // A runner killed with calls queued on its connections, or
                 // while its threads were still exiting, costs no request.
                 Some(Err(FrameError::Io(cause)))
-                    if !answered && cause.kind() == std::io::ErrorKind::ConnectionReset =>
+                    if before_any_answer && cause.kind() == std::io::ErrorKind::ConnectionReset =>
                 {
                     return Err(Failure::Unsent {
                         cause,
@@ -605,7 +651,6 @@ impl ExtClient {
                 }
                 Some(frame) => frame.map_err(broken)?,
             };
-            answered = true;
             if frame.kind == expect as u8 || frame.kind == MessageType::Error as u8 {
                 break frame;
             }
@@ -635,22 +680,35 @@ impl ExtClient {
                     // pool back, so that a few slow clients cannot hold
                     // every place while the calls of all other requests
                     // wait for one and time out. The connection stays
-                    // this call's; it is one over `pool_size` until the
-                    // call ends (see `checkin`).
+                    // this call's, on a place among `max_waiting_calls`:
+                    // the host holds at most `pool_size` +
+                    // `max_waiting_calls` runner connections.
+                    let place = self.waiting.as_ref().map(|w| w.clone().try_acquire_owned());
+                    if may_abandon && matches!(place, Some(Err(_))) {
+                        // Every waiting place taken: no runner connection
+                        // for this slow client. The runner sees the
+                        // connection close and drops the call; the body is
+                        // read (within the client's body timeout) and the
+                        // call runs again with it at hand.
+                        debug!(generation, "every waiting place is taken: the body is read without a runner connection, then the call runs again");
+                        drop(pooled);
+                        let _ = gathering.await;
+                        return Err(Failure::Abandoned);
+                    }
                     drop(pooled.permit.take());
-                    gathering.await
+                    let value = gathering.await;
+                    drop(place);
+                    value
                 }
             };
             // The clock stops while we gather the answer.
             deadline += asked.elapsed();
-            tokio::time::timeout_at(
-                deadline,
-                pooled.conn.send(&ExtraInfoAnswer(value.as_deref())),
-            )
-            .await
-            .map_err(timed_out)?
-            .map_err(broken)?;
+            tokio::time::timeout_at(deadline, conn.send(&ExtraInfoAnswer(value.as_deref())))
+                .await
+                .map_err(timed_out)?
+                .map_err(broken)?;
         };
+        self.answered.fetch_add(1, Ordering::Relaxed);
         // Read first: no shared write per call while all is well.
         if self.timeouts.load(Ordering::Relaxed) != 0 {
             self.timeouts.store(0, Ordering::Relaxed);
@@ -879,6 +937,9 @@ impl ExtClient {
         let mut attempt = 1;
         let mut held = None;
         let mut unsent = 0;
+        // A call gives up its connection to wait for a body at most once:
+        // run again, it finds the body read.
+        let mut may_abandon = true;
         loop {
             let pooled = self.checkout_holding(held.take()).await?;
             if pooled.generation != generation {
@@ -900,7 +961,7 @@ impl ExtClient {
             }
             let sent_to = pooled.generation;
             let (frame, pooled) = match self
-                .exchange_on(pooled, &call, C::KIND, Some(&mut *provider))
+                .exchange_on(pooled, &call, C::KIND, Some(&mut *provider), may_abandon)
                 .await
             {
                 Ok(answer) => answer,
@@ -908,6 +969,10 @@ impl ExtClient {
                 Err(Failure::Unsent { cause, permit }) => {
                     held = permit;
                     self.unsent(&mut unsent, sent_to, cause)?;
+                    continue;
+                }
+                Err(Failure::Abandoned) => {
+                    may_abandon = false;
                     continue;
                 }
             };
@@ -947,6 +1012,18 @@ impl ExtClient {
             return Ok(outcome);
         }
     }
+}
+
+/// The bytes written on `stream` that the runner has not read yet
+/// (`SIOCOUTQ`); `None` if the kernel cannot tell.
+#[allow(unsafe_code)]
+fn unread_bytes(stream: &UnixStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which
+    // is valid for the call; the descriptor is the stream's, open.
+    let r = unsafe { nix::libc::ioctl(stream.as_raw_fd(), nix::libc::TIOCOUTQ, &mut n) };
+    (r == 0).then(|| usize::try_from(n).unwrap_or(0))
 }
 
 /// What [`ExtClient::call`] needs of a call message.
@@ -1196,7 +1273,7 @@ mod tests {
             key: None,
         };
         let failed = client
-            .exchange_on(conn, &prepare, MessageType::PrepareConf, None)
+            .exchange_on(conn, &prepare, MessageType::PrepareConf, None, false)
             .await;
         reader.await.unwrap();
         assert!(

@@ -58,6 +58,9 @@ pub struct Config {
     pub max_request_body: usize,
     /// The largest upstream body buffered for a plugin (502 past it).
     pub max_response_body: usize,
+    /// The bytes all bodies buffered for plugins may hold at once
+    /// (`max_buffered_body_bytes`); past it a body is refused with 503.
+    pub max_buffered_body: usize,
     /// How long requests in flight may take to finish at shutdown.
     pub shutdown_grace: Duration,
     /// The longest wait for the next bytes of a client's request body, like
@@ -99,11 +102,30 @@ impl std::fmt::Debug for EtcdConf {
     }
 }
 
-/// The admin listener's settings (`"admin": {"listen": ADDR}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The admin listener's settings (`"admin": {"listen": ADDR, "hosts": [...],
+/// "token": "..."}`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct AdminConf {
     /// Where it listens (port 0: any free port, printed at start).
     pub listen: SocketAddr,
+    /// Host names a request may name in `Host` besides the address it came
+    /// to and `localhost` (with or without the port): the names the
+    /// listener is reached by (a load balancer's, a Kubernetes service's).
+    pub hosts: Vec<String>,
+    /// When set, every endpoint but `/healthz` and `/readyz` wants
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConf {
+    /// Without the token: the configuration may be logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConf")
+            .field("listen", &self.listen)
+            .field("hosts", &self.hosts)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// Limits on the proxy's client side, with nginx-like defaults.
@@ -121,6 +143,9 @@ pub struct ClientLimits {
     pub max_connections: usize,
     /// The largest request header (request line included); past it: 431.
     pub max_header_bytes: usize,
+    /// The most header fields a request may have; past it: 431. hyper
+    /// counts fields (its default is 100); nginx only counts bytes.
+    pub max_headers: usize,
 }
 
 impl Default for ClientLimits {
@@ -132,6 +157,7 @@ impl Default for ClientLimits {
             keepalive_timeout: Duration::from_millis(default_keepalive_timeout()),
             max_connections: default_max_client_connections(),
             max_header_bytes: default_max_request_header(),
+            max_headers: default_max_request_headers(),
         }
     }
 }
@@ -143,6 +169,13 @@ const MAX_CLIENT_CONNECTIONS: usize = 10_000_000;
 /// The bounds of `max_request_header_bytes`: hyper needs room for a request
 /// line, and its read buffer (about 400 KiB) caps what it can hold.
 const HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=262_144;
+
+/// The bounds of `max_request_headers`: at most what a plugin may send
+/// ([`crate::host::proxy::headers::MAX_PLUGIN_HEADERS`]), so that a
+/// request's header map, the client's fields and two rewrites', stays far
+/// below what a map holds.
+const HEADER_COUNT_RANGE: std::ops::RangeInclusive<usize> =
+    1..=crate::host::proxy::headers::MAX_PLUGIN_HEADERS;
 
 /// The `ext-plugin` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +204,11 @@ pub struct RunnerConf {
     /// Connections to the runner, at most (one per call in progress; calls
     /// beyond wait for one); 0: a new connection per call, no limit.
     pub pool_size: usize,
+    /// Connections to the runner held, at most, by calls waiting for a
+    /// client's (or upstream's) body the runner asked for during the call
+    /// (`max_waiting_calls`, default `pool_size`); with `pool_size`, the
+    /// host never holds more than their sum. 0: no bound.
+    pub max_waiting_calls: usize,
     /// Calls timing out in a row before the runner is deemed stuck and
     /// replaced; 0 never replaces it.
     pub restart_after_timeouts: u32,
@@ -253,6 +291,34 @@ pub struct Upstream {
     pub read_timeout: Duration,
     /// Send the node's address as `Host` instead of the client's.
     pub pass_host_node: bool,
+    /// The idle connections kept to each node (`keepalive_pool`).
+    pub keepalive: KeepalivePool,
+}
+
+/// An upstream's `keepalive_pool`, with APISIX's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepalivePool {
+    /// Idle connections kept per node per proxy thread (APISIX counts per
+    /// worker process); past it a connection is closed when its request
+    /// ends.
+    pub size: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+    /// Requests a connection carries before it is closed (nginx's
+    /// `keepalive_requests`: memory some servers free only with the
+    /// connection).
+    pub requests: u32,
+}
+
+impl Default for KeepalivePool {
+    /// APISIX's: 320 connections, 60 s, 1000 requests.
+    fn default() -> Self {
+        KeepalivePool {
+            size: 320,
+            idle_timeout: Duration::from_secs(60),
+            requests: 1000,
+        }
+    }
 }
 
 // ---- the file's shape ----
@@ -277,6 +343,8 @@ struct RawConfig<'a> {
     max_request_body_bytes: usize,
     #[serde(default = "default_max_body")]
     max_response_body_bytes: usize,
+    #[serde(default = "default_max_buffered_body")]
+    max_buffered_body_bytes: usize,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace_ms: u64,
     #[serde(default = "default_client_body_timeout")]
@@ -289,6 +357,8 @@ struct RawConfig<'a> {
     max_client_connections: usize,
     #[serde(default = "default_max_request_header")]
     max_request_header_bytes: usize,
+    #[serde(default = "default_max_request_headers")]
+    max_request_headers: usize,
     #[serde(default)]
     admin: Option<RawAdmin>,
 }
@@ -318,6 +388,10 @@ fn default_etcd_timeout() -> u64 {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -325,6 +399,9 @@ fn default_listen() -> String {
 }
 fn default_max_body() -> usize {
     8 * 1024 * 1024
+}
+fn default_max_buffered_body() -> usize {
+    128 * 1024 * 1024
 }
 fn default_shutdown_grace() -> u64 {
     10_000
@@ -344,6 +421,12 @@ fn default_max_client_connections() -> usize {
 fn default_max_request_header() -> usize {
     32 * 1024
 }
+/// Past hyper's 100 (a browser behind a few proxies and tracing layers can
+/// send more), within a small allocation: hyper takes 64 bytes per field
+/// for each request head it parses.
+fn default_max_request_headers() -> usize {
+    256
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -361,6 +444,8 @@ struct RawRunner {
     stop_grace_ms: u64,
     #[serde(default = "default_pool")]
     pool_size: usize,
+    #[serde(default)]
+    max_waiting_calls: Option<usize>,
     #[serde(default = "default_restart_after")]
     restart_after_timeouts: u32,
     #[serde(default = "default_standby")]
@@ -576,8 +661,53 @@ struct RawUpstream {
     _update_time: Option<IgnoredAny>,
     #[serde(rename = "hash_on")]
     _hash_on: Option<IgnoredAny>,
-    #[serde(rename = "keepalive_pool")]
-    _keepalive_pool: Option<IgnoredAny>,
+    #[serde(default)]
+    keepalive_pool: Option<RawKeepalivePool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeepalivePool {
+    size: Option<u64>,
+    idle_timeout: Option<f64>,
+    requests: Option<u64>,
+}
+
+/// Checks `keepalive_pool` as APISIX's schema does (`size` and `requests`
+/// at least 1, `idle_timeout` at least 0 seconds).
+fn keepalive_pool(raw: Option<&RawKeepalivePool>) -> Result<KeepalivePool, String> {
+    let mut pool = KeepalivePool::default();
+    let Some(raw) = raw else {
+        return Ok(pool);
+    };
+    if let Some(size) = raw.size {
+        pool.size = usize::try_from(size)
+            .ok()
+            .filter(|&s| (1..=100_000).contains(&s))
+            .ok_or_else(|| {
+                format!("`upstream.keepalive_pool.size` {size} must be between 1 and 100000")
+            })?;
+    }
+    if let Some(secs) = raw.idle_timeout {
+        pool.idle_timeout = Some(secs)
+            .filter(|s| *s >= 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .ok_or_else(|| {
+                format!("`upstream.keepalive_pool.idle_timeout` {secs} must be a number of seconds, 0 or more")
+            })?;
+    }
+    if let Some(requests) = raw.requests {
+        pool.requests = u32::try_from(requests)
+            .ok()
+            .filter(|&r| r >= 1)
+            .ok_or_else(|| {
+                format!(
+                    "`upstream.keepalive_pool.requests` {requests} must be between 1 and {}",
+                    u32::MAX
+                )
+            })?;
+    }
+    Ok(pool)
 }
 
 fn default_lb() -> String {
@@ -717,16 +847,16 @@ impl Config {
             ));
         }
         let client = client_limits(&raw)?;
+        let largest = raw.max_request_body_bytes.max(raw.max_response_body_bytes);
+        if raw.max_buffered_body_bytes < largest {
+            return Err(ConfigError(format!(
+                "`max_buffered_body_bytes` {} is less than one body may be (`max_request_body_bytes` or `max_response_body_bytes`, {largest}): no such body could ever be read",
+                raw.max_buffered_body_bytes
+            )));
+        }
         let admin = match &raw.admin {
             None => None,
-            Some(a) => Some(AdminConf {
-                listen: a.listen.parse().map_err(|_| {
-                    ConfigError(format!(
-                        "`admin.listen`: {:?} is not an address such as 127.0.0.1:9091",
-                        a.listen
-                    ))
-                })?,
-            }),
+            Some(a) => Some(admin_conf(a)?),
         };
         let runner = runner_conf("ext-plugin", raw.ext_plugin)?;
         let mut runners = BTreeMap::new();
@@ -797,6 +927,7 @@ impl Config {
             routes,
             max_request_body: raw.max_request_body_bytes,
             max_response_body: raw.max_response_body_bytes,
+            max_buffered_body: raw.max_buffered_body_bytes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
             client_body_timeout: Duration::from_millis(raw.client_body_timeout_ms),
             client,
@@ -1007,6 +1138,7 @@ fn runner_conf(section: &str, r: RawRunner) -> Result<RunnerConf, ConfigError> {
         start_timeout: Duration::from_millis(r.start_timeout_ms),
         stop_grace: Duration::from_millis(r.stop_grace_ms),
         pool_size: r.pool_size,
+        max_waiting_calls: r.max_waiting_calls.unwrap_or(r.pool_size),
         restart_after_timeouts: r.restart_after_timeouts,
         standby: r.standby,
     })
@@ -1032,6 +1164,38 @@ fn runner_names(runners: &BTreeMap<String, RunnerConf>) -> String {
     format!("the runners are {}", names.join(", "))
 }
 
+/// Checks the `admin` section; errors name the field.
+fn admin_conf(a: &RawAdmin) -> Result<AdminConf, ConfigError> {
+    let listen = a.listen.parse().map_err(|_| {
+        ConfigError(format!(
+            "`admin.listen`: {:?} is not an address such as 127.0.0.1:9091",
+            a.listen
+        ))
+    })?;
+    for (i, host) in a.hosts.iter().enumerate() {
+        let valid = http::HeaderValue::from_str(host)
+            .is_ok_and(|v| !host.is_empty() && crate::host::proxy::headers::valid_host(&v));
+        if !valid {
+            return Err(ConfigError(format!(
+                "`admin.hosts[{i}]`: {host:?} is not a host name such as metrics.internal"
+            )));
+        }
+    }
+    if let Some(token) = &a.token {
+        // Sent in a header: visible ASCII, and long enough not to be guessed.
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError(
+                "`admin.token` must be 16 or more visible ASCII characters (no spaces)".into(),
+            ));
+        }
+    }
+    Ok(AdminConf {
+        listen,
+        hosts: a.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        token: a.token.clone(),
+    })
+}
+
 /// Checks the client-side limits; errors name the field.
 fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError> {
     if raw.client_header_timeout_ms == 0 {
@@ -1053,11 +1217,20 @@ fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError> {
             HEADER_BYTES_RANGE.end()
         )));
     }
+    if !HEADER_COUNT_RANGE.contains(&raw.max_request_headers) {
+        return Err(ConfigError(format!(
+            "`max_request_headers` {} must be between {} and {}",
+            raw.max_request_headers,
+            HEADER_COUNT_RANGE.start(),
+            HEADER_COUNT_RANGE.end()
+        )));
+    }
     Ok(ClientLimits {
         header_timeout: Duration::from_millis(raw.client_header_timeout_ms),
         keepalive_timeout: Duration::from_millis(raw.keepalive_timeout_ms),
         max_connections: raw.max_client_connections,
         max_header_bytes: raw.max_request_header_bytes,
+        max_headers: raw.max_request_headers,
     })
 }
 
@@ -1339,12 +1512,14 @@ fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
         None => (None, None, None),
     };
     secs(send, "send")?;
+    let keepalive = keepalive_pool(raw.keepalive_pool.as_ref())?;
     Ok(Upstream {
         nodes,
         schedule,
         connect_timeout: secs(connect, "connect")?,
         read_timeout: secs(read, "read")?,
         pass_host_node,
+        keepalive,
     })
 }
 
@@ -1732,7 +1907,8 @@ mod tests {
         assert_eq!(c.client.keepalive_timeout, Duration::from_secs(75));
         let c = Config::parse(
             r#"{"ext-plugin":{"cmd":["r"]},"routes":[],"client_header_timeout_ms":300,
-                "keepalive_timeout_ms":0,"max_client_connections":2,"max_request_header_bytes":4096}"#,
+                "keepalive_timeout_ms":0,"max_client_connections":2,"max_request_header_bytes":4096,
+                "max_request_headers":20}"#,
         )
         .unwrap();
         assert_eq!(
@@ -1742,6 +1918,7 @@ mod tests {
                 keepalive_timeout: Duration::ZERO,
                 max_connections: 2,
                 max_header_bytes: 4096,
+                max_headers: 20,
             }
         );
         for (field, value) in [
@@ -1750,6 +1927,9 @@ mod tests {
             ("max_client_connections", "100000000000"),
             ("max_request_header_bytes", "100"),
             ("max_request_header_bytes", "10000000"),
+            ("max_buffered_body_bytes", "1000"),
+            ("max_request_headers", "0"),
+            ("max_request_headers", "8193"),
             ("keepalive_timeout_ms", "-1"),
         ] {
             let err = Config::parse(&format!(

@@ -50,9 +50,11 @@
 //! ```
 
 pub mod admin;
+pub mod admin_access;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod fd_limit;
 pub mod gateway;
 pub mod ingress;
 pub mod metrics;
@@ -190,7 +192,7 @@ pub async fn run_from(
             source,
         })?;
     let (limits, grace, listen, routes) = (
-        config.client,
+        fd_limit::fit(&config),
         config.shutdown_grace,
         config.listen,
         config.routes.len(),
@@ -200,7 +202,7 @@ pub async fn run_from(
     let admin_stop = CancellationToken::new();
     let _stop_admin = admin_stop.clone().drop_guard();
     let started: Arc<std::sync::OnceLock<Arc<gateway::Gateway>>> = Arc::default();
-    let admin_addr = match config.admin {
+    let admin_addr = match &config.admin {
         None => None,
         Some(conf) => {
             let admin_listener =
@@ -211,9 +213,10 @@ pub async fn run_from(
                         source,
                     })?;
             let addr = admin_listener.local_addr().unwrap_or(conf.listen);
-            admin::spawn(
+            admin::spawn_with_access(
                 admin_listener,
                 admin_hooks(started.clone(), shutdown.clone()),
+                admin_access::AdminAccess::new(&conf.hosts, conf.token.clone()),
                 admin_stop.clone(),
             );
             Some(addr)

@@ -9,8 +9,16 @@
 //!   `BAD_RUNNER_REFUSE_AFTER=N`, PREPARE_CONF is answered `badRequest`
 //!   after the first N (a runner upgraded under a running host). `x-seen`
 //!   also counts the connections: `accepted` so far, `open_max` at once.
-//!   `/pause` is answered after 100 ms; `/close-after` closes the
-//!   connection once answered.
+//!   `/pause` is answered after 100 ms; `BAD_RUNNER_MAX_CONNECTIONS=N`
+//!   accepts no connection while N are open; `/close-after` closes the
+//!   connection once answered. Attacker's answers, each a runner no SDK
+//!   would let a plugin build: `/set-path` rewrites the path to the
+//!   query's `to` (a plugin building a path from client data);
+//!   `/set-host` sets `Host` to the query's `to` (and, with `then=delete`,
+//!   lists `host` again to delete); `/stop-headers` stops
+//!   and `/rewrite-headers` rewrites with the query's `n` headers; a
+//!   response-phase call (HTTP_RESP_CALL) answers with the number of
+//!   headers in the upstream's `x-answer-headers`, or changes nothing.
 //! - `foreign-listener`: never listens itself; starts another process, in a
 //!   process group of its own, that serves the socket in `scripted` mode (a
 //!   process that is not the runner answering in its place).
@@ -146,8 +154,16 @@ async fn scripted(hijack: bool) {
     let hijack_after: u32 = std::env::var("BAD_RUNNER_HIJACK_AFTER")
         .map(|n| n.parse().expect("BAD_RUNNER_HIJACK_AFTER is a number"))
         .unwrap_or(1);
+    // `BAD_RUNNER_MAX_CONNECTIONS=N`: no connection is accepted while N
+    // are open (an SDK's connection cap): the others wait in the backlog.
+    let cap: Option<u32> = std::env::var("BAD_RUNNER_MAX_CONNECTIONS")
+        .ok()
+        .map(|n| n.parse().expect("BAD_RUNNER_MAX_CONNECTIONS is a number"));
     let mut accepted = 0u32;
     loop {
+        while cap.is_some_and(|cap| script.open.load(Ordering::SeqCst) >= cap) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let (stream, _) = listener.accept().await.unwrap();
         accepted += 1;
         if hijack && foreign.is_none() && accepted >= hijack_after {
@@ -176,6 +192,25 @@ async fn scripted_answer(
     frame: Frame,
 ) -> bool {
     let payload = Payload::parse(&frame.payload).unwrap();
+    if frame.kind == MessageType::HttpRespCall as u8 {
+        let call = payload.resp_call().unwrap();
+        let n: Option<usize> = call
+            .parts
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "x-answer-headers")
+            .and_then(|(_, v)| v.parse().ok());
+        let outcome = extplug::wire::ResponseOutcome {
+            headers: n.map(numbered_headers),
+            ..Default::default()
+        };
+        let answer = extplug::wire::RespCallAnswer {
+            id: call.parts.id,
+            outcome,
+        };
+        conn.send(&answer).await.unwrap();
+        return true;
+    }
     if frame.kind == MessageType::PrepareConf as u8 {
         let n = script.prepares.fetch_add(1, Ordering::SeqCst) + 1;
         if script.refuse_after.is_some_and(|max| n > max) {
@@ -200,7 +235,48 @@ async fn scripted_answer(
         // any other path.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The query's value of `name`, decoded.
+    let arg = |name: &str| {
+        p.args
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| *v)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let outcome = match p.path {
+        "/set-path" => RequestOutcome::Rewrite(Rewrite {
+            path: Some(arg("to")),
+            headers: vec![("x-rewritten".into(), Some("yes".into()))],
+            ..Rewrite::default()
+        }),
+        // With `then=delete`, a second `host` entry that deletes (which
+        // does not undo the first: a list removes a name once, first).
+        "/set-host" => {
+            let mut headers = vec![
+                ("host".into(), Some(arg("to"))),
+                ("x-rewritten".into(), Some("yes".into())),
+            ];
+            if arg("then") == "delete" {
+                headers.push(("host".into(), None));
+            }
+            RequestOutcome::Rewrite(Rewrite {
+                headers,
+                ..Rewrite::default()
+            })
+        }
+        "/stop-headers" => {
+            let mut stop = Stop::new(StatusCode::OK);
+            stop.headers = numbered_headers(arg("n").parse().unwrap());
+            RequestOutcome::Stop(stop)
+        }
+        "/rewrite-headers" => RequestOutcome::Rewrite(Rewrite {
+            headers: numbered_headers(arg("n").parse().unwrap())
+                .into_iter()
+                .map(|(n, v)| (n, Some(v)))
+                .collect(),
+            ..Rewrite::default()
+        }),
         "/status0" => {
             let mut stop = Stop::new(StatusCode::OK);
             stop.headers = vec![("x-dup".into(), "a".into()), ("x-dup".into(), "b".into())];
@@ -292,17 +368,18 @@ async fn scripted_answer(
             return false;
         }
         // A rewrite no SDK would build: a `Connection` header that lists
-        // 200 000 names (`x-h0`.. `x-h199999` but `x-h7`, `x-h12345` and
-        // `x-h19999`), 20 000 headers to set (`x-h0`.. `x-h19999`: three
-        // are not listed) and 20 000 to delete (`y-h0`..).
+        // 200 000 names (`x-h0`.. `x-h199999` but `x-h7`, `x-h1234` and
+        // `x-h3999`), 4 000 headers to set (`x-h0`.. `x-h3999`: three
+        // are not listed) and 4 000 to delete (`y-h0`..): 8 001 in all,
+        // within the 8 192 a plugin may send.
         "/many-headers" => {
             let listed: Vec<String> = (0..200_000)
-                .filter(|i| ![7, 12_345, 19_999].contains(i))
+                .filter(|i| ![7, 1_234, 3_999].contains(i))
                 .map(|i| format!("x-h{i}"))
                 .collect();
             let mut headers = vec![("connection".to_owned(), Some(listed.join(",")))];
-            headers.extend((0..20_000).map(|i| (format!("x-h{i}"), Some("v".to_owned()))));
-            headers.extend((0..20_000).map(|i| (format!("y-h{i}"), None)));
+            headers.extend((0..4_000).map(|i| (format!("x-h{i}"), Some("v".to_owned()))));
+            headers.extend((0..4_000).map(|i| (format!("y-h{i}"), None)));
             RequestOutcome::Rewrite(Rewrite {
                 headers,
                 ..Rewrite::default()
@@ -379,6 +456,13 @@ async fn scripted_answer(
     };
     conn.send(&ReqCallAnswer { id, outcome }).await.unwrap();
     true
+}
+
+/// `n` headers `x-h0: v` .. `x-h{n-1}: v`.
+fn numbered_headers(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("x-h{i}"), "v".to_owned()))
+        .collect()
 }
 
 /// Frame counts by type, both directions together; the lock serializes

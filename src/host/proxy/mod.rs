@@ -22,6 +22,7 @@
 //! call) or replaces them; the proxy always sets the framing itself.
 
 mod body;
+pub mod budget;
 pub mod headers;
 mod pipeline;
 mod query;
@@ -64,6 +65,9 @@ pub struct Proxy {
     routes: Vec<RouteRuntime>,
     max_request_body: usize,
     max_response_body: usize,
+    /// The bytes all buffered bodies may hold at once, shared with the
+    /// proxies reloads build after this one.
+    budget: Arc<budget::BodyBudget>,
     /// The longest wait for the next bytes of a client's body (408 past it).
     client_body_timeout: Duration,
     ids: RequestIds,
@@ -253,6 +257,13 @@ impl Proxy {
             phase_handles,
             max_request_body: config.max_request_body,
             max_response_body: config.max_response_body,
+            budget: match previous {
+                Some(p) => {
+                    p.budget.set_max(config.max_buffered_body);
+                    p.budget.clone()
+                }
+                None => budget::BodyBudget::new(config.max_buffered_body),
+            },
             client_body_timeout: config.client_body_timeout,
             ids: RequestIds::new(),
         })
