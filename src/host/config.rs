@@ -494,7 +494,58 @@ struct RawMeta {
 #[serde(deny_unknown_fields)]
 struct RawConfItem {
     name: String,
+    #[serde(deserialize_with = "conf_value")]
     value: String,
+}
+
+/// A plugin's configuration: APISIX's JSON text in a string
+/// (`"{\"keys\":[\"k\"]}"`), or the same as a JSON object (`{"keys":
+/// ["k"]}`), which the runner gets serialized, as the string form.
+fn conf_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => Ok(text),
+        object @ serde_json::Value::Object(_) => Ok(object.to_string()),
+        other => Err(D::Error::custom(format!(
+            "a plugin's `value` is its configuration as a JSON object ({{\"key\": 1}}) or as \
+             JSON text in a string, APISIX's form (\"{{\\\"key\\\": 1}}\"), not {other}"
+        ))),
+    }
+}
+
+/// APISIX's route fields that extplug cannot honour yet: refused (by
+/// `deny_unknown_fields`, as any unknown field) rather than served broader
+/// than written (a route without its `hosts` would answer every host), and
+/// named as such, not as a typo ([`unsupported_or`]).
+const UNSUPPORTED_ROUTE_FIELDS: [&str; 11] = [
+    "host",
+    "hosts",
+    "remote_addr",
+    "remote_addrs",
+    "vars",
+    "filter_func",
+    "script",
+    "script_id",
+    "plugin_config_id",
+    "enable_websocket",
+    "timeout",
+];
+
+/// serde's `message` for a route's field at `path`, or, for a field of
+/// [`UNSUPPORTED_ROUTE_FIELDS`], that extplug does not support it.
+fn unsupported_or(path: &str, message: String) -> String {
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match unknown {
+        Some(name) if name == path && UNSUPPORTED_ROUTE_FIELDS.contains(&name) => {
+            "not supported by extplug (an APISIX field extplug cannot honour yet; see \
+             docs/configuration.md, \"What is refused\")"
+                .to_owned()
+        }
+        _ => message,
+    }
 }
 
 #[derive(Deserialize)]
@@ -1067,7 +1118,7 @@ fn parse_route(
         let path = e.path().to_string();
         let inner = e.into_inner();
         let at = Some((inner.line(), inner.column()));
-        let message = without_position(&inner);
+        let message = unsupported_or(&path, without_position(&inner));
         if path == "." {
             (message, at)
         } else {
@@ -1386,6 +1437,55 @@ mod tests {
         "plugins":{"ext-plugin-pre-req":{"conf":[{"name":"say","value":"{}"}]}}}"#;
 
     #[test]
+    fn a_plugin_value_is_an_object_or_json_text() {
+        let route = |value: &str| {
+            config(&format!(
+                r#"{{"id":"1","uri":"/a","upstream":{{"nodes":{{"127.0.0.1:1":1}}}},
+                "plugins":{{"ext-plugin-pre-req":{{"conf":[{{"name":"say","value":{value}}}]}}}}}}"#
+            ))
+        };
+        let conf = |c: Config| c.routes[0].pre_req.as_ref().unwrap().conf[0].1.clone();
+        let text = conf(route(r#""{\"status\": 403}""#).unwrap());
+        assert_eq!(text, r#"{"status": 403}"#, "the string is sent as written");
+        let object = conf(route(r#"{"status": 403, "body": "no"}"#).unwrap());
+        assert_eq!(object, r#"{"body":"no","status":403}"#);
+        for wrong in ["403", "[1]", "null", "true"] {
+            let err = route(wrong).unwrap_err().0;
+            assert!(
+                err.contains("as a JSON object") && err.contains("APISIX's form"),
+                "{wrong}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn apisix_fields_extplug_cannot_honour_are_named_as_such() {
+        for field in [
+            "host",
+            "hosts",
+            "remote_addrs",
+            "vars",
+            "filter_func",
+            "enable_websocket",
+        ] {
+            let err = config(&format!(
+                r#"{{"id":"3","uri":"/a","{field}":["x"],"upstream":{{"nodes":{{"127.0.0.1:1":1}}}}}}"#
+            ))
+            .unwrap_err()
+            .0;
+            assert!(
+                err.contains(&format!("at `{field}`: not supported by extplug")),
+                "{err}"
+            );
+        }
+        let typo =
+            config(r#"{"id":"3","uri":"/a","hostz":1,"upstream":{"nodes":{"127.0.0.1:1":1}}}"#)
+                .unwrap_err()
+                .0;
+        assert!(typo.contains("unknown field `hostz`"), "{typo}");
+    }
+
+    #[test]
     fn the_issue_example_parses() {
         let c = Config::parse(r#"{
           "listen": "127.0.0.1:9080",
@@ -1580,7 +1680,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.0.contains("unknown field `hosts`"),
+            err.0.contains("at `hosts`: not supported by extplug"),
             "a condition we cannot honour is refused: {err}"
         );
     }
