@@ -21,6 +21,8 @@ fn payload<T: ApisixEncode>(item: &T) -> Vec<u8> {
     assert_eq!(dst[0], item.kind() as u8);
     let len = u32::from_be_bytes([0, dst[1], dst[2], dst[3]]) as usize;
     assert_eq!(len, dst.len() - 4);
+    // Every message written here is told apart from Cap'n Proto.
+    assert_eq!(Protocol::detect(&dst[4..]), Protocol::Apisix);
     dst[4..].to_vec()
 }
 
