@@ -79,7 +79,8 @@ struct Conn<'s> {
     scratch: ScratchSpaceHeapAllocator<'s>,
     /// The wire of this connection, once known.
     protocol: Option<Protocol>,
-    /// Where APISIX's answers are built: reused, like `scratch`.
+    /// Where APISIX's answers are built: reused, like `scratch` (it
+    /// allocates on the first APISIX answer only).
     flat: apisix::Builder,
 }
 
@@ -172,7 +173,7 @@ pub(crate) async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Can
         wbuf: BytesMut::with_capacity(READ_BUFFER),
         scratch: ScratchSpaceHeapAllocator::new(&mut scratch),
         protocol: shared.protocol,
-        flat: apisix::Builder::with_capacity(SCRATCH),
+        flat: apisix::Builder::new(),
     };
     // Tokens this connection used: found again without the shared lock.
     let mut tokens: HashMap<u32, Arc<Entry>> = HashMap::new();
