@@ -579,17 +579,33 @@ impl ExtClient {
             }
             Err(e) => return Err(broken(e).into()),
         }
-        let conn = &mut pooled.conn;
+        let mut answered = false;
         let frame = loop {
-            let frame = match tokio::time::timeout_at(deadline, conn.next())
+            let frame = match tokio::time::timeout_at(deadline, pooled.conn.next())
                 .await
                 .map_err(timed_out)?
             {
                 None => {
                     return Err(CallError::Broken("the runner closed the connection".into()).into())
                 }
+                // A reset before any answer: on a unix socket the runner's
+                // end was closed with bytes of ours still unread (Linux
+                // reports a reset, not an end of stream, only then), so it
+                // never read the whole call and cannot have run it: the
+                // call goes again, as on a pooled connection found closed.
+                // A runner killed with calls queued on its connections, or
+                // while its threads were still exiting, costs no request.
+                Some(Err(FrameError::Io(cause)))
+                    if !answered && cause.kind() == std::io::ErrorKind::ConnectionReset =>
+                {
+                    return Err(Failure::Unsent {
+                        cause,
+                        permit: pooled.permit.take(),
+                    });
+                }
                 Some(frame) => frame.map_err(broken)?,
             };
+            answered = true;
             if frame.kind == expect as u8 || frame.kind == MessageType::Error as u8 {
                 break frame;
             }
@@ -627,10 +643,13 @@ impl ExtClient {
             };
             // The clock stops while we gather the answer.
             deadline += asked.elapsed();
-            tokio::time::timeout_at(deadline, conn.send(&ExtraInfoAnswer(value.as_deref())))
-                .await
-                .map_err(timed_out)?
-                .map_err(broken)?;
+            tokio::time::timeout_at(
+                deadline,
+                pooled.conn.send(&ExtraInfoAnswer(value.as_deref())),
+            )
+            .await
+            .map_err(timed_out)?
+            .map_err(broken)?;
         };
         // Read first: no shared write per call while all is well.
         if self.timeouts.load(Ordering::Relaxed) != 0 {
@@ -1116,6 +1135,74 @@ mod tests {
         let ticket = client.ticket(&phase("route-1")).await.unwrap();
         assert_eq!(ticket.token, 9);
         assert_eq!(client.pool.lock().unwrap().len(), 1, "the new connection");
+    }
+
+    /// A runner that dies with our call unread in its socket (killed with
+    /// calls queued, or while its threads were still exiting): the socket
+    /// reports a reset, not an end of stream, so the call was never read
+    /// and goes again, on the next connection, and is answered. One that
+    /// read the call and closed is an end of stream: that call fails.
+    #[tokio::test]
+    async fn a_call_the_runner_never_read_goes_again_after_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("runner.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        // The runner's first connection: waits for our call to arrive, then
+        // closes without reading it (a reset for us). The others answer.
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((stream, _)) = listener.accept().await {
+                if std::mem::take(&mut first) {
+                    tokio::spawn(async move {
+                        stream.readable().await.unwrap();
+                        drop(stream);
+                    });
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let mut conn = Framed::new(stream, FrameCodec::default());
+                    if let Some(Ok(_)) = conn.next().await {
+                        let answer = crate::wire::Prepared {
+                            token: 7,
+                            needs: Needs::default(),
+                        };
+                        conn.send(&answer).await.unwrap();
+                    }
+                });
+            }
+        });
+        let conf = crate::host::config::Config::parse(
+            r#"{"ext-plugin": {"cmd": ["runner"]}, "routes": []}"#,
+        )
+        .expect("a valid configuration")
+        .runner;
+        let (_tx, rx) = watch::channel(RunnerState::Ready {
+            socket: Arc::new(socket),
+            generation: 1,
+            pid: std::process::id(),
+        });
+        let client = ExtClient::new(&conf, rx);
+        let ticket = client.ticket(&phase("route-1")).await.unwrap();
+        assert_eq!(ticket.token, 7);
+
+        // Read, then closed: an end of stream, and the call fails.
+        let (conn, peer) = pooled(&client, 1);
+        let reader = tokio::spawn(async move {
+            let mut peer = Framed::new(peer, FrameCodec::default());
+            peer.next().await.unwrap().unwrap();
+        });
+        let prepare = crate::wire::PrepareConf {
+            conf: vec![("say", "{}")],
+            key: None,
+        };
+        let failed = client
+            .exchange_on(conn, &prepare, MessageType::PrepareConf, None)
+            .await;
+        reader.await.unwrap();
+        assert!(
+            matches!(failed, Err(Failure::Call(CallError::Broken(_)))),
+            "a call the runner read is not sent again"
+        );
     }
 
     #[test]
