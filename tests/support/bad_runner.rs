@@ -391,6 +391,21 @@ async fn scripted_answer(
         }
         // Headers no SDK would let a plugin set (the SDK refuses them):
         // what a runner in another language might send. The host filters.
+        "/smuggle-framing" => RequestOutcome::Rewrite(Rewrite {
+            headers: [
+                ("Transfer-Encoding", "chunked"),
+                ("CONTENT-LENGTH", "0"),
+                ("Content-length", "1"),
+                ("connection", "x-api-key"),
+                ("upgrade", "h2c"),
+                ("te", "trailers"),
+                ("x-kept", "yes"),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), Some(v.to_owned())))
+            .collect(),
+            ..Rewrite::default()
+        }),
         "/smuggle-headers" => RequestOutcome::Rewrite(Rewrite {
             headers: [
                 ("x-a", "v\r\nx-injected: 1"),

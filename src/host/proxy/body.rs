@@ -91,7 +91,10 @@ pub(crate) struct MessageBody {
     /// The process's bound on buffered bytes, and what this body holds of
     /// it (until the body is dropped, with its request).
     budget: Arc<BodyBudget>,
-    charge: Option<Charge>,
+    /// Shared with every copy of the buffer sent on: given back when the
+    /// last of them is dropped (this body's, at the end of its exchange;
+    /// a sent one, once the peer read it).
+    charge: Option<Arc<Charge>>,
 }
 
 impl MessageBody {
@@ -162,7 +165,7 @@ impl MessageBody {
                 match read {
                     Ok(buf) => {
                         let bytes = buf.freeze();
-                        self.charge = Some(charge);
+                        self.charge = Some(Arc::new(charge));
                         self.state = State::Buffered(bytes.clone());
                         Ok(bytes)
                     }
@@ -173,8 +176,11 @@ impl MessageBody {
     }
 
     /// Reads `body` whole into one buffer, each growth of the buffer
-    /// charged to the budget first: what is counted is what is allocated
-    /// (a declared length is allocated, and charged, at once).
+    /// charged to the budget first: what is counted is what is allocated.
+    /// A declared length is not taken at its word: the buffer starts at
+    /// [`FIRST_BUFFER`] at most and doubles as bytes come (up to the
+    /// declared length), so that clients declaring 8 MiB and sending a byte
+    /// hold 64 KiB each of the budget, not 8 MiB.
     async fn read_into(
         &self,
         body: &mut IdleTimeout,
@@ -182,13 +188,16 @@ impl MessageBody {
     ) -> Result<BytesMut, BodyError> {
         let over_budget = || BodyError::OverBudget(self.budget.max());
         let mut buf = BytesMut::new();
+        // Within the limit: checked by the caller.
+        let most = self
+            .declared
+            .map_or(self.limit, |d| (d as usize).min(self.limit));
         if let Some(declared) = self.declared {
-            // Within the limit: checked by the caller.
-            let declared = declared as usize;
-            if !charge.grow_to(declared) {
+            let first = (declared as usize).min(FIRST_BUFFER);
+            if !charge.grow_to(first) {
                 return Err(over_budget());
             }
-            buf = BytesMut::with_capacity(declared);
+            buf = BytesMut::with_capacity(first);
         }
         while let Some(frame) = body.frame().await {
             // `IdleTimeout` recorded the precise failure already.
@@ -203,7 +212,7 @@ impl MessageBody {
             if need > buf.capacity() {
                 // Doubling, within the limit: few copies, and at most
                 // twice the body's length allocated.
-                let grown = need.max(buf.capacity() * 2).min(self.limit);
+                let grown = need.max(buf.capacity() * 2).min(most.max(need));
                 if !charge.grow_to(grown) {
                     return Err(over_budget());
                 }
@@ -244,9 +253,11 @@ impl MessageBody {
             State::Buffered(bytes) => {
                 self.state = State::Buffered(bytes.clone());
                 let len = bytes.len();
-                // The buffer stays counted until what is sent is gone too:
-                // a client that reads an answer slowly holds its bytes.
-                let charge = self.charge.take();
+                // The buffer stays counted until this body and what is
+                // sent are both gone: the bytes live on here (for a later
+                // phase) while the upstream answers, and in the sent body
+                // while a slow client reads an answer.
+                let charge = self.charge.clone();
                 let body = full(bytes)
                     .map_frame(move |frame| {
                         let _held = &charge;
@@ -263,6 +274,10 @@ impl MessageBody {
         }
     }
 }
+
+/// The most a body's buffer takes before its bytes come (see
+/// [`MessageBody::read_into`]).
+const FIRST_BUFFER: usize = 64 * 1024;
 
 /// Records [`BodyError::Interrupted`] when dropped armed.
 struct InterruptGuard(Option<Arc<OnceLock<BodyError>>>);

@@ -274,20 +274,41 @@ pub const MAX_MESSAGE_HEADERS: usize = 2 * MAX_PLUGIN_HEADERS;
 #[error("{0} headers, over the bound ({MAX_PLUGIN_HEADERS} from a plugin, {MAX_MESSAGE_HEADERS} in a request)")]
 pub(crate) struct TooManyHeaders(pub(crate) usize);
 
+/// A plugin's header list the host cannot apply whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PluginHeaderError {
+    /// More entries than [`MAX_PLUGIN_HEADERS`].
+    #[error(transparent)]
+    TooMany(#[from] TooManyHeaders),
+    /// A name that is not an HTTP token, or a value with a control byte
+    /// (CR, LF, NUL...). Refused rather than dropped: a rewrite's set is
+    /// "remove, then add", so dropping it would leave the client's own
+    /// header of that name in place (a forged `x-user` kept).
+    #[error("header {name:?}: {why}")]
+    Invalid {
+        /// The name, as sent (its first 64 characters).
+        name: String,
+        why: &'static str,
+    },
+}
+
 /// Parses and filters a plugin's header list (values `None` pass through:
-/// they mean "delete" in a rewrite). Names are lower-cased.
+/// they mean "delete" in a rewrite). Names are lower-cased. The framing,
+/// hop-by-hop and `Connection`-listed names (and, for response headers, the
+/// protected ones) are the host's: they are dropped, with a warning.
 ///
 /// # Errors
 /// The list has more than [`MAX_PLUGIN_HEADERS`] entries (nothing is
-/// parsed then).
+/// parsed then), or an invalid name or value: the caller refuses the whole
+/// answer (500), never applies a part of it.
 pub(crate) fn from_plugin<V: AsRef<str>>(
     pairs: impl IntoIterator<Item = (String, Option<V>)>,
     route: &str,
     origin: Origin,
-) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, TooManyHeaders> {
+) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, PluginHeaderError> {
     let pairs: Vec<(String, Option<V>)> = pairs.into_iter().collect();
     if pairs.len() > MAX_PLUGIN_HEADERS {
-        return Err(TooManyHeaders(pairs.len()));
+        return Err(TooManyHeaders(pairs.len()).into());
     }
     let listed = connection_listed(
         pairs
@@ -296,10 +317,14 @@ pub(crate) fn from_plugin<V: AsRef<str>>(
             .filter_map(|(_, v)| v.as_ref().map(|v| v.as_ref().as_bytes())),
     );
     let mut out = Vec::with_capacity(pairs.len());
+    let invalid = |name: &str, why| PluginHeaderError::Invalid {
+        name: name.chars().take(64).collect(),
+        why,
+    };
     for (name, value) in &pairs {
         let Ok(parsed) = HeaderName::from_bytes(name.as_bytes()) else {
             dropped_one(route, origin, name, DropReason::InvalidName);
-            continue;
+            return Err(invalid(name, "not a header name (an HTTP token)"));
         };
         if let Some(reason) = verdict(parsed.as_str(), &listed, origin) {
             dropped_one(route, origin, parsed.as_str(), reason);
@@ -311,7 +336,10 @@ pub(crate) fn from_plugin<V: AsRef<str>>(
                 Ok(v) => Some(v),
                 Err(_) => {
                     dropped_one(route, origin, parsed.as_str(), DropReason::InvalidValue);
-                    continue;
+                    return Err(invalid(
+                        parsed.as_str(),
+                        "its value has a control character (CR, LF, NUL...)",
+                    ));
                 }
             },
         };
@@ -329,7 +357,7 @@ pub(crate) fn map_from_plugin(
     pairs: impl IntoIterator<Item = (String, String)>,
     route: &str,
     origin: Origin,
-) -> Result<HeaderMap, TooManyHeaders> {
+) -> Result<HeaderMap, PluginHeaderError> {
     let parsed = from_plugin(pairs.into_iter().map(|(n, v)| (n, Some(v))), route, origin)?;
     let mut map = HeaderMap::with_capacity(parsed.len());
     for (name, value) in parsed {
@@ -369,7 +397,7 @@ mod tests {
         assert_eq!(map.len(), MAX_PLUGIN_HEADERS);
         for n in [MAX_PLUGIN_HEADERS + 1, 40_000] {
             let e = map_from_plugin(pairs(n), "r", Origin::Plugin).unwrap_err();
-            assert_eq!(e, TooManyHeaders(n));
+            assert_eq!(e, PluginHeaderError::TooMany(TooManyHeaders(n)));
         }
     }
 
@@ -384,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn framing_hop_by_hop_listed_and_invalid_are_dropped() {
+    fn framing_hop_by_hop_listed_are_dropped_and_invalid_refused() {
         let before = dropped();
         let pairs = vec![
             ("Content-Length".to_owned(), "100".to_owned()),
@@ -392,11 +420,21 @@ mod tests {
             ("connection".to_owned(), "x-secret, close".to_owned()),
             ("x-secret".to_owned(), "1".to_owned()),
             ("upgrade".to_owned(), "h2c".to_owned()),
-            ("bad name".to_owned(), "v".to_owned()),
-            ("x-bad-value".to_owned(), "a\nb".to_owned()),
             ("X-Kept".to_owned(), "yes".to_owned()),
             ("x-kept".to_owned(), "again".to_owned()),
         ];
+        let with = |extra: (&str, &str)| {
+            let mut p = pairs.clone();
+            p.push((extra.0.to_owned(), extra.1.to_owned()));
+            map_from_plugin(p, "r", Origin::Plugin)
+        };
+        let bad_name = with(("bad name", "v")).unwrap_err();
+        assert_eq!(
+            bad_name.to_string(),
+            r#"header "bad name": not a header name (an HTTP token)"#
+        );
+        let bad_value = with(("x-bad-value", "a\nb")).unwrap_err();
+        assert!(bad_value.to_string().contains("x-bad-value"), "{bad_value}");
         let map = map_from_plugin(pairs, "r", Origin::Plugin).unwrap();
         assert_eq!(map.len(), 2);
         assert_eq!(
@@ -417,16 +455,19 @@ mod tests {
     }
 
     /// RFC 9110 section 5.5: UTF-8 values from a plugin reach the message
-    /// byte for byte; CR, LF, NUL and the other control bytes do not.
+    /// byte for byte; CR, LF, NUL and the other control bytes refuse the list.
     #[test]
-    fn utf8_values_pass_byte_for_byte_and_line_breaks_are_dropped() {
+    fn utf8_values_pass_byte_for_byte_and_line_breaks_are_refused() {
         let disposition = r#"attachment; filename="résumé.pdf""#;
         let pairs = vec![
             ("x-user".to_owned(), "José".to_owned()),
             ("content-disposition".to_owned(), disposition.to_owned()),
-            ("x-bad".to_owned(), "a\r\nb".to_owned()),
-            ("x-nul".to_owned(), "a\0b".to_owned()),
         ];
+        for bad in ["a\r\nb", "a\0b"] {
+            let mut p = pairs.clone();
+            p.push(("x-bad".to_owned(), bad.to_owned()));
+            assert!(map_from_plugin(p, "r", Origin::Plugin).is_err(), "{bad:?}");
+        }
         let map = map_from_plugin(pairs, "r", Origin::Plugin).unwrap();
         assert_eq!(map.len(), 2);
         assert_eq!(map["x-user"].as_bytes(), "José".as_bytes());
