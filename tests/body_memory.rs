@@ -170,3 +170,36 @@ async fn sixty_slow_uploads_keep_the_proxy_under_200_mb() {
 async fn two_hundred_slow_uploads_keep_the_proxy_under_200_mb() {
     slow_uploads_keep_rss_bounded(200).await;
 }
+
+/// A body sent on to a slow upstream stays counted while the proxy holds
+/// it (the exchange keeps it for a later phase): with room for two 4 MiB
+/// bodies, two held by an upstream that answers after 3 s leave no room for
+/// a third (503), which gets its 200 once they are answered. The budget
+/// released a body when it was sent, so the proxy could hold any number.
+#[tokio::test]
+async fn a_body_sent_to_a_slow_upstream_stays_counted() {
+    let up = Upstream::start().await;
+    let size = json!({"ext-plugin-pre-req": phase(&[("body-size", json!({}))])});
+    let mut c = config(demo(), json!({}), json!([route("r", "/*", up.addr, size)]));
+    c["max_request_body_bytes"] = json!(4 * 1024 * 1024);
+    c["max_response_body_bytes"] = json!(4 * 1024 * 1024);
+    c["max_buffered_body_bytes"] = json!(8 * 1024 * 1024);
+    let proxy = ProxyProc::start(&c);
+    let body = Bytes::from(vec![b'x'; 4 * 1024 * 1024]);
+    let post = |path: &'static str| {
+        let (url, body) = (proxy.url(path), body.clone());
+        tokio::spawn(async move { common::http::send("POST", &url, &[], body).await.status })
+    };
+    let held = [post("/slow-1"), post("/slow-2")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while up.requests().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Both bodies are with the upstream, which answers in 3 s.
+    assert_eq!(post("/fast").await.unwrap(), 503, "{}", proxy.log());
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(post("/fast").await.unwrap(), 200, "{}", proxy.log());
+}
