@@ -31,7 +31,7 @@ struct Cli {
     /// the runners started log JSON too, relayed with their pid and name).
     /// Default: `EXTPLUG_LOG_FORMAT`, else `text`.
     #[arg(long, global = true, value_name = "FORMAT")]
-    log_format: Option<extplug::LogFormat>,
+    log_format: Option<extplug::host::logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -221,10 +221,10 @@ fn main() -> ExitCode {
                 Ok(format) => format,
                 Err(e) => return fail(&format!("{}: {e}", extplug::LOG_FORMAT_ENV)),
             },
-            Err(_) => extplug::LogFormat::Text,
+            Err(_) => extplug::host::logging::LogFormat::Text,
         },
     };
-    extplug::init_logging_as(log_format);
+    extplug::host::logging::init_logging_as(log_format);
     match cli.command {
         Command::Check { config, offline } => match host::config::Config::load(&config) {
             Ok(c) => check(&config, &c, offline),
@@ -440,7 +440,7 @@ where
         tokio::runtime::Runtime::new().map_err(|e| fail(&format!("starting the runtime: {e}")))?;
     Ok(runtime.block_on(async {
         let interrupted = CancellationToken::new();
-        tokio::spawn(extplug::stop_on_signal(interrupted.clone()));
+        tokio::spawn(extplug::host::stop_on_signal(interrupted.clone()));
         work(interrupted).await
     }))
 }
@@ -470,7 +470,7 @@ fn serve(
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(extplug::stop_on_signal(shutdown.clone()));
+        tokio::spawn(extplug::host::stop_on_signal(shutdown.clone()));
         host::run_from(config, source.clone(), shutdown, |at| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "extplug listening on http://{}", at.proxy);
@@ -548,7 +548,7 @@ fn echo(listen: std::net::SocketAddr) -> ExitCode {
     runtime.block_on(async {
         // Handlers first: a signal right after the listening line must stop
         // us cleanly, not by its default action.
-        let stopped = extplug::stop_on_signal(CancellationToken::new());
+        let stopped = extplug::host::stop_on_signal(CancellationToken::new());
         let addr = match host::demo::start_echo_on(listen).await {
             Ok(addr) => addr,
             Err(e) => return fail(&format!("cannot listen on {listen}: {e}")),

@@ -105,6 +105,42 @@ async fn the_template_passes_its_tests_and_its_runner_denies_behind_the_proxy() 
     );
 }
 
+/// A plugin author compiles the protocol and the SDK, never the gateway:
+/// `runner-sdk` depends on `extplug` without its `host` feature, so the
+/// template's whole dependency tree (build and dev dependencies included)
+/// has no HTTP server, etcd client, metrics registry or argument parser.
+#[test]
+fn the_template_compiles_no_host_dependency() {
+    let out = Command::new(env!("CARGO"))
+        .args(["tree", "--locked", "--prefix", "none", "--format", "{p}"])
+        .arg("--manifest-path")
+        .arg(template_dir().join("Cargo.toml"))
+        .output()
+        .expect("running cargo tree");
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cargo tree on the template failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `{p}` is "name version (source)": the name is the first word.
+    let names: std::collections::BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert!(
+        names.contains("runner-sdk") && names.contains("extplug"),
+        "the tree is the template's: {names:?}"
+    );
+    let host_only = ["hyper", "etcd-client", "prometheus", "clap"];
+    let found: Vec<&&str> = host_only.iter().filter(|n| names.contains(**n)).collect();
+    assert!(
+        found.is_empty(),
+        "the plugin template compiles host dependencies {found:?}:\n{tree}"
+    );
+}
+
 /// The README's plugin guide shows the template's code: every `rust`, `toml`
 /// and `json` block of its "Writing plugins" section is, verbatim, part of
 /// the template's `src/main.rs`, `Cargo.toml` or `gateway.json`, which the

@@ -55,6 +55,7 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod ingress;
+pub mod logging;
 pub mod metrics;
 pub mod path;
 pub mod preflight;
@@ -347,5 +348,35 @@ async fn upgrade_on_signal(
                 }
             });
         }
+    }
+}
+/// Cancels `shutdown` on the first SIGTERM or SIGINT (the host's and the
+/// proxy's way to start a graceful stop). The runner has its own,
+/// `runner_sdk::runner::stop_on_signal`: the host does not depend on the SDK.
+///
+/// The handlers are installed when this is called, not when the returned
+/// future is first polled: a signal that arrives while the process is still
+/// starting (before the spawned task runs) stops it gracefully instead of
+/// killing it. Must be called within a tokio runtime.
+pub fn stop_on_signal(
+    shutdown: tokio_util::sync::CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let streams = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = streams else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        // Logging cannot fail or panic (see `init_logging`), so say why first.
+        tracing::info!(signal = name, "stopping");
+        shutdown.cancel();
     }
 }

@@ -4,7 +4,7 @@
 //! In the text format each line is an event of target
 //! `extplug::runner_output` whose message is the line. In the JSON format
 //! (`extplug --log-format json`; runners started then log JSON too, see
-//! [`crate::LOG_FORMAT_ENV`]) a line that is a JSON object is re-emitted as
+//! [`crate::wire::LOG_FORMAT_ENV`]) a line that is a JSON object is re-emitted as
 //! that object, its own fields kept (`level`, `target`, `message`, ...),
 //! with the host's `timestamp` and `pid`, `runner` and `stream` added (keys
 //! in alphabetical order): one flat object per line, like the host's own. Other lines (a panic
@@ -23,7 +23,7 @@ pub const TARGET: &str = "extplug::runner_output";
 /// Relays one line of `runner`'s (process `pid`) `stream` (`stdout` or
 /// `stderr`) into the host's log.
 pub fn forward_line(line: &str, pid: u32, runner: &str, stream: &'static str) {
-    if crate::log_format() == crate::LogFormat::Json {
+    if crate::host::logging::log_format() == crate::host::logging::LogFormat::Json {
         if let Some(object) = relayed_object(line, pid, runner, stream) {
             if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
                 // One write of a whole line: lines of the host's own

@@ -339,9 +339,9 @@ pub(super) fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<(Child,
 
 /// The value of [`crate::LOG_FORMAT_ENV`] for the host's log format.
 fn log_format_name() -> &'static str {
-    match crate::log_format() {
-        crate::LogFormat::Json => "json",
-        crate::LogFormat::Text => "text",
+    match crate::host::logging::log_format() {
+        crate::host::logging::LogFormat::Json => "json",
+        crate::host::logging::LogFormat::Text => "text",
     }
 }
 

@@ -814,11 +814,11 @@ async fn sleep_until(at: Option<Instant>) {
 /// The variables the host sets for the runner; the configured `env` may not
 /// name them (the configuration is refused). The third tells the runner
 /// that its output is relayed into the host's log (see
-/// [`crate::LOG_RELAYED`]: one timestamp per line, the host's).
+/// [`crate::wire::LOG_RELAYED`]: one timestamp per line, the host's).
 pub const RESERVED_ENV: [&str; 3] = [
     "APISIX_LISTEN_ADDRESS",
     "APISIX_CONF_EXPIRE_TIME",
-    crate::LOG_RELAYED,
+    crate::wire::LOG_RELAYED,
 ];
 
 /// The locale variables of POSIX and glibc.

@@ -12,8 +12,8 @@ use crate::{
 };
 use bytes::{Bytes, BytesMut};
 use capnp::message::ScratchSpaceHeapAllocator;
-use extplug_wire::codec::{HEADER_LEN, RESERVE_CHUNK};
-use extplug_wire::{
+use extplug::wire::codec::{HEADER_LEN, RESERVE_CHUNK};
+use extplug::wire::{
     Encode, ErrorCode, ErrorResp, Frame, FrameCodec, FrameError, MessageType, Payload, Prepared,
     ReqCallAnswer, RespCallAnswer,
 };

@@ -122,7 +122,7 @@ impl RunnerEnv {
         let max_frame = match lookup(MAX_FRAME) {
             None => None,
             Some(text) => match text.trim().parse::<usize>() {
-                Ok(n) if (1..=extplug_wire::MAX_PAYLOAD).contains(&n) => Some(n),
+                Ok(n) if (1..=extplug::wire::MAX_PAYLOAD).contains(&n) => Some(n),
                 _ => return Err(EnvError::BadMaxFrame(text)),
             },
         };

@@ -1,7 +1,7 @@
 //! What plugin code types for a status, a header name or a header value, and
 //! how it becomes the checked HTTP value.
 //!
-//! Builders ([`crate::Stop`], and the request and response views of
+//! Builders ([`crate::wire::Stop`], and the request and response views of
 //! `runner-sdk`) take `impl IntoStatus`, `impl IntoHeaderName` and
 //! `impl IntoHeaderValue`, so `Stop::new(403)`, `Stop::new(StatusCode::FORBIDDEN)`,
 //! `.header("x-reason", "denied")` and `.header(http::header::RETRY_AFTER, 30)`
@@ -15,7 +15,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 /// for, the value as given, and why it was refused.
 ///
 /// ```
-/// use extplug_wire::IntoStatus;
+/// use extplug::wire::IntoStatus;
 /// let err = 1000.into_status().unwrap_err();
 /// assert_eq!(err.to_string(), "invalid status 1000: a status is a number in 100..=999");
 /// ```
@@ -53,7 +53,7 @@ impl InvalidValue {
 /// and the integer types (`403`, whose type defaults to `i32`, `403u16`...).
 ///
 /// ```
-/// use extplug_wire::IntoStatus;
+/// use extplug::wire::IntoStatus;
 /// use http::StatusCode;
 /// assert_eq!(403.into_status(), Ok(StatusCode::FORBIDDEN));
 /// assert_eq!(StatusCode::OK.into_status(), Ok(StatusCode::OK));
@@ -65,7 +65,7 @@ pub trait IntoStatus {
     /// # Errors
     /// An [`InvalidValue`] for an integer outside 100..=999 (the range an
     /// HTTP status can have; the protocol further limits what a plugin may
-    /// answer with to [`crate::ALLOWED_STATUS`]).
+    /// answer with to [`crate::wire::ALLOWED_STATUS`]).
     fn into_status(self) -> Result<StatusCode, InvalidValue>;
 }
 
@@ -103,7 +103,7 @@ int_status!(u16, u32, u64, usize, i16, i32, i64);
 /// case.
 ///
 /// ```
-/// use extplug_wire::IntoHeaderName;
+/// use extplug::wire::IntoHeaderName;
 /// assert_eq!("X-Reason".into_header_name().unwrap(), "x-reason");
 /// assert_eq!(http::header::RETRY_AFTER.into_header_name().unwrap(), "retry-after");
 /// let err = "x reason".into_header_name().unwrap_err();
@@ -157,7 +157,7 @@ impl IntoHeaderName for HeaderName {
 /// an [`http::HeaderValue`], or an integer (`30` for `retry-after`).
 ///
 /// ```
-/// use extplug_wire::IntoHeaderValue;
+/// use extplug::wire::IntoHeaderValue;
 /// assert_eq!("no entry".into_header_value().unwrap(), "no entry");
 /// assert_eq!(30.into_header_value().unwrap(), "30");
 /// let err = "a\r\nb".into_header_value().unwrap_err();

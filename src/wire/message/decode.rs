@@ -9,8 +9,8 @@ use super::types::{
     ErrorCode, ErrorResp, ExtraInfoAnswer, PrepareConf, Prepared, ReqCall, ReqCallAnswer, RespCall,
     RespCallAnswer,
 };
-use crate::ext_plugin_capnp as schema;
-use crate::{
+use crate::wire::ext_plugin_capnp as schema;
+use crate::wire::{
     InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts, Rewrite, Stop,
 };
 use capnp::message::ReaderOptions;
@@ -496,14 +496,14 @@ impl<'a> Payload<'a> {
 }
 
 /// A status in a runner's answer: 0 means "the default" (`None`); anything
-/// else must be in [`crate::ALLOWED_STATUS`] (200..=599), so that the
+/// else must be in [`crate::wire::ALLOWED_STATUS`] (200..=599), so that the
 /// host never acts on a 1xx or a 600+ answer.
 fn answer_status(n: u16) -> Result<Option<StatusCode>, String> {
     if n == 0 {
         return Ok(None);
     }
     match StatusCode::from_u16(n) {
-        Ok(status) if crate::ALLOWED_STATUS.contains(&n) => Ok(Some(status)),
+        Ok(status) if crate::wire::ALLOWED_STATUS.contains(&n) => Ok(Some(status)),
         _ => Err(format!("status {n} is outside 200..=599")),
     }
 }

@@ -1,7 +1,7 @@
 //! The protocol's messages as Rust types: what the encoder writes and the
 //! decoder reads. No Cap'n Proto here.
 
-use crate::{Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts};
+use crate::wire::{Needs, RequestOutcome, RequestParts, ResponseOutcome, ResponseParts};
 
 /// The frame types of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ fn main() {
     println!("cargo:rerun-if-changed=schema/ext_plugin.capnp");
     if Command::new("capnp").arg("--version").output().is_err() {
         panic!(
-            "extplug-wire's build needs the Cap'n Proto schema compiler `capnp` on the PATH \
+            "extplug's build needs the Cap'n Proto schema compiler `capnp` on the PATH \
              to compile schema/ext_plugin.capnp. Install it (Debian/Ubuntu: \
              `apt-get install -y capnproto`; macOS: `brew install capnp`) and build again."
         );
@@ -19,7 +19,9 @@ fn main() {
     capnpc::CompilerCommand::new()
         .src_prefix("schema")
         .file("schema/ext_plugin.capnp")
-        // The generated module lives at `crate::ext_plugin_capnp`.
+        // The generated module lives at `crate::wire::ext_plugin_capnp`: its
+        // cross-references are absolute paths under that parent.
+        .default_parent_module(vec!["wire".into()])
         .run()
         .expect("compiling schema/ext_plugin.capnp with capnpc");
 }

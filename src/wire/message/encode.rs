@@ -4,9 +4,9 @@ use super::types::{
     ErrorCode, ErrorResp, ExtraInfoAnswer, MessageType, PrepareConf, Prepared, ReqCall,
     ReqCallAnswer, RespCall, RespCallAnswer,
 };
-use crate::codec::{FrameCodec, FrameError};
-use crate::ext_plugin_capnp as schema;
-use crate::{InfoKey, RequestOutcome};
+use crate::wire::codec::{FrameCodec, FrameError};
+use crate::wire::ext_plugin_capnp as schema;
+use crate::wire::{InfoKey, RequestOutcome};
 use bytes::{BufMut, BytesMut};
 use capnp::message::{Allocator, Builder, HeapAllocator};
 use http::Method;
@@ -60,7 +60,7 @@ const FIXED_WORDS: usize = 16;
 /// The first segment of a message built by [`FrameCodec`]'s encoder: its
 /// size hint, at least 128 words and at most the largest frame.
 fn first_segment_words(hint: usize) -> u32 {
-    hint.clamp(128, crate::MAX_PAYLOAD / 8 + 1) as u32
+    hint.clamp(128, crate::wire::MAX_PAYLOAD / 8 + 1) as u32
 }
 
 impl FrameCodec {
@@ -82,7 +82,7 @@ impl FrameCodec {
         let mut message = Builder::new(alloc);
         item.build(&mut message)?;
         let words = capnp::serialize::compute_serialized_size_in_words(&message);
-        dst.reserve(crate::codec::HEADER_LEN + words * 8);
+        dst.reserve(crate::wire::codec::HEADER_LEN + words * 8);
         let start = FrameCodec::begin(dst, item.kind() as u8);
         if let Err(e) = capnp::serialize::write_message((&mut *dst).writer(), &message) {
             dst.truncate(start);

@@ -23,7 +23,7 @@ pub struct ResponseParts<'a> {
 /// client unchanged.
 ///
 /// ```
-/// use extplug_wire::ResponseOutcome;
+/// use extplug::wire::ResponseOutcome;
 /// use http::StatusCode;
 ///
 /// // What a chain that ran `resp.set_status(502)` and

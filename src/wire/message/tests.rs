@@ -1,9 +1,9 @@
 //! Round trips through encode and decode, and hostile payloads.
 
 use super::*;
-use crate::codec::FrameCodec;
-use crate::ext_plugin_capnp as schema;
-use crate::{InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, Rewrite, Stop};
+use crate::wire::codec::FrameCodec;
+use crate::wire::ext_plugin_capnp as schema;
+use crate::wire::{InfoKey, Needs, RequestOutcome, RequestParts, ResponseOutcome, Rewrite, Stop};
 use bytes::BytesMut;
 use capnp::message::Builder;
 use http::{Method, StatusCode};

@@ -1,7 +1,7 @@
 //! The request phase's protocol data: the request a call carries and what a
 //! chain decided for it (`HTTP_REQ_CALL` and its answer).
 
-use crate::convert::{IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue};
+use crate::wire::convert::{IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue};
 use http::{Method, StatusCode};
 use std::net::IpAddr;
 
@@ -34,7 +34,7 @@ pub struct RequestParts<'a> {
 /// [`RequestOutcome::Stop`]).
 ///
 /// ```
-/// use extplug_wire::Stop;
+/// use extplug::wire::Stop;
 /// use http::StatusCode;
 ///
 /// let stop = Stop::new(403).header("X-Reason", "denied").body("no entry\n");
@@ -50,7 +50,7 @@ pub struct RequestParts<'a> {
 /// naming the plugin (the client gets the gateway's 503).
 ///
 /// ```
-/// use extplug_wire::Stop;
+/// use extplug::wire::Stop;
 ///
 /// let stop = Stop::new(1000).header("x reason", "denied");
 /// assert_eq!(
@@ -61,7 +61,7 @@ pub struct RequestParts<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stop {
     /// The status sent to the client. The runner fails the call for a status
-    /// outside [`crate::ALLOWED_STATUS`] (200..=599). After an invalid
+    /// outside [`crate::wire::ALLOWED_STATUS`] (200..=599). After an invalid
     /// status was given to [`Stop::new`], it is 500 (and the call fails).
     pub status: StatusCode,
     /// Response headers, in order: `(name, value)`, names in lower case when
@@ -101,7 +101,7 @@ impl Stop {
     /// ([`Stop::invalid`]) that fails the call.
     ///
     /// ```
-    /// use extplug_wire::Stop;
+    /// use extplug::wire::Stop;
     /// let stop = Stop::new(429).header(http::header::RETRY_AFTER, 30);
     /// assert_eq!(stop.headers, vec![("retry-after".to_string(), "30".to_string())]);
     /// ```
@@ -140,7 +140,7 @@ impl Stop {
 /// values together.
 ///
 /// ```
-/// use extplug_wire::Rewrite;
+/// use extplug::wire::Rewrite;
 ///
 /// // What a chain that ran `req.set_path("/v2")`, `req.set_header("X-A", "1")`,
 /// // `req.add_header("x-a", "2")`, `req.remove_header("cookie")` and
@@ -178,7 +178,7 @@ pub struct Rewrite {
 /// what `runner_sdk::testing::TestRequest::run` returns for a test to check.
 ///
 /// ```
-/// use extplug_wire::{RequestOutcome, Rewrite, Stop};
+/// use extplug::wire::{RequestOutcome, Rewrite, Stop};
 ///
 /// fn describe(outcome: &RequestOutcome) -> String {
 ///     match outcome {

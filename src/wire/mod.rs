@@ -1,4 +1,4 @@
-//! # extplug-wire: the protocol of extplug, on both sides
+//! The protocol of extplug, on both sides.
 //!
 //! Frames (type byte, 24-bit big-endian length, payload) and the typed
 //! messages they carry, converted to and from Cap'n Proto
@@ -7,12 +7,11 @@
 //! what a chain decided ([`RequestOutcome`], [`ResponseOutcome`]), what it
 //! will read ([`Needs`]) and what it may ask for ([`InfoKey`]).
 //!
-//! Both the runner (`runner-sdk`) and the host (`extplug`) use this crate,
-//! so neither depends on the other. Nothing else touches protocol bytes.
-//! It has no runtime and no logging: the codec is a `tokio-util` codec that
-//! any `Framed` stream can use.
-#![deny(unsafe_code)]
-#![warn(missing_docs)]
+//! Both the runner (`runner-sdk`, which depends on this crate without its
+//! default `host` feature) and the host ([`crate::host`]) use this module,
+//! so neither side depends on the other. Nothing else touches protocol
+//! bytes. It has no runtime and no logging: the codec is a `tokio-util`
+//! codec that any `Framed` stream can use.
 
 pub mod codec;
 mod convert;
