@@ -570,3 +570,77 @@ async fn an_upstream_body_cut_short_is_502_when_a_plugin_needs_it() {
         got.text()
     );
 }
+
+/// RFC 9110 section 5.5: header values that plugins set in a stop, a
+/// rewrite (request and response headers) and a response-phase answer
+/// reach the client and the upstream byte for byte when they are UTF-8.
+#[tokio::test]
+async fn utf8_header_values_from_plugins_arrive_byte_for_byte() {
+    let up = Upstream::start().await;
+    let disposition = r#"attachment; filename="résumé.pdf""#;
+    let headers = json!({"x-user": "José", "content-disposition": disposition});
+    let routes = json!([
+        route(
+            "stop",
+            "/stop",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("say", json!({"body": "hi", "headers": headers}))])})
+        ),
+        route(
+            "rewrite",
+            "/rewrite",
+            up.addr,
+            json!({"ext-plugin-pre-req": phase(&[("rewrite", json!({"headers": headers, "resp_headers": headers}))])})
+        ),
+        route(
+            "response",
+            "/response",
+            up.addr,
+            json!({"ext-plugin-post-resp": phase(&[("response-headers", json!({"set": headers}))])})
+        ),
+    ]);
+    let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
+    let exact = |got: &common::http::Got, name: &str| {
+        got.headers
+            .get(name)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default()
+    };
+    for path in ["/stop", "/rewrite", "/response"] {
+        let got = get(&proxy.url(path)).await;
+        assert_eq!(got.status, 200, "{path}: {}", got.text());
+        assert_eq!(exact(&got, "x-user"), "José".as_bytes(), "{path}");
+        assert_eq!(
+            exact(&got, "content-disposition"),
+            disposition.as_bytes(),
+            "{path}"
+        );
+    }
+    let requests = up.requests();
+    assert_eq!(requests.len(), 2, "the stop never reaches the upstream");
+    let rewritten = requests.iter().find(|r| r.target == "/rewrite").unwrap();
+    assert_eq!(rewritten.header_bytes("x-user"), Some("José".as_bytes()));
+    assert_eq!(
+        rewritten.header_bytes("content-disposition"),
+        Some(disposition.as_bytes())
+    );
+}
+
+/// A client's header value that is not UTF-8 (Latin-1 bytes) reaches the
+/// upstream unchanged; the runner, whose protocol carries text, sees it
+/// with each invalid byte replaced by U+FFFD.
+#[tokio::test]
+async fn a_latin1_client_header_reaches_the_upstream_unchanged() {
+    let up = Upstream::start().await;
+    let proxy = conf::scripted(&up, |_| {});
+    let mut conn = common::raw::RawConn::connect(proxy.addr).await;
+    conn.send(b"GET /latin HTTP/1.1\r\nhost: t\r\nx-latin: caf\xe9\r\nconnection: close\r\n\r\n")
+        .await;
+    let got = conn.response().await.expect("no answer");
+    assert_eq!(got.status, 200, "{}", got.text());
+    let r = up.last();
+    assert_eq!(r.header_bytes("x-latin"), Some(&b"caf\xe9"[..]));
+    let seen = r.seen();
+    let pairs = seen["headers"].as_array().unwrap();
+    assert!(pairs.contains(&json!(["x-latin", "caf\u{fffd}"])), "{seen}");
+}

@@ -52,8 +52,10 @@ fn cargo(args: &[&str]) {
 
 #[tokio::test]
 async fn the_template_passes_its_tests_and_its_runner_denies_behind_the_proxy() {
-    cargo(&["test", "--quiet"]);
-    cargo(&["build", "--quiet"]);
+    // `--locked`: the template builds with its committed lock file, the
+    // versions this repository was tested with.
+    cargo(&["test", "--quiet", "--locked"]);
+    cargo(&["build", "--quiet", "--locked"]);
     let runner = template_target().join("debug/my-plugins");
     assert!(runner.is_file(), "no runner at {}", runner.display());
 
@@ -186,5 +188,41 @@ fn the_readme_guide_shows_the_template_verbatim() {
     assert!(
         checked.iter().filter(|l| *l == "rust").count() >= 2,
         "the guide shows the template's code: {checked:?}"
+    );
+}
+
+/// `name version` of every package in a lock file.
+fn locked_versions(lock: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(lock).unwrap();
+    let mut out = Vec::new();
+    let mut name = None;
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("name = ") {
+            name = Some(n.trim_matches('"').to_owned());
+        } else if let (Some(v), Some(n)) = (line.strip_prefix("version = "), name.take()) {
+            out.push((n, v.trim_matches('"').to_owned()));
+        }
+    }
+    out
+}
+
+/// The template's lock file holds the versions the workspace's lock holds
+/// (it is the workspace's, pruned), so that a plugin author builds what
+/// this repository tested: after `cargo update`, refresh it as the docs say.
+#[test]
+fn the_template_lock_has_the_workspace_versions() {
+    let workspace = locked_versions(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"));
+    let template = locked_versions(&template_dir().join("Cargo.lock"));
+    assert!(template.len() > 10, "{template:?}");
+    let stray: Vec<_> = template
+        .iter()
+        .filter(|(n, _)| n != "my-plugins")
+        .filter(|p| !workspace.contains(p))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "the template's Cargo.lock has versions the workspace's does not: {stray:?}; \
+         refresh it: cp Cargo.lock examples/plugin-template/ && \
+         cargo tree --manifest-path examples/plugin-template/Cargo.toml"
     );
 }

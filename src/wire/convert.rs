@@ -173,16 +173,42 @@ pub trait IntoHeaderValue {
     fn into_header_value(self) -> Result<String, InvalidValue>;
 }
 
-/// Checks a header value given as text.
-fn value_from_str(value: &str) -> Result<String, InvalidValue> {
-    match HeaderValue::from_str(value) {
-        Ok(_) => Ok(value.to_owned()),
-        Err(_) => Err(InvalidValue::new(
+/// The one check of a header value that a plugin gives (in a stop, a
+/// rewrite or a response-phase answer), on both sides of the wire: the
+/// runner's SDK checks it when the plugin sets it, the host again when it
+/// builds the HTTP message from the runner's answer.
+///
+/// RFC 9110 section 5.5: a field value is visible ASCII, space, tab and
+/// obs-text (bytes 0x80-0xFF), so UTF-8 text such as `José` passes through
+/// byte for byte, as nginx and APISIX pass it; CR, LF, NUL, DEL and the other
+/// control characters (tab aside) are refused, since they would split or
+/// end the header.
+///
+/// ```
+/// use extplug_wire::checked_header_value;
+/// assert_eq!(checked_header_value("José").unwrap().as_bytes(), "José".as_bytes());
+/// assert!(checked_header_value("a\r\nb").is_err());
+/// ```
+///
+/// # Errors
+/// An [`InvalidValue`] (`"header value"`, the value quoted) for a value
+/// with a control character other than tab.
+pub fn checked_header_value(value: &str) -> Result<HeaderValue, InvalidValue> {
+    // `from_bytes`, not `from_str`: since `http` 1.6, `from_str` accepts
+    // visible ASCII only, refusing the obs-text bytes that UTF-8 text is
+    // made of; `from_bytes` checks exactly RFC 9110's field-value.
+    HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
+        InvalidValue::new(
             "header value",
             format!("{value:?}"),
             "a header value cannot have control characters other than tab",
-        )),
-    }
+        )
+    })
+}
+
+/// Checks a header value given as text.
+fn value_from_str(value: &str) -> Result<String, InvalidValue> {
+    checked_header_value(value).map(|_| value.to_owned())
 }
 
 impl IntoHeaderValue for &str {
@@ -269,5 +295,33 @@ mod tests {
         }
         let latin1 = HeaderValue::from_bytes(b"caf\xe9").unwrap();
         assert!(latin1.into_header_value().is_err());
+    }
+
+    /// RFC 9110 section 5.5: UTF-8 text passes byte for byte (whatever the
+    /// `http` crate's `from_str` accepts); every control byte but tab, and
+    /// DEL, is refused.
+    #[test]
+    fn utf8_values_are_kept_byte_for_byte_and_control_bytes_refused() {
+        for good in [
+            "José",
+            r#"attachment; filename="résumé.pdf""#,
+            "日本語 ok",
+            "\u{a0}",
+            "a\tb",
+            " ",
+            "",
+        ] {
+            let value = checked_header_value(good).unwrap();
+            assert_eq!(value.as_bytes(), good.as_bytes(), "{good:?}");
+            assert_eq!(good.into_header_value().unwrap(), good);
+            assert_eq!(String::from(good).into_header_value().unwrap(), good);
+        }
+        for byte in (0u8..0x20).filter(|b| *b != b'\t').chain([0x7f]) {
+            let bad = format!("a{}b", byte as char);
+            let err = checked_header_value(&bad).unwrap_err();
+            assert_eq!(err.what(), "header value");
+            assert_eq!(err.value(), format!("{bad:?}"));
+            assert!(bad.as_str().into_header_value().is_err());
+        }
     }
 }

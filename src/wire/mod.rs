@@ -28,7 +28,9 @@ pub mod ext_plugin_capnp {
 }
 
 pub use codec::{Frame, FrameCodec, FrameError, MAX_PAYLOAD};
-pub use convert::{IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue};
+pub use convert::{
+    checked_header_value, IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue,
+};
 pub use info::InfoKey;
 pub use message::{
     DecodeError, Encode, ErrorCode, ErrorResp, ExtraInfoAnswer, MessageType, Payload, PrepareConf,

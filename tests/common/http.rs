@@ -20,7 +20,10 @@ pub struct Recorded {
     pub method: String,
     /// Path and query as sent on the wire.
     pub target: String,
+    /// Values made text (bytes that are not UTF-8 shown as U+FFFD).
     pub headers: Vec<(String, String)>,
+    /// The same headers with their values' exact bytes.
+    pub raw_headers: Vec<(String, Bytes)>,
     pub body: Bytes,
 }
 
@@ -30,6 +33,13 @@ impl Recorded {
     }
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
         super::values_named(&self.headers, name).collect()
+    }
+    /// The exact bytes of the first value of header `name`.
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.raw_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
     }
     /// The scripted runner's report of what it received.
     pub fn seen(&self) -> serde_json::Value {
@@ -108,6 +118,11 @@ async fn answer(
                     String::from_utf8_lossy(v.as_bytes()).into_owned(),
                 )
             })
+            .collect(),
+        raw_headers: head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), Bytes::copy_from_slice(v.as_bytes())))
             .collect(),
         body,
     });

@@ -268,7 +268,7 @@ pub(crate) fn from_plugin<V: AsRef<str>>(
         }
         let value = match value {
             None => None,
-            Some(v) => match HeaderValue::from_str(v.as_ref()) {
+            Some(v) => match extplug_wire::checked_header_value(v.as_ref()) {
                 Ok(v) => Some(v),
                 Err(_) => {
                     dropped_one(route, origin, parsed.as_str(), DropReason::InvalidValue);
@@ -361,6 +361,26 @@ mod tests {
         assert!(grew(DropReason::ConnectionListed) >= 1);
         assert!(grew(DropReason::InvalidName) >= 1);
         assert!(grew(DropReason::InvalidValue) >= 1);
+    }
+
+    /// RFC 9110 section 5.5: UTF-8 values from a plugin reach the message
+    /// byte for byte; CR, LF, NUL and the other control bytes do not.
+    #[test]
+    fn utf8_values_pass_byte_for_byte_and_line_breaks_are_dropped() {
+        let disposition = r#"attachment; filename="résumé.pdf""#;
+        let pairs = vec![
+            ("x-user".to_owned(), "José".to_owned()),
+            ("content-disposition".to_owned(), disposition.to_owned()),
+            ("x-bad".to_owned(), "a\r\nb".to_owned()),
+            ("x-nul".to_owned(), "a\0b".to_owned()),
+        ];
+        let map = map_from_plugin(pairs, "r", Origin::Plugin);
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["x-user"].as_bytes(), "José".as_bytes());
+        assert_eq!(
+            map["content-disposition"].as_bytes(),
+            disposition.as_bytes()
+        );
     }
 
     #[test]
