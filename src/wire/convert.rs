@@ -185,7 +185,7 @@ pub trait IntoHeaderValue {
 /// end the header.
 ///
 /// ```
-/// use extplug_wire::checked_header_value;
+/// use extplug::wire::checked_header_value;
 /// assert_eq!(checked_header_value("José").unwrap().as_bytes(), "José".as_bytes());
 /// assert!(checked_header_value("a\r\nb").is_err());
 /// ```

@@ -268,7 +268,7 @@ pub(crate) fn from_plugin<V: AsRef<str>>(
         }
         let value = match value {
             None => None,
-            Some(v) => match extplug_wire::checked_header_value(v.as_ref()) {
+            Some(v) => match crate::wire::checked_header_value(v.as_ref()) {
                 Ok(v) => Some(v),
                 Err(_) => {
                     dropped_one(route, origin, parsed.as_str(), DropReason::InvalidValue);
