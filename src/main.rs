@@ -364,10 +364,10 @@ fn check(path: &std::path::Path, config: &host::config::Config, offline: bool) -
         return ExitCode::SUCCESS;
     }
     let result = interruptible(|interrupted| async move {
-        match host::start_runner(config, &interrupted).await? {
+        match host::runner::set::Runners::start(config, &interrupted).await? {
             Some(runners) => {
                 runners.stop().await;
-                Ok::<bool, host::HostError>(true)
+                Ok::<bool, host::runner::set::StartError>(true)
             }
             None => Ok(false),
         }

@@ -390,7 +390,7 @@ async fn a_hung_runner_is_replaced_by_its_standby_at_once() {
 #[tokio::test]
 async fn upgrade_to_a_new_configuration_replaces_both_processes() {
     use extplug::host::config::Config;
-    use extplug::host::supervisor::{RunnerState, Supervisor};
+    use extplug::host::runner::supervisor::{RunnerState, Supervisor};
     let up = Upstream::start().await;
     let (cmd, _) = common::conf::bad("scripted");
     let conf = |version: &str| {

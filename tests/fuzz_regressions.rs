@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use extplug::host::config::Config;
-use extplug::host::path::normalize;
+use extplug::host::edge::path::normalize;
 use extplug::wire::{FrameCodec, Payload, RequestOutcome, MAX_PAYLOAD};
 use std::path::{Path, PathBuf};
 use tokio_util::codec::Decoder;

@@ -117,7 +117,7 @@ async fn a_token_from_a_replaced_runner_never_runs_another_routes_chain() {
         ),
     ]);
     let proxy = ProxyProc::builder(&config(demo(), json!({}), routes))
-        .log_filter("info,extplug::host::client=debug")
+        .log_filter("info,extplug::host::runner::client=debug")
         .start();
     proxy.wait_runner_ready(1);
 

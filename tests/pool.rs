@@ -135,7 +135,7 @@ async fn a_call_waiting_for_a_slow_client_gives_its_place_back() {
     c["ext-plugin"]["call_timeout_ms"] = json!(500);
     c["ext-plugin"]["standby"] = json!(false);
     let proxy = ProxyProc::builder(&c)
-        .log_filter("info,extplug::host::client=debug")
+        .log_filter("info,extplug::host::runner::client=debug")
         .start();
     proxy.wait_runner_ready(1);
     let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();

@@ -15,6 +15,16 @@ use std::time::Duration;
 /// without `runner` uses.
 pub const DEFAULT_RUNNER: &str = "default";
 
+/// The variables the host sets for the runner; the configured `env` may not
+/// name them (the configuration is refused). The third tells the runner
+/// that its output is relayed into the host's log (see
+/// [`crate::wire::LOG_RELAYED`]: one timestamp per line, the host's).
+pub const RESERVED_ENV: [&str; 3] = [
+    "APISIX_LISTEN_ADDRESS",
+    "APISIX_CONF_EXPIRE_TIME",
+    crate::wire::LOG_RELAYED,
+];
+
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -69,7 +79,7 @@ pub struct Config {
     pub admin: Option<AdminConf>,
     /// Where the routes come from when not from this file: an etcd cluster
     /// holding APISIX's keys (`"etcd": {...}`); `routes` is empty then, and
-    /// filled by [`super::source::etcd`].
+    /// filled by [`crate::host::source::etcd`].
     pub etcd: Option<EtcdConf>,
 }
 
@@ -1015,7 +1025,7 @@ fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError> {
 fn check_env(section: &str, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for (name, value) in env {
         let field = format!("`{section}.env.{name}`");
-        if super::supervisor::RESERVED_ENV.contains(&name.as_str()) {
+        if RESERVED_ENV.contains(&name.as_str()) {
             return Err(ConfigError(format!(
                 "{field}: the host sets {name} for the runner itself; remove it from `env`"
             )));
@@ -1298,7 +1308,7 @@ fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
 }
 
 /// Requests are routed by their normalized, decoded path
-/// ([`crate::host::path`]): a route URI in another form would never match,
+/// ([`crate::host::edge::path`]): a route URI in another form would never match,
 /// and its requests would fall to a broader route, without this route's
 /// plugins. Refuses percent escapes, `;`, and dot segments or repeated
 /// slashes in whole segments (a prefix's last, partial segment may start
@@ -1315,7 +1325,7 @@ fn check_route_uri(uri: &str) -> Result<(), String> {
             && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
     });
     if let Some(at) = escape {
-        let hint = crate::host::path::normalize(text)
+        let hint = crate::host::edge::path::normalize(text)
             .map(|p| format!("; write {:?}", format!("{p}{star}")))
             .unwrap_or_default();
         return Err(format!(
@@ -1331,7 +1341,7 @@ fn check_route_uri(uri: &str) -> Result<(), String> {
         Some(i) if !star.is_empty() => &text[..=i],
         _ => text,
     };
-    let normalized = crate::host::path::normalize_decoded(whole)
+    let normalized = crate::host::edge::path::normalize_decoded(whole)
         .map_err(|e| format!("`uri` {uri:?} is not a path a request can have: {e}"))?;
     if normalized.as_str() != whole {
         return Err(format!(

@@ -10,7 +10,7 @@
 //! it streams to the upstream records its failure in the same place, so the
 //! pipeline can tell "the client stalled" from "the upstream failed".
 
-use super::{full, Body, BoxError};
+use super::answer::{full, Body, BoxError};
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::HeaderMap;

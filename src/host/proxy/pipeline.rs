@@ -6,71 +6,25 @@
 //! call, a lazy EXTRA_INFO read, streaming to the upstream): 400/408/413 for
 //! the client's body, 502 for the upstream's, with or without degradation.
 
+use super::answer::{error_response, full, Body};
 use super::body::{BodyError, MessageBody, Side};
+use super::exchange::Exchange;
 use super::headers::{self, Origin};
 use super::query::{parse_query, rewrite_query, target, target_of};
-use super::{error_response, full, Body, Proxy};
-use crate::host::client::{CallError, InfoProvider};
-use crate::host::config::{Phase, PhaseConf, Route};
+use super::snapshot::Proxy;
+use crate::host::config::{Phase, PhaseConf};
+use crate::host::edge::path;
 use crate::host::metrics;
-use crate::host::path::{self, NormalizedPath};
-use crate::host::vars::{self, VarCtx};
+use crate::host::proxy::vars::{self, VarCtx};
+use crate::host::runner::client::{CallError, InfoProvider};
 use crate::wire::{InfoKey, RequestOutcome, RequestParts, ResponseParts, Rewrite};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tracing::{debug, error, warn};
-
-/// Everything about one request as it goes through the phases.
-pub(crate) struct Exchange {
-    pub(crate) route: Arc<Route>,
-    /// The request as it is now; its URI is the canonical origin-form
-    /// target of `path` (what the upstream gets).
-    pub(crate) head: http::request::Parts,
-    /// The request target as received (`request_uri`).
-    original_uri: Uri,
-    /// The normalized path, decoded: what was routed and what the runner sees.
-    path: NormalizedPath,
-    pub(crate) body: MessageBody,
-    pub(crate) peer: SocketAddr,
-    local: SocketAddr,
-    request_id: vars::RequestId,
-    /// Response headers added by request-phase rewrites (filtered).
-    resp_headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Exchange {
-    fn var_ctx(&self) -> VarCtx<'_> {
-        VarCtx {
-            head: &self.head,
-            original_uri: &self.original_uri,
-            peer: self.peer,
-            local: self.local,
-            route_id: &self.route.id,
-            request_id: self.request_id,
-        }
-    }
-
-    /// Logs a body failure and gives the client's answer for it.
-    pub(crate) fn body_failed(&self, side: Side, e: &BodyError) -> Response<Body> {
-        let status = e.status(side);
-        let message = match side {
-            Side::Request => {
-                warn!(route = %self.route.id, cause = %e, status = status.as_u16(), "request body failed");
-                format!("cannot read the request body: {e}")
-            }
-            Side::Response => {
-                error!(route = %self.route.id, cause = %e, status = status.as_u16(), "upstream body failed");
-                format!("upstream body failed: {e}")
-            }
-        };
-        error_response(status, &message)
-    }
-}
 
 /// How a phase failed.
 enum PhaseError {
@@ -110,7 +64,7 @@ fn bodiless(method: &Method, status: StatusCode) -> bool {
 ///   ([`headers::valid_host`]; user info in a target is refused too).
 fn check_head(req: &Request<Incoming>) -> Result<(), String> {
     let method = req.method().as_str();
-    if !crate::host::ingress::method_is_upper_case(method) {
+    if !crate::host::edge::ingress::method_is_upper_case(method) {
         return Err(format!("method {method:?} is not in upper case"));
     }
     let hosts = req.headers().get_all(HOST);
@@ -352,7 +306,7 @@ impl Proxy {
     ) {
         let class = match result {
             Ok(_) => metrics::CallResult::Ok,
-            Err(PhaseError::Call(e)) => metrics::CallResult::of(e),
+            Err(PhaseError::Call(e)) => e.result(),
             Err(PhaseError::Body(_)) => return,
         };
         let index = match phase {

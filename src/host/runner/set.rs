@@ -3,14 +3,38 @@
 //! or hanging never touches the routes on another.
 
 use super::client::ExtClient;
-use super::config::{Config, RunnerConf, DEFAULT_RUNNER};
-use super::preflight::preflight_on;
+use super::preflight::{preflight, ConfigRefused};
 use super::supervisor::{RunnerState, Supervisor};
-use super::HostError;
+use crate::host::config::{Config, RunnerConf, DEFAULT_RUNNER};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// Why the runners of a configuration did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A runner's private directory could not be created, or is not
+    /// private (the message names the path and what is wrong).
+    #[error("cannot prepare the runner's socket directory: {0}")]
+    RunnerDir(std::io::Error),
+    /// A runner did not start (missing or not executable program, exited
+    /// before opening its socket, did not open it in time), or a route
+    /// names a runner the configuration lacks.
+    #[error("the runner did not start: {0}")]
+    RunnerStart(String),
+    /// A runner refused a route's chain at start (see [`preflight`]).
+    #[error(transparent)]
+    Refused(#[from] ConfigRefused),
+}
+
+impl StartError {
+    /// Whether the configuration is at fault (a refused chain, a runner
+    /// that cannot start), rather than the machine (a directory).
+    pub fn is_config_error(&self) -> bool {
+        matches!(self, StartError::RunnerStart(_) | StartError::Refused(_))
+    }
+}
 
 /// One running runner: its configuration, supervisor and client.
 pub struct RunnerHandle {
@@ -29,15 +53,15 @@ impl RunnerHandle {
     /// again).
     ///
     /// # Errors
-    /// The socket directory cannot be created ([`HostError::RunnerDir`]) or
-    /// the runner does not start ([`HostError::RunnerStart`]; the message
+    /// The socket directory cannot be created ([`StartError::RunnerDir`]) or
+    /// the runner does not start ([`StartError::RunnerStart`]; the message
     /// names the runner unless it is the default one).
     pub async fn start(
         name: &str,
         conf: &RunnerConf,
         shutdown: &CancellationToken,
-    ) -> Result<Option<RunnerHandle>, HostError> {
-        let mut supervisor = Supervisor::start(conf.clone()).map_err(HostError::RunnerDir)?;
+    ) -> Result<Option<RunnerHandle>, StartError> {
+        let mut supervisor = Supervisor::start(conf.clone()).map_err(StartError::RunnerDir)?;
         let started = tokio::select! {
             started = supervisor.started() => Some(started),
             _ = shutdown.cancelled() => None,
@@ -46,7 +70,7 @@ impl RunnerHandle {
             Some(Ok(())) => {}
             Some(Err(reason)) => {
                 supervisor.stop().await;
-                return Err(HostError::RunnerStart(named(name, reason)));
+                return Err(StartError::RunnerStart(named(name, reason)));
             }
             None => {
                 supervisor.stop().await;
@@ -66,7 +90,7 @@ impl RunnerHandle {
 
 /// `reason`, prefixed with the runner's name when it is not the default
 /// runner (whose messages stay as they were with one runner).
-pub(crate) fn named(name: &str, reason: String) -> String {
+fn named(name: &str, reason: String) -> String {
     if name == DEFAULT_RUNNER {
         reason
     } else {
@@ -80,17 +104,17 @@ pub struct Runners(pub BTreeMap<String, RunnerHandle>);
 
 impl Runners {
     /// Starts every runner of `config` and has each prepare the chains that
-    /// run on it ([`preflight_on`]). Everything started is stopped again
+    /// run on it ([`preflight`]). Everything started is stopped again
     /// when one fails, or when `shutdown` is cancelled meanwhile (then
     /// `Ok(None)`).
     ///
     /// # Errors
     /// As for [`RunnerHandle::start`], or a runner refuses a chain
-    /// ([`HostError::Refused`]).
+    /// ([`StartError::Refused`]).
     pub async fn start(
         config: &Config,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Runners>, HostError> {
+    ) -> Result<Option<Runners>, StartError> {
         let mut runners = Runners::default();
         for (name, conf) in config.runner_confs() {
             match RunnerHandle::start(name, conf, shutdown).await {
@@ -127,15 +151,15 @@ impl Runners {
     /// Has each runner prepare the chains of `config` that run on it.
     ///
     /// # Errors
-    /// The first chain refused ([`HostError::Refused`]).
-    pub async fn preflight(&self, config: &Config) -> Result<(), HostError> {
+    /// The first chain refused ([`StartError::Refused`]).
+    pub async fn preflight(&self, config: &Config) -> Result<(), StartError> {
         for (name, handle) in &self.0 {
-            preflight_on(config, name, &handle.client).await?;
+            preflight(&config.routes, name, &handle.client).await?;
         }
         Ok(())
     }
 
-    /// The clients by name, for [`super::proxy::Proxy::with_runners`].
+    /// The clients by name, for [`crate::host::proxy::Proxy::with_runners`].
     pub fn clients(&self) -> HashMap<String, Arc<ExtClient>> {
         self.0
             .iter()

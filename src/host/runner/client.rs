@@ -19,8 +19,9 @@
 //! EXTRA_INFO answer (reading a slow client's body, say) the clock stops, so
 //! a slow client can neither time the call out nor get the runner replaced.
 
-use super::config::{PhaseConf, RunnerConf};
-use super::supervisor::{Lease, Restarter, RunnerState};
+use crate::host::config::{PhaseConf, RunnerConf};
+use crate::host::metrics::CallResult;
+use crate::host::runner::supervisor::{Lease, Restarter, RunnerState};
 use crate::wire::{
     Encode, ErrorCode, ExtraInfoAnswer, Frame, FrameCodec, FrameError, InfoKey, MessageType, Needs,
     Payload, PrepareConf, ReqCall, RequestOutcome, RequestParts, RespCall, ResponseOutcome,
@@ -76,6 +77,20 @@ pub enum CallError {
     /// The connection broke during the call.
     #[error("runner connection failed during the call: {0}")]
     Broken(String),
+}
+
+impl CallError {
+    /// The `result` label of `extplug_runner_calls_total` for this failure.
+    pub fn result(&self) -> CallResult {
+        match self {
+            CallError::RunnerDown(_) => CallResult::Down,
+            CallError::Connect(_) => CallResult::Connect,
+            CallError::TimedOut(_) => CallResult::Timeout,
+            CallError::Refused { .. } | CallError::ChainRefused(_) => CallResult::Refused,
+            CallError::Malformed(_) => CallResult::Malformed,
+            CallError::Broken(_) => CallResult::Broken,
+        }
+    }
 }
 
 /// How [`ExtClient::exchange_on`] failed.
@@ -158,7 +173,7 @@ struct PooledConn {
     /// Whether it served a call before: the runner may have closed it since.
     reused: bool,
     /// Counted in `extplug_runner_connections` while it is open.
-    _counted: super::metrics::ConnectionCount,
+    _counted: crate::host::metrics::ConnectionCount,
 }
 
 /// What an idle pooled connection looks like when it is checked out.
@@ -231,7 +246,7 @@ pub struct ExtClient {
     /// Calls timed out in a row (any success resets it).
     timeouts: AtomicU32,
     /// The runner's metrics series.
-    metrics: super::metrics::RunnerHandles,
+    metrics: crate::host::metrics::RunnerHandles,
 }
 
 impl ExtClient {
@@ -250,14 +265,14 @@ impl ExtClient {
             restarter: None,
             restart_after: conf.restart_after_timeouts,
             timeouts: AtomicU32::new(0),
-            metrics: super::metrics::RunnerHandles::new(&conf.name),
+            metrics: crate::host::metrics::RunnerHandles::new(&conf.name),
         }
     }
 
     /// Names the runner in the client's metrics (`runner` label; default
-    /// [`super::metrics::DEFAULT_RUNNER`]).
+    /// [`crate::host::config::DEFAULT_RUNNER`]).
     pub fn with_runner_name(mut self, name: &str) -> Self {
-        self.metrics = super::metrics::RunnerHandles::new(name);
+        self.metrics = crate::host::metrics::RunnerHandles::new(name);
         self
     }
 
@@ -395,7 +410,7 @@ impl ExtClient {
                 }
                 Err(e) => return Err(CallError::Connect(e)),
             };
-            if let Err(why) = super::supervisor::check_peer(&stream, pid) {
+            if let Err(why) = crate::host::runner::process::check_peer(&stream, pid) {
                 error!(generation, socket = %socket.display(), "{why}: connection refused");
                 return Err(CallError::Connect(std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
@@ -995,7 +1010,7 @@ mod tests {
             conf: Vec::new(),
             allow_degradation: false,
             extra_info: Vec::new(),
-            runner: super::super::config::DEFAULT_RUNNER.to_owned(),
+            runner: crate::host::config::DEFAULT_RUNNER.to_owned(),
             key: key.to_owned(),
         }
     }

@@ -8,13 +8,11 @@
 //!                              └─ end: 408 if a header was cut short, FIN, lingering read
 //! ```
 
-mod client_io;
-
-use super::config::ClientLimits;
-use super::ingress;
-use super::proxy::{Body, BoxError, Proxy, ProxyCell};
+use super::client_io::{ClientIo, Clock, Expiry, InFlight};
+use crate::host::config::ClientLimits;
+use crate::host::edge::ingress;
+use crate::host::proxy::{Body, BoxError, Proxy, ProxyCell};
 use bytes::Bytes;
-use client_io::{ClientIo, Clock, Expiry, InFlight};
 use http::{Request, Response};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
@@ -245,7 +243,7 @@ async fn answer(
 /// Closes gracefully: FIN, then read and discard what the client still
 /// sends until it closes too, for at most [`LINGER`].
 async fn linger(stream: &TcpStream) {
-    if client_io::shutdown_write(stream).is_err() {
+    if super::client_io::shutdown_write(stream).is_err() {
         return;
     }
     let mut sink = vec![0u8; 4096];

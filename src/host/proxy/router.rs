@@ -3,7 +3,7 @@
 //! one, then the higher `priority`, then file order). Disabled routes
 //! (`status: 0`) match nothing.
 
-use super::config::{Route, UriPattern};
+use crate::host::config::{Route, UriPattern};
 use http::Method;
 use std::sync::Arc;
 

@@ -6,18 +6,17 @@
 //! reports to the supervisor (`Event`); the supervisor decides what the
 //! process is for (active, standby, upgrade candidate) and when to replace it.
 
-use super::config::RunnerConf;
-use super::supervisor::InUse;
+use crate::host::config::{RunnerConf, RESERVED_ENV};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -237,13 +236,13 @@ pub(super) fn describe(status: std::io::Result<std::process::ExitStatus>) -> Str
 }
 
 /// Checks the runner's program before its first start (see
-/// [`super::runner_cmd::resolve`]), with the runner's `PATH`.
+/// [`crate::host::runner::program::resolve`]), with the runner's `PATH`.
 pub(super) fn check_program(conf: &RunnerConf) -> std::io::Result<()> {
     let path_var = match conf.env.get("PATH") {
         Some(p) => Some(std::ffi::OsString::from(p)),
         None => std::env::var_os("PATH"),
     };
-    super::runner_cmd::resolve(&conf.cmd[0], path_var.as_deref())
+    crate::host::runner::program::resolve(&conf.cmd[0], path_var.as_deref())
         .map(|_| ())
         .map_err(std::io::Error::other)
 }
@@ -298,24 +297,15 @@ pub(super) fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<(Child,
     let mut cmd = Command::new(&conf.cmd[0]);
     cmd.args(&conf.cmd[1..])
         .env_clear()
-        .envs(
-            std::env::vars_os()
-                .filter(|(k, _)| k.to_str().is_some_and(super::supervisor::inherited)),
-        )
+        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(inherited)))
         // The runner logs as we do (its `env` may say otherwise).
-        .env(crate::LOG_FORMAT_ENV, log_format_name())
+        .env(crate::wire::LOG_FORMAT_ENV, log_format_name())
         .envs(&conf.env)
         // Last: the configured `env` cannot override them.
-        .env(
-            super::supervisor::RESERVED_ENV[0],
-            format!("unix:{}", socket.display()),
-        )
-        .env(
-            super::supervisor::RESERVED_ENV[1],
-            conf.conf_expire.as_secs().to_string(),
-        )
+        .env(RESERVED_ENV[0], format!("unix:{}", socket.display()))
+        .env(RESERVED_ENV[1], conf.conf_expire.as_secs().to_string())
         // Our log line has the timestamp: the runner leaves its own out.
-        .env(super::supervisor::RESERVED_ENV[2], "1")
+        .env(RESERVED_ENV[2], "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -337,7 +327,7 @@ pub(super) fn spawn(conf: &RunnerConf, socket: &Path) -> std::io::Result<(Child,
     Ok((child, tail))
 }
 
-/// The value of [`crate::LOG_FORMAT_ENV`] for the host's log format.
+/// The value of [`crate::wire::LOG_FORMAT_ENV`] for the host's log format.
 fn log_format_name() -> &'static str {
     match crate::host::logging::log_format() {
         crate::host::logging::LogFormat::Json => "json",
@@ -399,7 +389,7 @@ async fn read_line_capped(
 }
 
 /// Forwards a runner output stream to our log, line by line, tagged with its
-/// pid and runner name (see [`super::runner_log`]).
+/// pid and runner name (see [`crate::host::runner::output`]).
 async fn forward(
     stream: impl AsyncRead + Unpin,
     pid: u32,
@@ -417,7 +407,7 @@ async fn forward(
             .strip_suffix('\n')
             .map(|l| l.strip_suffix('\r').unwrap_or(l))
             .unwrap_or(&text);
-        super::runner_log::forward_line(line, pid, &runner, name);
+        crate::host::runner::output::forward_line(line, pid, &runner, name);
         if let Some(tail) = &tail {
             tail.push(line);
         }
@@ -499,4 +489,63 @@ pub(super) async fn stop_child(runner: &str, child: &mut Child, grace: Duration)
             let _ = child.wait().await;
         }
     }
+}
+
+/// Connections checked out by the client, per runner generation.
+#[derive(Debug, Default)]
+pub struct InUse {
+    pub(super) counts: Mutex<HashMap<u64, usize>>,
+    pub(super) released: Notify,
+}
+
+impl InUse {
+    /// Waits until no connection to the runner of `generation` is in use.
+    pub async fn drained(&self, generation: u64) {
+        loop {
+            // Registered before the check: a release in between still wakes us.
+            let released = self.released.notified();
+            let busy = self
+                .counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&generation)
+                .copied()
+                .unwrap_or(0);
+            if busy == 0 {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
+/// The locale variables of POSIX and glibc.
+const LOCALE_VARS: [&str; 13] = [
+    "LC_ALL",
+    "LC_ADDRESS",
+    "LC_COLLATE",
+    "LC_CTYPE",
+    "LC_IDENTIFICATION",
+    "LC_MEASUREMENT",
+    "LC_MESSAGES",
+    "LC_MONETARY",
+    "LC_NAME",
+    "LC_NUMERIC",
+    "LC_PAPER",
+    "LC_TELEPHONE",
+    "LC_TIME",
+];
+
+/// Whether the host's variable `name` is passed on to the runner. Everything
+/// else is not (as nginx clears its workers' environment): the host's secrets
+/// stay the host's.
+///
+/// The locale variables are named one by one, not matched as `LC_*`: any
+/// other name that starts so (a secret, or what ssh passes on from its
+/// client) stays the host's.
+pub fn inherited(name: &str) -> bool {
+    matches!(
+        name,
+        "PATH" | "HOME" | "LANG" | "TZ" | "RUST_LOG" | "RUST_BACKTRACE"
+    ) || LOCALE_VARS.contains(&name)
 }

@@ -1,8 +1,8 @@
 //! The runner's supervisor: it keeps a runner process *active* (the one calls
 //! go to) and, with `standby` (the default), a second one ready to take over,
-//! each on its own socket in a private directory ([`super::runner_dir`]).
+//! each on its own socket in a private directory ([`crate::host::runner::dir`]).
 //! One process's life (start, readiness, output, stop) is
-//! [`super::runner_proc`]'s; the policy is here:
+//! [`crate::host::runner::process`]'s; the policy is here:
 //!
 //! - **Failover.** When the active runner dies, or stops answering (see
 //!   [`Restarter::restart`]), the standby becomes the active one at once
@@ -31,16 +31,15 @@
 //! ([`RunnerState`]): the client reads it before each call, so calls made
 //! while no runner is up fail at once instead of hanging.
 
-use super::config::RunnerConf;
-use super::metrics;
-use super::runner_dir::RunnerDir;
-pub use super::runner_proc::check_peer;
-use super::runner_proc::{launch, Ctl, Event};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use crate::host::config::RunnerConf;
+use crate::host::metrics;
+use crate::host::runner::dir::RunnerDir;
+use crate::host::runner::process::{launch, Ctl, Event, InUse};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -72,7 +71,7 @@ pub enum RunnerState {
         /// Counts starts; tokens from another generation are void.
         generation: u64,
         /// The runner's pid: a connection whose peer is another process
-        /// (see [`check_peer`]) is refused.
+        /// (see [`check_peer`](super::process::check_peer)) is refused.
         pid: u32,
     },
     /// Exited or failed to start; a restart is coming (calls fail at once).
@@ -174,34 +173,6 @@ impl Restarter {
     }
 }
 
-/// Connections checked out by the client, per runner generation.
-#[derive(Debug, Default)]
-pub struct InUse {
-    counts: Mutex<HashMap<u64, usize>>,
-    released: Notify,
-}
-
-impl InUse {
-    /// Waits until no connection to the runner of `generation` is in use.
-    pub async fn drained(&self, generation: u64) {
-        loop {
-            // Registered before the check: a release in between still wakes us.
-            let released = self.released.notified();
-            let busy = self
-                .counts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&generation)
-                .copied()
-                .unwrap_or(0);
-            if busy == 0 {
-                return;
-            }
-            released.await;
-        }
-    }
-}
-
 /// A connection to one runner generation in use (see [`Restarter::lease`]).
 #[derive(Debug)]
 pub struct Lease {
@@ -230,7 +201,7 @@ impl Supervisor {
     /// (no restart).
     ///
     /// Directories left in the temp dir by hosts that were killed are
-    /// removed first (see [`super::runner_dir`]).
+    /// removed first (see [`crate::host::runner::dir`]).
     ///
     /// # Errors
     /// The private socket directory could not be created, or is not private
@@ -809,47 +780,6 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// The variables the host sets for the runner; the configured `env` may not
-/// name them (the configuration is refused). The third tells the runner
-/// that its output is relayed into the host's log (see
-/// [`crate::wire::LOG_RELAYED`]: one timestamp per line, the host's).
-pub const RESERVED_ENV: [&str; 3] = [
-    "APISIX_LISTEN_ADDRESS",
-    "APISIX_CONF_EXPIRE_TIME",
-    crate::wire::LOG_RELAYED,
-];
-
-/// The locale variables of POSIX and glibc.
-const LOCALE_VARS: [&str; 13] = [
-    "LC_ALL",
-    "LC_ADDRESS",
-    "LC_COLLATE",
-    "LC_CTYPE",
-    "LC_IDENTIFICATION",
-    "LC_MEASUREMENT",
-    "LC_MESSAGES",
-    "LC_MONETARY",
-    "LC_NAME",
-    "LC_NUMERIC",
-    "LC_PAPER",
-    "LC_TELEPHONE",
-    "LC_TIME",
-];
-
-/// Whether the host's variable `name` is passed on to the runner. Everything
-/// else is not (as nginx clears its workers' environment): the host's secrets
-/// stay the host's.
-///
-/// The locale variables are named one by one, not matched as `LC_*`: any
-/// other name that starts so (a secret, or what ssh passes on from its
-/// client) stays the host's.
-pub fn inherited(name: &str) -> bool {
-    matches!(
-        name,
-        "PATH" | "HOME" | "LANG" | "TZ" | "RUST_LOG" | "RUST_BACKTRACE"
-    ) || LOCALE_VARS.contains(&name)
 }
 
 #[cfg(test)]
