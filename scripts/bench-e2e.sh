@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end benchmark, measured as a user would (README, "Performance"):
+# End-to-end benchmark, measured as a user would (docs/performance.md):
 # an external load generator (wrk) against
 #   - nginx as a reverse proxy,
 #   - `extplug proxy` with the example runner, on four routes:

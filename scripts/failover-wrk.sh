@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Measures what runner failures and upgrades cost under load (README,
-# "What each failure costs"): the release proxy with the example runner on a
-# route with `rewrite` in ext-plugin-pre-req, in front of `extplug echo`,
+# Measures what runner failures and upgrades cost under load
+# (docs/reliability.md, "What each failure costs"; reloads: docs/operations.md,
+# "Reload"): the release proxy with the example runner on a route with
+# `rewrite` in ext-plugin-pre-req, in front of `extplug echo`,
 # loaded with `wrk -t2 -c16 -d30s` while this script
 #   kill:    SIGKILLs the active runner every 2 s, and measures for each kill
 #            the time until a probe gets a 200 again (the gap);

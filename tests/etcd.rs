@@ -629,7 +629,7 @@ async fn a_new_cluster_behind_the_revision_applied_is_read_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_fleet_walkthrough_config_and_etcdctl_puts_work_as_written() {
+async fn the_fleet_guide_walkthrough_config_and_etcdctl_puts_work_as_written() {
     let etcd = Etcd::start();
     let up = Upstream::start().await;
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -644,10 +644,10 @@ async fn the_readme_fleet_walkthrough_config_and_etcdctl_puts_work_as_written() 
     conf["ext-plugin"]["cmd"] = json!(demo());
     let n = ProxyProc::start(&conf);
 
-    // The README's `etcdctl put` lines, run as written (the upstream's
+    // The fleet guide's `etcdctl put` lines, run as written (the upstream's
     // address aside).
-    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
-    let walk = &readme[readme.find("**Try it on one machine**").unwrap()..];
+    let guide = std::fs::read_to_string(repo.join("docs/fleet.md")).unwrap();
+    let walk = &guide[guide.find("\n## Try it on one machine\n").unwrap()..];
     let walk = &walk[..walk.find("\n```\n").unwrap()];
     let mut puts = 0;
     let mut rest = walk;
@@ -662,7 +662,7 @@ async fn the_readme_fleet_walkthrough_config_and_etcdctl_puts_work_as_written() 
     }
     assert_eq!(puts, 2, "the upstream and the route:\n{walk}");
     let hello = n.url("/hello");
-    until(&n, "/hello", "the README's route", |g| g.status == 401).await;
+    until(&n, "/hello", "the fleet guide's route", |g| g.status == 401).await;
     let got = send("GET", &hello, &[("x-api-key", "k1")], "").await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(got.text(), "upstream says hi");

@@ -143,18 +143,19 @@ fn the_template_compiles_no_host_dependency() {
     );
 }
 
-/// The README's plugin guide shows the template's code: every `rust`, `toml`
-/// and `json` block of its "Writing plugins" section is, verbatim, part of
-/// the template's `src/main.rs`, `Cargo.toml` or `gateway.json`, which the
-/// test above builds and runs. So every block of the guide compiles.
+/// The plugin author's guide shows the template's code: every `rust`,
+/// `toml` and `json` block of the "A plugin, step by step" section of
+/// `docs/plugins.md` is, verbatim, part of the template's `src/main.rs`,
+/// `Cargo.toml` or `gateway.json`, which the test above builds and runs. So
+/// every block of the guide compiles.
 #[test]
-fn the_readme_guide_shows_the_template_verbatim() {
+fn the_plugin_guide_shows_the_template_verbatim() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let start = readme
-        .find("\n## Writing plugins\n")
-        .expect("README has a \"Writing plugins\" section");
-    let section = &readme[start + 1..];
+    let guide = std::fs::read_to_string(root.join("docs/plugins.md")).unwrap();
+    let start = guide
+        .find("\n## A plugin, step by step\n")
+        .expect("docs/plugins.md has an \"A plugin, step by step\" section");
+    let section = &guide[start + 1..];
     let section = &section[..section.find("\n## ").unwrap_or(section.len())];
     let read = |file: &str| std::fs::read_to_string(template_dir().join(file)).unwrap();
     let (main_rs, cargo_toml, gateway) = (
@@ -181,7 +182,7 @@ fn the_readme_guide_shows_the_template_verbatim() {
         };
         assert!(
             text.contains(&block),
-            "a {lang} block of the README's guide is not in the template's {file}:\n{block}"
+            "a {lang} block of docs/plugins.md is not in the template's {file}:\n{block}"
         );
         checked.push(lang.to_owned());
     }
