@@ -213,6 +213,11 @@ fn breaches(modules: &BTreeMap<ModPath, String>) -> Vec<String> {
     let mut found = Vec::new();
     let mut edges: BTreeMap<ModPath, BTreeSet<ModPath>> = BTreeMap::new();
     for (from, text) in modules {
+        // A unit tests module in its own file (`config/tests.rs`) may reach
+        // anywhere, as one at the end of a file does.
+        if from.last().is_some_and(|m| m == "tests") {
+            continue;
+        }
         if let Err(e) = layer(from) {
             found.push(e);
         }

@@ -5,11 +5,9 @@
 //! route phase picks its runner by name, and a runner killed does not touch
 //! the routes of another.
 
-mod common;
-
 use bytes::Bytes;
-use common::conf::{config, demo, phase, route};
-use common::http::{children_of, get, ProxyProc, Upstream};
+use crate::support::conf::{config, demo, phase, route};
+use crate::support::http::{children_of, get, ProxyProc, Upstream};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -28,7 +26,7 @@ fn say(body: &str) -> Value {
 
 /// The default runner's configuration with these routes. Without a
 /// standby: these tests count runner processes to see what a reload kept,
-/// started and stopped (failover has its own tests, tests/failover.rs).
+/// started and stopped (failover has its own tests, tests/load/failover.rs).
 fn with_routes(routes: Value) -> Value {
     let mut c = config(demo(), json!({}), routes);
     c["ext-plugin"]["standby"] = json!(false);
@@ -416,7 +414,7 @@ async fn an_unknown_runner_name_is_refused_at_start_and_at_reload() {
     let up = Upstream::start().await;
     let mut c = two_runners(up.addr, json!({}));
     c["routes"][1]["plugins"]["ext-plugin-pre-req"]["runner"] = json!("nope");
-    let out = common::extplug_exits(&["proxy"], &c, "info");
+    let out = crate::support::extplug_exits(&["proxy"], &c, "info");
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(
         out.stderr.contains("route `b`")

@@ -3,11 +3,9 @@
 //! chain refused later answers 500 naming the route; one timestamp per
 //! relayed runner line; route errors with their line and column.
 
-mod common;
-
-use common::conf::{bad, config, demo, phase, route, scripted};
-use common::extplug_exits;
-use common::http::{get, Upstream};
+use crate::support::conf::{bad, config, demo, phase, route, scripted};
+use crate::support::extplug_exits;
+use crate::support::http::{get, Upstream};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 
@@ -176,7 +174,7 @@ async fn a_relayed_runner_line_has_one_timestamp() {
         up.addr,
         json!({"ext-plugin-pre-req": phase(&[("say", json!({"body": "x"}))])})
     )]);
-    let proxy = common::http::ProxyProc::start(&config(demo(), json!({}), routes));
+    let proxy = crate::support::http::ProxyProc::start(&config(demo(), json!({}), routes));
     proxy.wait_runner_ready(1);
     proxy.wait_log("runner listening", 1);
     let log = proxy.log();
@@ -232,7 +230,7 @@ fn a_route_error_has_its_line_and_column() {
 
 #[test]
 fn a_runner_environment_error_is_printed_once() {
-    let out = std::process::Command::new(common::demo_runner())
+    let out = std::process::Command::new(crate::support::demo_runner())
         .env_clear()
         .env("APISIX_LISTEN_ADDRESS", "unix:/tmp/never-used.sock")
         .env("APISIX_CONF_EXPIRE_TIME", "soon")
@@ -286,7 +284,7 @@ fn a_signal_during_the_start_stops_the_proxy_cleanly() {
         assert!(std::time::Instant::now() < deadline, "no runner");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let runner = common::http::children_of(child.id() as i32);
+    let runner = crate::support::http::children_of(child.id() as i32);
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -295,7 +293,7 @@ fn a_signal_during_the_start_stops_the_proxy_cleanly() {
     assert!(out.stdout.is_empty(), "it never listened");
     assert!(stderr.contains("stopped while starting"), "{stderr}");
     assert!(
-        runner.iter().all(|p| !common::http::alive(*p)),
+        runner.iter().all(|p| !crate::support::http::alive(*p)),
         "{runner:?}"
     );
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{stderr}");

@@ -2,8 +2,6 @@
 //! never asserted in tests, only measured with `extplug bench` and
 //! `scripts/bench-e2e.sh`).
 
-mod common;
-
 use std::process::{Command, Output};
 
 fn bench(args: &[&str]) -> Output {
@@ -11,7 +9,7 @@ fn bench(args: &[&str]) -> Output {
         .arg("bench")
         .args(args)
         .arg("--runner")
-        .arg(common::demo_runner())
+        .arg(crate::support::demo_runner())
         .output()
         .unwrap()
 }

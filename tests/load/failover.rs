@@ -2,10 +2,8 @@
 //! real `extplug proxy`, real runner processes and real HTTP under load (a
 //! bounded number of concurrent clients; failures are counted exactly).
 
-mod common;
-
-use common::conf::{config, demo, phase, route};
-use common::http::{alive, get, ProxyProc, Upstream};
+use crate::support::conf::{config, demo, phase, route};
+use crate::support::http::{alive, get, ProxyProc, Upstream};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -161,7 +159,7 @@ fn write_wrapper(path: &Path, version: &str, body: &str) {
 }
 
 fn scripted_exec() -> String {
-    format!("exec {}", common::example("bad-runner").display())
+    format!("exec {}", crate::support::example("bad-runner").display())
 }
 
 fn wrapped_proxy(up: &Upstream, script: &Path) -> ProxyProc {
@@ -292,7 +290,7 @@ async fn a_crash_loop_is_backed_off_and_a_runner_that_served_is_replaced_at_once
     let body = format!(
         "if [ -e {} ]; then echo 'crashing at start' >&2; exit 3; fi\nexec {}",
         flag.display(),
-        common::demo_runner().display()
+        crate::support::demo_runner().display()
     );
     write_wrapper(&script, "v", &body);
     let proxy = ProxyProc::start(&config(
@@ -392,7 +390,7 @@ async fn upgrade_to_a_new_configuration_replaces_both_processes() {
     use extplug::host::config::Config;
     use extplug::host::runner::supervisor::{RunnerState, Supervisor};
     let up = Upstream::start().await;
-    let (cmd, _) = common::conf::bad("scripted");
+    let (cmd, _) = crate::support::conf::bad("scripted");
     let conf = |version: &str| {
         let c = config(
             cmd.clone(),
@@ -428,7 +426,7 @@ async fn upgrade_to_a_new_configuration_replaces_both_processes() {
     // The standby is new too: every child of ours runs "two".
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let children = common::http::children_of(std::process::id() as i32);
+        let children = crate::support::http::children_of(std::process::id() as i32);
         let runners: Vec<_> = children
             .iter()
             .filter_map(|pid| environ_var(*pid, "RUNNER_TEST_VAR"))

@@ -9,11 +9,9 @@
 //! and why not. Every wait is bounded; etcd is killed and its data removed
 //! even when a test fails.
 
-mod common;
-
-use common::conf::{demo, phase};
-use common::etcd::{free_port, Etcd};
-use common::http::{get, send, Got, ProxyProc, Upstream};
+use crate::support::conf::{demo, phase};
+use crate::support::etcd::{free_port, Etcd};
+use crate::support::http::{get, send, Got, ProxyProc, Upstream};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -387,7 +385,7 @@ async fn a_reload_of_the_file_keeps_the_routes_from_etcd() {
     serves(&[&n], "/hello", "v1").await;
     let reload = || async {
         let url = format!("http://{}/reload", n.admin.unwrap());
-        common::http::send("POST", &url, &[], "").await
+        crate::support::http::send("POST", &url, &[], "").await
     };
     let got = reload().await;
     assert_eq!(got.status, 200, "{}", got.text());

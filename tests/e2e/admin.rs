@@ -3,10 +3,8 @@
 //! `/readyz` while the runner is up and while it restarts, `/metrics` values
 //! moving with traffic and faults, JSON logs, and the demo's admin URL.
 
-mod common;
-
-use common::conf::{bad, config, demo, phase, route};
-use common::http::{get, send, ProxyProc, Upstream};
+use crate::support::conf::{bad, config, demo, phase, route};
+use crate::support::http::{get, send, ProxyProc, Upstream};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -15,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// The admin listener on any free port. Without a standby runner: these
 /// tests find the runner among the proxy's children and count its restarts
-/// one process at a time (failover has its own tests, tests/failover.rs).
+/// one process at a time (failover has its own tests, tests/load/failover.rs).
 fn with_admin(mut c: Value) -> Value {
     c["admin"] = json!({ "listen": "127.0.0.1:0" });
     c["ext-plugin"]["standby"] = json!(false);
@@ -254,7 +252,7 @@ async fn readyz_is_503_with_the_reason_while_the_runner_restarts() {
     let script = format!(
         "if [ -e '{m}' ]; then sleep 2; fi; touch '{m}'; exec '{r}'",
         m = mark.display(),
-        r = common::demo_runner().display()
+        r = crate::support::demo_runner().display()
     );
     let cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), script];
     let c = with_admin(config(
@@ -357,7 +355,7 @@ async fn json_logs_are_one_object_per_line_with_relayed_runner_lines() {
 
 #[tokio::test]
 async fn the_demo_prints_its_admin_url_and_serves_it() {
-    let mut child = common::spawn_demo();
+    let mut child = crate::support::spawn_demo();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     let mut second = String::new();
@@ -375,7 +373,7 @@ async fn the_demo_prints_its_admin_url_and_serves_it() {
         }
         None => Err(format!("no admin line: {first:?} {second:?}")),
     };
-    common::stop_gracefully(&mut child, common::http::DROP_GRACE);
+    crate::support::stop_gracefully(&mut child, crate::support::http::DROP_GRACE);
     let (health, metrics) = result.unwrap();
     assert_eq!(health, 200);
     assert!(

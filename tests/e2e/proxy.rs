@@ -1,10 +1,8 @@
 //! The real `extplug proxy` with a real runner (`demo-runner`, or the
 //! misbehaving `bad-runner`) in front of a recording upstream in the test.
 
-mod common;
-
-use common::conf::{bad, config, demo, phase, route, scripted};
-use common::http::{alive, get, send, ProxyProc, Upstream};
+use crate::support::conf::{bad, config, demo, phase, route, scripted};
+use crate::support::http::{alive, get, send, ProxyProc, Upstream};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -202,7 +200,7 @@ fn confs_refused_by_the_runner_refuse_the_start() {
         "127.0.0.1:1".parse().unwrap(),
         json!({"ext-plugin-pre-req": phase(&[("no-such-plugin", json!({}))])})
     )]);
-    let out = common::extplug_exits(&["proxy"], &config(demo(), json!({}), routes), "info");
+    let out = crate::support::extplug_exits(&["proxy"], &config(demo(), json!({}), routes), "info");
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(
         out.stderr.contains(
@@ -516,7 +514,7 @@ fn a_runner_program_that_does_not_exist_refuses_the_start_with_a_clear_message()
         json!({"ext-plugin-pre-req": phase(&[("say", json!({"body":"x"}))])})
     )]);
     let c = config(vec!["/no/such/runner".into()], json!({}), routes);
-    let out = common::extplug_exits(&["proxy"], &c, "info");
+    let out = crate::support::extplug_exits(&["proxy"], &c, "info");
     assert_eq!(out.code, Some(2), "{out:?}");
     // Said once (not also logged), and not retried.
     let message = r#"the runner did not start: cannot start "/no/such/runner": no such file"#;
@@ -614,7 +612,7 @@ async fn plugin_framing_headers_cannot_break_a_keep_alive_connection() {
         route("up", "/up", up.addr, json!({})),
     ]);
     let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
-    let mut conn = common::raw::RawConn::connect(proxy.addr).await;
+    let mut conn = crate::support::raw::RawConn::connect(proxy.addr).await;
     // Two requests on one connection: the second is answered only if the
     // first answer's framing was the proxy's, not the plugin's.
     conn.send(b"GET /say HTTP/1.1\r\nhost: t\r\n\r\n").await;

@@ -2,10 +2,8 @@
 //! a hostile runner's output, with real `extplug proxy` processes and real
 //! runners.
 
-mod common;
-
-use common::conf::{config, route, scripted};
-use common::http::{get, ProxyProc, Upstream};
+use crate::support::conf::{config, route, scripted};
+use crate::support::http::{get, ProxyProc, Upstream};
 use serde_json::json;
 
 /// The host's longest forwarded line (`supervisor::MAX_OUTPUT_LINE`).
@@ -26,7 +24,7 @@ exec "$0""#;
         "sh".to_owned(),
         "-c".to_owned(),
         script.to_owned(),
-        common::demo_runner().display().to_string(),
+        crate::support::demo_runner().display().to_string(),
     ];
     let c = config(
         cmd,
@@ -85,7 +83,7 @@ async fn a_connection_whose_answer_is_for_another_call_is_not_reused() {
 /// to be removed by path, leaving the other runner unreachable.
 #[test]
 fn a_stopping_runner_removes_its_own_socket_only() {
-    let mut runner = common::RunnerProc::start(&[]);
+    let mut runner = crate::support::RunnerProc::start(&[]);
     let path = runner.socket.clone();
     std::fs::remove_file(&path).unwrap();
     let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -96,7 +94,7 @@ fn a_stopping_runner_removes_its_own_socket_only() {
         "the other listener's socket was removed"
     );
     // And its own socket is still removed in the usual case.
-    let mut runner = common::RunnerProc::start(&[]);
+    let mut runner = crate::support::RunnerProc::start(&[]);
     runner.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(runner.wait_exit().success());
     assert!(!runner.socket.exists(), "its own socket was left behind");
@@ -122,7 +120,7 @@ fn environ(pid: i32) -> std::collections::HashMap<String, String> {
 async fn only_real_locale_variables_reach_the_runner() {
     let up = Upstream::start().await;
     let c = config(
-        common::conf::demo(),
+        crate::support::conf::demo(),
         json!({}),
         json!([route("r", "/x", up.addr, json!({}))]),
     );
@@ -151,7 +149,7 @@ async fn a_dead_runners_own_children_do_not_outlive_it() {
         "sh".to_owned(),
         "-c".to_owned(),
         "sleep 1000 & exec \"$0\"".to_owned(),
-        common::demo_runner().display().to_string(),
+        crate::support::demo_runner().display().to_string(),
     ];
     let mut c = config(
         cmd,
@@ -163,7 +161,7 @@ async fn a_dead_runners_own_children_do_not_outlive_it() {
     let proxy = ProxyProc::start(&c);
     proxy.wait_runner_ready(1);
     let runner = proxy.children()[0];
-    let helper = common::http::children_of(runner);
+    let helper = crate::support::http::children_of(runner);
     assert_eq!(helper.len(), 1, "the runner's sleep: {helper:?}");
     let helper = helper[0];
     nix::sys::signal::kill(
@@ -173,7 +171,7 @@ async fn a_dead_runners_own_children_do_not_outlive_it() {
     .unwrap();
     proxy.wait_runner_ready(2);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while common::http::alive(helper) {
+    while crate::support::http::alive(helper) {
         assert!(
             std::time::Instant::now() < deadline,
             "the dead runner's child {helper} still runs; log:\n{}",
@@ -185,9 +183,9 @@ async fn a_dead_runners_own_children_do_not_outlive_it() {
 
 /// Starts the demo-runner on `dir/r.sock`, its stderr in `dir/../runner.log`
 /// (`log`), and returns it once it listens.
-fn runner_in(dir: &std::path::Path, log: &std::path::Path) -> common::RunnerProc {
+fn runner_in(dir: &std::path::Path, log: &std::path::Path) -> crate::support::RunnerProc {
     let socket = dir.join("r.sock");
-    let child = std::process::Command::new(common::demo_runner())
+    let child = std::process::Command::new(crate::support::demo_runner())
         .env(
             "APISIX_LISTEN_ADDRESS",
             format!("unix:{}", socket.display()),
@@ -196,7 +194,7 @@ fn runner_in(dir: &std::path::Path, log: &std::path::Path) -> common::RunnerProc
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    let mut proc = common::RunnerProc {
+    let mut proc = crate::support::RunnerProc {
         child,
         dir: tempfile::tempdir().unwrap(),
         socket,
@@ -241,7 +239,7 @@ fn a_socket_directory_others_can_write_is_warned_about() {
 /// report as "the runner closed the connection".
 #[tokio::test]
 async fn an_answer_over_the_frame_limit_is_a_clear_error_not_a_closed_connection() {
-    let runner = common::RunnerProc::start(&[]);
+    let runner = crate::support::RunnerProc::start(&[]);
     let mut c = runner.client().await;
     let confs: Vec<String> = (0..100)
         .map(|i| format!(r#"{{"vars":["uri"],"header_prefix":"x-{i}-"}}"#))
@@ -249,10 +247,10 @@ async fn an_answer_over_the_frame_limit_is_a_clear_error_not_a_closed_connection
     let chain: Vec<(&str, &str)> = confs.iter().map(|v| ("inject-vars", v.as_str())).collect();
     let token = c.prepare(&chain).await;
     let path = format!("/{}", "p".repeat(200_000));
-    let mut parts = common::get(&path);
+    let mut parts = crate::support::get(&path);
     parts.extra_info = vec![("uri", Some(path.as_bytes()))];
     match c.call_answer(token, parts).await {
-        common::Answer::Error(e) => {
+        crate::support::Answer::Error(e) => {
             assert_eq!(e.code, extplug::wire::ErrorCode::ServiceUnavailable);
             assert!(e.message.contains("frame limit"), "{}", e.message);
         }
@@ -260,8 +258,8 @@ async fn an_answer_over_the_frame_limit_is_a_clear_error_not_a_closed_connection
     }
     // The same connection still serves calls.
     let small = c.prepare(&[("say", r#"{"body":"ok"}"#)]).await;
-    match c.call_answer(small, common::get("/x")).await {
-        common::Answer::Call(_) => {}
+    match c.call_answer(small, crate::support::get("/x")).await {
+        crate::support::Answer::Call(_) => {}
         other => panic!("expected an answer, got {other:?}"),
     }
 }
@@ -272,11 +270,11 @@ async fn an_answer_over_the_frame_limit_is_a_clear_error_not_a_closed_connection
 /// whole, and the runner keeps serving other connections.
 #[tokio::test]
 async fn a_chain_of_100000_entries_and_a_16_mib_value_are_served() {
-    let runner = common::RunnerProc::start(&[]);
+    let runner = crate::support::RunnerProc::start(&[]);
     let mut c = runner.client().await;
     let long: Vec<(&str, &str)> = vec![("say", r#"{"body":"x"}"#); 100_000];
     let token = c.prepare(&long).await;
-    let answer = c.call(token, common::get("/x")).await;
+    let answer = c.call(token, crate::support::get("/x")).await;
     assert!(
         matches!(answer.outcome, extplug::wire::RequestOutcome::Stop(ref s) if s.body == b"x"),
         "{answer:?}"
@@ -284,7 +282,7 @@ async fn a_chain_of_100000_entries_and_a_16_mib_value_are_served() {
     let body = "b".repeat(16_777_215 - 200);
     let value = format!(r#"{{"body":"{body}"}}"#);
     let token = c.prepare(&[("say", &value)]).await;
-    let answer = c.call(token, common::get("/x")).await;
+    let answer = c.call(token, crate::support::get("/x")).await;
     match answer.outcome {
         extplug::wire::RequestOutcome::Stop(s) => assert_eq!(s.body.len(), body.len()),
         other => panic!("expected a stop, got {other:?}"),

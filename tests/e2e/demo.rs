@@ -1,9 +1,7 @@
 //! `extplug demo`, as a new user runs it: every `curl` line it prints gives
 //! the answer the README promises.
 
-mod common;
-
-use common::http::{get, send};
+use crate::support::http::{get, send};
 use std::io::BufRead;
 
 struct Demo(std::process::Child);
@@ -11,13 +9,13 @@ struct Demo(std::process::Child);
 impl Drop for Demo {
     fn drop(&mut self) {
         // SIGTERM: the demo removes its runner's directory as it stops.
-        common::stop_gracefully(&mut self.0, common::http::DROP_GRACE);
+        crate::support::stop_gracefully(&mut self.0, crate::support::http::DROP_GRACE);
     }
 }
 
 #[tokio::test]
 async fn the_demo_does_what_it_prints() {
-    let mut child = common::spawn_demo();
+    let mut child = crate::support::spawn_demo();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let _demo = Demo(child);
     let mut lines = Vec::new();

@@ -2,13 +2,11 @@
 //! wait for a connection rather than opening their own), reused (no connect
 //! per call), and safe when the runner closes a pooled connection.
 //!
-//! The scripted runner (`tests/support/bad_runner.rs`) reports in `x-seen`
+//! The scripted runner (`tests/fixtures/bad_runner.rs`) reports in `x-seen`
 //! how many connections it accepted and how many were open at once.
 
-mod common;
-
-use common::conf::scripted;
-use common::http::{get, statuses_of, Upstream};
+use crate::support::conf::scripted;
+use crate::support::http::{get, statuses_of, Upstream};
 use serde_json::json;
 
 /// The `accepted` and `open_max` counts the runner reported with each
@@ -123,8 +121,8 @@ async fn a_pooled_connection_the_runner_closed_is_not_used() {
 /// the slow one still completes when its body arrives.
 #[tokio::test]
 async fn a_call_waiting_for_a_slow_client_gives_its_place_back() {
-    use common::conf::{bad, config, phase, route};
-    use common::http::ProxyProc;
+    use crate::support::conf::{bad, config, phase, route};
+    use crate::support::http::ProxyProc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let up = Upstream::start().await;

@@ -3,10 +3,8 @@
 //! `extplug proxy --listen`, what `extplug check` says, and `scripts/demo.sh`
 //! when cargo's target directory is elsewhere.
 
-mod common;
-
-use common::http::{get, send};
-use common::stop_gracefully;
+use crate::support::http::{get, send};
+use crate::support::stop_gracefully;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -71,7 +69,7 @@ async fn examples_gateway_json_starts_and_answers() {
     );
     let text = shipped.replace("127.0.0.1:9081", &echo).replace(
         "target/release/examples/demo-runner",
-        &common::demo_runner().to_string_lossy(),
+        &crate::support::demo_runner().to_string_lossy(),
     );
     let config = dir.path().join("gateway.json");
     std::fs::write(&config, text).unwrap();

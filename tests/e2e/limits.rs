@@ -3,10 +3,8 @@
 //! methods, forwarding headers, and the client's HTTP version. Raw TCP
 //! clients, so that each byte on the wire is the test's choice.
 
-mod common;
-
-use common::conf::{config, demo, phase, route};
-use common::http::{send, ProxyProc, Upstream};
+use crate::support::conf::{config, demo, phase, route};
+use crate::support::http::{send, ProxyProc, Upstream};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,10 +2,8 @@
 //! other processes and leftovers: real `extplug proxy` processes with real
 //! runners, real sockets and a recording upstream.
 
-mod common;
-
-use common::conf::{bad, config, demo, phase, route, scripted};
-use common::http::{get, ProxyProc, Upstream};
+use crate::support::conf::{bad, config, demo, phase, route, scripted};
+use crate::support::http::{get, ProxyProc, Upstream};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use std::collections::HashMap;
@@ -152,7 +150,7 @@ async fn a_token_from_a_replaced_runner_never_runs_another_routes_chain() {
         "the admin request reached the upstream without a key"
     );
     // And with the key, the admin chain runs on the new runner.
-    let got = common::http::send(
+    let got = crate::support::http::send(
         "POST",
         &proxy.url("/admin"),
         &[("x-api-key", "secret")],

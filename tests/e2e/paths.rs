@@ -5,11 +5,9 @@
 //! and each vector's status and upstream target are what the normalizer
 //! promises.
 
-mod common;
-
-use common::conf::{config, demo, phase, route};
-use common::http::{ProxyProc, Upstream};
-use common::raw;
+use crate::support::conf::{config, demo, phase, route};
+use crate::support::http::{ProxyProc, Upstream};
+use crate::support::raw;
 use serde_json::json;
 
 const KEY: &str = "the-admin-key";

@@ -1,10 +1,8 @@
 //! Variables, bodies, prefetch and the response phase, end to end: the real
 //! proxy, the real runners, a recording upstream.
 
-mod common;
-
-use common::conf::{self, demo, phase, route};
-use common::http::{get, send, ProxyProc, Upstream};
+use crate::support::conf::{self, demo, phase, route};
+use crate::support::http::{get, send, ProxyProc, Upstream};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -105,11 +103,11 @@ fn relay(routes: Value) -> (ProxyProc, tempfile::TempDir) {
     let count_file = dir.path().join("counts");
     let env = json!({
         "BAD_RUNNER_MODE": "relay",
-        "RELAY_TARGET": common::demo_runner().display().to_string(),
+        "RELAY_TARGET": crate::support::demo_runner().display().to_string(),
         "RELAY_COUNT_FILE": count_file.display().to_string(),
     });
     let proxy = ProxyProc::start(&config(
-        vec![common::example("bad-runner").display().to_string()],
+        vec![crate::support::example("bad-runner").display().to_string()],
         env,
         routes,
     ));
@@ -470,8 +468,8 @@ async fn a_head_answer_read_by_the_response_phase_keeps_its_length() {
 
 /// Posts `Content-Length: 100` with only 10 bytes to `path`, then stalls
 /// (`close` false) or closes its writing half (`close` true).
-async fn partial_post(addr: SocketAddr, path: &str, close: bool) -> common::raw::RawResponse {
-    let mut conn = common::raw::RawConn::connect(addr).await;
+async fn partial_post(addr: SocketAddr, path: &str, close: bool) -> crate::support::raw::RawResponse {
+    let mut conn = crate::support::raw::RawConn::connect(addr).await;
     let head = format!("POST {path} HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n0123456789");
     conn.send(head.as_bytes()).await;
     if close {
@@ -600,7 +598,7 @@ async fn utf8_header_values_from_plugins_arrive_byte_for_byte() {
         ),
     ]);
     let proxy = ProxyProc::start(&config(demo(), json!({}), routes));
-    let exact = |got: &common::http::Got, name: &str| {
+    let exact = |got: &crate::support::http::Got, name: &str| {
         got.headers
             .get(name)
             .map(|v| v.as_bytes().to_vec())
@@ -633,7 +631,7 @@ async fn utf8_header_values_from_plugins_arrive_byte_for_byte() {
 async fn a_latin1_client_header_reaches_the_upstream_unchanged() {
     let up = Upstream::start().await;
     let proxy = conf::scripted(&up, |_| {});
-    let mut conn = common::raw::RawConn::connect(proxy.addr).await;
+    let mut conn = crate::support::raw::RawConn::connect(proxy.addr).await;
     conn.send(b"GET /latin HTTP/1.1\r\nhost: t\r\nx-latin: caf\xe9\r\nconnection: close\r\n\r\n")
         .await;
     let got = conn.response().await.expect("no answer");

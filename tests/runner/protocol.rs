@@ -1,9 +1,7 @@
 //! The real `demo-runner` binary, spoken to over its unix socket: every case
 //! of PROTOCOL.md sections 1-4.
 
-mod common;
-
-use common::{get, Answer, Client, RunnerProc};
+use crate::support::{get, Answer, Client, RunnerProc};
 use extplug::wire::ErrorCode;
 use futures::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
@@ -529,7 +527,7 @@ fn the_socket_is_0600_and_a_stale_socket_is_replaced() {
     let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
-    let child = std::process::Command::new(common::demo_runner())
+    let child = std::process::Command::new(crate::support::demo_runner())
         .env("APISIX_LISTEN_ADDRESS", format!("unix:{}", stale.display()))
         .env("EXTPLUG_SOCKET_MODE", "0660")
         .spawn()
@@ -543,7 +541,7 @@ fn the_socket_is_0600_and_a_stale_socket_is_replaced() {
     let mode = std::fs::metadata(&stale).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "EXTPLUG_SOCKET_MODE applies");
     // A live socket is not taken over: a second runner on it fails.
-    let out = std::process::Command::new(common::demo_runner())
+    let out = std::process::Command::new(crate::support::demo_runner())
         .env("APISIX_LISTEN_ADDRESS", format!("unix:{}", stale.display()))
         .output()
         .unwrap();
@@ -556,7 +554,7 @@ fn the_socket_is_0600_and_a_stale_socket_is_replaced() {
 fn runner_logging_to_file(dir: tempfile::TempDir, env: &[(&str, &str)]) -> RunnerProc {
     let socket = dir.path().join("r.sock");
     let log = std::fs::File::create(dir.path().join("runner.log")).unwrap();
-    let mut cmd = std::process::Command::new(common::demo_runner());
+    let mut cmd = std::process::Command::new(crate::support::demo_runner());
     cmd.env(
         "APISIX_LISTEN_ADDRESS",
         format!("unix:{}", socket.display()),
@@ -579,7 +577,7 @@ fn connect_as_nobody(runner: &RunnerProc) -> String {
     use std::os::unix::process::CommandExt;
     let client = runner.dir.path().join("connect-client");
     if !client.exists() {
-        std::fs::copy(common::example("bad-runner"), &client).unwrap();
+        std::fs::copy(crate::support::example("bad-runner"), &client).unwrap();
         std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let out = std::process::Command::new(&client)
@@ -722,7 +720,7 @@ async fn at_the_connection_cap_new_connections_wait() {
 }
 
 fn run_with_env(env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(common::demo_runner());
+    let mut cmd = std::process::Command::new(crate::support::demo_runner());
     cmd.env_remove("APISIX_LISTEN_ADDRESS")
         .env_remove("APISIX_CONF_EXPIRE_TIME");
     for (k, v) in env {
@@ -806,7 +804,7 @@ fn runner_under_shell(redirect: &str) -> (std::process::Child, i32, tempfile::Te
     let parent = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(r#""$0" {redirect} & wait"#))
-        .arg(common::demo_runner())
+        .arg(crate::support::demo_runner())
         .env(
             "APISIX_LISTEN_ADDRESS",
             format!("unix:{}", socket.display()),

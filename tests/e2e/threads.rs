@@ -1,10 +1,8 @@
 //! `EXTPLUG_THREADS`: the proxy's number of threads (1: a current-thread
 //! runtime), and a clear error for a value that is not a number of threads.
 
-mod common;
-
-use common::conf::{config, demo, phase, route};
-use common::http::{statuses_of, ProxyProc, Upstream};
+use crate::support::conf::{config, demo, phase, route};
+use crate::support::http::{statuses_of, ProxyProc, Upstream};
 use serde_json::json;
 use std::process::{Command, Stdio};
 

@@ -7,9 +7,7 @@
 //! (`<target>/plugin-template`, kept between runs): the first run compiles
 //! its dependencies again.
 
-mod common;
-
-use common::http::{send, ProxyProc, Upstream};
+use crate::support::http::{send, ProxyProc, Upstream};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;

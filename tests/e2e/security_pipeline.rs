@@ -4,11 +4,9 @@
 //! upstream without key-auth, the upstream getting a path or header the
 //! router or the plugins did not see, or a header a plugin set being lost.
 
-mod common;
-
-use common::conf::{config, demo, phase, route};
-use common::http::{ProxyProc, Upstream};
-use common::raw::{self, RawConn};
+use crate::support::conf::{config, demo, phase, route};
+use crate::support::http::{ProxyProc, Upstream};
+use crate::support::raw::{self, RawConn};
 use serde_json::{json, Value};
 
 const KEY: &str = "the-admin-key";
@@ -259,7 +257,7 @@ async fn plugin_headers_cannot_smuggle() {
     // The runner sends the hostile list itself (the SDK would refuse to):
     // header values with CR/LF, framing and hop-by-hop names.
     let up = Upstream::start().await;
-    let proxy = common::conf::scripted(&up, |_| {});
+    let proxy = crate::support::conf::scripted(&up, |_| {});
     let mut conn = RawConn::connect(proxy.addr).await;
     let body = "0123456789";
     conn.send(
@@ -510,7 +508,7 @@ async fn a_decoded_route_uri_guards_its_encoded_requests() {
 #[tokio::test]
 async fn a_lazy_body_read_that_stalls_is_408_and_never_forwarded() {
     let up = Upstream::start().await;
-    let proxy = common::conf::scripted(&up, |c| {
+    let proxy = crate::support::conf::scripted(&up, |c| {
         c["routes"][0]["plugins"]["ext-plugin-pre-req"]["allow_degradation"] = json!(true);
         c["client_body_timeout_ms"] = json!(500);
     });
@@ -691,7 +689,7 @@ async fn client_trailers_do_not_reach_the_upstream() {
 #[tokio::test]
 async fn a_rewrite_with_two_hosts_sends_one() {
     let up = Upstream::start().await;
-    let proxy = common::conf::scripted(&up, |_| {});
+    let proxy = crate::support::conf::scripted(&up, |_| {});
     let got = raw::get(proxy.addr, "/dup-host", &[]).await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(up.last().headers_named("host"), ["b.example"]);
@@ -771,7 +769,7 @@ async fn a_host_that_is_not_a_host_is_refused() {
 #[tokio::test]
 async fn the_runner_path_is_the_routed_path() {
     let up = Upstream::start().await;
-    let proxy = common::conf::scripted(&up, |_| {});
+    let proxy = crate::support::conf::scripted(&up, |_| {});
     for (target, path, forwarded) in [
         ("/a/%2e%2e/b%20c/./d", "/b c/d", "/b%20c/d"),
         ("http://x.example//a/../%7e", "/~", "/~"),

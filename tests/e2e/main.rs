@@ -1,0 +1,23 @@
+//! End to end, one module per subject: the real `extplug` binary with real
+//! runners (`demo-runner`, the misbehaving `bad-runner` of
+//! `tests/fixtures/`), real upstreams, real etcd, the plugin template.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod admin;
+mod demo;
+mod etcd;
+mod failfast;
+mod getting_started;
+mod host_safety;
+mod hostile_runner;
+mod limits;
+mod paths;
+mod phases;
+mod pool;
+mod proxy;
+mod reload;
+mod security_pipeline;
+mod template;
+mod threads;
