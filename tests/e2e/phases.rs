@@ -468,7 +468,11 @@ async fn a_head_answer_read_by_the_response_phase_keeps_its_length() {
 
 /// Posts `Content-Length: 100` with only 10 bytes to `path`, then stalls
 /// (`close` false) or closes its writing half (`close` true).
-async fn partial_post(addr: SocketAddr, path: &str, close: bool) -> crate::support::raw::RawResponse {
+async fn partial_post(
+    addr: SocketAddr,
+    path: &str,
+    close: bool,
+) -> crate::support::raw::RawResponse {
     let mut conn = crate::support::raw::RawConn::connect(addr).await;
     let head = format!("POST {path} HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n0123456789");
     conn.send(head.as_bytes()).await;

@@ -5,9 +5,9 @@
 //! route phase picks its runner by name, and a runner killed does not touch
 //! the routes of another.
 
-use bytes::Bytes;
 use crate::support::conf::{config, demo, phase, route};
 use crate::support::http::{children_of, get, ProxyProc, Upstream};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
