@@ -91,6 +91,8 @@ struct Metrics {
     config_errors: IntCounterVec,
     etcd_up: IntGauge,
     routes_skipped: IntGauge,
+    /// `etcd_up` and `routes_skipped` are in the registry.
+    etcd_registered: std::sync::Once,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -203,26 +205,28 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Objects from etcd skipped as not valid, by kind (route, upstream, service, chain: the runner refused it); each error once, when it appears.",
             &["kind"],
         ),
-        etcd_up: {
-            let g = IntGauge::new(
-                "extplug_etcd_up",
-                "1 while the routes' etcd source is connected and watched, else 0 (the last routes keep serving).",
-            )
-            .expect("a valid metric");
-            r.register(Box::new(g.clone())).expect("registered once");
-            g
-        },
-        routes_skipped: {
-            let g = IntGauge::new(
-                "extplug_routes_skipped",
-                "Objects from etcd left out of the route table being served (see `extplug routes`).",
-            )
-            .expect("a valid metric");
-            r.register(Box::new(g.clone())).expect("registered once");
-            g
-        },
+        // Registered by the etcd source when it starts (`etcd_source`): a
+        // node without etcd shows no etcd series.
+        etcd_up: IntGauge::new(
+            "extplug_etcd_up",
+            "1 while the routes' etcd source is connected and watched, else 0 (the last routes keep serving).",
+        )
+        .expect("a valid metric"),
+        routes_skipped: IntGauge::new(
+            "extplug_routes_skipped",
+            "Objects from etcd left out of the route table being served (see `extplug routes`).",
+        )
+        .expect("a valid metric"),
+        etcd_registered: std::sync::Once::new(),
         registry: r,
     };
+    // What a Prometheus user expects of any process: resident memory, open
+    // descriptors and their limit, CPU seconds, threads, start time.
+    m.registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
     for kind in ["route", "upstream", "service", "chain"] {
         m.config_errors.with_label_values(&[kind]);
     }
@@ -328,14 +332,28 @@ pub fn config_error(kind: &str) {
     METRICS.config_errors.with_label_values(&[kind]).inc();
 }
 
-/// Whether the routes' etcd source is connected and watched.
+/// The etcd source's series, put in the registry on first use.
+fn etcd_metrics() -> &'static Metrics {
+    let m = &*METRICS;
+    m.etcd_registered.call_once(|| {
+        for g in [&m.etcd_up, &m.routes_skipped] {
+            m.registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+        }
+    });
+    m
+}
+
+/// Whether the routes' etcd source is connected and watched. The first
+/// call (the source's start) makes the etcd series appear.
 pub fn etcd_up(up: bool) {
-    METRICS.etcd_up.set(i64::from(up));
+    etcd_metrics().etcd_up.set(i64::from(up));
 }
 
 /// How many objects from etcd the table being served left out.
 pub fn routes_skipped(n: usize) {
-    METRICS.routes_skipped.set(n as i64);
+    etcd_metrics().routes_skipped.set(n as i64);
 }
 
 /// Counts a plugin-supplied header dropped for `reason` (see
@@ -352,7 +370,9 @@ pub fn header_dropped(reason: &str) {
 pub struct RouteHandles {
     route: String,
     duration: prometheus::Histogram,
-    ok: IntCounter,
+    /// The `200` series, made by the first `200` (a route that never
+    /// answers one shows no such series).
+    ok: std::sync::OnceLock<IntCounter>,
     phases: [Option<PhaseHandles>; 3],
 }
 
@@ -360,7 +380,8 @@ pub struct RouteHandles {
 struct PhaseHandles {
     runner: String,
     phase: &'static str,
-    ok: IntCounter,
+    /// The `ok` series, made by the first answered call.
+    ok: std::sync::OnceLock<IntCounter>,
     duration: prometheus::Histogram,
 }
 
@@ -379,14 +400,14 @@ impl RouteHandles {
             *slot = runner.map(|runner| PhaseHandles {
                 runner: runner.to_owned(),
                 phase,
-                ok: m.runner_calls.with_label_values(&[runner, phase, "ok"]),
+                ok: std::sync::OnceLock::new(),
                 duration: m.runner_call_duration.with_label_values(&[runner, phase]),
             });
         }
         RouteHandles {
             route: route.to_owned(),
             duration: m.request_duration.with_label_values(&[route]),
-            ok: m.requests.with_label_values(&[route, "200"]),
+            ok: std::sync::OnceLock::new(),
             phases: handles,
         }
     }
@@ -394,7 +415,13 @@ impl RouteHandles {
     /// [`request`] for this route.
     pub fn request(&self, status: http::StatusCode, secs: f64) {
         if status == http::StatusCode::OK {
-            self.ok.inc();
+            self.ok
+                .get_or_init(|| {
+                    METRICS
+                        .requests
+                        .with_label_values(&[self.route.as_str(), "200"])
+                })
+                .inc();
         } else {
             METRICS
                 .requests
@@ -411,7 +438,12 @@ impl RouteHandles {
             return;
         };
         if result == CallResult::Ok {
-            p.ok.inc();
+            p.ok.get_or_init(|| {
+                METRICS
+                    .runner_calls
+                    .with_label_values(&[p.runner.as_str(), p.phase, "ok"])
+            })
+            .inc();
             p.duration.observe(secs);
         } else {
             runner_call(&p.runner, p.phase, result, secs);

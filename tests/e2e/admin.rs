@@ -96,6 +96,21 @@ async fn metrics_move_with_traffic_and_faults() {
         value(&before, r#"extplug_conf_prepared_total{runner="default"}"#),
         2.0
     );
+    // No series for what never happened: no etcd configured, no status a
+    // route has not answered yet.
+    let names: Vec<&String> = before.keys().collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("extplug_etcd_up")
+            || n.starts_with("extplug_routes_skipped")
+            || n.starts_with("extplug_requests_total")
+            || n.starts_with("extplug_runner_calls_total")),
+        "{names:?}"
+    );
+    // The process metrics a Prometheus user expects.
+    assert!(value(&before, "process_resident_memory_bytes") > 1e6);
+    assert!(value(&before, "process_open_fds") >= 3.0);
+    assert!(value(&before, "process_max_fds") >= value(&before, "process_open_fds"));
+    assert!(before.contains_key("process_cpu_seconds_total"));
 
     for _ in 0..3 {
         assert_eq!(get(&proxy.url("/ok")).await.status, 200);

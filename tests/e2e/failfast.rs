@@ -298,3 +298,42 @@ fn a_signal_during_the_start_stops_the_proxy_cleanly() {
     );
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{stderr}");
 }
+
+/// With `RUST_LOG=warn` on the proxy, the runner's warnings and panic
+/// messages still reach the proxy's log, at their own level; its INFO lines
+/// do not.
+#[tokio::test]
+async fn relayed_runner_lines_keep_their_level() {
+    let up = Upstream::start().await;
+    let fault =
+        |mode: &str| json!({"ext-plugin-pre-req": phase(&[("fault", json!({"mode": mode}))])});
+    let routes = json!([
+        route("error", "/error", up.addr, fault("error")),
+        route("panic", "/panic", up.addr, fault("panic")),
+    ]);
+    let proxy =
+        crate::support::http::ProxyProc::start_logging(&config(demo(), json!({}), routes), "warn");
+    assert_eq!(get(&proxy.url("/error")).await.status, 503);
+    assert_eq!(get(&proxy.url("/panic")).await.status, 503);
+    proxy.wait_log("panicking on purpose", 1);
+    let log = proxy.log();
+    let relayed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("extplug::runner_output"))
+        .collect();
+    let panicked = relayed
+        .iter()
+        .find(|l| l.contains("panicked at"))
+        .unwrap_or_else(|| panic!("no panic line:\n{log}"));
+    assert!(panicked.contains("ERROR"), "{panicked}");
+    assert!(
+        relayed
+            .iter()
+            .any(|l| l.contains(" WARN ") && l.contains("runner_sdk")),
+        "no runner warning at WARN:\n{log}"
+    );
+    assert!(
+        !relayed.iter().any(|l| l.contains(" INFO ")),
+        "an INFO line passed a warn filter:\n{log}"
+    );
+}

@@ -66,11 +66,15 @@ async fn examples_gateway_json_starts_and_answers() {
     assert!(
         shipped.contains("127.0.0.1:9081")
             && shipped.contains("target/release/examples/demo-runner")
+            && shipped.contains(r#""admin": { "listen": "127.0.0.1:9090" }"#)
     );
-    let text = shipped.replace("127.0.0.1:9081", &echo).replace(
-        "target/release/examples/demo-runner",
-        &crate::support::demo_runner().to_string_lossy(),
-    );
+    let text = shipped
+        .replace("127.0.0.1:9081", &echo)
+        .replace(
+            "target/release/examples/demo-runner",
+            &crate::support::demo_runner().to_string_lossy(),
+        )
+        .replace("127.0.0.1:9090", "127.0.0.1:0");
     let config = dir.path().join("gateway.json");
     std::fs::write(&config, text).unwrap();
     // `--listen` overrides the file's 127.0.0.1:9080.
@@ -80,10 +84,12 @@ async fn examples_gateway_json_starts_and_answers() {
         .env("RUST_LOG", "warn")
         .env("TMPDIR", dir.path())
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
         .spawn()
         .unwrap();
     let addr = wait_line(&mut child, "extplug listening on http://");
     let _proxy = Proc(child);
+    let log = || std::fs::read_to_string(dir.path().join("proxy.log")).unwrap();
     assert_ne!(addr, "127.0.0.1:9080", "--listen was ignored");
     let url = |p: &str| format!("http://{addr}{p}");
 
@@ -93,6 +99,9 @@ async fn examples_gateway_json_starts_and_answers() {
         (200, Some("say"), "hello from extplug\n")
     );
     assert_eq!(get(&url("/api/orders")).await.status, 401);
+    // The bare `/api` is guarded too: no bypass in the file users copy.
+    assert_eq!(get(&url("/api")).await.status, 401);
+    assert!(!log().contains("do not guard the bare path"), "{}", log());
     let got = send(
         "GET",
         &url("/api/orders"),

@@ -69,6 +69,9 @@ async fn the_template_passes_its_tests_and_its_runner_denies_behind_the_proxy() 
     );
     *cmd = json!(runner.display().to_string());
     config["listen"] = json!("127.0.0.1:0");
+    // Shipped for production: the admin listener is on.
+    assert!(config["admin"]["listen"].is_string(), "no admin listener");
+    config["admin"]["listen"] = json!("127.0.0.1:0");
     let up = Upstream::start().await;
     let routes = config["routes"].as_array_mut().expect("routes");
     assert!(!routes.is_empty(), "gateway.json has no route");

@@ -734,7 +734,10 @@ fn bad_environment_exits_non_zero_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let sock = format!("unix:{}", dir.path().join("s.sock").display());
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[], "APISIX_LISTEN_ADDRESS is not set"),
+        (
+            &[],
+            "APISIX_LISTEN_ADDRESS is not set: a runner is normally started by `extplug proxy`",
+        ),
         (
             &[("APISIX_LISTEN_ADDRESS", "tcp:127.0.0.1:9")],
             "APISIX_LISTEN_ADDRESS=\"tcp:127.0.0.1:9\"",

@@ -39,7 +39,11 @@ pub const DEFAULT_CONF_EXPIRE_SECS: u64 = 3600;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
     /// `APISIX_LISTEN_ADDRESS` is not set.
-    #[error("{LISTEN_ADDRESS} is not set; it must be `unix:` followed by the socket path")]
+    #[error(
+        "{LISTEN_ADDRESS} is not set: a runner is normally started by `extplug proxy` (the \
+         `cmd` of its `ext-plugin`) or by APISIX, which set it; to start one by hand, set it \
+         to `unix:` followed by a socket path (`{LISTEN_ADDRESS}=unix:/tmp/runner.sock`)"
+    )]
     MissingListen,
     /// `APISIX_LISTEN_ADDRESS` is not `unix:<path>`.
     #[error("{LISTEN_ADDRESS}={0:?} is not `unix:` followed by a socket path")]

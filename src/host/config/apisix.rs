@@ -119,7 +119,7 @@ pub(super) fn parse_route(
         let path = e.path().to_string();
         let inner = e.into_inner();
         let at = Some((inner.line(), inner.column()));
-        let message = without_position(&inner);
+        let message = unsupported_or(&path, without_position(&inner));
         if path == "." {
             (message, at)
         } else {
@@ -350,4 +350,39 @@ pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
         read_timeout: secs(read, "read")?,
         pass_host_node,
     })
+}
+
+/// APISIX's route fields that extplug cannot honour yet: refused (by
+/// `deny_unknown_fields`, as any unknown field) rather than served broader
+/// than written (a route without its `hosts` would answer every host), and
+/// named as such, not as a typo ([`unsupported_or`]).
+pub(super) const UNSUPPORTED_ROUTE_FIELDS: [&str; 11] = [
+    "host",
+    "hosts",
+    "remote_addr",
+    "remote_addrs",
+    "vars",
+    "filter_func",
+    "script",
+    "script_id",
+    "plugin_config_id",
+    "enable_websocket",
+    "timeout",
+];
+
+/// serde's `message` for a route's field at `path`, or, for a field of
+/// [`UNSUPPORTED_ROUTE_FIELDS`], that extplug does not support it.
+pub(super) fn unsupported_or(path: &str, message: String) -> String {
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match unknown {
+        Some(name) if name == path && UNSUPPORTED_ROUTE_FIELDS.contains(&name) => {
+            "not supported by extplug (an APISIX field extplug cannot honour yet; see \
+             docs/configuration.md, \"What is refused\")"
+                .to_owned()
+        }
+        _ => message,
+    }
 }

@@ -271,7 +271,23 @@ pub(super) struct RawMeta {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfItem {
     pub(super) name: String,
+    #[serde(deserialize_with = "conf_value")]
     pub(super) value: String,
+}
+
+/// A plugin's configuration: APISIX's JSON text in a string
+/// (`"{\"keys\":[\"k\"]}"`), or the same as a JSON object (`{"keys":
+/// ["k"]}`), which the runner gets serialized, as the string form.
+fn conf_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => Ok(text),
+        object @ serde_json::Value::Object(_) => Ok(object.to_string()),
+        other => Err(D::Error::custom(format!(
+            "a plugin's `value` is its configuration as a JSON object ({{\"key\": 1}}) or as \
+             JSON text in a string, APISIX's form (\"{{\\\"key\\\": 1}}\"), not {other}"
+        ))),
+    }
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,54 @@ const OK_ROUTE: &str = r#"{"id":"1","uri":"/a","upstream":{"nodes":{"127.0.0.1:1
     "plugins":{"ext-plugin-pre-req":{"conf":[{"name":"say","value":"{}"}]}}}"#;
 
 #[test]
+fn a_plugin_value_is_an_object_or_json_text() {
+    let route = |value: &str| {
+        config(&format!(
+            r#"{{"id":"1","uri":"/a","upstream":{{"nodes":{{"127.0.0.1:1":1}}}},
+            "plugins":{{"ext-plugin-pre-req":{{"conf":[{{"name":"say","value":{value}}}]}}}}}}"#
+        ))
+    };
+    let conf = |c: Config| c.routes[0].pre_req.as_ref().unwrap().conf[0].1.clone();
+    let text = conf(route(r#""{\"status\": 403}""#).unwrap());
+    assert_eq!(text, r#"{"status": 403}"#, "the string is sent as written");
+    let object = conf(route(r#"{"status": 403, "body": "no"}"#).unwrap());
+    assert_eq!(object, r#"{"body":"no","status":403}"#);
+    for wrong in ["403", "[1]", "null", "true"] {
+        let err = route(wrong).unwrap_err().0;
+        assert!(
+            err.contains("as a JSON object") && err.contains("APISIX's form"),
+            "{wrong}: {err}"
+        );
+    }
+}
+
+#[test]
+fn apisix_fields_extplug_cannot_honour_are_named_as_such() {
+    for field in [
+        "host",
+        "hosts",
+        "remote_addrs",
+        "vars",
+        "filter_func",
+        "enable_websocket",
+    ] {
+        let err = config(&format!(
+            r#"{{"id":"3","uri":"/a","{field}":["x"],"upstream":{{"nodes":{{"127.0.0.1:1":1}}}}}}"#
+        ))
+        .unwrap_err()
+        .0;
+        assert!(
+            err.contains(&format!("at `{field}`: not supported by extplug")),
+            "{err}"
+        );
+    }
+    let typo = config(r#"{"id":"3","uri":"/a","hostz":1,"upstream":{"nodes":{"127.0.0.1:1":1}}}"#)
+        .unwrap_err()
+        .0;
+    assert!(typo.contains("unknown field `hostz`"), "{typo}");
+}
+
+#[test]
 fn the_issue_example_parses() {
     let c = Config::parse(
         r#"{
@@ -212,7 +260,7 @@ fn a_route_as_apisix_admin_api_returns_it_parses() {
         config(r#"{"id":"3","uri":"/a","hosts":["a.com"],"upstream":{"nodes":{"127.0.0.1:1":1}}}"#)
             .unwrap_err();
     assert!(
-        err.0.contains("unknown field `hosts`"),
+        err.0.contains("at `hosts`: not supported by extplug"),
         "a condition we cannot honour is refused: {err}"
     );
 }

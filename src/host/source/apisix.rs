@@ -291,7 +291,9 @@ mod tests {
             t.skipped
         );
         assert!(
-            t.skipped[2].reason.contains("unknown field `hosts`"),
+            t.skipped[2]
+                .reason
+                .contains("at `hosts`: not supported by extplug"),
             "{:?}",
             t.skipped
         );
