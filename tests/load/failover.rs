@@ -128,7 +128,8 @@ async fn killing_the_active_runner_under_load_costs_only_the_calls_in_flight() {
         let lost = load.failed() - before;
         assert!(
             lost <= CLIENTS,
-            "kill {kill} cost {lost} requests, more than the {CLIENTS} calls that can be in flight"
+            "kill {kill} cost {lost} requests, more than the {CLIENTS} calls that can be in flight; log:\n{}",
+            proxy.log()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -323,7 +323,7 @@ impl ExtClient {
     /// The call timeout bounds the time spent waiting for the runner (to
     /// take a frame, to answer one) only: the time `provider` takes is
     /// added to the deadline, as it is the client's time, not the runner's.
-    async fn exchange_on<M: Encode>(
+    pub(super) async fn exchange_on<M: Encode>(
         &self,
         mut pooled: PooledConn,
         msg: &M,
@@ -355,17 +355,33 @@ impl ExtClient {
             }
             Err(e) => return Err(broken(e).into()),
         }
-        let conn = &mut pooled.conn;
+        let mut answered = false;
         let frame = loop {
-            let frame = match tokio::time::timeout_at(deadline, conn.next())
+            let frame = match tokio::time::timeout_at(deadline, pooled.conn.next())
                 .await
                 .map_err(timed_out)?
             {
                 None => {
                     return Err(CallError::Broken("the runner closed the connection".into()).into())
                 }
+                // A reset before any answer: on a unix socket the runner's
+                // end was closed with bytes of ours still unread (Linux
+                // reports a reset, not an end of stream, only then), so it
+                // never read the whole call and cannot have run it: the
+                // call goes again, as on a pooled connection found closed.
+                // A runner killed with calls queued on its connections, or
+                // while its threads were still exiting, costs no request.
+                Some(Err(FrameError::Io(cause)))
+                    if !answered && cause.kind() == std::io::ErrorKind::ConnectionReset =>
+                {
+                    return Err(Failure::Unsent {
+                        cause,
+                        permit: pooled.permit.take(),
+                    });
+                }
                 Some(frame) => frame.map_err(broken)?,
             };
+            answered = true;
             if frame.kind == expect as u8 || frame.kind == MessageType::Error as u8 {
                 break frame;
             }
@@ -403,10 +419,13 @@ impl ExtClient {
             };
             // The clock stops while we gather the answer.
             deadline += asked.elapsed();
-            tokio::time::timeout_at(deadline, conn.send(&ExtraInfoAnswer(value.as_deref())))
-                .await
-                .map_err(timed_out)?
-                .map_err(broken)?;
+            tokio::time::timeout_at(
+                deadline,
+                pooled.conn.send(&ExtraInfoAnswer(value.as_deref())),
+            )
+            .await
+            .map_err(timed_out)?
+            .map_err(broken)?;
         };
         // Read first: no shared write per call while all is well.
         if self.timeouts.load(Ordering::Relaxed) != 0 {

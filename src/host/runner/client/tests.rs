@@ -2,6 +2,7 @@
 //! and the token cache's pruning.
 
 use super::call::ExtClient;
+use super::error::{CallError, Failure};
 use super::pool::PooledConn;
 use crate::host::config::PhaseConf;
 use crate::host::runner::supervisor::RunnerState;
@@ -141,6 +142,73 @@ async fn a_call_goes_past_every_closed_pooled_connection() {
         client.pool.idle.lock().unwrap().len(),
         1,
         "the new connection"
+    );
+}
+
+/// A runner that dies with our call unread in its socket (killed with
+/// calls queued, or while its threads were still exiting): the socket
+/// reports a reset, not an end of stream, so the call was never read
+/// and goes again, on the next connection, and is answered. One that
+/// read the call and closed is an end of stream: that call fails.
+#[tokio::test]
+async fn a_call_the_runner_never_read_goes_again_after_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("runner.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    // The runner's first connection: waits for our call to arrive, then
+    // closes without reading it (a reset for us). The others answer.
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((stream, _)) = listener.accept().await {
+            if std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    stream.readable().await.unwrap();
+                    drop(stream);
+                });
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut conn = Framed::new(stream, FrameCodec::default());
+                if let Some(Ok(_)) = conn.next().await {
+                    let answer = crate::wire::Prepared {
+                        token: 7,
+                        needs: Needs::default(),
+                    };
+                    conn.send(&answer).await.unwrap();
+                }
+            });
+        }
+    });
+    let conf =
+        crate::host::config::Config::parse(r#"{"ext-plugin": {"cmd": ["runner"]}, "routes": []}"#)
+            .expect("a valid configuration")
+            .runner;
+    let (_tx, rx) = watch::channel(RunnerState::Ready {
+        socket: Arc::new(socket),
+        generation: 1,
+        pid: std::process::id(),
+    });
+    let client = ExtClient::new(&conf, rx);
+    let ticket = client.ticket(&phase("route-1")).await.unwrap();
+    assert_eq!(ticket.token, 7);
+
+    // Read, then closed: an end of stream, and the call fails.
+    let (conn, peer) = pooled(&client, 1);
+    let reader = tokio::spawn(async move {
+        let mut peer = Framed::new(peer, FrameCodec::default());
+        peer.next().await.unwrap().unwrap();
+    });
+    let prepare = crate::wire::PrepareConf {
+        conf: vec![("say", "{}")],
+        key: None,
+    };
+    let failed = client
+        .exchange_on(conn, &prepare, MessageType::PrepareConf, None)
+        .await;
+    reader.await.unwrap();
+    assert!(
+        matches!(failed, Err(Failure::Call(CallError::Broken(_)))),
+        "a call the runner read is not sent again"
     );
 }
 
