@@ -16,7 +16,7 @@ scripts/ensure-capnp.sh
 scripts/ensure-protoc.sh
 seconds="${FUZZ_SECONDS:-600}"
 jobs="${FUZZ_JOBS:-1}"
-all=(frame runner_messages host_messages path config)
+all=(frame runner_messages host_messages apisix_runner_messages apisix_host_messages path config)
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then targets=("${all[@]}"); fi
 

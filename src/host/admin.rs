@@ -8,8 +8,11 @@
 //!   ([`AdminHooks`]); 501 when the host has none.
 //!
 //! It binds before the runner starts, so that `/readyz` tells "starting"
-//! while it does, and it answers until the host has stopped.
+//! while it does, and it answers until the host has stopped. Every request
+//! passes [`AdminAccess`] first (its `Host`, a POST's `Origin`, the
+//! optional token).
 
+use crate::host::edge::admin_access::AdminAccess;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -63,13 +66,26 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown`, in a task.
+/// Serves the admin endpoints on `listener` until `shutdown`, in a task,
+/// with the default [`AdminAccess`] (the listener's address and
+/// `localhost` in `Host`, same-origin POSTs, no token).
 pub fn spawn(
     listener: TcpListener,
     hooks: AdminHooks,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    spawn_with_access(listener, hooks, AdminAccess::default(), shutdown)
+}
+
+/// [`spawn`] with these access rules.
+pub fn spawn_with_access(
+    listener: TcpListener,
+    hooks: AdminHooks,
+    access: AdminAccess,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
     let hooks = Arc::new(hooks);
+    let access = Arc::new(access);
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "admin listening");
     }
@@ -88,10 +104,32 @@ pub fn spawn(
                 },
                 _ = shutdown.cancelled() => break,
             };
-            let hooks = hooks.clone();
+            let (hooks, access) = (hooks.clone(), access.clone());
             let shutdown = shutdown.clone();
+            let Ok(local) = stream.local_addr() else {
+                continue;
+            };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| answer(hooks.clone(), req));
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let hooks = hooks.clone();
+                    let checked = access.check(&req, local);
+                    async move {
+                        match checked {
+                            Ok(()) => answer(hooks, req).await,
+                            Err(refusal) => {
+                                warn!(client = %peer, status = refusal.status.as_u16(), reason = %refusal.message, "admin request refused");
+                                let mut resp = text(refusal.status, line(&refusal.message));
+                                if refusal.status == StatusCode::UNAUTHORIZED {
+                                    resp.headers_mut().insert(
+                                        header::WWW_AUTHENTICATE,
+                                        header::HeaderValue::from_static("Bearer"),
+                                    );
+                                }
+                                Ok(resp)
+                            }
+                        }
+                    }
+                });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);

@@ -3,6 +3,7 @@
 //! SIGTERM and SIGINT stop), serve until shutdown, stop in order.
 
 use crate::host::config::Config;
+use crate::host::edge::admin_access::AdminAccess;
 use crate::host::error::HostError;
 use crate::host::gateway::{self, Gateway};
 use crate::host::{admin, server, source};
@@ -67,7 +68,7 @@ pub async fn run_from(
             source,
         })?;
     let (limits, grace, listen, routes) = (
-        config.client,
+        server::fd_limit::fit(&config),
         config.shutdown_grace,
         config.listen,
         config.routes.len(),
@@ -77,7 +78,7 @@ pub async fn run_from(
     let admin_stop = CancellationToken::new();
     let _stop_admin = admin_stop.clone().drop_guard();
     let started: Arc<std::sync::OnceLock<Arc<Gateway>>> = Arc::default();
-    let admin_addr = match config.admin {
+    let admin_addr = match &config.admin {
         None => None,
         Some(conf) => {
             let admin_listener =
@@ -88,9 +89,10 @@ pub async fn run_from(
                         source,
                     })?;
             let addr = admin_listener.local_addr().unwrap_or(conf.listen);
-            admin::spawn(
+            admin::spawn_with_access(
                 admin_listener,
                 admin_hooks(started.clone(), shutdown.clone()),
+                AdminAccess::new(&conf.hosts, conf.token.clone()),
                 admin_stop.clone(),
             );
             Some(addr)

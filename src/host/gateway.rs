@@ -130,7 +130,7 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<String> {
     }
     if old.client != new.client {
         return Some(format!(
-            "the client connection limits (`client_header_timeout_ms`, `keepalive_timeout_ms`, `max_client_connections`, `max_request_header_bytes`) changed: they apply to the listener from its start; {RESTART}"
+            "the client connection limits (`client_header_timeout_ms`, `keepalive_timeout_ms`, `max_client_connections`, `max_request_header_bytes`, `max_request_headers`) changed: they apply to the listener from its start; {RESTART}"
         ));
     }
     if old.shutdown_grace != new.shutdown_grace {

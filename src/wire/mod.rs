@@ -2,7 +2,10 @@
 //!
 //! Frames (type byte, 24-bit big-endian length, payload) and the typed
 //! messages they carry, converted to and from Cap'n Proto
-//! (`schema/ext_plugin.capnp`), plus the plain data those messages carry:
+//! (`schema/ext_plugin.capnp`, extplug's own wire) and FlatBuffers
+//! (`schema/ext-plugin.fbs`, Apache APISIX's wire: [`apisix`]; one model,
+//! two encodings, told apart by [`Protocol::detect`]), plus the plain data
+//! those messages carry:
 //! the request and response of a call ([`RequestParts`], [`ResponseParts`]),
 //! what a chain decided ([`RequestOutcome`], [`ResponseOutcome`]), what it
 //! will read ([`Needs`]) and what it may ask for ([`InfoKey`]).
@@ -13,11 +16,13 @@
 //! bytes. It has no runtime and no logging: the codec is a `tokio-util`
 //! codec that any `Framed` stream can use.
 
+pub mod apisix;
 pub mod codec;
 mod convert;
 mod info;
 pub mod message;
 mod needs;
+mod protocol;
 mod request;
 mod response;
 
@@ -37,6 +42,7 @@ pub use message::{
     Prepared, ReqCall, ReqCallAnswer, RespCall, RespCallAnswer,
 };
 pub use needs::Needs;
+pub use protocol::Protocol;
 pub use request::{RequestOutcome, RequestParts, Rewrite, Stop};
 pub use response::{ResponseOutcome, ResponseParts};
 

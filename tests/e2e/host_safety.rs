@@ -414,7 +414,7 @@ fn a_socket_directory_that_cannot_be_made_stops_the_proxy() {
 }
 
 /// A runner's rewrite with a `Connection` header that lists 200 000 names,
-/// 20 000 headers to set and 20 000 to delete: the proxy filters it with a
+/// 4 000 headers to set and 4 000 to delete: the proxy filters it with a
 /// search per header, not a scan of every list (billions of comparisons, the
 /// proxy's one thread taken for minutes, every client waiting). The listed
 /// headers are dropped, the three others reach the upstream, and the next
@@ -430,10 +430,10 @@ async fn a_rewrite_with_huge_header_lists_is_filtered_without_stalling_the_proxy
     let got = get(&proxy.url("/many-headers")).await;
     assert_eq!(got.status, 200, "{}", proxy.log());
     let seen = up.last();
-    for kept in ["x-h7", "x-h12345", "x-h19999"] {
+    for kept in ["x-h7", "x-h1234", "x-h3999"] {
         assert_eq!(seen.header(kept), Some("v"), "{kept}");
     }
-    for dropped in ["x-h0", "x-h8", "x-h19998", "connection", "y-h0"] {
+    for dropped in ["x-h0", "x-h8", "x-h3998", "connection", "y-h0"] {
         assert_eq!(seen.header(dropped), None, "{dropped}");
     }
     assert_eq!(get(&proxy.url("/next")).await.status, 200);

@@ -6,8 +6,10 @@
 mod support;
 
 mod admin;
+mod admin_access;
 mod demo;
 mod etcd;
+mod fail_closed;
 mod failfast;
 mod getting_started;
 mod host_safety;
@@ -18,6 +20,8 @@ mod phases;
 mod pool;
 mod proxy;
 mod reload;
+mod runner_bounds;
 mod security_pipeline;
 mod template;
 mod threads;
+mod upstream_pool;

@@ -97,23 +97,63 @@ fn bench_runner_compares_every_case_with_the_floor() {
     );
 }
 
+/// Over APISIX's wire: the connection and header cases, no body case (the
+/// runner would ask the body with EXTRA_INFO).
 #[test]
-fn bench_runner_names_a_chain_the_runner_refuses() {
-    let out = bench(&[
+fn bench_runner_speaks_apisix_wire_too() {
+    let out = success(bench(&[
         "runner",
+        "--protocol",
+        "apisix",
         "--seconds",
         "0.2",
         "--rounds",
         "1",
-        "--plugin",
-        "no-such-plugin={}",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("refused the chain") && stderr.contains("no-such-plugin"),
-        "{stderr}"
-    );
+        "--connections",
+        "2",
+        "--headers",
+        "10",
+        "--growth-connections",
+        "2",
+        "--threads",
+        "1",
+    ]));
+    assert!(out.contains("over the apisix wire"), "{out}");
+    assert!(out.contains("no body cases over APISIX's wire"), "{out}");
+    for case in ["20 headers, 2 connections", "10 headers, 2 connections"] {
+        let cells = row(&out, case);
+        assert!(
+            number(cells[2]) > 0.0 && number(cells[4]) > 0.0,
+            "{case}\n{out}"
+        );
+    }
+    assert!(!out.contains("body, 2 connections |"), "{out}");
+}
+
+/// Over either wire (APISIX's error has only its code).
+#[test]
+fn bench_runner_names_a_chain_the_runner_refuses() {
+    for (protocol, reason) in [("capnp", "no-such-plugin"), ("apisix", "badRequest")] {
+        let out = bench(&[
+            "runner",
+            "--protocol",
+            protocol,
+            "--seconds",
+            "0.2",
+            "--rounds",
+            "1",
+            "--plugin",
+            "no-such-plugin={}",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("refused the chain")
+                && stderr.contains("no-such-plugin")
+                && stderr.contains(reason),
+            "{protocol}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -37,6 +37,22 @@ fn frame<T: extplug::wire::Encode>(msg: &T) -> (u8, BytesMut) {
     (f.kind, f.payload)
 }
 
+/// The payloads of `msg` in both encodings: Cap'n Proto, then APISIX's
+/// FlatBuffers (seeds of the fuzz targets of each).
+fn both<T: extplug::wire::Encode + extplug::wire::apisix::ApisixEncode>(msg: &T) -> [Vec<u8>; 2] {
+    let mut flat = BytesMut::new();
+    FrameCodec::default()
+        .encode_apisix(msg, &mut extplug::wire::apisix::Builder::new(), &mut flat)
+        .unwrap();
+    [frame(msg).1.to_vec(), flat[4..].to_vec()]
+}
+
+/// Seeds by encoding: the Cap'n Proto ones, then the FlatBuffers ones.
+fn split(pairs: Vec<[Vec<u8>; 2]>) -> [Vec<Vec<u8>>; 2] {
+    let (capnp, flat) = pairs.into_iter().map(|[a, b]| (a, b)).unzip();
+    [capnp, flat]
+}
+
 /// Any text, control characters and NUL included.
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -386,43 +402,38 @@ fn write_fuzz_seeds() {
         headers: vec![("content-type", "text/plain")],
         extra_info: vec![("$response_body", Some(b"hello"))],
     };
-    let runner: Vec<BytesMut> = vec![
-        frame(&PrepareConf {
+    let runner: Vec<[Vec<u8>; 2]> = vec![
+        both(&PrepareConf {
             conf: vec![("say", r#"{"body":"hi"}"#), ("key-auth", r#"{"key":"k"}"#)],
             key: Some("route#1"),
-        })
-        .1,
-        frame(&ReqCall {
+        }),
+        both(&ReqCall {
             conf_token: 7,
             parts,
-        })
-        .1,
-        frame(&RespCall {
+        }),
+        both(&RespCall {
             conf_token: 7,
             parts: resp_parts,
-        })
-        .1,
-        frame(&ExtraInfoAnswer(Some(b"value"))).1,
-        frame(&ExtraInfoAnswer(None)).1,
+        }),
+        both(&ExtraInfoAnswer(Some(b"value"))),
+        both(&ExtraInfoAnswer(None)),
     ];
-    let host: Vec<BytesMut> = vec![
-        frame(&Prepared {
+    let host: Vec<[Vec<u8>; 2]> = vec![
+        both(&Prepared {
             token: 9,
             needs: Needs {
                 vars: vec!["remote_addr".into()],
                 request_body: true,
                 response_body: false,
             },
-        })
-        .1,
-        frame(&ReqCallAnswer {
+        }),
+        both(&ReqCallAnswer {
             id: 1,
             outcome: RequestOutcome::Stop(
                 Stop::new(StatusCode::FORBIDDEN).header("x", "y").body("no"),
             ),
-        })
-        .1,
-        frame(&ReqCallAnswer {
+        }),
+        both(&ReqCallAnswer {
             id: 1,
             outcome: RequestOutcome::Rewrite(Rewrite {
                 path: Some("/p".into()),
@@ -431,29 +442,25 @@ fn write_fuzz_seeds() {
                 resp_headers: vec![("r".into(), "v".into())],
                 body: Some(b"body".to_vec()),
             }),
-        })
-        .1,
-        frame(&ReqCallAnswer {
+        }),
+        both(&ReqCallAnswer {
             id: 1,
             outcome: RequestOutcome::Continue,
-        })
-        .1,
-        frame(&RespCallAnswer {
+        }),
+        both(&RespCallAnswer {
             id: 2,
             outcome: ResponseOutcome {
                 status: Some(StatusCode::CREATED),
                 headers: Some(vec![("a".into(), "b".into())]),
                 body: Some(b"x".to_vec()),
             },
-        })
-        .1,
-        frame(&InfoKey::Var("remote_addr")).1,
-        frame(&InfoKey::RequestBody).1,
-        frame(&ErrorResp {
+        }),
+        both(&InfoKey::Var("remote_addr")),
+        both(&InfoKey::RequestBody),
+        both(&ErrorResp {
             code: ErrorCode::ConfTokenNotFound,
             message: "gone".into(),
-        })
-        .1,
+        }),
     ];
     let mut frames = Vec::new();
     let mut codec = FrameCodec::default();
@@ -471,13 +478,11 @@ fn write_fuzz_seeds() {
             std::fs::write(dir.join(format!("seed-{i}")), item).unwrap();
         }
     };
-    write(
-        "runner_messages",
-        runner.into_iter().map(|b| b.to_vec()).collect(),
-    );
-    write(
-        "host_messages",
-        host.into_iter().map(|b| b.to_vec()).collect(),
-    );
+    let [runner, apisix_runner]: [Vec<Vec<u8>>; 2] = split(runner);
+    let [host, apisix_host]: [Vec<Vec<u8>>; 2] = split(host);
+    write("runner_messages", runner);
+    write("host_messages", host);
+    write("apisix_runner_messages", apisix_runner);
+    write("apisix_host_messages", apisix_host);
     write("frame", frames);
 }

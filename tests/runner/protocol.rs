@@ -777,6 +777,13 @@ fn bad_environment_exits_non_zero_with_a_clear_message() {
             ],
             "EXTPLUG_MAX_EXTRA_INFO=\"lots\"",
         ),
+        (
+            &[
+                ("APISIX_LISTEN_ADDRESS", &sock),
+                ("EXTPLUG_RUNNER_PROTOCOL", "flatbuffers"),
+            ],
+            "EXTPLUG_RUNNER_PROTOCOL=\"flatbuffers\" is not `apisix` or `capnp`",
+        ),
     ];
     for (env, expected) in cases {
         let out = run_with_env(env);
@@ -890,7 +897,12 @@ impl Rng {
 
 #[tokio::test]
 async fn random_frames_on_many_connections_never_hurt_the_runner() {
-    let runner = RunnerProc::start(&[("EXTPLUG_MAX_FRAME", "4096")]);
+    // Pinned to Cap'n Proto: noise as a first frame would otherwise make a
+    // connection speak APISIX's wire (tests/runner/apisix_wire.rs has that case).
+    let runner = RunnerProc::start(&[
+        ("EXTPLUG_MAX_FRAME", "4096"),
+        ("EXTPLUG_RUNNER_PROTOCOL", "capnp"),
+    ]);
     let mut good = runner.client().await;
     let token = good.prepare(&[("say", SAY)]).await;
     // Valid messages of one type sent as another, and plain noise.

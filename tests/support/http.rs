@@ -169,6 +169,7 @@ pub struct ProxyBuilder<'a> {
     filter: String,
     env: Vec<(String, String)>,
     umask: Option<u32>,
+    nofile: Option<(u64, u64)>,
     args: Vec<String>,
 }
 
@@ -204,6 +205,13 @@ impl ProxyBuilder<'_> {
         self
     }
 
+    /// Runs the proxy with these soft and hard file descriptor limits
+    /// (through `sh -c 'ulimit -Sn ...; ulimit -Hn ...; exec ...'`).
+    pub fn nofile(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
+        self
+    }
+
     /// Starts `extplug proxy` and waits for its "listening" line.
     pub fn start(self) -> ProxyProc {
         ProxyProc::spawn(self)
@@ -228,6 +236,7 @@ impl ProxyProc {
             filter: "info".to_owned(),
             env: Vec::new(),
             umask: None,
+            nofile: None,
             args: Vec::new(),
         }
     }
@@ -238,15 +247,22 @@ impl ProxyProc {
         std::fs::write(&path, serde_json::to_string_pretty(b.config).unwrap()).unwrap();
         let log = dir.path().join("proxy.log");
         let exe = env!("CARGO_BIN_EXE_extplug");
-        let mut cmd = match b.umask {
-            None => Command::new(exe),
-            Some(mask) => {
-                let mut sh = Command::new("sh");
-                sh.arg("-c")
-                    .arg(format!("umask {mask:03o}; exec \"$0\" \"$@\""))
-                    .arg(exe);
-                sh
-            }
+        let mut setup = String::new();
+        if let Some(mask) = b.umask {
+            setup.push_str(&format!("umask {mask:03o}; "));
+        }
+        if let Some((soft, hard)) = b.nofile {
+            // Soft first: a hard limit below the current soft one is refused.
+            setup.push_str(&format!("ulimit -Sn {soft} && ulimit -Hn {hard} && "));
+        }
+        let mut cmd = if setup.is_empty() {
+            Command::new(exe)
+        } else {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("{setup}exec \"$0\" \"$@\""))
+                .arg(exe);
+            sh
         };
         if !b.env.iter().any(|(k, _)| k == "TMPDIR") {
             cmd.env("TMPDIR", dir.path());

@@ -4,6 +4,14 @@
 //! Every error becomes an ERROR frame here, and only a framing violation or a
 //! broken socket ends the connection: the process never exits because of what
 //! one connection sent.
+//!
+//! A connection speaks one wire, extplug's Cap'n Proto or APISIX's
+//! FlatBuffers: the one `EXTPLUG_RUNNER_PROTOCOL` pins, else the one its
+//! first frame's payload is in ([`Protocol::detect`]). Only the decoding of
+//! a request and the encoding of an answer differ; the loop, the cache and
+//! the chains are the same. On APISIX's wire, whose ERROR carries no
+//! message, a malformed message also closes the connection (APISIX itself
+//! closes after any error), and the reason is logged instead.
 
 use super::cache::{ConfCache, Entry};
 use crate::{
@@ -12,10 +20,11 @@ use crate::{
 };
 use bytes::{Bytes, BytesMut};
 use capnp::message::ScratchSpaceHeapAllocator;
+use extplug::wire::apisix::{self, ApisixEncode};
 use extplug::wire::codec::{HEADER_LEN, RESERVE_CHUNK};
 use extplug::wire::{
-    Encode, ErrorCode, ErrorResp, Frame, FrameCodec, FrameError, MessageType, Payload, Prepared,
-    ReqCallAnswer, RespCallAnswer,
+    DecodeError, Encode, ErrorCode, ErrorResp, Frame, FrameCodec, FrameError, MessageType, Payload,
+    PrepareConf, Prepared, Protocol, ReqCallAnswer, RespCallAnswer,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +42,9 @@ pub(crate) struct Shared {
     pub max_frame: usize,
     /// The most EXTRA_INFO round trips per call.
     pub max_extra_info: u32,
+    /// The one wire spoken (`EXTPLUG_RUNNER_PROTOCOL`); `None`: each
+    /// connection's first frame decides.
+    pub protocol: Option<Protocol>,
 }
 
 /// Whether the connection can take another frame after an answer.
@@ -65,6 +77,11 @@ struct Conn<'s> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     scratch: ScratchSpaceHeapAllocator<'s>,
+    /// The wire of this connection, once known.
+    protocol: Option<Protocol>,
+    /// Where APISIX's answers are built: reused, like `scratch` (it
+    /// allocates on the first APISIX answer only).
+    flat: apisix::Builder,
 }
 
 impl Conn<'_> {
@@ -122,10 +139,20 @@ impl Conn<'_> {
     /// # Errors
     /// [`FrameError::TooLarge`] when it is over the frame limit (nothing of
     /// it was sent: the stream is still in step), or the socket failed.
-    async fn send<T: Encode + ?Sized>(&mut self, message: &T) -> Result<(), FrameError> {
+    async fn send<T: Encode + ApisixEncode + ?Sized>(
+        &mut self,
+        message: &T,
+    ) -> Result<(), FrameError> {
         self.wbuf.clear();
-        self.codec
-            .encode_with(message, &mut self.scratch, &mut self.wbuf)?;
+        match self.protocol {
+            Some(Protocol::Apisix) => {
+                self.codec
+                    .encode_apisix(message, &mut self.flat, &mut self.wbuf)?
+            }
+            _ => self
+                .codec
+                .encode_with(message, &mut self.scratch, &mut self.wbuf)?,
+        }
         self.stream.write_all(&self.wbuf).await?;
         if self.wbuf.capacity() > KEEP_BUFFER {
             self.wbuf = BytesMut::new();
@@ -145,6 +172,8 @@ pub(crate) async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Can
         rbuf: BytesMut::with_capacity(READ_BUFFER),
         wbuf: BytesMut::with_capacity(READ_BUFFER),
         scratch: ScratchSpaceHeapAllocator::new(&mut scratch),
+        protocol: shared.protocol,
+        flat: apisix::Builder::new(),
     };
     // Tokens this connection used: found again without the shared lock.
     let mut tokens: HashMap<u32, Arc<Entry>> = HashMap::new();
@@ -168,6 +197,11 @@ pub(crate) async fn serve(stream: UnixStream, shared: Arc<Shared>, shutdown: Can
                 break;
             }
         };
+        if conn.protocol.is_none() {
+            let protocol = Protocol::detect(&frame.payload);
+            debug!(%protocol, "connection speaks {protocol}");
+            conn.protocol = Some(protocol);
+        }
         match handle(&mut conn, &shared, &mut tokens, frame).await {
             Ok(Flow::Next) => {}
             Ok(Flow::Close) => break,
@@ -204,42 +238,80 @@ async fn handle(
                 "message type {} ({other:?}) is not a request a host may send here",
                 frame.kind
             );
-            send_error(conn, ErrorCode::BadRequest, message).await?;
-            return Ok(Flow::Next);
+            return malformed(conn, message).await;
         }
         None => {
             let message = format!("unknown message type {}", frame.kind);
-            send_error(conn, ErrorCode::BadRequest, message).await?;
-            return Ok(Flow::Next);
+            return malformed(conn, message).await;
         }
     };
-    let payload = match Payload::parse(&frame.payload) {
-        Ok(payload) => payload,
-        Err(e) => {
-            warn!(kind = frame.kind, cause = %e, "bad payload");
-            send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
-            return Ok(Flow::Next);
-        }
+    let bytes = &frame.payload[..];
+    // The Cap'n Proto message, when that is the wire: what is decoded from
+    // it borrows it.
+    let capnp = match conn.protocol {
+        Some(Protocol::Apisix) => None,
+        _ => match Payload::parse(bytes) {
+            Ok(payload) => Some(payload),
+            Err(e) => return malformed(conn, e.to_string()).await,
+        },
     };
     match kind {
-        MessageType::PrepareConf => prepare(conn, shared, &payload).await,
-        MessageType::HttpReqCall => req_call(conn, shared, tokens, &payload).await,
-        _ => resp_call(conn, shared, tokens, &payload).await,
+        MessageType::PrepareConf => {
+            let req = match &capnp {
+                Some(payload) => payload.prepare_conf(),
+                None => apisix::prepare_conf(bytes),
+            };
+            match req {
+                Ok(req) => prepare(conn, shared, req).await,
+                Err(e) => bad_message(conn, e).await,
+            }
+        }
+        MessageType::HttpReqCall => {
+            let req = match &capnp {
+                Some(payload) => payload.req_call(),
+                None => apisix::req_call(bytes),
+            };
+            match req {
+                Ok(c) => call(conn, shared, tokens, c.conf_token, c.parts).await,
+                Err(e) => bad_message(conn, e).await,
+            }
+        }
+        _ => {
+            let req = match &capnp {
+                Some(payload) => payload.resp_call(),
+                None => apisix::resp_call(bytes),
+            };
+            match req {
+                Ok(c) => call(conn, shared, tokens, c.conf_token, c.parts).await,
+                Err(e) => bad_message(conn, e).await,
+            }
+        }
     }
+}
+
+/// A message that does not decode: [`malformed`].
+async fn bad_message(conn: &mut Conn<'_>, e: DecodeError) -> Result<Flow, FrameError> {
+    malformed(conn, e.to_string()).await
+}
+
+/// Answers a frame that is not a well-formed request with ERROR
+/// `badRequest`. On extplug's wire the connection is kept (the message
+/// says why); on APISIX's, whose ERROR has no message, the reason is
+/// logged and the connection closed.
+async fn malformed(conn: &mut Conn<'_>, message: String) -> Result<Flow, FrameError> {
+    warn!(protocol = ?conn.protocol, cause = %message, "malformed message");
+    send_error(conn, ErrorCode::BadRequest, message).await?;
+    Ok(match conn.protocol {
+        Some(Protocol::Apisix) => Flow::Close,
+        _ => Flow::Next,
+    })
 }
 
 async fn prepare(
     conn: &mut Conn<'_>,
     shared: &Shared,
-    payload: &Payload<'_>,
+    req: PrepareConf<'_>,
 ) -> Result<Flow, FrameError> {
-    let req = match payload.prepare_conf() {
-        Ok(req) => req,
-        Err(e) => {
-            send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
-            return Ok(Flow::Next);
-        }
-    };
     if let Some(entry) = req.key.and_then(|key| shared.cache.get_by_key(key)) {
         let answer = Prepared {
             token: entry.token,
@@ -251,8 +323,14 @@ async fn prepare(
     let chain = match Chain::prepare(&shared.registry, req.conf.iter().copied()) {
         Ok(chain) => chain,
         Err(e) => {
-            // debug: the host reports the refusal (once per route phase).
-            debug!(cause = %e, "conf refused");
+            // extplug's host reports the refusal (once per route phase):
+            // debug. APISIX's wire cannot carry the reason: warn, so that
+            // it is in APISIX's log (which relays the runner's output).
+            if conn.protocol == Some(Protocol::Apisix) {
+                warn!(cause = %e, "conf refused");
+            } else {
+                debug!(cause = %e, "conf refused");
+            }
             send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
             return Ok(Flow::Next);
         }
@@ -293,42 +371,12 @@ fn lookup<'t>(
     tokens.get(&token).map(|e| &**e)
 }
 
-async fn req_call(
-    conn: &mut Conn<'_>,
-    shared: &Shared,
-    tokens: &mut HashMap<u32, Arc<Entry>>,
-    payload: &Payload<'_>,
-) -> Result<Flow, FrameError> {
-    match payload.req_call() {
-        Ok(c) => call(conn, shared, tokens, c.conf_token, c.parts).await,
-        Err(e) => {
-            send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
-            Ok(Flow::Next)
-        }
-    }
-}
-
-async fn resp_call(
-    conn: &mut Conn<'_>,
-    shared: &Shared,
-    tokens: &mut HashMap<u32, Arc<Entry>>,
-    payload: &Payload<'_>,
-) -> Result<Flow, FrameError> {
-    match payload.resp_call() {
-        Ok(c) => call(conn, shared, tokens, c.conf_token, c.parts).await,
-        Err(e) => {
-            send_error(conn, ErrorCode::BadRequest, e.to_string()).await?;
-            Ok(Flow::Next)
-        }
-    }
-}
-
 /// What a call carries, runnable against a chain: the request phase's
 /// request or the response phase's response. (A plain `impl Future`, not
 /// `async_trait`: no boxed future per call.)
 trait CallParts: Send {
     /// The answer frame.
-    type Answer: Encode + Send + Sync;
+    type Answer: Encode + ApisixEncode + Send + Sync;
     /// The call's id, echoed in the answer.
     fn id(&self) -> u32;
     /// Runs the chain's phase over the view and folds the changes.
@@ -473,11 +521,17 @@ async fn exchange(conn: &mut Conn<'_>, key: InfoKey<'_>) -> Result<Option<Bytes>
     }
     // The value is a slice of the frame, which the call keeps: no copy.
     let frame = frame.payload.freeze();
-    let payload = Payload::parse(&frame)?;
-    Ok(payload
-        .extra_info_resp()?
-        .0
-        .map(|value| slice_of(&frame, value)))
+    let value = match conn.protocol {
+        Some(Protocol::Apisix) => apisix::extra_info_resp(&frame)?.0,
+        _ => {
+            let payload = Payload::parse(&frame)?;
+            return Ok(payload
+                .extra_info_resp()?
+                .0
+                .map(|value| slice_of(&frame, value)));
+        }
+    };
+    Ok(value.map(|value| slice_of(&frame, value)))
 }
 
 /// `value` as a slice of `frame` when it lies in it (the decoder borrows

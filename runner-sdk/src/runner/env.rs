@@ -25,6 +25,12 @@ pub const MAX_CONNECTIONS: &str = "EXTPLUG_MAX_CONNECTIONS";
 /// comma-separated (`1000,1001`).
 pub const ALLOWED_UIDS: &str = "EXTPLUG_ALLOWED_UIDS";
 
+/// extplug extra: the one wire the runner speaks, `apisix` (APISIX's
+/// FlatBuffers) or `capnp` (extplug's Cap'n Proto). Unset or empty: both,
+/// told apart per connection from its first frame
+/// ([`extplug::wire::Protocol::detect`]).
+pub const RUNNER_PROTOCOL: &str = "EXTPLUG_RUNNER_PROTOCOL";
+
 /// The default of `EXTPLUG_MAX_EXTRA_INFO`.
 pub const DEFAULT_MAX_EXTRA_INFO: u32 = 64;
 /// The default of `EXTPLUG_MAX_CONNECTIONS`.
@@ -72,6 +78,9 @@ pub enum EnvError {
         /// The entry that is not a uid.
         item: String,
     },
+    /// `EXTPLUG_RUNNER_PROTOCOL` is neither `apisix` nor `capnp`.
+    #[error("{RUNNER_PROTOCOL}={0:?} is not `apisix` or `capnp` (leave it unset or empty to speak both)")]
+    BadProtocol(String),
 }
 
 /// The runner's settings, as read from its environment.
@@ -91,6 +100,8 @@ pub struct RunnerEnv {
     pub max_connections: Option<usize>,
     /// `EXTPLUG_ALLOWED_UIDS` (empty when unset).
     pub allowed_uids: Vec<u32>,
+    /// `EXTPLUG_RUNNER_PROTOCOL`, when set and not empty.
+    pub protocol: Option<extplug::wire::Protocol>,
 }
 
 impl RunnerEnv {
@@ -148,6 +159,14 @@ impl RunnerEnv {
             None => Vec::new(),
             Some(text) => parse_uids(&text)?,
         };
+        let protocol = match lookup(RUNNER_PROTOCOL) {
+            None => None,
+            Some(text) if text.is_empty() => None,
+            Some(text) => match extplug::wire::Protocol::from_name(&text) {
+                Some(p) => Some(p),
+                None => return Err(EnvError::BadProtocol(text)),
+            },
+        };
         Ok(RunnerEnv {
             socket_path,
             conf_expire,
@@ -156,6 +175,7 @@ impl RunnerEnv {
             max_extra_info,
             max_connections,
             allowed_uids,
+            protocol,
         })
     }
 }
@@ -245,6 +265,26 @@ mod tests {
         for (ok, mode) in [("0777", 0o777), ("200", 0o200), (" 0600 ", 0o600)] {
             let env = read(&[(LISTEN_ADDRESS, "unix:/s"), (SOCKET_MODE, ok)]).unwrap();
             assert_eq!(env.socket_mode, Some(mode));
+        }
+    }
+
+    #[test]
+    fn the_protocol_is_pinned_by_name_and_empty_counts_as_unset() {
+        use extplug::wire::Protocol;
+        let env = read(&[(LISTEN_ADDRESS, "unix:/s")]).unwrap();
+        assert_eq!(env.protocol, None);
+        for (text, want) in [
+            ("", None),
+            ("apisix", Some(Protocol::Apisix)),
+            ("capnp", Some(Protocol::Capnp)),
+        ] {
+            let env = read(&[(LISTEN_ADDRESS, "unix:/s"), (RUNNER_PROTOCOL, text)]).unwrap();
+            assert_eq!(env.protocol, want, "{text:?}");
+        }
+        for bad in ["APISIX", "flatbuffers", " apisix", "both"] {
+            let err = read(&[(LISTEN_ADDRESS, "unix:/s"), (RUNNER_PROTOCOL, bad)]).unwrap_err();
+            assert_eq!(err, EnvError::BadProtocol(bad.into()));
+            assert!(err.to_string().contains(RUNNER_PROTOCOL), "{err}");
         }
     }
 

@@ -258,6 +258,7 @@ impl Runner {
             cache: ConfCache::new(lifetime, self.cache_capacity),
             max_frame: env.max_frame.unwrap_or(self.max_frame),
             max_extra_info: env.max_extra_info.unwrap_or(self.max_extra_info),
+            protocol: env.protocol,
         });
         info!(
             socket = %env.socket_path.display(),
@@ -265,6 +266,7 @@ impl Runner {
             conf_lifetime_s = lifetime.as_secs_f64(),
             max_connections,
             max_extra_info = shared.max_extra_info,
+            protocol = shared.protocol.map_or("capnp and apisix", |p| p.name()),
             allowed_uids = ?peers.allowed,
             plugins = ?shared.registry.names(),
             "runner listening"

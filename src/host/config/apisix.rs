@@ -3,9 +3,10 @@
 //! holds by id.
 
 use super::balance::smooth_schedule;
-use super::model::{Phase, PhaseConf, Route, Upstream, UriPattern, DEFAULT_RUNNER};
+use super::model::{KeepalivePool, Phase, PhaseConf, Route, Upstream, UriPattern, DEFAULT_RUNNER};
 use super::raw::{
-    without_position, RawId, RawNodes, RawPhase, RawPlugins, RawRoute, RawService, RawUpstream,
+    without_position, RawId, RawKeepalivePool, RawNodes, RawPhase, RawPlugins, RawRoute,
+    RawService, RawUpstream,
 };
 use super::uri::check_route_uri;
 use http::Method;
@@ -343,12 +344,14 @@ pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
         None => (None, None, None),
     };
     secs(send, "send")?;
+    let keepalive = keepalive_pool(raw.keepalive_pool.as_ref())?;
     Ok(Upstream {
         nodes,
         schedule,
         connect_timeout: secs(connect, "connect")?,
         read_timeout: secs(read, "read")?,
         pass_host_node,
+        keepalive,
     })
 }
 
@@ -385,4 +388,41 @@ pub(super) fn unsupported_or(path: &str, message: String) -> String {
         }
         _ => message,
     }
+}
+
+/// Checks `keepalive_pool` as APISIX's schema does (`size` and `requests`
+/// at least 1, `idle_timeout` at least 0 seconds).
+pub(super) fn keepalive_pool(raw: Option<&RawKeepalivePool>) -> Result<KeepalivePool, String> {
+    let mut pool = KeepalivePool::default();
+    let Some(raw) = raw else {
+        return Ok(pool);
+    };
+    if let Some(size) = raw.size {
+        pool.size = usize::try_from(size)
+            .ok()
+            .filter(|&s| (1..=100_000).contains(&s))
+            .ok_or_else(|| {
+                format!("`upstream.keepalive_pool.size` {size} must be between 1 and 100000")
+            })?;
+    }
+    if let Some(secs) = raw.idle_timeout {
+        pool.idle_timeout = Some(secs)
+            .filter(|s| *s >= 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .ok_or_else(|| {
+                format!("`upstream.keepalive_pool.idle_timeout` {secs} must be a number of seconds, 0 or more")
+            })?;
+    }
+    if let Some(requests) = raw.requests {
+        pool.requests = u32::try_from(requests)
+            .ok()
+            .filter(|&r| r >= 1)
+            .ok_or_else(|| {
+                format!(
+                    "`upstream.keepalive_pool.requests` {requests} must be between 1 and {}",
+                    u32::MAX
+                )
+            })?;
+    }
+    Ok(pool)
 }

@@ -3,9 +3,9 @@
 
 use super::apisix::parse_route;
 use super::error::ConfigError;
-use super::model::{AdminConf, Config, Route, DEFAULT_RUNNER};
+use super::model::{Config, Route, DEFAULT_RUNNER};
 use super::raw::{without_position, RawConfig};
-use super::validate::{check_runners, client_limits, etcd_conf, runner_conf};
+use super::validate::{admin_conf, check_runners, client_limits, etcd_conf, runner_conf};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,16 +61,16 @@ impl Config {
             ));
         }
         let client = client_limits(&raw)?;
+        let largest = raw.max_request_body_bytes.max(raw.max_response_body_bytes);
+        if raw.max_buffered_body_bytes < largest {
+            return Err(ConfigError(format!(
+                "`max_buffered_body_bytes` {} is less than one body may be (`max_request_body_bytes` or `max_response_body_bytes`, {largest}): no such body could ever be read",
+                raw.max_buffered_body_bytes
+            )));
+        }
         let admin = match &raw.admin {
             None => None,
-            Some(a) => Some(AdminConf {
-                listen: a.listen.parse().map_err(|_| {
-                    ConfigError(format!(
-                        "`admin.listen`: {:?} is not an address such as 127.0.0.1:9091",
-                        a.listen
-                    ))
-                })?,
-            }),
+            Some(a) => Some(admin_conf(a)?),
         };
         let runner = runner_conf("ext-plugin", raw.ext_plugin)?;
         let mut runners = BTreeMap::new();
@@ -141,6 +141,7 @@ impl Config {
             routes,
             max_request_body: raw.max_request_body_bytes,
             max_response_body: raw.max_response_body_bytes,
+            max_buffered_body: raw.max_buffered_body_bytes,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
             client_body_timeout: Duration::from_millis(raw.client_body_timeout_ms),
             client,

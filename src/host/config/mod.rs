@@ -26,7 +26,7 @@ mod validate;
 pub use apisix::{check_apisix_service, check_apisix_upstream, parse_apisix_route, Objects};
 pub use error::ConfigError;
 pub use model::{
-    AdminConf, ClientLimits, Config, EtcdConf, Phase, PhaseConf, Route, RunnerConf, Upstream,
-    UriPattern, DEFAULT_RUNNER,
+    AdminConf, ClientLimits, Config, EtcdConf, KeepalivePool, Phase, PhaseConf, Route, RunnerConf,
+    Upstream, UriPattern, DEFAULT_RUNNER,
 };
 pub use validate::{check_runners, RESERVED_ENV};

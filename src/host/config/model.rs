@@ -51,6 +51,9 @@ pub struct Config {
     pub max_request_body: usize,
     /// The largest upstream body buffered for a plugin (502 past it).
     pub max_response_body: usize,
+    /// The bytes all bodies buffered for plugins may hold at once
+    /// (`max_buffered_body_bytes`); past it a body is refused with 503.
+    pub max_buffered_body: usize,
     /// How long requests in flight may take to finish at shutdown.
     pub shutdown_grace: Duration,
     /// The longest wait for the next bytes of a client's request body, like
@@ -92,11 +95,30 @@ impl std::fmt::Debug for EtcdConf {
     }
 }
 
-/// The admin listener's settings (`"admin": {"listen": ADDR}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The admin listener's settings (`"admin": {"listen": ADDR, "hosts": [...],
+/// "token": "..."}`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct AdminConf {
     /// Where it listens (port 0: any free port, printed at start).
     pub listen: SocketAddr,
+    /// Host names a request may name in `Host` besides the address it came
+    /// to and `localhost` (with or without the port): the names the
+    /// listener is reached by (a load balancer's, a Kubernetes service's).
+    pub hosts: Vec<String>,
+    /// When set, every endpoint but `/healthz` and `/readyz` wants
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConf {
+    /// Without the token: the configuration may be logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConf")
+            .field("listen", &self.listen)
+            .field("hosts", &self.hosts)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// Limits on the proxy's client side, with nginx-like defaults.
@@ -114,6 +136,9 @@ pub struct ClientLimits {
     pub max_connections: usize,
     /// The largest request header (request line included); past it: 431.
     pub max_header_bytes: usize,
+    /// The most header fields a request may have; past it: 431. hyper
+    /// counts fields (its default is 100); nginx only counts bytes.
+    pub max_headers: usize,
 }
 
 /// The `ext-plugin` section.
@@ -143,6 +168,11 @@ pub struct RunnerConf {
     /// Connections to the runner, at most (one per call in progress; calls
     /// beyond wait for one); 0: a new connection per call, no limit.
     pub pool_size: usize,
+    /// Connections to the runner held, at most, by calls waiting for a
+    /// client's (or upstream's) body the runner asked for during the call
+    /// (`max_waiting_calls`, default `pool_size`); with `pool_size`, the
+    /// host never holds more than their sum. 0: no bound.
+    pub max_waiting_calls: usize,
     /// Calls timing out in a row before the runner is deemed stuck and
     /// replaced; 0 never replaces it.
     pub restart_after_timeouts: u32,
@@ -225,6 +255,34 @@ pub struct Upstream {
     pub read_timeout: Duration,
     /// Send the node's address as `Host` instead of the client's.
     pub pass_host_node: bool,
+    /// The idle connections kept to each node (`keepalive_pool`).
+    pub keepalive: KeepalivePool,
+}
+
+/// An upstream's `keepalive_pool`, with APISIX's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepalivePool {
+    /// Idle connections kept per node per proxy thread (APISIX counts per
+    /// worker process); past it a connection is closed when its request
+    /// ends.
+    pub size: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+    /// Requests a connection carries before it is closed (nginx's
+    /// `keepalive_requests`: memory some servers free only with the
+    /// connection).
+    pub requests: u32,
+}
+
+impl Default for KeepalivePool {
+    /// APISIX's: 320 connections, 60 s, 1000 requests.
+    fn default() -> Self {
+        KeepalivePool {
+            size: 320,
+            idle_timeout: Duration::from_secs(60),
+            requests: 1000,
+        }
+    }
 }
 
 impl Config {

@@ -16,6 +16,7 @@ impl Default for ClientLimits {
             keepalive_timeout: Duration::from_millis(default_keepalive_timeout()),
             max_connections: default_max_client_connections(),
             max_header_bytes: default_max_request_header(),
+            max_headers: default_max_request_headers(),
         }
     }
 }
@@ -40,6 +41,8 @@ pub(super) struct RawConfig<'a> {
     pub(super) max_request_body_bytes: usize,
     #[serde(default = "default_max_body")]
     pub(super) max_response_body_bytes: usize,
+    #[serde(default = "default_max_buffered_body")]
+    pub(super) max_buffered_body_bytes: usize,
     #[serde(default = "default_shutdown_grace")]
     pub(super) shutdown_grace_ms: u64,
     #[serde(default = "default_client_body_timeout")]
@@ -52,6 +55,8 @@ pub(super) struct RawConfig<'a> {
     pub(super) max_client_connections: usize,
     #[serde(default = "default_max_request_header")]
     pub(super) max_request_header_bytes: usize,
+    #[serde(default = "default_max_request_headers")]
+    pub(super) max_request_headers: usize,
     #[serde(default)]
     pub(super) admin: Option<RawAdmin>,
 }
@@ -82,6 +87,10 @@ pub(super) fn default_etcd_timeout() -> u64 {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) listen: String,
+    #[serde(default)]
+    pub(super) hosts: Vec<String>,
+    #[serde(default)]
+    pub(super) token: Option<String>,
 }
 
 pub(super) fn default_listen() -> String {
@@ -90,6 +99,9 @@ pub(super) fn default_listen() -> String {
 
 pub(super) fn default_max_body() -> usize {
     8 * 1024 * 1024
+}
+pub(super) fn default_max_buffered_body() -> usize {
+    128 * 1024 * 1024
 }
 
 pub(super) fn default_shutdown_grace() -> u64 {
@@ -115,6 +127,12 @@ pub(super) fn default_max_client_connections() -> usize {
 pub(super) fn default_max_request_header() -> usize {
     32 * 1024
 }
+/// Past hyper's 100 (a browser behind a few proxies and tracing layers can
+/// send more), within a small allocation: hyper takes 64 bytes per field
+/// for each request head it parses.
+pub(super) fn default_max_request_headers() -> usize {
+    256
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +150,8 @@ pub(super) struct RawRunner {
     pub(super) stop_grace_ms: u64,
     #[serde(default = "default_pool")]
     pub(super) pool_size: usize,
+    #[serde(default)]
+    pub(super) max_waiting_calls: Option<usize>,
     #[serde(default = "default_restart_after")]
     pub(super) restart_after_timeouts: u32,
     #[serde(default = "default_standby")]
@@ -318,8 +338,16 @@ pub(super) struct RawUpstream {
     pub(super) _update_time: Option<IgnoredAny>,
     #[serde(rename = "hash_on")]
     pub(super) _hash_on: Option<IgnoredAny>,
-    #[serde(rename = "keepalive_pool")]
-    pub(super) _keepalive_pool: Option<IgnoredAny>,
+    #[serde(default)]
+    pub(super) keepalive_pool: Option<RawKeepalivePool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeepalivePool {
+    pub(super) size: Option<u64>,
+    pub(super) idle_timeout: Option<f64>,
+    pub(super) requests: Option<u64>,
 }
 
 pub(super) fn default_lb() -> String {

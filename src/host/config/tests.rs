@@ -312,7 +312,8 @@ fn client_limits_default_like_nginx_and_errors_name_the_field() {
     assert_eq!(c.client.keepalive_timeout, Duration::from_secs(75));
     let c = Config::parse(
         r#"{"ext-plugin":{"cmd":["r"]},"routes":[],"client_header_timeout_ms":300,
-            "keepalive_timeout_ms":0,"max_client_connections":2,"max_request_header_bytes":4096}"#,
+            "keepalive_timeout_ms":0,"max_client_connections":2,"max_request_header_bytes":4096,
+            "max_request_headers":20}"#,
     )
     .unwrap();
     assert_eq!(
@@ -322,6 +323,7 @@ fn client_limits_default_like_nginx_and_errors_name_the_field() {
             keepalive_timeout: Duration::ZERO,
             max_connections: 2,
             max_header_bytes: 4096,
+            max_headers: 20,
         }
     );
     for (field, value) in [
@@ -330,6 +332,9 @@ fn client_limits_default_like_nginx_and_errors_name_the_field() {
         ("max_client_connections", "100000000000"),
         ("max_request_header_bytes", "100"),
         ("max_request_header_bytes", "10000000"),
+        ("max_buffered_body_bytes", "1000"),
+        ("max_request_headers", "0"),
+        ("max_request_headers", "8193"),
         ("keepalive_timeout_ms", "-1"),
     ] {
         let err = Config::parse(&format!(

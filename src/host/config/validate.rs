@@ -3,8 +3,9 @@
 //! runners that exist.
 
 use super::error::ConfigError;
-use super::model::{ClientLimits, EtcdConf, Phase, Route, RunnerConf, DEFAULT_RUNNER};
-use super::raw::{RawConfig, RawEtcd, RawRunner};
+use super::model::{AdminConf, ClientLimits, EtcdConf, Phase, Route, RunnerConf, DEFAULT_RUNNER};
+use super::raw::{RawAdmin, RawConfig, RawEtcd, RawRunner};
+use crate::host::edge::ingress::{valid_host, MAX_PLUGIN_HEADERS};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -25,6 +26,12 @@ pub(super) const MAX_CLIENT_CONNECTIONS: usize = 10_000_000;
 /// The bounds of `max_request_header_bytes`: hyper needs room for a request
 /// line, and its read buffer (about 400 KiB) caps what it can hold.
 pub(super) const HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=262_144;
+
+/// The bounds of `max_request_headers`: at most what a plugin may send
+/// ([`MAX_PLUGIN_HEADERS`]), so that a
+/// request's header map, the client's fields and two rewrites', stays far
+/// below what a map holds.
+pub(super) const HEADER_COUNT_RANGE: std::ops::RangeInclusive<usize> = 1..=MAX_PLUGIN_HEADERS;
 
 /// Checks the `etcd` section.
 pub(super) fn etcd_conf(raw: RawEtcd) -> Result<EtcdConf, ConfigError> {
@@ -132,6 +139,7 @@ pub(super) fn runner_conf(section: &str, r: RawRunner) -> Result<RunnerConf, Con
         start_timeout: Duration::from_millis(r.start_timeout_ms),
         stop_grace: Duration::from_millis(r.stop_grace_ms),
         pool_size: r.pool_size,
+        max_waiting_calls: r.max_waiting_calls.unwrap_or(r.pool_size),
         restart_after_timeouts: r.restart_after_timeouts,
         standby: r.standby,
     })
@@ -157,6 +165,38 @@ pub(super) fn runner_names(runners: &BTreeMap<String, RunnerConf>) -> String {
     format!("the runners are {}", names.join(", "))
 }
 
+/// Checks the `admin` section; errors name the field.
+pub(super) fn admin_conf(a: &RawAdmin) -> Result<AdminConf, ConfigError> {
+    let listen = a.listen.parse().map_err(|_| {
+        ConfigError(format!(
+            "`admin.listen`: {:?} is not an address such as 127.0.0.1:9091",
+            a.listen
+        ))
+    })?;
+    for (i, host) in a.hosts.iter().enumerate() {
+        let valid =
+            http::HeaderValue::from_str(host).is_ok_and(|v| !host.is_empty() && valid_host(&v));
+        if !valid {
+            return Err(ConfigError(format!(
+                "`admin.hosts[{i}]`: {host:?} is not a host name such as metrics.internal"
+            )));
+        }
+    }
+    if let Some(token) = &a.token {
+        // Sent in a header: visible ASCII, and long enough not to be guessed.
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError(
+                "`admin.token` must be 16 or more visible ASCII characters (no spaces)".into(),
+            ));
+        }
+    }
+    Ok(AdminConf {
+        listen,
+        hosts: a.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        token: a.token.clone(),
+    })
+}
+
 /// Checks the client-side limits; errors name the field.
 pub(super) fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError> {
     if raw.client_header_timeout_ms == 0 {
@@ -178,11 +218,20 @@ pub(super) fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError
             HEADER_BYTES_RANGE.end()
         )));
     }
+    if !HEADER_COUNT_RANGE.contains(&raw.max_request_headers) {
+        return Err(ConfigError(format!(
+            "`max_request_headers` {} must be between {} and {}",
+            raw.max_request_headers,
+            HEADER_COUNT_RANGE.start(),
+            HEADER_COUNT_RANGE.end()
+        )));
+    }
     Ok(ClientLimits {
         header_timeout: Duration::from_millis(raw.client_header_timeout_ms),
         keepalive_timeout: Duration::from_millis(raw.keepalive_timeout_ms),
         max_connections: raw.max_client_connections,
         max_header_bytes: raw.max_request_header_bytes,
+        max_headers: raw.max_request_headers,
     })
 }
 

@@ -1,7 +1,10 @@
 //! Checks every client request passes before anything else sees it, and the
 //! forwarding headers the upstream gets. Pure functions: no I/O, no state.
 //!
-//! - [`check_method`]: a method the runner protocol cannot carry is 405;
+//! - [`check_method`]: a method the runner protocol cannot carry, and
+//!   TRACE, are 405;
+//! - [`check_transfer_encoding`]: a coding other than one final `chunked`
+//!   is 501;
 //! - [`framing_conflict`]: a request head with both `Content-Length` and
 //!   `Transfer-Encoding` (a request-smuggling shape) is 400;
 //! - [`forwarding_headers`]: `X-Forwarded-For` appended, `X-Real-IP`,
@@ -14,9 +17,10 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use std::net::IpAddr;
 
 /// The methods of PROTOCOL.md's `Method` enum, the only ones a runner can be
-/// told about; the `Allow` header of a 405.
+/// told about, but TRACE (refused on every route): the `Allow` header of a
+/// 405.
 pub const CARRIED_METHODS: &str =
-    "GET, HEAD, POST, PUT, DELETE, MKCOL, COPY, MOVE, OPTIONS, PROPFIND, PROPPATCH, LOCK, UNLOCK, PATCH, TRACE";
+    "GET, HEAD, POST, PUT, DELETE, MKCOL, COPY, MOVE, OPTIONS, PROPFIND, PROPPATCH, LOCK, UNLOCK, PATCH";
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -65,6 +69,9 @@ pub fn method_is_upper_case(method: &str) -> bool {
 /// Refuses (400) a method that is not in upper case, and (405) one that
 /// PROTOCOL.md's `Method` enum cannot carry:
 /// the runner could not be told what the request is. `CONNECT` is one.
+/// TRACE is 405 too, on every route, as nginx answers it: an upstream
+/// that echoes the request would show the client the headers plugins
+/// added (an identity, a secret), cross-site tracing.
 ///
 /// # Errors
 /// The [`Rejection`] to answer with, naming the method.
@@ -78,8 +85,15 @@ pub fn check_method(method: &Method) -> Result<(), Rejection> {
             close: false,
         });
     }
-    if crate::wire::message::method_to_schema(method).is_some() {
+    if method != Method::TRACE && crate::wire::message::method_to_schema(method).is_some() {
         return Ok(());
+    }
+    if method == Method::TRACE {
+        return Err(Rejection {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "method TRACE is not allowed: it would echo the headers plugins add".into(),
+            close: false,
+        });
     }
     Err(Rejection {
         status: StatusCode::METHOD_NOT_ALLOWED,
@@ -87,6 +101,42 @@ pub fn check_method(method: &Method) -> Result<(), Rejection> {
             "method {method} is not supported: the plugin protocol carries only {CARRIED_METHODS}"
         ),
         close: false,
+    })
+}
+
+/// Refuses (501, connection closed) a request whose `Transfer-Encoding` is
+/// not exactly `chunked`, as nginx does: hyper frames a body whose last
+/// coding is `chunked` and hands on what the other codings made of it
+/// (`gzip, chunked`), which the proxy would forward as plain bytes with
+/// the coding forgotten. The connection closes: its body is not read.
+///
+/// # Errors
+/// The [`Rejection`] to answer with, naming the codings.
+pub fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), Rejection> {
+    let mut codings = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    let Some(first) = codings.next() else {
+        return Ok(());
+    };
+    if first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none() {
+        return Ok(());
+    }
+    let all: Vec<String> = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    Err(Rejection {
+        status: StatusCode::NOT_IMPLEMENTED,
+        message: format!(
+            "Transfer-Encoding {:?} is not supported: only \"chunked\" is",
+            all.join(", ")
+        ),
+        close: true,
     })
 }
 
@@ -197,6 +247,42 @@ fn ip_text(ip: IpAddr, out: &mut Vec<u8>) {
     }
 }
 
+/// The most entries a plugin's header list may have (a stop's, a rewrite's,
+/// its response headers, a response phase's). A header map holds some
+/// 24 000 entries at most and panics past that; a request's map holds the
+/// client's headers (at most `max_request_headers`, 8192) and a rewrite's,
+/// and the host adds a few: 8192 leaves room for all of them. A runner
+/// that sends more is refused whole (500), never cut: a cut list could
+/// lose the deletion of a header a plugin meant to remove.
+pub const MAX_PLUGIN_HEADERS: usize = 8192;
+
+/// Whether a `Host` value is a host, as nginx's `ngx_http_validate_host`
+/// sees it: empty (RFC 9112 allows it), or an authority without user info
+/// and without `..`. A path, spaces or `..` would reach upstreams that build
+/// file paths or links from it.
+pub fn valid_host(value: &HeaderValue) -> bool {
+    let Ok(host) = value.to_str() else {
+        return false;
+    };
+    if host.is_empty() {
+        return true;
+    }
+    if host.contains('@') || host.contains("..") {
+        return false;
+    }
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    // A port, when written, is a port number (`h:99999` is not one); the
+    // `http` crate checks its characters only. The text after the last `:`
+    // outside an IPv6 literal's brackets.
+    let after_literal = host.rfind(']').map_or(host, |end| &host[end..]);
+    match after_literal.rsplit_once(':') {
+        Some((_, port)) if !port.is_empty() => authority.port().is_some(),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -224,15 +310,43 @@ mod tests {
 
     #[test]
     fn methods_outside_the_protocol_are_405_with_allow() {
-        for m in ["GET", "PROPFIND", "TRACE", "PATCH"] {
+        for m in ["GET", "PROPFIND", "PATCH"] {
             assert!(check_method(&Method::from_bytes(m.as_bytes()).unwrap()).is_ok());
         }
-        for m in ["CONNECT", "PURGE", "BREW"] {
+        for m in ["CONNECT", "PURGE", "BREW", "TRACE"] {
             let r = check_method(&Method::from_bytes(m.as_bytes()).unwrap()).unwrap_err();
             assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
             assert!(r.message.contains(m), "{}", r.message);
             let resp = r.into_response::<std::convert::Infallible>();
             assert_eq!(resp.headers()[ALLOW], CARRIED_METHODS);
+        }
+    }
+
+    #[test]
+    fn only_one_chunked_coding_is_accepted() {
+        let te = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    http::header::TRANSFER_ENCODING,
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            check_transfer_encoding(&h)
+        };
+        for ok in [&[][..], &["chunked"], &["Chunked "], &["chunked,"]] {
+            assert!(te(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            &["gzip, chunked"][..],
+            &["gzip", "chunked"],
+            &["chunked, chunked"],
+            &["identity"],
+            &["chunked", "gzip"],
+        ] {
+            let r = te(bad).unwrap_err();
+            assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{bad:?}");
+            assert!(r.close && r.message.contains(bad[0]), "{}", r.message);
         }
     }
 

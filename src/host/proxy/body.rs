@@ -11,10 +11,11 @@
 //! pipeline can tell "the client stalled" from "the upstream failed".
 
 use super::answer::{full, Body, BoxError};
-use bytes::Bytes;
+use super::budget::{BodyBudget, Charge};
+use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +40,9 @@ pub(crate) enum BodyError {
     /// the body timed out): what was read is gone, so the body is lost.
     #[error("the body read was cut short when the ext-plugin call ended")]
     Interrupted,
+    /// The bodies buffered at once would be over `max_buffered_body_bytes`.
+    #[error("the proxy buffers {0} bytes of bodies at most, and has no room for this one now")]
+    OverBudget(usize),
 }
 
 /// Where a body comes from; decides the status of a failure.
@@ -55,8 +59,9 @@ impl BodyError {
     pub(crate) fn status(&self, side: Side) -> http::StatusCode {
         use http::StatusCode as S;
         match (side, self) {
-            // Neither peer's fault: the runner's call ended first.
-            (_, BodyError::Interrupted) => S::SERVICE_UNAVAILABLE,
+            // Neither peer's fault: the runner's call ended first, or the
+            // proxy has no room now.
+            (_, BodyError::Interrupted | BodyError::OverBudget(_)) => S::SERVICE_UNAVAILABLE,
             (Side::Response, _) => S::BAD_GATEWAY,
             (Side::Request, BodyError::TooLarge(_)) => S::PAYLOAD_TOO_LARGE,
             (Side::Request, BodyError::TimedOut(_)) => S::REQUEST_TIMEOUT,
@@ -83,12 +88,23 @@ pub(crate) struct MessageBody {
     idle: Duration,
     /// The first failure, also when it happens while streaming.
     failure: Arc<OnceLock<BodyError>>,
+    /// The process's bound on buffered bytes, and what this body holds of
+    /// it (until the body is dropped, with its request).
+    budget: Arc<BodyBudget>,
+    charge: Option<Charge>,
 }
 
 impl MessageBody {
     /// A body still to be read, with its message's headers (for the
-    /// declared length), a size limit for buffering, and an idle timeout.
-    pub(crate) fn new(body: Incoming, headers: &HeaderMap, limit: usize, idle: Duration) -> Self {
+    /// declared length), a size limit for buffering, an idle timeout, and
+    /// the process's budget of buffered bytes.
+    pub(crate) fn new(
+        body: Incoming,
+        headers: &HeaderMap,
+        limit: usize,
+        idle: Duration,
+        budget: Arc<BodyBudget>,
+    ) -> Self {
         let declared = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -99,6 +115,8 @@ impl MessageBody {
             limit,
             idle,
             failure: Arc::new(OnceLock::new()),
+            budget,
+            charge: None,
         }
     }
 
@@ -133,27 +151,70 @@ impl MessageBody {
                 if self.declared.is_some_and(|n| n > self.limit as u64) {
                     return Err(self.fail(BodyError::TooLarge(self.limit)));
                 }
-                let timed = IdleTimeout::new(body, self.idle, self.failure.clone());
+                let mut timed = IdleTimeout::new(body, self.idle, self.failure.clone());
                 // Dropped before the read ends (the call asking for the body
                 // timed out), the body is half-consumed: record that, or the
                 // next use would blame the client ("already sent").
                 let guard = InterruptGuard(Some(self.failure.clone()));
-                let collected = Limited::new(timed, self.limit).collect().await;
+                let mut charge = Charge::new(self.budget.clone());
+                let read = self.read_into(&mut timed, &mut charge).await;
                 guard.disarm();
-                match collected {
-                    Ok(collected) => {
-                        let bytes = collected.to_bytes();
+                match read {
+                    Ok(buf) => {
+                        let bytes = buf.freeze();
+                        self.charge = Some(charge);
                         self.state = State::Buffered(bytes.clone());
                         Ok(bytes)
                     }
-                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                        Err(self.fail(BodyError::TooLarge(self.limit)))
-                    }
-                    // `IdleTimeout` recorded the precise failure already.
-                    Err(e) => Err(self.fail(BodyError::Read(e.to_string()))),
+                    Err(e) => Err(self.fail(e)),
                 }
             }
         }
+    }
+
+    /// Reads `body` whole into one buffer, each growth of the buffer
+    /// charged to the budget first: what is counted is what is allocated
+    /// (a declared length is allocated, and charged, at once).
+    async fn read_into(
+        &self,
+        body: &mut IdleTimeout,
+        charge: &mut Charge,
+    ) -> Result<BytesMut, BodyError> {
+        let over_budget = || BodyError::OverBudget(self.budget.max());
+        let mut buf = BytesMut::new();
+        if let Some(declared) = self.declared {
+            // Within the limit: checked by the caller.
+            let declared = declared as usize;
+            if !charge.grow_to(declared) {
+                return Err(over_budget());
+            }
+            buf = BytesMut::with_capacity(declared);
+        }
+        while let Some(frame) = body.frame().await {
+            // `IdleTimeout` recorded the precise failure already.
+            let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let need = buf.len() + data.len();
+            if need > self.limit {
+                return Err(BodyError::TooLarge(self.limit));
+            }
+            if need > buf.capacity() {
+                // Doubling, within the limit: few copies, and at most
+                // twice the body's length allocated.
+                let grown = need.max(buf.capacity() * 2).min(self.limit);
+                if !charge.grow_to(grown) {
+                    return Err(over_budget());
+                }
+                // Exactly what was charged (`reserve` may take more).
+                let mut bigger = BytesMut::with_capacity(grown);
+                bigger.extend_from_slice(&buf);
+                buf = bigger;
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf)
     }
 
     /// Replaces the body (a plugin's rewrite).
@@ -183,7 +244,16 @@ impl MessageBody {
             State::Buffered(bytes) => {
                 self.state = State::Buffered(bytes.clone());
                 let len = bytes.len();
-                Ok((full(bytes), Some(len)))
+                // The buffer stays counted until what is sent is gone too:
+                // a client that reads an answer slowly holds its bytes.
+                let charge = self.charge.take();
+                let body = full(bytes)
+                    .map_frame(move |frame| {
+                        let _held = &charge;
+                        frame
+                    })
+                    .boxed();
+                Ok((body, Some(len)))
             }
             State::Streaming(body) => Ok((
                 IdleTimeout::new(body, self.idle, self.failure.clone()).boxed(),

@@ -15,6 +15,7 @@
 //! traffic (a client's `connection: keep-alive`) are routine, logged at
 //! `debug` and not counted.
 
+pub use crate::host::edge::ingress::{valid_host, MAX_PLUGIN_HEADERS};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,20 +184,6 @@ pub(crate) fn filter_map(headers: &mut HeaderMap, route: &str, origin: Origin) {
     }
 }
 
-/// Whether a `Host` value is a host, as nginx's `ngx_http_validate_host`
-/// sees it: empty (RFC 9112 allows it), or an authority without user info
-/// and without `..`. A path, spaces or `..` would reach upstreams that build
-/// file paths or links from it.
-pub(crate) fn valid_host(value: &HeaderValue) -> bool {
-    let Ok(host) = value.to_str() else {
-        return false;
-    };
-    host.is_empty()
-        || (!host.contains('@')
-            && !host.contains("..")
-            && host.parse::<http::uri::Authority>().is_ok())
-}
-
 /// Cleans the client's request headers on receipt, before any phase:
 ///
 /// - names with `_` are dropped (nginx's default, so APISIX's): CGI, WSGI
@@ -242,14 +229,31 @@ pub(crate) fn from_client(headers: &mut HeaderMap, route: &str) {
     headers.remove(http::header::CONNECTION);
 }
 
+/// The most headers a request leaves the request phases with: the client's
+/// and two rewrites' (each within [`MAX_PLUGIN_HEADERS`]), with room left
+/// below a map's capacity for what the host adds.
+pub const MAX_MESSAGE_HEADERS: usize = 2 * MAX_PLUGIN_HEADERS;
+
+/// A plugin's header list longer than [`MAX_PLUGIN_HEADERS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} headers, over the bound ({MAX_PLUGIN_HEADERS} from a plugin, {MAX_MESSAGE_HEADERS} in a request)")]
+pub(crate) struct TooManyHeaders(pub(crate) usize);
+
 /// Parses and filters a plugin's header list (values `None` pass through:
 /// they mean "delete" in a rewrite). Names are lower-cased.
+///
+/// # Errors
+/// The list has more than [`MAX_PLUGIN_HEADERS`] entries (nothing is
+/// parsed then).
 pub(crate) fn from_plugin<V: AsRef<str>>(
     pairs: impl IntoIterator<Item = (String, Option<V>)>,
     route: &str,
     origin: Origin,
-) -> Vec<(HeaderName, Option<HeaderValue>)> {
+) -> Result<Vec<(HeaderName, Option<HeaderValue>)>, TooManyHeaders> {
     let pairs: Vec<(String, Option<V>)> = pairs.into_iter().collect();
+    if pairs.len() > MAX_PLUGIN_HEADERS {
+        return Err(TooManyHeaders(pairs.len()));
+    }
     let listed = connection_listed(
         pairs
             .iter()
@@ -278,44 +282,45 @@ pub(crate) fn from_plugin<V: AsRef<str>>(
         };
         out.push((parsed, value));
     }
-    out
+    Ok(out)
 }
 
 /// [`from_plugin`] for a list where every value is set (stop and
 /// response-phase headers): an append-ready map.
+///
+/// # Errors
+/// As [`from_plugin`].
 pub(crate) fn map_from_plugin(
     pairs: impl IntoIterator<Item = (String, String)>,
     route: &str,
     origin: Origin,
-) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in from_plugin(pairs.into_iter().map(|(n, v)| (n, Some(v))), route, origin) {
+) -> Result<HeaderMap, TooManyHeaders> {
+    let parsed = from_plugin(pairs.into_iter().map(|(n, v)| (n, Some(v))), route, origin)?;
+    let mut map = HeaderMap::with_capacity(parsed.len());
+    for (name, value) in parsed {
         if let Some(value) = value {
-            if !append_or_warn(&mut map, name, value, route) {
-                break;
-            }
+            // At most MAX_PLUGIN_HEADERS entries: far below what a map holds.
+            append(&mut map, name, value)?;
         }
     }
-    map
+    Ok(map)
 }
 
-/// Appends a plugin's header to `map`; false (with a warning) when the map
-/// is full: a map holds some 24 000 entries at most (`append` panics past
-/// that), and a runner may send more.
-pub(crate) fn append_or_warn(
+/// Appends a header to `map`, which is full when it holds some 24 000
+/// entries (`append` panics past that). The bounds on what clients,
+/// upstreams and plugins may send keep maps far below that; this is the
+/// last guard, an error rather than a panic.
+///
+/// # Errors
+/// The map is full (the error gives its length).
+pub(crate) fn append(
     map: &mut HeaderMap,
     name: HeaderName,
     value: HeaderValue,
-    route: &str,
-) -> bool {
-    if map.try_append(name, value).is_ok() {
-        return true;
-    }
-    warn!(
-        route,
-        "a plugin sent more headers than a message may hold; the rest dropped"
-    );
-    false
+) -> Result<(), TooManyHeaders> {
+    map.try_append(name, value)
+        .map(|_| ())
+        .map_err(|_| TooManyHeaders(map.len()))
 }
 
 #[cfg(test)]
@@ -323,11 +328,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn more_headers_than_a_map_holds_are_cut_without_a_panic() {
-        let pairs = (0..40_000).map(|i| (format!("x-h{i}"), "v".to_owned()));
-        let map = map_from_plugin(pairs, "r", Origin::Plugin);
-        assert!(map.len() > 20_000 && map.len() < 40_000, "{}", map.len());
-        assert_eq!(map.get("x-h0").map(|v| v.as_bytes()), Some(&b"v"[..]));
+    fn more_headers_than_a_plugin_may_send_are_refused_whole() {
+        let pairs = |n| (0..n).map(|i| (format!("x-h{i}"), "v".to_owned()));
+        let map = map_from_plugin(pairs(MAX_PLUGIN_HEADERS), "r", Origin::Plugin).unwrap();
+        assert_eq!(map.len(), MAX_PLUGIN_HEADERS);
+        for n in [MAX_PLUGIN_HEADERS + 1, 40_000] {
+            let e = map_from_plugin(pairs(n), "r", Origin::Plugin).unwrap_err();
+            assert_eq!(e, TooManyHeaders(n));
+        }
+    }
+
+    #[test]
+    fn a_full_map_is_an_error_not_a_panic() {
+        let mut map = HeaderMap::new();
+        let full = (0..40_000).find_map(|i| {
+            let name = HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap();
+            append(&mut map, name, HeaderValue::from_static("v")).err()
+        });
+        assert!(full.is_some_and(|TooManyHeaders(n)| n > 20_000 && n < 40_000));
     }
 
     #[test]
@@ -344,7 +362,7 @@ mod tests {
             ("X-Kept".to_owned(), "yes".to_owned()),
             ("x-kept".to_owned(), "again".to_owned()),
         ];
-        let map = map_from_plugin(pairs, "r", Origin::Plugin);
+        let map = map_from_plugin(pairs, "r", Origin::Plugin).unwrap();
         assert_eq!(map.len(), 2);
         assert_eq!(
             map.get_all("x-kept").iter().collect::<Vec<_>>(),
@@ -374,7 +392,7 @@ mod tests {
             ("x-bad".to_owned(), "a\r\nb".to_owned()),
             ("x-nul".to_owned(), "a\0b".to_owned()),
         ];
-        let map = map_from_plugin(pairs, "r", Origin::Plugin);
+        let map = map_from_plugin(pairs, "r", Origin::Plugin).unwrap();
         assert_eq!(map.len(), 2);
         assert_eq!(map["x-user"].as_bytes(), "José".as_bytes());
         assert_eq!(
@@ -386,8 +404,29 @@ mod tests {
     #[test]
     fn protected_response_headers_only_for_resp_headers() {
         let pairs = || vec![("content-type".to_owned(), "text/evil".to_owned())];
-        assert!(map_from_plugin(pairs(), "r", Origin::PluginRespHeaders).is_empty());
-        assert_eq!(map_from_plugin(pairs(), "r", Origin::Plugin).len(), 1);
+        let map = |origin| map_from_plugin(pairs(), "r", origin).unwrap();
+        assert!(map(Origin::PluginRespHeaders).is_empty());
+        assert_eq!(map(Origin::Plugin).len(), 1);
+    }
+
+    #[test]
+    fn hosts_are_authorities_without_user_info_dots_or_bad_ports() {
+        for ok in [
+            "",
+            "a.example",
+            "a.example:8080",
+            "h:",
+            "[::1]:80",
+            "[::1]",
+            "1.2.3.4:65535",
+        ] {
+            assert!(valid_host(&HeaderValue::from_static(ok)), "{ok:?}");
+        }
+        for bad in [
+            "a b", "a/b", "user@h", "h:99999", "h:65536", "a..b", "[::1]:x", "h:-1",
+        ] {
+            assert!(!valid_host(&HeaderValue::from_static(bad)), "{bad:?}");
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@
 
 pub mod answer;
 mod body;
+pub mod budget;
 mod exchange;
 pub mod headers;
 mod pipeline;

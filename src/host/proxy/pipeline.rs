@@ -10,7 +10,7 @@ use super::answer::{error_response, full, Body};
 use super::body::{BodyError, MessageBody, Side};
 use super::exchange::Exchange;
 use super::headers::{self, Origin};
-use super::query::{parse_query, rewrite_query, target, target_of};
+use super::query::{parse_query, rewrite_query, target, target_of, TargetError, MAX_TARGET};
 use super::snapshot::Proxy;
 use crate::host::config::{Phase, PhaseConf};
 use crate::host::edge::path;
@@ -58,6 +58,9 @@ fn bodiless(method: &Method, status: StatusCode) -> bool {
 /// - a method not in upper case (A-Z, `_`, `-`): methods are case-sensitive,
 ///   but some upstream frameworks upper-case them, so `get` would dodge a
 ///   `GET`-only route and still act as GET there;
+/// - an HTTP/1.1 request without `Host` (RFC 9112 section 3.2 requires 400;
+///   nginx's answer too, with or without an absolute-form target): it
+///   would reach the upstream with the node's address as its host;
 /// - more than one `Host` (RFC 9112 section 3.2): the upstream might pick
 ///   another host than the one plugins saw;
 /// - a `Host`, or an absolute-form target's authority, that is not a host
@@ -68,6 +71,9 @@ fn check_head(req: &Request<Incoming>) -> Result<(), String> {
         return Err(format!("method {method:?} is not in upper case"));
     }
     let hosts = req.headers().get_all(HOST);
+    if req.version() == http::Version::HTTP_11 && hosts.iter().next().is_none() {
+        return Err("an HTTP/1.1 request without a Host header".into());
+    }
     if hosts.iter().nth(1).is_some() {
         return Err("more than one Host header".into());
     }
@@ -141,6 +147,7 @@ impl Proxy {
             &head.headers,
             self.max_request_body,
             self.client_body_timeout,
+            self.budget.clone(),
         );
         headers::from_client(&mut head.headers, &rt.route.id);
         // RFC 9112 section 3.2.2: an absolute-form target's authority is
@@ -179,6 +186,7 @@ impl Proxy {
             &head.headers,
             self.max_response_body,
             rt.route.upstream.read_timeout,
+            self.budget.clone(),
         );
         // The upstream's length of a bodiless answer (HEAD, 304) describes
         // the resource: it goes back to the client as it was.
@@ -193,8 +201,13 @@ impl Proxy {
         }
         headers::filter_map(&mut head.headers, &ex.route.id, Origin::Traffic);
         for (name, value) in std::mem::take(&mut ex.resp_headers) {
-            if !headers::append_or_warn(&mut head.headers, name, value, &ex.route.id) {
-                break;
+            if let Err(e) = headers::append(&mut head.headers, name, value) {
+                let phases = "ext-plugin-pre-req, ext-plugin-post-req";
+                return unapplicable(
+                    &ex.route.id,
+                    phases,
+                    &format!("their response headers: {e}"),
+                );
             }
         }
         let (body, len) = match body.send() {
@@ -237,22 +250,28 @@ impl Proxy {
         match result {
             Ok(RequestOutcome::Continue) => None,
             Ok(RequestOutcome::Stop(stop)) => {
-                let route = ex.route.id.clone();
+                let route = ex.route.id.as_str();
+                let map = match headers::map_from_plugin(stop.headers, route, Origin::Plugin) {
+                    Ok(map) => map,
+                    Err(e) => {
+                        return Some(unapplicable(
+                            route,
+                            phase.name(),
+                            &format!("its headers: {e}"),
+                        ))
+                    }
+                };
                 let len = stop.body.len();
                 let mut resp = Response::new(full(Bytes::from(stop.body)));
                 *resp.status_mut() = stop.status;
-                *resp.headers_mut() =
-                    headers::map_from_plugin(stop.headers, &route, Origin::Plugin);
+                *resp.headers_mut() = map;
                 if !bodiless(&ex.head.method, stop.status) {
                     resp.headers_mut()
                         .insert(CONTENT_LENGTH, HeaderValue::from(len));
                 }
                 Some(resp)
             }
-            Ok(RequestOutcome::Rewrite(rw)) => {
-                apply_rewrite(ex, rw);
-                None
-            }
+            Ok(RequestOutcome::Rewrite(rw)) => apply_rewrite(ex, rw, phase).err(),
             Err(PhaseError::Body(e)) => Some(ex.body_failed(Side::Request, &e)),
             Err(PhaseError::Call(e)) => self.call_failed(phase, pc, ex, e),
         }
@@ -409,7 +428,14 @@ impl Proxy {
             head.status = status;
         }
         if let Some(headers) = outcome.headers {
-            head.headers = headers::map_from_plugin(headers, &ex.route.id, Origin::Plugin);
+            head.headers = headers::map_from_plugin(headers, &ex.route.id, Origin::Plugin)
+                .map_err(|e| {
+                    unapplicable(
+                        &ex.route.id,
+                        Phase::PostResp.name(),
+                        &format!("its headers: {e}"),
+                    )
+                })?;
         }
         if let Some(new_body) = outcome.body {
             body.replace(Bytes::from(new_body));
@@ -491,41 +517,100 @@ fn header_pairs<'a>(headers: &'a http::HeaderMap, lossy: &'a [String]) -> Vec<(&
         .collect()
 }
 
-/// Applies a request-phase rewrite to the request.
-fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
+/// A plugin's answer the host cannot apply whole: the request is refused
+/// (500 naming the route and the phase, as a refused chain is), never
+/// forwarded with part of the answer applied: a plugin's decision is a
+/// security decision (it may remove `admin=1` from the query).
+fn unapplicable(route: &str, phase: &str, why: &str) -> Response<Body> {
+    error!(
+        route,
+        phase,
+        cause = why,
+        "the runner's answer cannot be applied: 500"
+    );
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &format!("route {route}: {phase}: the runner's answer cannot be applied: {why}"),
+    )
+}
+
+/// Applies a request-phase rewrite to the request, whole or not at all.
+/// `Err` is the answer instead: 414 when the client's own target made the
+/// rewritten one too long for a URI, 500 for anything else the host cannot
+/// apply (a path the router would refuse, an invalid `Host`, more headers
+/// than a plugin may send).
+fn apply_rewrite(ex: &mut Exchange, rw: Rewrite, phase: Phase) -> Result<(), Response<Body>> {
     // The route's id, for logs, without copying it.
     let route_ref = ex.route.clone();
     let route = route_ref.id.as_str();
-    if rw.path.is_some() || !rw.args.is_empty() {
+    let refuse = |why: String| unapplicable(route, phase.name(), &why);
+    // Everything is checked before anything changes.
+    let uri = if rw.path.is_some() || !rw.args.is_empty() {
         let new_path = match rw.path.as_deref().map(path::normalize_decoded) {
-            None => Some(ex.path.clone()),
-            Some(Ok(p)) => Some(p),
-            Some(Err(e)) => {
-                warn!(route = %route, cause = %e, "runner's rewrite path refused; path and args kept");
-                None
-            }
+            None => ex.path.clone(),
+            Some(Ok(p)) => p,
+            Some(Err(e)) => return Err(refuse(format!("the rewritten path is refused: {e}"))),
         };
-        if let Some(new_path) = new_path {
-            let query = if rw.args.is_empty() {
-                ex.head.uri.query().map(str::to_owned)
-            } else {
-                Some(rewrite_query(ex.head.uri.query(), &rw.args))
-            };
-            match target(&new_path, query.as_deref()) {
-                Ok(uri) => {
-                    ex.head.uri = uri;
-                    ex.path = new_path;
+        let query = if rw.args.is_empty() {
+            ex.head.uri.query().map(str::to_owned)
+        } else {
+            Some(rewrite_query(ex.head.uri.query(), &rw.args))
+        };
+        match target(&new_path, query.as_deref()) {
+            Ok(uri) => Some((uri, new_path)),
+            Err(e @ TargetError::TooLong(_)) => {
+                // The rewrite's own part: its path (or `/`) and the
+                // arguments it sets. If that fits, what the client sent
+                // made the target too long: the client's fault, 414 (as
+                // nginx answers a request line over its buffers).
+                let own = rw.path.as_ref().map_or(1, |_| new_path.encoded().len())
+                    + 1
+                    + rewrite_query(None, &rw.args).len();
+                if own <= MAX_TARGET {
+                    warn!(route, cause = %e, "the client's target is too long for the runner's rewrite: 414");
+                    return Err(error_response(
+                        StatusCode::URI_TOO_LONG,
+                        &format!("route {route}: the request target is too long for the route's rewrite: {e}"),
+                    ));
                 }
-                Err(e) => {
-                    warn!(route = %route, cause = %e, "runner's rewrite gives an invalid URI; path and args kept")
-                }
+                return Err(refuse(format!("the rewritten target: {e}")));
             }
+            Err(e) => return Err(refuse(format!("the rewritten target: {e}"))),
         }
+    } else {
+        None
+    };
+    let rewrites = headers::from_plugin(rw.headers, route, Origin::Plugin)
+        .map_err(|e| refuse(format!("its headers: {e}")))?;
+    let resp_headers = rw.resp_headers.into_iter().map(|(n, v)| (n, Some(v)));
+    let resp_headers = headers::from_plugin(resp_headers, route, Origin::PluginRespHeaders)
+        .map_err(|e| refuse(format!("its response headers: {e}")))?;
+    // Both request phases' response headers together stay within one
+    // plugin list's bound (the answer's map has room for them).
+    let added = ex.resp_headers.len() + resp_headers.len();
+    if added > headers::MAX_PLUGIN_HEADERS {
+        return Err(refuse(format!(
+            "response headers: {}",
+            headers::TooManyHeaders(added)
+        )));
+    }
+    // The Host the upstream would get, checked as a client's is (400 from
+    // a client; from a plugin, 500): every value set (a later entry that
+    // deletes does not undo an earlier set of the same list).
+    let hosts = rewrites.iter().filter(|(n, _)| n == HOST);
+    if let Some(value) = hosts
+        .filter_map(|(_, v)| v.as_ref())
+        .find(|v| !headers::valid_host(v))
+    {
+        return Err(refuse(format!("the Host {value:?} is not a host")));
+    }
+    if let Some((uri, new_path)) = uri {
+        ex.head.uri = uri;
+        ex.path = new_path;
     }
     // A rewrite sets a few headers: a list of the names replaced so far,
-    // scanned. A runner may send tens of thousands, though (a scan per
-    // header would then take the proxy's thread for seconds): a set then.
-    let rewrites = headers::from_plugin(rw.headers, route, Origin::Plugin);
+    // scanned. A runner may send thousands, though (a scan per header
+    // would then take the proxy's thread for long): a set then.
     let mut few: Vec<HeaderName> = Vec::new();
     let mut many: std::collections::HashSet<HeaderName> = std::collections::HashSet::new();
     let is_many = rewrites.len() > 16;
@@ -542,10 +627,17 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
             ex.head.headers.remove(&name);
         }
         if let Some(value) = value {
-            if !headers::append_or_warn(&mut ex.head.headers, name, value, route) {
-                break;
-            }
+            headers::append(&mut ex.head.headers, name, value)
+                .map_err(|e| refuse(format!("the request's headers: {e}")))?;
         }
+    }
+    // Two rewrites over the client's headers stay well within what a map
+    // holds, with room for the forwarding headers.
+    if ex.head.headers.len() > headers::MAX_MESSAGE_HEADERS {
+        return Err(refuse(format!(
+            "the request's headers: {}",
+            headers::TooManyHeaders(ex.head.headers.len())
+        )));
     }
     // One Host only (RFC 9112 section 3.2): a list that repeats it keeps
     // the last value, as a later "set" would.
@@ -555,8 +647,7 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
             ex.head.headers.insert(HOST, last);
         }
     }
-    let resp_headers = rw.resp_headers.into_iter().map(|(n, v)| (n, Some(v)));
-    for (name, value) in headers::from_plugin(resp_headers, route, Origin::PluginRespHeaders) {
+    for (name, value) in resp_headers {
         if let Some(value) = value {
             ex.resp_headers.push((name, value));
         }
@@ -564,6 +655,7 @@ fn apply_rewrite(ex: &mut Exchange, rw: Rewrite) {
     if let Some(body) = rw.body {
         ex.body.replace(Bytes::from(body));
     }
+    Ok(())
 }
 
 /// EXTRA_INFO during a request phase: variables, and the request body (read

@@ -65,18 +65,36 @@ pub(crate) fn rewrite_query(query: Option<&str>, changes: &[(String, Option<Stri
     out.join("&")
 }
 
+/// The longest request target a [`Uri`] holds (the `http` crate's bound).
+pub(crate) const MAX_TARGET: usize = u16::MAX as usize - 1;
+
+/// Why a request target cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TargetError {
+    /// Longer than [`MAX_TARGET`] bytes.
+    #[error("the request target would be {0} bytes, over the {MAX_TARGET} a URI may have")]
+    TooLong(usize),
+    /// Not a URI.
+    #[error("invalid request target: {0}")]
+    Invalid(String),
+}
+
 /// The origin-form target for `path` (encoded canonically) and `query`
 /// (as it is; an empty query is left out).
 ///
 /// # Errors
-/// The query holds characters a URI cannot.
-pub(crate) fn target(path: &NormalizedPath, query: Option<&str>) -> Result<Uri, http::Error> {
+/// Too long, or the query holds characters a URI cannot.
+pub(crate) fn target(path: &NormalizedPath, query: Option<&str>) -> Result<Uri, TargetError> {
     let encoded = path.encoded();
     let pq = match query.filter(|q| !q.is_empty()) {
         Some(q) => format!("{encoded}?{q}"),
         None => encoded,
     };
-    Ok(pq.parse::<Uri>()?)
+    if pq.len() > MAX_TARGET {
+        return Err(TargetError::TooLong(pq.len()));
+    }
+    pq.parse::<Uri>()
+        .map_err(|e| TargetError::Invalid(e.to_string()))
 }
 
 /// The origin-form target for `path` and `uri`'s query: `uri` itself when
@@ -85,7 +103,7 @@ pub(crate) fn target(path: &NormalizedPath, query: Option<&str>) -> Result<Uri, 
 ///
 /// # Errors
 /// As [`target`].
-pub(crate) fn target_of(path: &NormalizedPath, uri: &Uri) -> Result<Uri, http::Error> {
+pub(crate) fn target_of(path: &NormalizedPath, uri: &Uri) -> Result<Uri, TargetError> {
     if uri.scheme().is_none()
         && uri.authority().is_none()
         && uri.query() != Some("")
@@ -154,5 +172,24 @@ mod tests {
         let p = crate::host::edge::path::normalize("/a/../b%20c/").unwrap();
         assert_eq!(target(&p, Some("x=1")).unwrap().to_string(), "/b%20c/?x=1");
         assert_eq!(target(&p, Some("")).unwrap().to_string(), "/b%20c/");
+    }
+
+    #[test]
+    fn a_target_over_the_uri_bound_is_too_long() {
+        let p = crate::host::edge::path::normalize("/a").unwrap();
+        let fits = "q".repeat(MAX_TARGET - "/a?".len());
+        assert_eq!(
+            target(&p, Some(&fits)).unwrap().to_string().len(),
+            MAX_TARGET
+        );
+        let over = format!("{fits}q");
+        assert_eq!(
+            target(&p, Some(&over)),
+            Err(TargetError::TooLong(MAX_TARGET + 1))
+        );
+        assert!(matches!(
+            target(&p, Some("a b")),
+            Err(TargetError::Invalid(_))
+        ));
     }
 }

@@ -4,6 +4,7 @@
 //! a new one and swaps it into the [`ProxyCell`].
 
 use super::answer::Body;
+use super::budget::BodyBudget;
 use super::router::Router;
 use super::upstream::RouteRuntime;
 use super::vars::RequestId;
@@ -33,6 +34,9 @@ pub struct Proxy {
     pub(super) routes: Vec<RouteRuntime>,
     pub(super) max_request_body: usize,
     pub(super) max_response_body: usize,
+    /// The bytes all buffered bodies may hold at once, shared with the
+    /// proxies reloads build after this one.
+    pub(super) budget: Arc<BodyBudget>,
     /// The longest wait for the next bytes of a client's body (408 past it).
     pub(super) client_body_timeout: Duration,
     pub(super) ids: RequestIds,
@@ -192,6 +196,13 @@ impl Proxy {
             phase_handles,
             max_request_body: config.max_request_body,
             max_response_body: config.max_response_body,
+            budget: match previous {
+                Some(p) => {
+                    p.budget.set_max(config.max_buffered_body);
+                    p.budget.clone()
+                }
+                None => BodyBudget::new(config.max_buffered_body),
+            },
             client_body_timeout: config.client_body_timeout,
             ids: RequestIds::new(),
         })

@@ -1,5 +1,6 @@
 //! Upstream selection and forwarding: round-robin over a route's nodes,
-//! pooled connections per route, timeouts mapped to 502/504.
+//! pooled connections per route (bounded by the upstream's
+//! `keepalive_pool`), timeouts mapped to 502/504.
 
 use super::answer::{error_response, Body};
 use super::body::Side;
@@ -10,13 +11,22 @@ use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{
+    capture_connection, CaptureConnection, HttpConnector, HttpInfo,
+};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 use tracing::warn;
+
+/// The most header fields an upstream's answer may have (502 past it).
+/// hyper's default, 100, refused an answer with 99 `Set-Cookie` and the
+/// usual four others; nginx bounds only the header's bytes (4-8 KiB by
+/// default), which holds fewer fields than this.
+const MAX_UPSTREAM_HEADERS: usize = 1024;
 
 /// One route with its run-time state.
 pub(crate) struct RouteRuntime {
@@ -25,6 +35,9 @@ pub(crate) struct RouteRuntime {
     next: AtomicUsize,
     /// Pooled upstream connections (per route: timeouts are per upstream).
     client: Client<HttpConnector, Body>,
+    /// Requests carried so far by each pooled connection, by its local
+    /// address (shared with the client, as its pool is).
+    uses: Arc<Mutex<HashMap<SocketAddr, u32>>>,
     /// Each node's address as a URI authority and as a `Host` value, by
     /// node index (as the upstream's `nodes`): parsed once, not per request.
     nodes: Vec<NodeAddr>,
@@ -56,13 +69,24 @@ impl RouteRuntime {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(route.upstream.connect_timeout));
         connector.set_nodelay(true);
+        let pool = route.upstream.keepalive;
+        // `size` counts per proxy thread, as APISIX's counts per worker;
+        // hyper's pool is one per route, for all threads.
+        let threads =
+            tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers().max(1));
         RouteRuntime {
             nodes: node_addrs(&route),
             route,
             next: AtomicUsize::new(0),
             client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(pool.size.saturating_mul(threads))
+                .pool_idle_timeout(pool.idle_timeout)
+                // Without a timer, idle connections are only found expired
+                // when taken: they would stay open past the timeout.
+                .pool_timer(TokioTimer::new())
+                .http1_max_headers(MAX_UPSTREAM_HEADERS)
                 .build(connector),
+            uses: Arc::default(),
         }
     }
 
@@ -70,7 +94,9 @@ impl RouteRuntime {
     /// connections when the connection settings are the same (a reload
     /// that leaves the route's upstream alone does not reconnect).
     pub(crate) fn reusing(route: Arc<Route>, old: &RouteRuntime) -> Self {
-        if route.upstream.connect_timeout != old.route.upstream.connect_timeout {
+        if route.upstream.connect_timeout != old.route.upstream.connect_timeout
+            || route.upstream.keepalive != old.route.upstream.keepalive
+        {
             return Self::new(route);
         }
         RouteRuntime {
@@ -79,6 +105,7 @@ impl RouteRuntime {
             next: AtomicUsize::new(0),
             // A clone shares the pool.
             client: old.client.clone(),
+            uses: old.uses.clone(),
         }
     }
 
@@ -156,7 +183,11 @@ impl RouteRuntime {
         *req.method_mut() = ex.head.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
+        let connection = capture_connection(&mut req);
         let result = tokio::time::timeout(upstream.read_timeout, self.client.request(req)).await;
+        if let Ok(Ok(_)) = &result {
+            self.count_use(&connection);
+        }
         // The client's body failing while it streamed is the client's fault,
         // whatever the upstream made of the truncated request.
         if let Some(e) = ex.body.failure().cloned() {
@@ -186,6 +217,39 @@ impl RouteRuntime {
                     ))
                 }
             }
+        }
+    }
+}
+
+/// Past this many connections counted, the counts start over: entries of
+/// connections closed since go, and one still open may carry up to
+/// `requests` more (the bound stays within twice `requests`).
+const MAX_COUNTED: usize = 65_536;
+
+impl RouteRuntime {
+    /// Counts a request on the connection that carried it; at the
+    /// upstream's `keepalive_pool.requests`, the connection is closed when
+    /// the request ends (poisoned: the pool does not take it back).
+    fn count_use(&self, connection: &CaptureConnection) {
+        let meta = connection.connection_metadata();
+        let Some(connected) = meta.as_ref() else {
+            return;
+        };
+        let mut extras = http::Extensions::new();
+        connected.get_extras(&mut extras);
+        let Some(info) = extras.get::<HttpInfo>() else {
+            return;
+        };
+        let key = info.local_addr();
+        let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+        if uses.len() >= MAX_COUNTED {
+            uses.clear();
+        }
+        let n = uses.entry(key).or_insert(0);
+        *n += 1;
+        if *n >= self.route.upstream.keepalive.requests {
+            uses.remove(&key);
+            connected.poison();
         }
     }
 }

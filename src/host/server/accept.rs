@@ -167,6 +167,7 @@ async fn connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .max_header_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
         .keep_alive(!limits.keepalive_timeout.is_zero())
         // The clock does it: hyper's would also cut idle keep-alive connections.
         .header_read_timeout(None);
@@ -222,8 +223,9 @@ async fn answer(
 ) -> Response<Body> {
     let version = req.version();
     let started = std::time::Instant::now();
-    let checked =
-        ingress::check_framing(framing_conflict).and_then(|()| ingress::check_method(req.method()));
+    let checked = ingress::check_framing(framing_conflict)
+        .and_then(|()| ingress::check_method(req.method()))
+        .and_then(|()| ingress::check_transfer_encoding(req.headers()));
     let mut resp = match checked {
         Ok(()) => proxy.handle(req, peer, local).await,
         Err(rejection) => {

@@ -29,7 +29,7 @@ pub struct DecodeError {
 
 /// What was wrong while reading one message; [`decode`] adds the message's
 /// name. Cap'n Proto and UTF-8 errors convert into it with `?`.
-struct Reason(String);
+pub(crate) struct Reason(pub(crate) String);
 
 impl From<capnp::Error> for Reason {
     fn from(e: capnp::Error) -> Self {
@@ -62,7 +62,7 @@ impl From<&str> for Reason {
 }
 
 /// Runs a message's reader and names the message in its error.
-fn decode<T>(
+pub(crate) fn decode<T>(
     what: &'static str,
     read: impl FnOnce() -> Result<T, Reason>,
 ) -> Result<T, DecodeError> {
@@ -498,7 +498,7 @@ impl<'a> Payload<'a> {
 /// A status in a runner's answer: 0 means "the default" (`None`); anything
 /// else must be in [`crate::wire::ALLOWED_STATUS`] (200..=599), so that the
 /// host never acts on a 1xx or a 600+ answer.
-fn answer_status(n: u16) -> Result<Option<StatusCode>, String> {
+pub(crate) fn answer_status(n: u16) -> Result<Option<StatusCode>, String> {
     if n == 0 {
         return Ok(None);
     }
@@ -509,7 +509,7 @@ fn answer_status(n: u16) -> Result<Option<StatusCode>, String> {
 }
 
 /// The address in `srcIp`: 4 bytes for IPv4, 16 for IPv6.
-fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+pub(crate) fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {
         4 => Some(IpAddr::V4(Ipv4Addr::new(
             bytes[0], bytes[1], bytes[2], bytes[3],
@@ -522,7 +522,7 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn method_from_schema(m: schema::Method) -> Method {
+pub(crate) fn method_from_schema(m: schema::Method) -> Method {
     use schema::Method as M;
     match m {
         M::Get => Method::GET,

@@ -10,7 +10,7 @@
 //! one generic writer and read by one generic reader (`write_pairs`,
 //! `read_pairs`), so every list follows the same null rules.
 
-mod decode;
+pub(crate) mod decode;
 mod encode;
 mod flat;
 mod types;

@@ -2,7 +2,7 @@
 //! payload) of a chosen number of headers and body size, as a gateway sends
 //! them.
 
-use extplug::wire::{FrameCodec, ReqCall, RequestParts};
+use extplug::wire::{apisix, Encode, FrameCodec, FrameError, Protocol, ReqCall, RequestParts};
 use http::Method;
 use std::net::{IpAddr, Ipv4Addr};
 use tokio_util::codec::Encoder;
@@ -50,11 +50,17 @@ pub fn headers(n: usize) -> Vec<(String, String)> {
 /// One whole frame: an `HTTP_REQ_CALL` with `token`, `n_headers` headers,
 /// two args, and, when `body` is set, a POST whose body of that many bytes is
 /// sent up front in `extraInfo` (as `$request_body`: how the host sends it
-/// when the chain declared it needs the body).
+/// when the chain declared it needs the body), in `protocol`'s encoding
+/// (APISIX's wire sends nothing up front: no body there).
 ///
 /// # Errors
 /// The frame is over the protocol's payload limit (16 MiB).
-pub fn request(token: u32, n_headers: usize, body: Option<usize>) -> Result<Vec<u8>, String> {
+pub fn request(
+    token: u32,
+    n_headers: usize,
+    body: Option<usize>,
+    protocol: Protocol,
+) -> Result<Vec<u8>, String> {
     let headers = headers(n_headers);
     let body_bytes = body.map(|len| vec![b'x'; len]);
     let extra_info = match &body_bytes {
@@ -80,10 +86,25 @@ pub fn request(token: u32, n_headers: usize, body: Option<usize>) -> Result<Vec<
             extra_info,
         },
     };
+    encode(&call, protocol)
+        .map_err(|e| format!("encoding a request of {n_headers} headers and body {body:?}: {e}"))
+}
+
+/// One whole frame of `message` in `protocol`'s encoding.
+///
+/// # Errors
+/// The message is over the payload limit, or APISIX's schema cannot say it.
+pub fn encode<T: Encode + apisix::ApisixEncode>(
+    message: &T,
+    protocol: Protocol,
+) -> Result<Vec<u8>, FrameError> {
     let mut buf = bytes::BytesMut::new();
-    FrameCodec::default()
-        .encode(&call, &mut buf)
-        .map_err(|e| format!("encoding a request of {n_headers} headers and body {body:?}: {e}"))?;
+    match protocol {
+        Protocol::Capnp => FrameCodec::default().encode(message, &mut buf),
+        Protocol::Apisix => {
+            FrameCodec::default().encode_apisix(message, &mut apisix::Builder::new(), &mut buf)
+        }
+    }?;
     Ok(buf.to_vec())
 }
 
@@ -93,17 +114,20 @@ mod tests {
 
     #[test]
     fn the_typical_request_is_about_2_kb() {
-        let frame = request(1, 20, None).unwrap();
-        assert!((1900..2400).contains(&frame.len()), "{}", frame.len());
-        assert_eq!(frame[0], 2, "an HTTP_REQ_CALL");
+        for protocol in [Protocol::Capnp, Protocol::Apisix] {
+            let frame = request(1, 20, None, protocol).unwrap();
+            assert!((1900..2400).contains(&frame.len()), "{}", frame.len());
+            assert_eq!(frame[0], 2, "an HTTP_REQ_CALL");
+            assert_eq!(Protocol::detect(&frame[4..]), protocol);
+        }
     }
 
     #[test]
     fn headers_grow_the_frame_and_bodies_are_carried() {
-        let small = request(1, 10, None).unwrap().len();
-        let large = request(1, 100, None).unwrap().len();
+        let small = request(1, 10, None, Protocol::Capnp).unwrap().len();
+        let large = request(1, 100, None, Protocol::Capnp).unwrap().len();
         assert!(large > small + 80 * 90, "{small} -> {large}");
-        let with_body = request(1, 20, Some(65536)).unwrap().len();
+        let with_body = request(1, 20, Some(65536), Protocol::Capnp).unwrap().len();
         assert!(with_body > 65536 + 1900, "{with_body}");
         let names: Vec<_> = headers(100).into_iter().map(|(n, _)| n).collect();
         let mut unique = names.clone();

@@ -13,7 +13,10 @@
 use super::client::Summary;
 use super::frames;
 use super::{median, wait_socket};
-use extplug::wire::{FrameCodec, Payload, PrepareConf, ReqCallAnswer, RequestOutcome};
+use extplug::wire::{
+    apisix, ErrorResp, FrameCodec, Payload, PrepareConf, Prepared, Protocol, ReqCallAnswer,
+    RequestOutcome,
+};
 use futures::{SinkExt, StreamExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -45,6 +48,12 @@ pub struct Suite {
     pub rounds: usize,
     /// Threads of the load generator.
     pub threads: usize,
+    /// The wire the load speaks to the runner (the runner tells it from
+    /// the first frame, as it does for APISIX). Over APISIX's wire nothing
+    /// is sent up front, so the body cases, whose runner would ask the
+    /// body with EXTRA_INFO (which the load generator does not answer),
+    /// are left out.
+    pub protocol: Protocol,
 }
 
 struct Case {
@@ -117,13 +126,26 @@ pub async fn run(suite: &Suite) -> Result<(), String> {
     let runner_pid = runner.id().ok_or("the runner exited at once")?;
     wait_socket(&runner_sock).await?;
 
-    let base = prepare(&runner_sock, &suite.chain).await?;
+    let protocol = suite.protocol;
+    let bodies: &[usize] = match protocol {
+        Protocol::Capnp => &suite.bodies,
+        Protocol::Apisix => {
+            if !suite.bodies.is_empty() {
+                println!(
+                    "runner bench: no body cases over APISIX's wire (the runner would ask \
+                     the body with EXTRA_INFO, which the load generator does not answer)"
+                );
+            }
+            &[]
+        }
+    };
+    let base = prepare(&runner_sock, &suite.chain, protocol).await?;
     let mut body_chain = vec![("body-size".to_owned(), "{}".to_owned())];
     body_chain.extend(suite.chain.iter().cloned());
-    let body_token = if suite.bodies.is_empty() {
+    let body_token = if bodies.is_empty() {
         0
     } else {
-        prepare(&runner_sock, &body_chain).await?
+        prepare(&runner_sock, &body_chain, protocol).await?
     };
 
     let mut cases = Vec::new();
@@ -144,7 +166,7 @@ pub async fn run(suite: &Suite) -> Result<(), String> {
             connections: growth,
         });
     }
-    for &b in &suite.bodies {
+    for &b in bodies {
         cases.push(Case {
             label: format!("{} body, {}", human_bytes(b), plural(growth, "connection")),
             headers: TYPICAL_HEADERS,
@@ -154,9 +176,11 @@ pub async fn run(suite: &Suite) -> Result<(), String> {
     }
 
     println!(
-        "runner bench: {} against a bare socket server (the floor), chain {:?} (body cases: {:?}); \
-         {} rounds of {} s per side, alternating; load from a separate process ({} threads)",
+        "runner bench: {} against a bare socket server (the floor), over the {} wire, chain {:?} \
+         (body cases: {:?}); {} rounds of {} s per side, alternating; load from a separate \
+         process ({} threads)",
         suite.runner.display(),
+        protocol,
         names(&suite.chain),
         names(&body_chain),
         suite.rounds,
@@ -170,8 +194,8 @@ pub async fn run(suite: &Suite) -> Result<(), String> {
         } else {
             base
         };
-        let frame = frames::request(token, case.headers, case.body)?;
-        let answer = answer_of(&runner_sock, &frame).await?;
+        let frame = frames::request(token, case.headers, case.body, protocol)?;
+        let answer = answer_of(&runner_sock, &frame, protocol).await?;
         let frame_file = dir.path().join(format!("frame-{i}"));
         let answer_file = dir.path().join(format!("answer-{i}"));
         std::fs::write(&frame_file, &frame).map_err(|e| format!("writing the frame: {e}"))?;
@@ -287,40 +311,61 @@ fn exe() -> Result<PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("finding this program's path: {e}"))
 }
 
-/// Prepares `chain` on the runner; its token.
-async fn prepare(socket: &Path, chain: &[(String, String)]) -> Result<u32, String> {
-    let stream = UnixStream::connect(socket)
+/// Prepares `chain` on the runner over `protocol`; its token.
+async fn prepare(
+    socket: &Path,
+    chain: &[(String, String)],
+    protocol: Protocol,
+) -> Result<u32, String> {
+    let mut stream = UnixStream::connect(socket)
         .await
         .map_err(|e| format!("connecting to the runner: {e}"))?;
-    let mut conn = Framed::new(stream, FrameCodec::default());
     let conf: Vec<(&str, &str)> = chain
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    conn.send(&PrepareConf { conf, key: None })
+    let req = PrepareConf { conf, key: None };
+    let frame =
+        frames::encode(&req, protocol).map_err(|e| format!("encoding PREPARE_CONF: {e}"))?;
+    let mut payload = Vec::new();
+    let kind = super::client::call(&mut stream, &frame, &mut payload)
         .await
-        .map_err(|e| format!("sending PREPARE_CONF: {e}"))?;
-    let answer = conn
-        .next()
-        .await
-        .ok_or("the runner closed the connection instead of answering PREPARE_CONF")?
-        .map_err(|e| format!("reading the PREPARE_CONF answer: {e}"))?;
-    let payload = Payload::parse(&answer.payload).map_err(|e| e.to_string())?;
-    match answer.kind {
-        1 => Ok(payload.prepared().map_err(|e| e.to_string())?.token),
+        .map_err(|e| format!("PREPARE_CONF: {e}"))?;
+    match kind {
+        1 => Ok(prepared(&payload, protocol)?.token),
         _ => Err(format!(
             "the runner refused the chain {:?}: {}",
             names(chain),
-            payload
-                .error()
-                .map_or_else(|e| e.to_string(), |e| e.message)
+            error_text(&payload, protocol)
         )),
+    }
+}
+
+/// A PREPARE_CONF answer in `protocol`'s encoding.
+fn prepared(payload: &[u8], protocol: Protocol) -> Result<Prepared, String> {
+    match protocol {
+        Protocol::Capnp => Payload::parse(payload).and_then(|p| p.prepared()),
+        Protocol::Apisix => apisix::prepared(payload),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// What an ERROR frame in `protocol`'s encoding says (APISIX's: its code).
+fn error_text(payload: &[u8], protocol: Protocol) -> String {
+    let error = match protocol {
+        Protocol::Capnp => Payload::parse(payload).and_then(|p| p.error()),
+        Protocol::Apisix => apisix::error(payload),
+    };
+    match error {
+        Ok(ErrorResp { code, message }) if message.is_empty() => code.to_string(),
+        Ok(ErrorResp { message, .. }) => message,
+        Err(e) => e.to_string(),
     }
 }
 
 /// Sends `frame` once on a new connection; the runner's whole answer frame,
 /// which must be a call answer (not an error, not an EXTRA_INFO request).
-async fn answer_of(socket: &Path, frame: &[u8]) -> Result<Vec<u8>, String> {
+async fn answer_of(socket: &Path, frame: &[u8], protocol: Protocol) -> Result<Vec<u8>, String> {
     let mut stream = UnixStream::connect(socket)
         .await
         .map_err(|e| format!("connecting to the runner: {e}"))?;
@@ -328,12 +373,13 @@ async fn answer_of(socket: &Path, frame: &[u8]) -> Result<Vec<u8>, String> {
     let kind = super::client::call(&mut stream, frame, &mut payload_bytes)
         .await
         .map_err(|e| format!("the runner: {e}"))?;
-    let payload = Payload::parse(&payload_bytes).map_err(|e| e.to_string())?;
     match kind {
         2 => {
-            payload
-                .req_call_answer()
-                .map_err(|e| format!("the runner's call answer: {e}"))?;
+            match protocol {
+                Protocol::Capnp => Payload::parse(&payload_bytes).and_then(|p| p.req_call_answer()),
+                Protocol::Apisix => apisix::req_call_answer(&payload_bytes),
+            }
+            .map_err(|e| format!("the runner's call answer: {e}"))?;
             // The whole frame, as the floor sends it back.
             let len = payload_bytes.len() as u32;
             let mut answer = Vec::with_capacity(4 + payload_bytes.len());
@@ -344,9 +390,7 @@ async fn answer_of(socket: &Path, frame: &[u8]) -> Result<Vec<u8>, String> {
         }
         0 => Err(format!(
             "the runner failed the call: {}",
-            payload
-                .error()
-                .map_or_else(|e| e.to_string(), |e| e.message)
+            error_text(&payload_bytes, protocol)
         )),
         kind => Err(format!(
             "the runner answered the call with a frame of type {kind} (expected 2): \

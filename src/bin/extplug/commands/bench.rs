@@ -59,6 +59,15 @@ pub struct RunnerBenchArgs {
     /// Threads of the load generator (a separate process).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// The wire spoken to the runner: `capnp` (extplug's) or `apisix`
+    /// (APISIX's FlatBuffers; no body cases, since its runner asks the
+    /// body with EXTRA_INFO).
+    #[arg(long, default_value = "capnp", value_parser = parse_protocol)]
+    protocol: extplug::wire::Protocol,
+}
+
+fn parse_protocol(s: &str) -> Result<extplug::wire::Protocol, String> {
+    extplug::wire::Protocol::from_name(s).ok_or_else(|| format!("{s:?} is not `capnp` or `apisix`"))
 }
 
 fn parse_plugin(s: &str) -> Result<(String, String), String> {
@@ -182,6 +191,7 @@ pub fn run(what: BenchCommand) -> ExitCode {
                 seconds: args.seconds,
                 rounds: args.rounds.max(1),
                 threads: args.threads.max(1),
+                protocol: args.protocol,
             };
             match runtime.block_on(bench::runner::run(&suite)) {
                 Ok(()) => ExitCode::SUCCESS,

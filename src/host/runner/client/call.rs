@@ -17,12 +17,12 @@ use crate::wire::{
 use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::net::UnixStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 use tracing::{debug, error, warn};
@@ -42,6 +42,9 @@ pub struct ExtClient {
     start_timeout: Duration,
     /// The connections to the runner.
     pub(super) pool: Pool,
+    /// One place per connection held by a call waiting for a body
+    /// (`max_waiting_calls` in all); `None`: no bound.
+    waiting: Option<Arc<Semaphore>>,
     /// The runner's tokens, by route phase.
     tokens: Tokens,
     next_id: AtomicU32,
@@ -50,6 +53,9 @@ pub struct ExtClient {
     restart_after: u32,
     /// Calls timed out in a row (any success resets it).
     timeouts: AtomicU32,
+    /// Calls the runner answered so far: whether it served others while a
+    /// call waited.
+    answered: AtomicU64,
     /// The runner's metrics series.
     pub(super) metrics: RunnerHandles,
 }
@@ -62,11 +68,14 @@ impl ExtClient {
             call_timeout: conf.call_timeout,
             start_timeout: conf.start_timeout,
             pool: Pool::new(conf.pool_size),
+            waiting: (conf.max_waiting_calls > 0)
+                .then(|| Arc::new(Semaphore::new(conf.max_waiting_calls))),
             tokens: Tokens::new(conf.conf_expire.mul_f64(0.9)),
             next_id: AtomicU32::new(1),
             restarter: None,
             restart_after: conf.restart_after_timeouts,
             timeouts: AtomicU32::new(0),
+            answered: AtomicU64::new(0),
             metrics: RunnerHandles::new(&conf.name),
         }
     }
@@ -268,7 +277,7 @@ impl ExtClient {
         loop {
             let pooled = self.checkout_holding(held.take()).await?;
             let generation = pooled.generation;
-            match self.exchange_on(pooled, msg, expect, None).await {
+            match self.exchange_on(pooled, msg, expect, None, false).await {
                 Ok((frame, pooled)) => {
                     self.checkin(pooled);
                     return Ok((frame, generation));
@@ -278,6 +287,8 @@ impl ExtClient {
                     held = permit;
                     self.unsent(&mut unsent, generation, cause)?;
                 }
+                // Without a provider nothing is gathered.
+                Err(Failure::Abandoned) => {}
             }
         }
     }
@@ -329,6 +340,7 @@ impl ExtClient {
         msg: &M,
         expect: MessageType,
         mut provider: Option<&mut dyn InfoProvider>,
+        may_abandon: bool,
     ) -> Result<(Frame, PooledConn), Failure> {
         let generation = pooled.generation;
         let limit = self.call_timeout;
@@ -336,10 +348,33 @@ impl ExtClient {
             self.timed_out(generation);
             CallError::TimedOut(limit)
         };
+        // The first answer's wait on a new connection: a runner that never
+        // read the call (it has not accepted the connection: its backlog
+        // is full, its connection cap reached) while it answered other
+        // calls meanwhile is overloaded, not stuck. (A runner that answers
+        // nothing, SIGSTOPped or deadlocked, reads nothing either: it is
+        // counted.)
+        let first_wait_on_new = !pooled.reused;
+        let answered_before = self.answered.load(Ordering::Relaxed);
+        let answer_timed_out = |stream: &UnixStream, first: bool| {
+            let serving = self.answered.load(Ordering::Relaxed) != answered_before;
+            if first && first_wait_on_new && serving && unread_bytes(stream).is_some_and(|n| n > 0)
+            {
+                warn!(
+                    generation,
+                    "the runner never read the call while it answered others (its backlog is full): timed out, not counted toward `restart_after_timeouts`"
+                );
+            } else {
+                self.timed_out(generation);
+            }
+            CallError::TimedOut(limit)
+        };
         let mut deadline = Instant::now() + limit;
+        // A call too large for the socket's buffer waits for the runner to
+        // read it: a runner that never accepted the connection is as above.
         let sent = tokio::time::timeout_at(deadline, pooled.conn.send(msg))
             .await
-            .map_err(timed_out)?;
+            .map_err(|_| answer_timed_out(pooled.conn.get_ref(), true))?;
         match sent {
             Ok(()) => {}
             // A pooled connection the runner closed while it was idle (the
@@ -355,12 +390,13 @@ impl ExtClient {
             }
             Err(e) => return Err(broken(e).into()),
         }
-        let mut answered = false;
+        let conn = &mut pooled.conn;
+        let mut first = true;
         let frame = loop {
-            let frame = match tokio::time::timeout_at(deadline, pooled.conn.next())
-                .await
-                .map_err(timed_out)?
-            {
+            let next = tokio::time::timeout_at(deadline, conn.next()).await;
+            let next = next.map_err(|_| answer_timed_out(conn.get_ref(), first))?;
+            let before_any_answer = std::mem::replace(&mut first, false);
+            let frame = match next {
                 None => {
                     return Err(CallError::Broken("the runner closed the connection".into()).into())
                 }
@@ -372,7 +408,7 @@ impl ExtClient {
                 // A runner killed with calls queued on its connections, or
                 // while its threads were still exiting, costs no request.
                 Some(Err(FrameError::Io(cause)))
-                    if !answered && cause.kind() == std::io::ErrorKind::ConnectionReset =>
+                    if before_any_answer && cause.kind() == std::io::ErrorKind::ConnectionReset =>
                 {
                     return Err(Failure::Unsent {
                         cause,
@@ -381,7 +417,6 @@ impl ExtClient {
                 }
                 Some(frame) => frame.map_err(broken)?,
             };
-            answered = true;
             if frame.kind == expect as u8 || frame.kind == MessageType::Error as u8 {
                 break frame;
             }
@@ -411,22 +446,35 @@ impl ExtClient {
                     // pool back, so that a few slow clients cannot hold
                     // every place while the calls of all other requests
                     // wait for one and time out. The connection stays
-                    // this call's; it is one over `pool_size` until the
-                    // call ends (see `checkin`).
+                    // this call's, on a place among `max_waiting_calls`:
+                    // the host holds at most `pool_size` +
+                    // `max_waiting_calls` runner connections.
+                    let place = self.waiting.as_ref().map(|w| w.clone().try_acquire_owned());
+                    if may_abandon && matches!(place, Some(Err(_))) {
+                        // Every waiting place taken: no runner connection
+                        // for this slow client. The runner sees the
+                        // connection close and drops the call; the body is
+                        // read (within the client's body timeout) and the
+                        // call runs again with it at hand.
+                        debug!(generation, "every waiting place is taken: the body is read without a runner connection, then the call runs again");
+                        drop(pooled);
+                        let _ = gathering.await;
+                        return Err(Failure::Abandoned);
+                    }
                     drop(pooled.permit.take());
-                    gathering.await
+                    let value = gathering.await;
+                    drop(place);
+                    value
                 }
             };
             // The clock stops while we gather the answer.
             deadline += asked.elapsed();
-            tokio::time::timeout_at(
-                deadline,
-                pooled.conn.send(&ExtraInfoAnswer(value.as_deref())),
-            )
-            .await
-            .map_err(timed_out)?
-            .map_err(broken)?;
+            tokio::time::timeout_at(deadline, conn.send(&ExtraInfoAnswer(value.as_deref())))
+                .await
+                .map_err(timed_out)?
+                .map_err(broken)?;
         };
+        self.answered.fetch_add(1, Ordering::Relaxed);
         // Read first: no shared write per call while all is well.
         if self.timeouts.load(Ordering::Relaxed) != 0 {
             self.timeouts.store(0, Ordering::Relaxed);
@@ -593,6 +641,9 @@ impl ExtClient {
         let mut attempt = 1;
         let mut held = None;
         let mut unsent = 0;
+        // A call gives up its connection to wait for a body at most once:
+        // run again, it finds the body read.
+        let mut may_abandon = true;
         loop {
             let pooled = self.checkout_holding(held.take()).await?;
             if pooled.generation != generation {
@@ -614,7 +665,7 @@ impl ExtClient {
             }
             let sent_to = pooled.generation;
             let (frame, pooled) = match self
-                .exchange_on(pooled, &call, C::KIND, Some(&mut *provider))
+                .exchange_on(pooled, &call, C::KIND, Some(&mut *provider), may_abandon)
                 .await
             {
                 Ok(answer) => answer,
@@ -622,6 +673,10 @@ impl ExtClient {
                 Err(Failure::Unsent { cause, permit }) => {
                     held = permit;
                     self.unsent(&mut unsent, sent_to, cause)?;
+                    continue;
+                }
+                Err(Failure::Abandoned) => {
+                    may_abandon = false;
                     continue;
                 }
             };
@@ -661,6 +716,18 @@ impl ExtClient {
             return Ok(outcome);
         }
     }
+}
+
+/// The bytes written on `stream` that the runner has not read yet
+/// (`SIOCOUTQ`); `None` if the kernel cannot tell.
+#[allow(unsafe_code)]
+fn unread_bytes(stream: &UnixStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which
+    // is valid for the call; the descriptor is the stream's, open.
+    let r = unsafe { nix::libc::ioctl(stream.as_raw_fd(), nix::libc::TIOCOUTQ, &mut n) };
+    (r == 0).then(|| usize::try_from(n).unwrap_or(0))
 }
 
 /// What [`ExtClient::call`] needs of a call message.

@@ -73,6 +73,11 @@ pub(super) enum Failure {
         /// The call's place in the pool.
         permit: Option<OwnedSemaphorePermit>,
     },
+    /// The runner asked for a body that was not in yet while
+    /// `max_waiting_calls` connections already waited for one: the
+    /// connection was closed (the runner drops the call) and the body read
+    /// without it; the call is to run again, its body now at hand.
+    Abandoned,
 }
 
 impl From<CallError> for Failure {

@@ -203,7 +203,7 @@ async fn a_call_the_runner_never_read_goes_again_after_a_reset() {
         key: None,
     };
     let failed = client
-        .exchange_on(conn, &prepare, MessageType::PrepareConf, None)
+        .exchange_on(conn, &prepare, MessageType::PrepareConf, None, false)
         .await;
     reader.await.unwrap();
     assert!(
