@@ -17,7 +17,7 @@
 //! - [`router`]: which route a request takes; [`vars`]: the variables a
 //!   plugin may ask for;
 //! - `exchange`: one request's state; `pipeline`: the phases, and how
-//!   their outcomes apply;
+//!   their outcomes apply; `rewrite`: a rewrite applied whole or refused;
 //! - `body`: request and response bodies (stream, or buffer within a limit
 //!   and an idle timeout; a failure is never forwarded as an empty body);
 //! - [`headers`]: the one header filter (framing, hop-by-hop, plugin input);
@@ -34,6 +34,7 @@ mod exchange;
 pub mod headers;
 mod pipeline;
 mod query;
+mod rewrite;
 pub mod router;
 pub mod snapshot;
 mod upstream;
