@@ -10,10 +10,11 @@
 //! # Layout
 //!
 //! ```text
-//! schema/ext_plugin.capnp  the protocol's schema (build.rs compiles it)
+//! schema/                  the protocol's schemas (build.rs compiles ext_plugin.capnp)
 //! src/wire/                the protocol, on both sides          (always built)
 //!   codec.rs               the codec: type byte, 24-bit length, payload
 //!   message/               typed messages to and from Cap'n Proto
+//!   apisix/                the same messages in APISIX's FlatBuffers
 //! src/host/                the gateway side, in layers           (feature `host`)
 //!   edge/                  the checks at the door; the path, normalized once
 //!   config/                the configuration (model.rs first)
