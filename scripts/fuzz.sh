@@ -7,7 +7,7 @@
 #
 # Needs the nightly toolchain (libFuzzer's sanitizer flags); installs
 # cargo-fuzz when it is missing. The normal suite stays on stable: the
-# property tests in tests/wire_props.rs and tests/fuzz_regressions.rs replay
+# property tests in tests/pure/wire_props.rs and tests/pure/fuzz_regressions.rs replay
 # what the fuzzers found. A finding is left in fuzz/artifacts/TARGET/; copy it
 # into fuzz/regressions/TARGET/ once it is fixed.
 set -euo pipefail
@@ -27,7 +27,7 @@ fi
 
 # Seeds: one valid message of each kind, the shipped configurations, and
 # every regression input found so far.
-EXTPLUG_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q --test wire_props write_fuzz_seeds \
+EXTPLUG_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q --test pure wire_props::write_fuzz_seeds \
   -- --ignored >/dev/null
 mkdir -p fuzz/corpus/config fuzz/corpus/path
 cp src/host/demo.json fuzz/corpus/config/seed-demo.json

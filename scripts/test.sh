@@ -13,7 +13,7 @@ cargo build --locked --release --example demo-runner --bin extplug
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --workspace --quiet
 cargo test --locked --workspace --all-targets
 cargo test --locked --workspace --doc
-# The plugin template is its own workspace (tests/template.rs builds and runs
+# The plugin template is its own workspace (tests/e2e/template.rs builds and runs
 # it): lint it as its author would, in the target dir that test uses.
 cargo fmt --manifest-path examples/plugin-template/Cargo.toml --check
 cargo clippy --manifest-path examples/plugin-template/Cargo.toml --quiet --all-targets \

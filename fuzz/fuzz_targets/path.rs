@@ -5,7 +5,7 @@
 //! segment by segment, on every input.
 #![no_main]
 
-use extplug::host::path::{normalize, normalize_slow};
+use extplug::host::edge::path::{normalize, normalize_slow};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

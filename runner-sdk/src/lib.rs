@@ -143,8 +143,9 @@
 //! after it answered; both have no-op defaults.
 //!
 //! The protocol itself (frames, Cap'n Proto, the data types such as
-//! [`RequestOutcome`]) is the `extplug-wire` crate, re-exported here where
-//! plugins see it, so a plugin depends on this crate alone.
+//! [`RequestOutcome`]) is `extplug::wire`, the `extplug` crate without its
+//! `host` feature, re-exported here where plugins see it, so a plugin
+//! depends on this crate alone and compiles no part of the gateway.
 //!
 //! Features: `logging` (on by default) is the runner's default logging,
 //! `tracing` to stderr filtered by `RUST_LOG` (see [`runner::init_logging`]).
@@ -162,9 +163,9 @@ pub mod testing;
 
 pub use async_trait::async_trait;
 pub use chain::{CallError, Chain, PrepareError, Registry};
-/// The protocol's data types, defined by the wire crate that both the runner
-/// and the host use, re-exported here so plugin code needs only this crate.
-pub use extplug_wire::{
+/// The protocol's data types, defined by `extplug::wire`, which both the
+/// runner and the host use, re-exported here so plugin code needs only this crate.
+pub use extplug::wire::{
     InfoKey, IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue, Needs, RequestOutcome,
     RequestParts, ResponseOutcome, ResponseParts, Rewrite, Stop, ALLOWED_STATUS,
 };

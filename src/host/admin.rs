@@ -1,6 +1,6 @@
 //! The admin listener (`"admin": {"listen": ADDR}`), apart from the
 //! proxy's traffic:
-//! - `GET /metrics`: every metric, Prometheus text format ([`super::metrics`]);
+//! - `GET /metrics`: every metric, Prometheus text format ([`crate::host::metrics`]);
 //! - `GET /healthz`: 200 while the proxy runs;
 //! - `GET /readyz`: 200 when every runner is ready and the routes are
 //!   loaded, else 503 with the reason in the body;
@@ -12,7 +12,7 @@
 //! passes [`AdminAccess`] first (its `Host`, a POST's `Origin`, the
 //! optional token).
 
-use super::admin_access::AdminAccess;
+use crate::host::edge::admin_access::AdminAccess;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -191,12 +191,12 @@ async fn answer(
         return Ok(resp);
     }
     let resp = match path {
-        "/metrics" => match super::metrics::render() {
+        "/metrics" => match crate::host::metrics::render() {
             Ok(body) => {
                 let mut resp = text(StatusCode::OK, body);
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+                    header::HeaderValue::from_static(crate::host::metrics::CONTENT_TYPE),
                 );
                 resp
             }

@@ -2,7 +2,7 @@
 //! configuration, in front of a built-in echo upstream, so that a fresh
 //! checkout shows every example plugin with a few `curl` lines.
 
-use super::config::{Config, ConfigError};
+use crate::host::config::{Config, ConfigError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

@@ -8,12 +8,13 @@
 //! did not change keep their tokens (the token key carries a hash of the
 //! chain; a changed chain gets a new key and is prepared again).
 
-use super::config::{Config, ConfigError, Route, RunnerConf};
-use super::proxy::{Proxy, ProxyCell};
-use super::runners::{RunnerHandle, Runners};
-use super::source::ErrorKind;
-use super::supervisor::RunnerState;
-use super::HostError;
+use crate::host::config::{check_runners, Config, ConfigError, Route, RunnerConf};
+use crate::host::metrics;
+use crate::host::proxy::{Proxy, ProxyCell};
+use crate::host::runner::preflight::{preflight, ConfigRefused, Refusal};
+use crate::host::runner::set::{RunnerHandle, Runners, StartError};
+use crate::host::runner::supervisor::{Restarter, RunnerState};
+use crate::host::source::{ErrorKind, RouteLeftOut, RouteSink};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,18 +66,6 @@ enum Change {
     Routes(Vec<Route>),
 }
 
-/// A route a lenient apply ([`Gateway::apply_routes`]) left out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteLeftOut {
-    /// The route's id.
-    pub route: String,
-    /// [`ErrorKind::Chain`]: the runner refused a chain; [`ErrorKind::Route`]:
-    /// it names a runner the configuration lacks.
-    pub kind: ErrorKind,
-    /// Why, with the phase.
-    pub reason: String,
-}
-
 /// What a reload does with a runner of the new configuration.
 enum Plan {
     /// Same settings: keep it, its client and tokens.
@@ -114,15 +103,17 @@ fn plan(old: Option<&RunnerConf>, new: &RunnerConf) -> Plan {
 /// switches to it; the caller swaps the configuration, then the old runner
 /// is stopped once its calls in flight have finished.
 ///
-/// TODO(lead, at the merge with the supervisor's upgrade): call
-/// `old.supervisor.upgrade(conf)` instead and keep `old`'s client (same
-/// settings), so that the standby is replaced too.
+/// Not an in-place upgrade of the old runner's supervisor
+/// ([`Restarter::upgrade_to`]): a reload is all or nothing, and an upgrade
+/// cannot be undone when a later step refuses the configuration (a chain
+/// the new program refuses), while a runner started beside the old one is
+/// simply stopped again.
 async fn upgrade_runner(
     name: &str,
     old: &RunnerHandle,
     conf: &RunnerConf,
     shutdown: &CancellationToken,
-) -> Result<Option<RunnerHandle>, HostError> {
+) -> Result<Option<RunnerHandle>, StartError> {
     info!(runner = name, old = ?old.conf.cmd, new = ?conf.cmd, "upgrading the runner: starting the new one");
     RunnerHandle::start(name, conf, shutdown).await
 }
@@ -174,7 +165,7 @@ impl Gateway {
         config: Config,
         source: Option<ConfigSource>,
         shutdown: CancellationToken,
-    ) -> Result<Option<Gateway>, HostError> {
+    ) -> Result<Option<Gateway>, StartError> {
         let Some(runners) = Runners::start(&config, &shutdown).await? else {
             return Ok(None);
         };
@@ -183,7 +174,7 @@ impl Gateway {
             Err(e) => {
                 // The configuration's own check refuses unknown runners.
                 runners.stop().await;
-                return Err(HostError::RunnerStart(e));
+                return Err(StartError::RunnerStart(e));
             }
         };
         let pending = config.etcd.as_ref().map(|e| {
@@ -203,14 +194,15 @@ impl Gateway {
         }))
     }
 
-    /// The cell holding the current proxy, for [`super::server::serve`].
+    /// The cell holding the current proxy, which the server reads for each
+    /// request.
     pub fn current(&self) -> Arc<ProxyCell> {
         self.current.clone()
     }
 
     /// A handle on each runner of the configuration being served, by name,
     /// to upgrade it in place (SIGUSR2, `POST /runners/restart`).
-    pub async fn restarters(&self) -> Vec<(String, super::supervisor::Restarter)> {
+    pub async fn restarters(&self) -> Vec<(String, Restarter)> {
         let live = self.live.lock().await;
         live.runners
             .0
@@ -293,7 +285,7 @@ impl Gateway {
                 }
             },
         };
-        super::metrics::config_reload(result.is_ok());
+        metrics::config_reload(result.is_ok());
         match &result {
             Ok(()) => info!("configuration reloaded"),
             Err(e) => error!("configuration reload refused, the previous one keeps serving: {e}"),
@@ -356,8 +348,9 @@ impl Gateway {
         }
         let mut left_out = Vec::new();
         if lenient {
-            config.routes.retain(|route| {
-                match super::config::check_runners(route, &config.runners) {
+            config
+                .routes
+                .retain(|route| match check_runners(route, &config.runners) {
                     Ok(()) => true,
                     Err(reason) => {
                         left_out.push(RouteLeftOut {
@@ -367,12 +360,11 @@ impl Gateway {
                         });
                         false
                     }
-                }
-            });
+                });
         }
         // Runners started for this configuration: stopped again on failure.
         let mut started = Runners::default();
-        let failed = |e: HostError| ConfigError(e.to_string());
+        let failed = |e: StartError| ConfigError(e.to_string());
         for (name, conf) in config.runner_confs() {
             let old = live.runners.0.get(name);
             let handle = match plan(old.map(|h| &h.conf), conf) {
@@ -415,7 +407,7 @@ impl Gateway {
             for route in &config.routes {
                 for (name, client) in &clients {
                     let checked = tokio::select! {
-                        checked = super::preflight::preflight_route(route, name, client) => checked,
+                        checked = preflight(std::iter::once(route), name, client) => checked,
                         _ = self.shutdown.cancelled() => {
                             started.stop().await;
                             return Err(ConfigError("the gateway is stopping".into()));
@@ -423,7 +415,11 @@ impl Gateway {
                     };
                     match checked {
                         Ok(()) => {}
-                        Err((phase, super::client::CallError::ChainRefused(reason))) => {
+                        Err(ConfigRefused {
+                            phase,
+                            why: Refusal::Chain(reason),
+                            ..
+                        }) => {
                             refused.insert(route.id.clone());
                             left_out.push(RouteLeftOut {
                                 route: route.id.clone(),
@@ -435,8 +431,8 @@ impl Gateway {
                             });
                             break;
                         }
-                        Err((phase, other)) => {
-                            tracing::warn!(route = %route.id, phase = phase.name(), "the chain could not be prepared now (served anyway; prepared at its first request): {other}");
+                        Err(ConfigRefused { phase, why, .. }) => {
+                            tracing::warn!(route = %route.id, phase = phase.name(), cause = %why, "the chain could not be prepared now (served anyway; prepared at its first request)");
                         }
                     }
                 }
@@ -447,7 +443,7 @@ impl Gateway {
         // chain refuses it.
         for (name, client) in clients.iter().filter(|_| !lenient) {
             let checked = tokio::select! {
-                checked = super::preflight::preflight_on(&config, name, client) => checked,
+                checked = preflight(&config.routes, name, client) => checked,
                 _ = self.shutdown.cancelled() => {
                     started.stop().await;
                     return Err(ConfigError("the gateway is stopping".into()));
@@ -528,33 +524,18 @@ async fn drained(old: Arc<Proxy>, grace: Duration) {
     }
 }
 
-/// What an admin endpoint can ask of the running gateway: reload it
-/// (`POST /reload`), and whether it is ready (`GET /readyz`). [`run_from`]
-/// has the [`Gateway`]; an admin listener takes it as `Arc<dyn Control>`.
-///
-/// [`run_from`]: super::run_from
+/// The gateway is where etcd's tables go ([`crate::host::source::etcd::follow`]).
 #[async_trait::async_trait]
-pub trait Control: Send + Sync {
-    /// [`Gateway::reload`].
-    ///
-    /// # Errors
-    /// As for [`Gateway::reload`] (the configuration is refused).
-    async fn reload(&self) -> Result<(), ConfigError>;
-
-    /// [`Gateway::ready`].
-    ///
-    /// # Errors
-    /// A runner is not ready; the message names it.
-    fn ready(&self) -> Result<(), String>;
-}
-
-#[async_trait::async_trait]
-impl Control for Gateway {
-    async fn reload(&self) -> Result<(), ConfigError> {
-        Gateway::reload(self).await
+impl RouteSink for Gateway {
+    async fn apply_routes(&self, routes: Vec<Route>) -> Result<Vec<RouteLeftOut>, ConfigError> {
+        Gateway::apply_routes(self, routes).await
     }
 
-    fn ready(&self) -> Result<(), String> {
-        Gateway::ready(self)
+    fn routes_pending(&self, why: String) {
+        Gateway::routes_pending(self, why)
+    }
+
+    fn routes_loaded(&self) {
+        Gateway::routes_loaded(self)
     }
 }

@@ -12,7 +12,6 @@
 //! holders of a fixed label set keep a resolved handle instead
 //! ([`RunnerHandles`]).
 
-use crate::host::client::CallError;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -20,10 +19,6 @@ use prometheus::{
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
-
-/// The name of the runner configured by `ext-plugin` (the only one until
-/// several runners are configured by name).
-pub const DEFAULT_RUNNER: &str = "default";
 
 /// How a runner call ended: the `result` label of
 /// `extplug_runner_calls_total`.
@@ -58,22 +53,10 @@ impl CallResult {
             CallResult::Down => "down",
         }
     }
-
-    /// The class of a failed call.
-    pub fn of(e: &CallError) -> CallResult {
-        match e {
-            CallError::RunnerDown(_) => CallResult::Down,
-            CallError::Connect(_) => CallResult::Connect,
-            CallError::TimedOut(_) => CallResult::Timeout,
-            CallError::Refused { .. } | CallError::ChainRefused(_) => CallResult::Refused,
-            CallError::Malformed(_) => CallResult::Malformed,
-            CallError::Broken(_) => CallResult::Broken,
-        }
-    }
 }
 
-/// The header drop reasons, as [`super::proxy::headers::DropReason::name`]
-/// gives them: their series exist (at 0) from the start.
+/// The header drop reasons, as the proxy's header filter names them
+/// (`DropReason::name`): their series exist (at 0) from the start.
 const DROP_REASONS: [&str; 6] = [
     "framing",
     "hop_by_hop",
@@ -374,7 +357,7 @@ pub fn routes_skipped(n: usize) {
 }
 
 /// Counts a plugin-supplied header dropped for `reason` (see
-/// [`super::proxy::headers::DropReason::name`]).
+/// [`crate::host::proxy::headers::DropReason::name`]).
 pub fn header_dropped(reason: &str) {
     METRICS.headers_dropped.with_label_values(&[reason]).inc();
 }

@@ -1,14 +1,29 @@
 //! The host side: the runner's supervisor, the ext-plugin client, and the
 //! HTTP reverse proxy that uses them (`extplug proxy`, `extplug demo`).
 //!
-//! Another Rust proxy can embed the parts: [`supervisor::Supervisor`] to run
-//! the runner, [`client::ExtClient`] to call it with the protocol's request and
+//! In layers, each importing only from the layers below it (never from
+//! its parent; `tests/pure/layers.rs` checks it), from the bottom:
+//!
+//! | layer | modules | what |
+//! |---|---|---|
+//! | 0 | [`crate::wire`] | the protocol |
+//! | 1 | [`logging`], [`metrics`], [`edge`] | the log format; the metrics sink (label values only, no domain type); the checks at the door and path normalization |
+//! | 2 | [`config`] | the configuration: plain data, parsed and validated |
+//! | 3 | [`runner`] | the runner's process, supervisor and client |
+//! | 4 | [`source`] | where the routes come from (file, etcd) |
+//! | 5 | [`proxy`] | one configuration's proxy: router, phases, upstream |
+//! | 6 | [`server`], [`admin`] | the proxy's listener; the admin listener |
+//! | 7 | [`gateway`] | the live configuration, reload, apply |
+//! | 8 | [`app`], [`error`], [`demo`] | start-up wiring and signals; [`HostError`]; the demo |
+//!
+//! Another Rust proxy can embed the parts: [`runner::supervisor::Supervisor`] to run
+//! the runner, [`runner::client::ExtClient`] to call it with the protocol's request and
 //! response data ([`crate::wire`]), and apply the outcomes itself:
 //!
 //! ```no_run
-//! use extplug::host::client::{ExtClient, InfoProvider};
-//! use extplug::host::config::Config;
-//! use extplug::host::supervisor::Supervisor;
+//! use extplug::host::runner::client::{ExtClient, InfoProvider};
+//! use extplug::host::config::{Config, DEFAULT_RUNNER};
+//! use extplug::host::runner::supervisor::Supervisor;
 //! use async_trait::async_trait;
 //! use extplug::wire::{InfoKey, RequestOutcome, RequestParts};
 //! use http::Method;
@@ -24,11 +39,12 @@
 //! }
 //!
 //! # async fn embed(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-//! // One runner (`ext-plugin`); `host::runners` runs several.
+//! // One runner (`ext-plugin`); `host::runner::set` runs several.
 //! let mut supervisor = Supervisor::start(config.runner.clone())?;
 //! supervisor.started().await?; // the first start fails fast
 //! let client = ExtClient::new(&config.runner, supervisor.state());
-//! extplug::host::preflight(&config, &client).await?; // every chain, once
+//! // Every chain, once: the tokens stay in the client's cache.
+//! extplug::host::preflight(&config.routes, DEFAULT_RUNNER, &client).await?;
 //! let phase = config.routes[0].pre_req.as_ref().expect("a pre-req phase");
 //! let ticket = client.ticket(phase).await?; // PREPARE_CONF, cached
 //! let parts = RequestParts {
@@ -50,305 +66,19 @@
 //! ```
 
 pub mod admin;
-pub mod admin_access;
-pub mod client;
+pub mod app;
 pub mod config;
 pub mod demo;
-pub mod fd_limit;
+pub mod edge;
+pub mod error;
 pub mod gateway;
-pub mod ingress;
+pub mod logging;
 pub mod metrics;
-pub mod path;
-pub mod preflight;
 pub mod proxy;
-pub mod router;
-pub mod runner_cmd;
-pub mod runner_dir;
-pub mod runner_log;
-pub mod runner_proc;
-pub mod runners;
+pub mod runner;
 pub mod server;
 pub mod source;
-pub mod supervisor;
-pub mod vars;
 
-use config::Config;
-pub use preflight::{preflight, preflight_on, ConfigRefused};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
-use tracing::info;
-
-/// Why the host could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum HostError {
-    /// The listening address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The admin listener's address (`admin.listen`) could not be bound.
-    #[error("cannot listen on {addr} (admin.listen): {source}")]
-    AdminListen {
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The runner's private directory could not be created, or is not
-    /// private (the message names the path and what is wrong).
-    #[error("cannot prepare the runner's socket directory: {0}")]
-    RunnerDir(std::io::Error),
-    /// The runner did not start the first time (missing or not executable
-    /// program, exited before opening its socket, did not open it in time).
-    #[error("the runner did not start: {0}")]
-    RunnerStart(String),
-    /// The runner refused a route's chain at start (see [`preflight()`]).
-    #[error(transparent)]
-    Refused(#[from] ConfigRefused),
-}
-
-impl HostError {
-    /// Whether the configuration is at fault (a refused chain, a runner that
-    /// cannot start): `extplug` exits with 2 then, as for a bad file.
-    pub fn is_config_error(&self) -> bool {
-        matches!(self, HostError::RunnerStart(_) | HostError::Refused(_))
-    }
-}
-
-/// Starts every runner of `config` and checks the configuration with them:
-/// waits for their first start, then has each prepare its chains
-/// ([`preflight_on`]). The runners are stopped again when either fails, or
-/// when `shutdown` is cancelled meanwhile (then `Ok(None)`: a signal during
-/// a slow start stops at once).
-///
-/// # Errors
-/// A runner's directory cannot be created ([`HostError::RunnerDir`]), a
-/// runner does not start ([`HostError::RunnerStart`]), or one refuses a
-/// chain ([`HostError::Refused`]).
-pub async fn start_runner(
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> Result<Option<runners::Runners>, HostError> {
-    runners::Runners::start(config, shutdown).await
-}
-
-/// Where the host listens, once it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Listening {
-    /// The proxy.
-    pub proxy: SocketAddr,
-    /// The admin listener, when configured.
-    pub admin: Option<SocketAddr>,
-}
-
-/// Runs the proxy for `config` until `shutdown`, without reloads from a
-/// file; see [`run_from`].
-///
-/// # Errors
-/// As for [`run_from`].
-pub async fn run(
-    config: Config,
-    shutdown: CancellationToken,
-    on_listening: impl FnOnce(Listening),
-) -> Result<(), HostError> {
-    run_from(config, None, shutdown, on_listening).await
-}
-
-/// Runs the proxy for `config` until `shutdown`: binds the proxy's and the
-/// admin listener's addresses (the admin listener answers from then on,
-/// `/readyz` with 503 until the runners are ready and the routes loaded),
-/// starts the runners and has them prepare every chain
-/// ([`gateway::Gateway::start`]), calls `on_listening` with the bound
-/// addresses, serves, then finishes requests in flight, stops the runners,
-/// and returns. SIGHUP and `POST /reload` reload the configuration from
-/// `source` ([`gateway::Gateway::reload`]); SIGUSR2 and
-/// `POST /runners/restart` upgrade every runner in place. With an `etcd`
-/// section, the routes come from etcd ([`source::etcd::follow`]): none
-/// until the first read (`/readyz` says 503 meanwhile), then live.
-///
-/// # Errors
-/// An address cannot be bound, a runner's directory cannot be created,
-/// a runner does not start, or one refuses a route's chain: then
-/// `on_listening` is never called.
-pub async fn run_from(
-    config: Config,
-    source: Option<gateway::ConfigSource>,
-    shutdown: CancellationToken,
-    on_listening: impl FnOnce(Listening),
-) -> Result<(), HostError> {
-    // First: SIGHUP's default action ends the process, and an operator may
-    // send one while the runners start.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    // The same for SIGUSR2 (runner upgrades).
-    let upgrades = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2());
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| HostError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let (limits, grace, listen, routes) = (
-        fd_limit::fit(&config),
-        config.shutdown_grace,
-        config.listen,
-        config.routes.len(),
-    );
-    let etcd = config.etcd.clone();
-    // Stopped last, after the runners: `/healthz` answers while we run.
-    let admin_stop = CancellationToken::new();
-    let _stop_admin = admin_stop.clone().drop_guard();
-    let started: Arc<std::sync::OnceLock<Arc<gateway::Gateway>>> = Arc::default();
-    let admin_addr = match &config.admin {
-        None => None,
-        Some(conf) => {
-            let admin_listener =
-                admin::bind(conf.listen)
-                    .await
-                    .map_err(|source| HostError::AdminListen {
-                        addr: conf.listen,
-                        source,
-                    })?;
-            let addr = admin_listener.local_addr().unwrap_or(conf.listen);
-            admin::spawn_with_access(
-                admin_listener,
-                admin_hooks(started.clone(), shutdown.clone()),
-                admin_access::AdminAccess::new(&conf.hosts, conf.token.clone()),
-                admin_stop.clone(),
-            );
-            Some(addr)
-        }
-    };
-    let Some(gateway) = gateway::Gateway::start(config, source, shutdown.clone()).await? else {
-        info!("stopped while starting");
-        return Ok(());
-    };
-    let gateway = Arc::new(gateway);
-    let _ = started.set(gateway.clone());
-    // Routes from etcd: none until the first read, then live.
-    let follower = etcd.map(|conf| {
-        info!(endpoints = ?conf.endpoints, prefix = %conf.prefix, "the routes come from etcd");
-        tokio::spawn(source::etcd::follow(
-            conf,
-            gateway.clone(),
-            shutdown.clone(),
-        ))
-    });
-    match hangups {
-        Ok(mut hangups) => {
-            let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        got = hangups.recv() => if got.is_none() { break },
-                    }
-                    info!(signal = "SIGHUP", "reloading the configuration");
-                    // Logged by `reload` either way.
-                    let _ = gateway.reload().await;
-                }
-            });
-        }
-        Err(e) => {
-            tracing::warn!(cause = %e, "cannot install the SIGHUP handler: no reload on SIGHUP")
-        }
-    }
-    match upgrades {
-        Ok(signal) => {
-            tokio::spawn(upgrade_on_signal(signal, gateway.clone(), shutdown.clone()));
-        }
-        Err(e) => tracing::error!("cannot install the SIGUSR2 handler (runner upgrades): {e}"),
-    }
-    let addr = listener.local_addr().unwrap_or(listen);
-    info!(%addr, routes, "proxy listening");
-    on_listening(Listening {
-        proxy: addr,
-        admin: admin_addr,
-    });
-    server::serve(gateway.current(), listener, limits, shutdown, grace).await;
-    if let Some(follower) = follower {
-        // It stops at `shutdown`; awaited so that no apply races the stop.
-        let _ = follower.await;
-    }
-    gateway.stop().await;
-    info!("proxy stopped");
-    Ok(())
-}
-
-/// What the admin listener may do: reload (`POST /reload`), upgrade every
-/// runner (`POST /runners/restart`), and say whether the proxy is ready
-/// (`GET /readyz`: not before the gateway has started, i.e. the runners are
-/// ready and the routes loaded; not once `shutdown` is cancelled).
-fn admin_hooks(
-    started: Arc<std::sync::OnceLock<Arc<gateway::Gateway>>>,
-    shutdown: CancellationToken,
-) -> admin::AdminHooks {
-    let not_yet = || "starting: the runners are not ready and the routes are not loaded yet";
-    let for_reload = started.clone();
-    let reload: admin::Hook = Arc::new(move || {
-        let started = for_reload.clone();
-        Box::pin(async move {
-            let gateway = started.get().ok_or_else(|| not_yet().to_owned())?;
-            gateway
-                .reload()
-                .await
-                .map(|()| "configuration reloaded\n".to_owned())
-                .map_err(|e| e.to_string())
-        })
-    });
-    let for_restart = started.clone();
-    let restart_runners: admin::Hook = Arc::new(move || {
-        let started = for_restart.clone();
-        Box::pin(async move {
-            let gateway = started.get().ok_or_else(|| not_yet().to_owned())?;
-            let mut done = Vec::new();
-            for (name, runner) in gateway.restarters().await {
-                runner
-                    .upgrade()
-                    .await
-                    .map_err(|e| format!("runner {name}: {e}"))?;
-                done.push(name);
-            }
-            Ok(format!("runners upgraded: {}\n", done.join(", ")))
-        })
-    });
-    let readiness: admin::Readiness = Arc::new(move || {
-        if shutdown.is_cancelled() {
-            return Err("the proxy is stopping".into());
-        }
-        started.get().ok_or_else(|| not_yet().to_owned())?.ready()
-    });
-    admin::AdminHooks {
-        reload: Some(reload),
-        restart_runners: Some(restart_runners),
-        readiness,
-    }
-}
-
-/// Upgrades every runner on every SIGUSR2 (see
-/// [`supervisor::Restarter::upgrade`]), until `shutdown`.
-async fn upgrade_on_signal(
-    mut signal: tokio::signal::unix::Signal,
-    gateway: Arc<gateway::Gateway>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            got = signal.recv() => if got.is_none() { return },
-            _ = shutdown.cancelled() => return,
-        }
-        info!(signal = "SIGUSR2", "upgrading the runners");
-        // Not awaited here: the supervisors queue upgrades themselves, and
-        // a signal must never wait for the previous one.
-        for (name, runner) in gateway.restarters().await {
-            tokio::spawn(async move {
-                if let Err(e) = runner.upgrade().await {
-                    tracing::error!(runner = %name, "runner upgrade failed: {e}");
-                }
-            });
-        }
-    }
-}
+pub use app::{run, run_from, stop_on_signal, Listening};
+pub use error::HostError;
+pub use runner::preflight::{preflight, ConfigRefused};

@@ -20,9 +20,9 @@ use crate::{
 };
 use bytes::{Bytes, BytesMut};
 use capnp::message::ScratchSpaceHeapAllocator;
-use extplug_wire::apisix::{self, ApisixEncode};
-use extplug_wire::codec::{HEADER_LEN, RESERVE_CHUNK};
-use extplug_wire::{
+use extplug::wire::apisix::{self, ApisixEncode};
+use extplug::wire::codec::{HEADER_LEN, RESERVE_CHUNK};
+use extplug::wire::{
     DecodeError, Encode, ErrorCode, ErrorResp, Frame, FrameCodec, FrameError, MessageType, Payload,
     PrepareConf, Prepared, Protocol, ReqCallAnswer, RespCallAnswer,
 };

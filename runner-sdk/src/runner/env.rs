@@ -28,7 +28,7 @@ pub const ALLOWED_UIDS: &str = "EXTPLUG_ALLOWED_UIDS";
 /// extplug extra: the one wire the runner speaks, `apisix` (APISIX's
 /// FlatBuffers) or `capnp` (extplug's Cap'n Proto). Unset or empty: both,
 /// told apart per connection from its first frame
-/// ([`extplug_wire::Protocol::detect`]).
+/// ([`extplug::wire::Protocol::detect`]).
 pub const RUNNER_PROTOCOL: &str = "EXTPLUG_RUNNER_PROTOCOL";
 
 /// The default of `EXTPLUG_MAX_EXTRA_INFO`.
@@ -101,7 +101,7 @@ pub struct RunnerEnv {
     /// `EXTPLUG_ALLOWED_UIDS` (empty when unset).
     pub allowed_uids: Vec<u32>,
     /// `EXTPLUG_RUNNER_PROTOCOL`, when set and not empty.
-    pub protocol: Option<extplug_wire::Protocol>,
+    pub protocol: Option<extplug::wire::Protocol>,
 }
 
 impl RunnerEnv {
@@ -137,7 +137,7 @@ impl RunnerEnv {
         let max_frame = match lookup(MAX_FRAME) {
             None => None,
             Some(text) => match text.trim().parse::<usize>() {
-                Ok(n) if (1..=extplug_wire::MAX_PAYLOAD).contains(&n) => Some(n),
+                Ok(n) if (1..=extplug::wire::MAX_PAYLOAD).contains(&n) => Some(n),
                 _ => return Err(EnvError::BadMaxFrame(text)),
             },
         };
@@ -162,7 +162,7 @@ impl RunnerEnv {
         let protocol = match lookup(RUNNER_PROTOCOL) {
             None => None,
             Some(text) if text.is_empty() => None,
-            Some(text) => match extplug_wire::Protocol::from_name(&text) {
+            Some(text) => match extplug::wire::Protocol::from_name(&text) {
                 Some(p) => Some(p),
                 None => return Err(EnvError::BadProtocol(text)),
             },
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn the_protocol_is_pinned_by_name_and_empty_counts_as_unset() {
-        use extplug_wire::Protocol;
+        use extplug::wire::Protocol;
         let env = read(&[(LISTEN_ADDRESS, "unix:/s")]).unwrap();
         assert_eq!(env.protocol, None);
         for (text, want) in [

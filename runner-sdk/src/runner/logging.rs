@@ -24,8 +24,8 @@ pub fn init_logging() {
     {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let relayed = std::env::var_os(extplug_wire::LOG_RELAYED).is_some_and(|v| v == "1");
-        let json = std::env::var_os(extplug_wire::LOG_FORMAT_ENV).is_some_and(|v| v == "json");
+        let relayed = std::env::var_os(extplug::wire::LOG_RELAYED).is_some_and(|v| v == "1");
+        let json = std::env::var_os(extplug::wire::LOG_FORMAT_ENV).is_some_and(|v| v == "json");
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(!json && !relayed && std::io::IsTerminal::is_terminal(&std::io::stderr()))

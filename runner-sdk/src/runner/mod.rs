@@ -89,7 +89,7 @@ impl Runner {
             socket_mode: 0o600,
             drain_grace: Duration::from_secs(10),
             cache_capacity: 100_000,
-            max_frame: extplug_wire::MAX_PAYLOAD,
+            max_frame: extplug::wire::MAX_PAYLOAD,
             max_extra_info: env::DEFAULT_MAX_EXTRA_INFO,
             max_connections: env::DEFAULT_MAX_CONNECTIONS,
             allowed_uids: Vec::new(),

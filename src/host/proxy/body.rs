@@ -10,8 +10,8 @@
 //! it streams to the upstream records its failure in the same place, so the
 //! pipeline can tell "the client stalled" from "the upstream failed".
 
+use super::answer::{full, Body, BoxError};
 use super::budget::{BodyBudget, Charge};
-use super::{full, Body, BoxError};
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::HeaderMap;

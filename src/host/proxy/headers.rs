@@ -15,6 +15,7 @@
 //! traffic (a client's `connection: keep-alive`) are routine, logged at
 //! `debug` and not counted.
 
+pub use crate::host::edge::ingress::{valid_host, MAX_PLUGIN_HEADERS};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,33 +184,6 @@ pub(crate) fn filter_map(headers: &mut HeaderMap, route: &str, origin: Origin) {
     }
 }
 
-/// Whether a `Host` value is a host, as nginx's `ngx_http_validate_host`
-/// sees it: empty (RFC 9112 allows it), or an authority without user info
-/// and without `..`. A path, spaces or `..` would reach upstreams that build
-/// file paths or links from it.
-pub(crate) fn valid_host(value: &HeaderValue) -> bool {
-    let Ok(host) = value.to_str() else {
-        return false;
-    };
-    if host.is_empty() {
-        return true;
-    }
-    if host.contains('@') || host.contains("..") {
-        return false;
-    }
-    let Ok(authority) = host.parse::<http::uri::Authority>() else {
-        return false;
-    };
-    // A port, when written, is a port number (`h:99999` is not one); the
-    // `http` crate checks its characters only. The text after the last `:`
-    // outside an IPv6 literal's brackets.
-    let after_literal = host.rfind(']').map_or(host, |end| &host[end..]);
-    match after_literal.rsplit_once(':') {
-        Some((_, port)) if !port.is_empty() => authority.port().is_some(),
-        _ => true,
-    }
-}
-
 /// Cleans the client's request headers on receipt, before any phase:
 ///
 /// - names with `_` are dropped (nginx's default, so APISIX's): CGI, WSGI
@@ -254,15 +228,6 @@ pub(crate) fn from_client(headers: &mut HeaderMap, route: &str) {
     }
     headers.remove(http::header::CONNECTION);
 }
-
-/// The most entries a plugin's header list may have (a stop's, a rewrite's,
-/// its response headers, a response phase's). A header map holds some
-/// 24 000 entries at most and panics past that; a request's map holds the
-/// client's headers (at most `max_request_headers`, 8192) and a rewrite's,
-/// and the host adds a few: 8192 leaves room for all of them. A runner
-/// that sends more is refused whole (500), never cut: a cut list could
-/// lose the deletion of a header a plugin meant to remove.
-pub const MAX_PLUGIN_HEADERS: usize = 8192;
 
 /// The most headers a request leaves the request phases with: the client's
 /// and two rewrites' (each within [`MAX_PLUGIN_HEADERS`]), with room left
@@ -332,7 +297,7 @@ pub(crate) fn from_plugin<V: AsRef<str>>(
         }
         let value = match value {
             None => None,
-            Some(v) => match extplug_wire::checked_header_value(v.as_ref()) {
+            Some(v) => match crate::wire::checked_header_value(v.as_ref()) {
                 Ok(v) => Some(v),
                 Err(_) => {
                     dropped_one(route, origin, parsed.as_str(), DropReason::InvalidValue);

@@ -6,71 +6,26 @@
 //! call, a lazy EXTRA_INFO read, streaming to the upstream): 400/408/413 for
 //! the client's body, 502 for the upstream's, with or without degradation.
 
+use super::answer::{error_response, full, Body};
 use super::body::{BodyError, MessageBody, Side};
+use super::exchange::Exchange;
 use super::headers::{self, Origin};
-use super::query::{parse_query, rewrite_query, target, target_of, TargetError, MAX_TARGET};
-use super::{error_response, full, Body, Proxy};
-use crate::host::client::{CallError, InfoProvider};
-use crate::host::config::{Phase, PhaseConf, Route};
+use super::query::{parse_query, target_of};
+use super::rewrite::{apply_rewrite, unapplicable};
+use super::snapshot::Proxy;
+use crate::host::config::{Phase, PhaseConf};
+use crate::host::edge::path;
 use crate::host::metrics;
-use crate::host::path::{self, NormalizedPath};
-use crate::host::vars::{self, VarCtx};
-use crate::wire::{InfoKey, RequestOutcome, RequestParts, ResponseParts, Rewrite};
+use crate::host::proxy::vars::{self, VarCtx};
+use crate::host::runner::client::{CallError, InfoProvider};
+use crate::wire::{InfoKey, RequestOutcome, RequestParts, ResponseParts};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tracing::{debug, error, warn};
-
-/// Everything about one request as it goes through the phases.
-pub(crate) struct Exchange {
-    pub(crate) route: Arc<Route>,
-    /// The request as it is now; its URI is the canonical origin-form
-    /// target of `path` (what the upstream gets).
-    pub(crate) head: http::request::Parts,
-    /// The request target as received (`request_uri`).
-    original_uri: Uri,
-    /// The normalized path, decoded: what was routed and what the runner sees.
-    path: NormalizedPath,
-    pub(crate) body: MessageBody,
-    pub(crate) peer: SocketAddr,
-    local: SocketAddr,
-    request_id: vars::RequestId,
-    /// Response headers added by request-phase rewrites (filtered).
-    resp_headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Exchange {
-    fn var_ctx(&self) -> VarCtx<'_> {
-        VarCtx {
-            head: &self.head,
-            original_uri: &self.original_uri,
-            peer: self.peer,
-            local: self.local,
-            route_id: &self.route.id,
-            request_id: self.request_id,
-        }
-    }
-
-    /// Logs a body failure and gives the client's answer for it.
-    pub(crate) fn body_failed(&self, side: Side, e: &BodyError) -> Response<Body> {
-        let status = e.status(side);
-        let message = match side {
-            Side::Request => {
-                warn!(route = %self.route.id, cause = %e, status = status.as_u16(), "request body failed");
-                format!("cannot read the request body: {e}")
-            }
-            Side::Response => {
-                error!(route = %self.route.id, cause = %e, status = status.as_u16(), "upstream body failed");
-                format!("upstream body failed: {e}")
-            }
-        };
-        error_response(status, &message)
-    }
-}
 
 /// How a phase failed.
 enum PhaseError {
@@ -113,7 +68,7 @@ fn bodiless(method: &Method, status: StatusCode) -> bool {
 ///   ([`headers::valid_host`]; user info in a target is refused too).
 fn check_head(req: &Request<Incoming>) -> Result<(), String> {
     let method = req.method().as_str();
-    if !crate::host::ingress::method_is_upper_case(method) {
+    if !crate::host::edge::ingress::method_is_upper_case(method) {
         return Err(format!("method {method:?} is not in upper case"));
     }
     let hosts = req.headers().get_all(HOST);
@@ -371,7 +326,7 @@ impl Proxy {
     ) {
         let class = match result {
             Ok(_) => metrics::CallResult::Ok,
-            Err(PhaseError::Call(e)) => metrics::CallResult::of(e),
+            Err(PhaseError::Call(e)) => e.result(),
             Err(PhaseError::Body(_)) => return,
         };
         let index = match phase {
@@ -561,147 +516,6 @@ fn header_pairs<'a>(headers: &'a http::HeaderMap, lossy: &'a [String]) -> Vec<(&
             (n.as_str(), text)
         })
         .collect()
-}
-
-/// A plugin's answer the host cannot apply whole: the request is refused
-/// (500 naming the route and the phase, as a refused chain is), never
-/// forwarded with part of the answer applied: a plugin's decision is a
-/// security decision (it may remove `admin=1` from the query).
-fn unapplicable(route: &str, phase: &str, why: &str) -> Response<Body> {
-    error!(
-        route,
-        phase,
-        cause = why,
-        "the runner's answer cannot be applied: 500"
-    );
-    error_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        &format!("route {route}: {phase}: the runner's answer cannot be applied: {why}"),
-    )
-}
-
-/// Applies a request-phase rewrite to the request, whole or not at all.
-/// `Err` is the answer instead: 414 when the client's own target made the
-/// rewritten one too long for a URI, 500 for anything else the host cannot
-/// apply (a path the router would refuse, an invalid `Host`, more headers
-/// than a plugin may send).
-fn apply_rewrite(ex: &mut Exchange, rw: Rewrite, phase: Phase) -> Result<(), Response<Body>> {
-    // The route's id, for logs, without copying it.
-    let route_ref = ex.route.clone();
-    let route = route_ref.id.as_str();
-    let refuse = |why: String| unapplicable(route, phase.name(), &why);
-    // Everything is checked before anything changes.
-    let uri = if rw.path.is_some() || !rw.args.is_empty() {
-        let new_path = match rw.path.as_deref().map(path::normalize_decoded) {
-            None => ex.path.clone(),
-            Some(Ok(p)) => p,
-            Some(Err(e)) => return Err(refuse(format!("the rewritten path is refused: {e}"))),
-        };
-        let query = if rw.args.is_empty() {
-            ex.head.uri.query().map(str::to_owned)
-        } else {
-            Some(rewrite_query(ex.head.uri.query(), &rw.args))
-        };
-        match target(&new_path, query.as_deref()) {
-            Ok(uri) => Some((uri, new_path)),
-            Err(e @ TargetError::TooLong(_)) => {
-                // The rewrite's own part: its path (or `/`) and the
-                // arguments it sets. If that fits, what the client sent
-                // made the target too long: the client's fault, 414 (as
-                // nginx answers a request line over its buffers).
-                let own = rw.path.as_ref().map_or(1, |_| new_path.encoded().len())
-                    + 1
-                    + rewrite_query(None, &rw.args).len();
-                if own <= MAX_TARGET {
-                    warn!(route, cause = %e, "the client's target is too long for the runner's rewrite: 414");
-                    return Err(error_response(
-                        StatusCode::URI_TOO_LONG,
-                        &format!("route {route}: the request target is too long for the route's rewrite: {e}"),
-                    ));
-                }
-                return Err(refuse(format!("the rewritten target: {e}")));
-            }
-            Err(e) => return Err(refuse(format!("the rewritten target: {e}"))),
-        }
-    } else {
-        None
-    };
-    let rewrites = headers::from_plugin(rw.headers, route, Origin::Plugin)
-        .map_err(|e| refuse(format!("its headers: {e}")))?;
-    let resp_headers = rw.resp_headers.into_iter().map(|(n, v)| (n, Some(v)));
-    let resp_headers = headers::from_plugin(resp_headers, route, Origin::PluginRespHeaders)
-        .map_err(|e| refuse(format!("its response headers: {e}")))?;
-    // Both request phases' response headers together stay within one
-    // plugin list's bound (the answer's map has room for them).
-    let added = ex.resp_headers.len() + resp_headers.len();
-    if added > headers::MAX_PLUGIN_HEADERS {
-        return Err(refuse(format!(
-            "response headers: {}",
-            headers::TooManyHeaders(added)
-        )));
-    }
-    // The Host the upstream would get, checked as a client's is (400 from
-    // a client; from a plugin, 500): every value set (a later entry that
-    // deletes does not undo an earlier set of the same list).
-    let hosts = rewrites.iter().filter(|(n, _)| n == HOST);
-    if let Some(value) = hosts
-        .filter_map(|(_, v)| v.as_ref())
-        .find(|v| !headers::valid_host(v))
-    {
-        return Err(refuse(format!("the Host {value:?} is not a host")));
-    }
-    if let Some((uri, new_path)) = uri {
-        ex.head.uri = uri;
-        ex.path = new_path;
-    }
-    // A rewrite sets a few headers: a list of the names replaced so far,
-    // scanned. A runner may send thousands, though (a scan per header
-    // would then take the proxy's thread for long): a set then.
-    let mut few: Vec<HeaderName> = Vec::new();
-    let mut many: std::collections::HashSet<HeaderName> = std::collections::HashSet::new();
-    let is_many = rewrites.len() > 16;
-    for (name, value) in rewrites {
-        let first = if is_many {
-            many.insert(name.clone())
-        } else if few.contains(&name) {
-            false
-        } else {
-            few.push(name.clone());
-            true
-        };
-        if first {
-            ex.head.headers.remove(&name);
-        }
-        if let Some(value) = value {
-            headers::append(&mut ex.head.headers, name, value)
-                .map_err(|e| refuse(format!("the request's headers: {e}")))?;
-        }
-    }
-    // Two rewrites over the client's headers stay well within what a map
-    // holds, with room for the forwarding headers.
-    if ex.head.headers.len() > headers::MAX_MESSAGE_HEADERS {
-        return Err(refuse(format!(
-            "the request's headers: {}",
-            headers::TooManyHeaders(ex.head.headers.len())
-        )));
-    }
-    // One Host only (RFC 9112 section 3.2): a list that repeats it keeps
-    // the last value, as a later "set" would.
-    if ex.head.headers.get_all(HOST).iter().nth(1).is_some() {
-        if let Some(last) = ex.head.headers.get_all(HOST).iter().next_back().cloned() {
-            warn!(route = %route, "runner's rewrite set Host more than once; the last value is kept");
-            ex.head.headers.insert(HOST, last);
-        }
-    }
-    for (name, value) in resp_headers {
-        if let Some(value) = value {
-            ex.resp_headers.push((name, value));
-        }
-    }
-    if let Some(body) = rw.body {
-        ex.body.replace(Bytes::from(body));
-    }
-    Ok(())
 }
 
 /// EXTRA_INFO during a request phase: variables, and the request body (read

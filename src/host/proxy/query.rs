@@ -1,7 +1,7 @@
 //! The query string and the request target: argument parsing for the
 //! runner, argument rewrites, and the origin-form target sent upstream.
 
-use crate::host::path::NormalizedPath;
+use crate::host::edge::path::NormalizedPath;
 use http::Uri;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use std::collections::HashSet;
@@ -158,7 +158,7 @@ mod tests {
             "/",
         ] {
             let uri: Uri = raw.parse().unwrap();
-            let p = crate::host::path::normalize(uri.path()).unwrap();
+            let p = crate::host::edge::path::normalize(uri.path()).unwrap();
             assert_eq!(
                 target_of(&p, &uri).unwrap(),
                 target(&p, uri.query()).unwrap(),
@@ -169,14 +169,14 @@ mod tests {
 
     #[test]
     fn the_target_is_canonical() {
-        let p = crate::host::path::normalize("/a/../b%20c/").unwrap();
+        let p = crate::host::edge::path::normalize("/a/../b%20c/").unwrap();
         assert_eq!(target(&p, Some("x=1")).unwrap().to_string(), "/b%20c/?x=1");
         assert_eq!(target(&p, Some("")).unwrap().to_string(), "/b%20c/");
     }
 
     #[test]
     fn a_target_over_the_uri_bound_is_too_long() {
-        let p = crate::host::path::normalize("/a").unwrap();
+        let p = crate::host::edge::path::normalize("/a").unwrap();
         let fits = "q".repeat(MAX_TARGET - "/a?".len());
         assert_eq!(
             target(&p, Some(&fits)).unwrap().to_string().len(),

@@ -2,10 +2,10 @@
 //! pooled connections per route (bounded by the upstream's
 //! `keepalive_pool`), timeouts mapped to 502/504.
 
+use super::answer::{error_response, Body};
 use super::body::Side;
+use super::exchange::Exchange;
 use super::headers::{self, Origin};
-use super::pipeline::Exchange;
-use super::{error_response, Body};
 use crate::host::config::Route;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -163,7 +163,11 @@ impl RouteRuntime {
             }
         }
         // X-Forwarded-For/-Proto/-Host and X-Real-IP, from the client's Host.
-        crate::host::ingress::forwarding_headers(&mut headers, ex.peer.ip(), client_host.as_ref());
+        crate::host::edge::ingress::forwarding_headers(
+            &mut headers,
+            ex.peer.ip(),
+            client_host.as_ref(),
+        );
         // The proxy sets the framing: a buffered body's length here; a
         // streamed body's framing is hyper's, from the client's (already
         // validated) length, or chunked.

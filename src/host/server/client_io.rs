@@ -16,7 +16,7 @@
 //! The socket is shared (`Arc<TcpStream>`) with the connection's task, so that
 //! the task can still answer 408 and close gracefully after hyper is gone.
 
-use super::super::ingress;
+use crate::host::edge::ingress;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;

@@ -2,7 +2,7 @@
 //! services under one prefix (`/apisix/routes/<id>`, ...), kept by key and
 //! made into a [`RouteTable`] route by route.
 
-use super::{ErrorKind, RouteTable, Skipped};
+use super::table::{ErrorKind, RouteTable, Skipped};
 use crate::host::config::{self, Objects};
 use std::collections::BTreeMap;
 

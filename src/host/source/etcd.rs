@@ -1,6 +1,6 @@
 //! Routes from etcd, as an APISIX cluster keeps them: one range read of
 //! the prefix, then a watch from the next revision; every change makes a
-//! new route table, swapped in through [`Gateway::apply_routes`].
+//! new route table, swapped in through [`RouteSink::apply_routes`].
 //!
 //! When etcd cannot be reached or the watch breaks, the last table keeps
 //! serving while this reconnects with backoff and resumes the watch from
@@ -9,9 +9,8 @@
 //! serves no route and `/readyz` says why.
 
 use super::apisix::Store;
-use super::{RouteSource, RouteTable, Skipped};
+use super::table::{RouteSink, RouteSource, RouteTable, Skipped};
 use crate::host::config::{ConfigError, EtcdConf};
-use crate::host::gateway::Gateway;
 use crate::host::metrics;
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchResponse};
 use futures::FutureExt as _;
@@ -168,7 +167,7 @@ async fn cluster_revision(client: &mut Client, conf: &EtcdConf) -> Result<i64, S
 
 /// Follows the routes in etcd for `gateway` until `shutdown`: reads them,
 /// applies them, watches, applies every change; reconnects with backoff.
-pub async fn follow(conf: EtcdConf, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+pub async fn follow(conf: EtcdConf, gateway: Arc<dyn RouteSink>, shutdown: CancellationToken) {
     metrics::etcd_up(false);
     let mut follower = Follower {
         store: Store::new(&conf.prefix),
@@ -215,7 +214,7 @@ pub async fn follow(conf: EtcdConf, gateway: Arc<Gateway>, shutdown: Cancellatio
 /// The state kept across connections.
 struct Follower {
     conf: EtcdConf,
-    gateway: Arc<Gateway>,
+    gateway: Arc<dyn RouteSink>,
     /// The objects as of `revision`.
     store: Store,
     /// The last revision applied; `None`: read everything at the next

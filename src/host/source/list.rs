@@ -1,12 +1,12 @@
 //! `extplug routes`: what a source would serve, and why each object left
 //! out was skipped; what an operator runs when a route does not answer.
 
-use super::{ErrorKind, RouteTable, Skipped};
-use crate::host::client::CallError;
+use super::table::{ErrorKind, FileRoutes, RouteSource, RouteTable, Skipped};
 use crate::host::config::{check_runners, Config, ConfigError, Phase, Route};
-use crate::host::runners::Runners;
+use crate::host::runner::preflight::{preflight, Refusal};
+use crate::host::runner::set::Runners;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 /// Reads the routes of the configuration at `path` from its source (the
@@ -22,7 +22,7 @@ pub async fn check(
     shutdown: &CancellationToken,
 ) -> Result<(RouteTable, String), ConfigError> {
     let config = Config::load(path)?;
-    let source = super::of(&config, path.to_owned());
+    let source = of(&config, path.to_owned());
     let mut table = source.load().await?;
     let key = |id: &str| match &config.etcd {
         Some(e) => format!("{}/routes/{}", e.prefix, id.escape_debug()),
@@ -56,14 +56,11 @@ pub async fn check(
     let mut kept = Vec::with_capacity(table.routes.len());
     'routes: for route in std::mem::take(&mut table.routes) {
         for (name, client) in &clients {
-            if let Err((phase, e)) =
-                crate::host::preflight::preflight_route(&route, name, client).await
-            {
-                let reason = match e {
-                    CallError::ChainRefused(m) => {
-                        format!("{}: the runner refused the chain: {m}", phase.name())
-                    }
-                    other => format!("{}: the chain could not be prepared: {other}", phase.name()),
+            if let Err(refused) = preflight(std::iter::once(&route), name, client).await {
+                let phase = refused.phase.name();
+                let reason = match refused.why {
+                    Refusal::Chain(m) => format!("{phase}: the runner refused the chain: {m}"),
+                    not_asked => format!("{phase}: {not_asked}"),
                 };
                 table.skipped.push(Skipped {
                     key: key(&route.id),
@@ -141,5 +138,14 @@ fn route_line(r: &Route) -> String {
         ""
     } else {
         " (disabled: status 0)"
+    }
+}
+
+/// The source `config` names: etcd when it has an `etcd` section, else
+/// the file at `path`.
+pub fn of(config: &Config, path: PathBuf) -> Box<dyn RouteSource> {
+    match &config.etcd {
+        Some(conf) => Box::new(super::etcd::EtcdRoutes { conf: conf.clone() }),
+        None => Box::new(FileRoutes { path }),
     }
 }

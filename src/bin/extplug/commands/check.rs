@@ -1,0 +1,75 @@
+//! `extplug check --config FILE [--offline]`: the file, then (unless
+//! offline) a throwaway runner that prepares every chain; exit 0 or 2.
+
+use crate::runtime::{fail, interruptible};
+use extplug::host;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Loads and checks the file at `path`.
+pub fn run(path: &Path, offline: bool) -> ExitCode {
+    match host::config::Config::load(path) {
+        Ok(c) => check(path, &c, offline),
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// `extplug check` of a loaded configuration: with `offline`, nothing more;
+/// else a throwaway runner prepares every chain, and is stopped again (its
+/// socket directory removed).
+fn check(path: &Path, config: &host::config::Config, offline: bool) -> ExitCode {
+    let n = config.routes.len();
+    let routes = if config.etcd.is_some() {
+        // The routes are in etcd, not here: `extplug routes` checks them.
+        "routes in the file; the routes come from etcd (`extplug routes` checks them)"
+    } else if n == 1 {
+        "route"
+    } else {
+        "routes"
+    };
+    if offline {
+        println!("{}: valid: {n} {routes} (file only)", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let result = interruptible(|interrupted| async move {
+        match host::runner::set::Runners::start(config, &interrupted).await? {
+            Some(runners) => {
+                runners.stop().await;
+                Ok::<bool, host::runner::set::StartError>(true)
+            }
+            None => Ok(false),
+        }
+    });
+    let result = match result {
+        Ok(result) => result,
+        Err(code) => return code,
+    };
+    match result {
+        Ok(false) => {
+            eprintln!("extplug: check interrupted");
+            ExitCode::FAILURE
+        }
+        Ok(true) => {
+            let chains: usize = config
+                .routes
+                .iter()
+                .map(|r| {
+                    [
+                        r.pre_req.is_some(),
+                        r.post_req.is_some(),
+                        r.post_resp.is_some(),
+                    ]
+                    .iter()
+                    .filter(|p| **p)
+                    .count()
+                })
+                .sum();
+            println!(
+                "{}: valid: {n} {routes}; the runner prepared all {chains} chains",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("{}: {e}", path.display())),
+    }
+}

@@ -1,0 +1,132 @@
+//! `extplug`: the gateway side of out-of-process plugins.
+//!
+//! - `extplug proxy --config FILE`: the HTTP reverse proxy with its runner.
+//! - `extplug demo`: the proxy with the example runner on a built-in
+//!   configuration and echo upstream.
+//! - `extplug check --config FILE`: validate a configuration with a
+//!   throwaway runner (every chain prepared), and exit; `--offline`: the
+//!   file only.
+//! - `extplug routes --config FILE`: list the routes the proxy would serve
+//!   from the file or from etcd, and each object skipped with the reason.
+//! - `extplug echo --listen ADDR`: the demo's echo upstream on its own, to
+//!   try a configuration against.
+//!
+//! This file parses the arguments, starts the log and dispatches: each
+//! subcommand is a file of `commands/` (cargo's habit), `runtime.rs` holds
+//! what they share (the proxy's runtime, signals, exit codes), `bench/`
+//! the benchmarks.
+
+mod bench;
+mod commands;
+mod runtime;
+
+use clap::{Parser, Subcommand};
+use commands::bench::BenchCommand;
+use extplug::host::logging::{init_logging_as, LogFormat};
+use runtime::fail;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "extplug",
+    version,
+    about = "Out-of-process plugins for API gateways"
+)]
+struct Cli {
+    /// The log lines on stderr: `text`, or `json` (one object per line;
+    /// the runners started log JSON too, relayed with their pid and name).
+    /// Default: `EXTPLUG_LOG_FORMAT`, else `text`.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP reverse proxy and its plugin runner.
+    Proxy {
+        /// The JSON configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Where to listen, overriding the file's `listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run an echo upstream: every request is answered with a JSON object of
+    /// what it received (method, path, query, headers, body).
+    Echo {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9081")]
+        listen: std::net::SocketAddr,
+    },
+    /// Run the proxy with the example runner on a built-in configuration.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:9080")]
+        listen: String,
+        /// The runner program (default: `examples/demo-runner` next to this binary).
+        #[arg(long)]
+        runner: Option<PathBuf>,
+        /// Where the admin listener (metrics, health) listens.
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        admin: String,
+    },
+    /// Check a configuration and exit (0: valid; 2: not, with the reason):
+    /// the file, then, with a throwaway runner, that the runner starts and
+    /// prepares every route's chains.
+    Check {
+        /// The JSON configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Check the file only; do not start the runner.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// List the routes the proxy would serve from its source (the file, or
+    /// etcd with `"etcd"`), each chain prepared by a throwaway runner, and
+    /// every object skipped with the reason. Exit status 0: every route is
+    /// served; 1: some object is skipped; 2: the source cannot be read.
+    Routes {
+        /// The JSON configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Do not start the runners (chains are not prepared).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Benchmarks, measured side by side (see README, "Performance").
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = match cli.log_format {
+        Some(format) => format,
+        // As the runners read it: a container sets it once for both.
+        None => match std::env::var(extplug::LOG_FORMAT_ENV) {
+            Ok(v) => match v.parse() {
+                Ok(format) => format,
+                Err(e) => return fail(&format!("{}: {e}", extplug::LOG_FORMAT_ENV)),
+            },
+            Err(_) => LogFormat::Text,
+        },
+    };
+    init_logging_as(log_format);
+    match cli.command {
+        Command::Check { config, offline } => commands::check::run(&config, offline),
+        Command::Proxy { config, listen } => commands::proxy::run(&config, listen),
+        Command::Routes { config, offline } => commands::routes::run(&config, offline),
+        Command::Echo { listen } => commands::echo::run(listen),
+        Command::Demo {
+            listen,
+            runner,
+            admin,
+        } => commands::demo::run(&listen, &admin, runner),
+        Command::Bench { what } => commands::bench::run(what),
+    }
+}

@@ -1,0 +1,295 @@
+//! The configuration as plain data: what a route, a phase, a runner and an
+//! upstream are. Read this first; the JSON shape and its defaults are in
+//! `raw.rs`, the checks in `validate.rs`, `apisix.rs` and `uri.rs`, and
+//! `load.rs` puts them together ([`Config::load`]).
+
+use http::Method;
+use std::collections::BTreeMap;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The name of the runner of the `ext-plugin` section, which a route phase
+/// without `runner` uses.
+pub const DEFAULT_RUNNER: &str = "default";
+
+/// The three phases a route can run plugins in, named as in APISIX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// `ext-plugin-pre-req`: before the upstream, first.
+    PreReq,
+    /// `ext-plugin-post-req`: before the upstream, after `ext-plugin-pre-req`.
+    PostReq,
+    /// `ext-plugin-post-resp`: after the upstream answered.
+    PostResp,
+}
+
+impl Phase {
+    /// The phase's plugin name in a route's `plugins`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::PreReq => "ext-plugin-pre-req",
+            Phase::PostReq => "ext-plugin-post-req",
+            Phase::PostResp => "ext-plugin-post-resp",
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// How to run and talk to the default runner (`ext-plugin`, named
+    /// [`DEFAULT_RUNNER`]).
+    pub runner: RunnerConf,
+    /// The other runners (`runners`), by name; never [`DEFAULT_RUNNER`].
+    pub runners: BTreeMap<String, RunnerConf>,
+    /// The routes, in file order.
+    pub routes: Vec<Route>,
+    /// The largest request body read for a plugin (413 past it).
+    pub max_request_body: usize,
+    /// The largest upstream body buffered for a plugin (502 past it).
+    pub max_response_body: usize,
+    /// The bytes all bodies buffered for plugins may hold at once
+    /// (`max_buffered_body_bytes`); past it a body is refused with 503.
+    pub max_buffered_body: usize,
+    /// How long requests in flight may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// The longest wait for the next bytes of a client's request body, like
+    /// nginx's `client_body_timeout`: past it the client gets 408.
+    pub client_body_timeout: Duration,
+    /// Limits on client connections (timeouts, counts, header size).
+    pub client: ClientLimits,
+    /// The admin listener (metrics, health, reload); off when `None`.
+    pub admin: Option<AdminConf>,
+    /// Where the routes come from when not from this file: an etcd cluster
+    /// holding APISIX's keys (`"etcd": {...}`); `routes` is empty then, and
+    /// filled by [`crate::host::source::etcd`].
+    pub etcd: Option<EtcdConf>,
+}
+
+/// The `etcd` section: the cluster and the key prefix the routes, upstreams
+/// and services are read from, as APISIX's `deployment.etcd` names them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdConf {
+    /// `http://host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// The key prefix (APISIX's `/apisix`), without a trailing `/`.
+    pub prefix: String,
+    /// The time limit of one request to etcd (connecting included).
+    pub timeout: Duration,
+    /// `(user, password)` for etcd's authentication, when set.
+    pub auth: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdConf {
+    /// Without the password: the configuration may be logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConf")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("user", &self.auth.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+/// The admin listener's settings (`"admin": {"listen": ADDR, "hosts": [...],
+/// "token": "..."}`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminConf {
+    /// Where it listens (port 0: any free port, printed at start).
+    pub listen: SocketAddr,
+    /// Host names a request may name in `Host` besides the address it came
+    /// to and `localhost` (with or without the port): the names the
+    /// listener is reached by (a load balancer's, a Kubernetes service's).
+    pub hosts: Vec<String>,
+    /// When set, every endpoint but `/healthz` and `/readyz` wants
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConf {
+    /// Without the token: the configuration may be logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConf")
+            .field("listen", &self.listen)
+            .field("hosts", &self.hosts)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// Limits on the proxy's client side, with nginx-like defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// How long a client has to send a request's whole header, from the
+    /// connection's start or the first byte of a later request (nginx's
+    /// `client_header_timeout`).
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection is kept open (nginx's
+    /// `keepalive_timeout`); zero turns keep-alive off.
+    pub keepalive_timeout: Duration,
+    /// Client connections served at once; past it, new connections wait in
+    /// the listen backlog until one closes.
+    pub max_connections: usize,
+    /// The largest request header (request line included); past it: 431.
+    pub max_header_bytes: usize,
+    /// The most header fields a request may have; past it: 431. hyper
+    /// counts fields (its default is 100); nginx only counts bytes.
+    pub max_headers: usize,
+}
+
+/// The `ext-plugin` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerConf {
+    /// The runner's name: `default` for `ext-plugin`, the key for one of
+    /// `runners` (log lines and metrics labels carry it).
+    pub name: String,
+    /// The runner's argv (a relative program path is resolved against the
+    /// proxy's working directory).
+    pub cmd: Vec<String>,
+    /// Extra environment for the runner. The runner's environment is
+    /// otherwise cleared, except for `PATH`, `HOME`, `LANG`, `LC_*`, `TZ`,
+    /// `RUST_LOG` and `RUST_BACKTRACE`; the `APISIX_*` variables the host
+    /// sets cannot be named here.
+    pub env: BTreeMap<String, String>,
+    /// `APISIX_CONF_EXPIRE_TIME` for the runner; the proxy keeps tokens 0.9 x this.
+    pub conf_expire: Duration,
+    /// Time limit of the runner's part of one call (waiting for its
+    /// answers, EXTRA_INFO requests included); the time the host takes to
+    /// gather an EXTRA_INFO answer (reading the client's body) does not count.
+    pub call_timeout: Duration,
+    /// How long the runner has to open its socket.
+    pub start_timeout: Duration,
+    /// How long the runner has to exit after SIGTERM before SIGKILL.
+    pub stop_grace: Duration,
+    /// Connections to the runner, at most (one per call in progress; calls
+    /// beyond wait for one); 0: a new connection per call, no limit.
+    pub pool_size: usize,
+    /// Connections to the runner held, at most, by calls waiting for a
+    /// client's (or upstream's) body the runner asked for during the call
+    /// (`max_waiting_calls`, default `pool_size`); with `pool_size`, the
+    /// host never holds more than their sum. 0: no bound.
+    pub max_waiting_calls: usize,
+    /// Calls timing out in a row before the runner is deemed stuck and
+    /// replaced; 0 never replaces it.
+    pub restart_after_timeouts: u32,
+    /// Keep a second runner process ready to take over when the active one
+    /// dies (`"standby"`, default true).
+    pub standby: bool,
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The route's `id`.
+    pub id: String,
+    /// URI patterns: exact, or a prefix when it ends in `*`.
+    pub uris: Vec<UriPattern>,
+    /// Allowed methods; `None` allows all.
+    pub methods: Option<Vec<Method>>,
+    /// `status: 0` in APISIX: the route is kept but matches nothing.
+    pub enabled: bool,
+    /// Ties between equally specific matches go to the higher priority.
+    pub priority: i64,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// `ext-plugin-pre-req`.
+    pub pre_req: Option<PhaseConf>,
+    /// `ext-plugin-post-req`.
+    pub post_req: Option<PhaseConf>,
+    /// `ext-plugin-post-resp`.
+    pub post_resp: Option<PhaseConf>,
+}
+
+impl Route {
+    /// The configuration of `phase`, if the route has that phase.
+    pub fn phase(&self, phase: Phase) -> Option<&PhaseConf> {
+        match phase {
+            Phase::PreReq => self.pre_req.as_ref(),
+            Phase::PostReq => self.post_req.as_ref(),
+            Phase::PostResp => self.post_resp.as_ref(),
+        }
+    }
+}
+
+/// A URI pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UriPattern {
+    /// Matches this path only.
+    Exact(String),
+    /// Matches every path that starts with this.
+    Prefix(String),
+}
+
+/// A route phase: the runner's chain and what to do when the runner fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseConf {
+    /// `(plugin name, JSON configuration)` in order.
+    pub conf: Vec<(String, String)>,
+    /// On a runner failure, go on unchanged instead of answering 503.
+    pub allow_degradation: bool,
+    /// Variables to send with every call, beyond what the plugins declare.
+    pub extra_info: Vec<String>,
+    /// The runner that runs the chain (`runner`; [`DEFAULT_RUNNER`] when
+    /// absent), a name of [`Config::runner_confs`].
+    pub runner: String,
+    /// The configuration version sent as PREPARE_CONF's `key`: route, phase
+    /// and a hash of the chain, so that a changed chain gets a new token.
+    pub key: String,
+}
+
+/// An upstream: weighted nodes and timeouts.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `(host:port, weight)`, weight > 0.
+    pub nodes: Vec<(String, u32)>,
+    /// The round-robin schedule: indexes into `nodes`, each node appearing
+    /// weight/gcd times, spread out (nginx's smooth weighted round robin).
+    pub schedule: Vec<usize>,
+    /// Connection time limit.
+    pub connect_timeout: Duration,
+    /// Time limit for the upstream's response headers.
+    pub read_timeout: Duration,
+    /// Send the node's address as `Host` instead of the client's.
+    pub pass_host_node: bool,
+    /// The idle connections kept to each node (`keepalive_pool`).
+    pub keepalive: KeepalivePool,
+}
+
+/// An upstream's `keepalive_pool`, with APISIX's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepalivePool {
+    /// Idle connections kept per node per proxy thread (APISIX counts per
+    /// worker process); past it a connection is closed when its request
+    /// ends.
+    pub size: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+    /// Requests a connection carries before it is closed (nginx's
+    /// `keepalive_requests`: memory some servers free only with the
+    /// connection).
+    pub requests: u32,
+}
+
+impl Default for KeepalivePool {
+    /// APISIX's: 320 connections, 60 s, 1000 requests.
+    fn default() -> Self {
+        KeepalivePool {
+            size: 320,
+            idle_timeout: Duration::from_secs(60),
+            requests: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// Every runner by name: [`DEFAULT_RUNNER`] (the `ext-plugin` section)
+    /// first, then `runners` in name order.
+    pub fn runner_confs(&self) -> impl Iterator<Item = (&str, &RunnerConf)> {
+        std::iter::once((DEFAULT_RUNNER, &self.runner))
+            .chain(self.runners.iter().map(|(n, c)| (n.as_str(), c)))
+    }
+}
