@@ -176,11 +176,11 @@ impl MessageBody {
     }
 
     /// Reads `body` whole into one buffer, each growth of the buffer
-    /// charged to the budget first: what is counted is what is allocated.
-    /// A declared length is not taken at its word: the buffer starts at
-    /// [`FIRST_BUFFER`] at most and doubles as bytes come (up to the
-    /// declared length), so that clients declaring 8 MiB and sending a byte
-    /// hold 64 KiB each of the budget, not 8 MiB.
+    /// charged to the budget first: what is counted is what is allocated
+    /// (a declared length is allocated, and charged, at once: growing a
+    /// buffer by doubling instead lets refused uploads allocate and free
+    /// partial buffers, which the allocator keeps, and the process's RSS
+    /// went past the documented bound).
     async fn read_into(
         &self,
         body: &mut IdleTimeout,
@@ -188,16 +188,13 @@ impl MessageBody {
     ) -> Result<BytesMut, BodyError> {
         let over_budget = || BodyError::OverBudget(self.budget.max());
         let mut buf = BytesMut::new();
-        // Within the limit: checked by the caller.
-        let most = self
-            .declared
-            .map_or(self.limit, |d| (d as usize).min(self.limit));
         if let Some(declared) = self.declared {
-            let first = (declared as usize).min(FIRST_BUFFER);
-            if !charge.grow_to(first) {
+            // Within the limit: checked by the caller.
+            let declared = declared as usize;
+            if !charge.grow_to(declared) {
                 return Err(over_budget());
             }
-            buf = BytesMut::with_capacity(first);
+            buf = BytesMut::with_capacity(declared);
         }
         while let Some(frame) = body.frame().await {
             // `IdleTimeout` recorded the precise failure already.
@@ -212,7 +209,7 @@ impl MessageBody {
             if need > buf.capacity() {
                 // Doubling, within the limit: few copies, and at most
                 // twice the body's length allocated.
-                let grown = need.max(buf.capacity() * 2).min(most.max(need));
+                let grown = need.max(buf.capacity() * 2).min(self.limit);
                 if !charge.grow_to(grown) {
                     return Err(over_budget());
                 }
@@ -274,10 +271,6 @@ impl MessageBody {
         }
     }
 }
-
-/// The most a body's buffer takes before its bytes come (see
-/// [`MessageBody::read_into`]).
-const FIRST_BUFFER: usize = 64 * 1024;
 
 /// Records [`BodyError::Interrupted`] when dropped armed.
 struct InterruptGuard(Option<Arc<OnceLock<BodyError>>>);
