@@ -57,11 +57,8 @@ impl Filter for KeyAuthFilter {
             .header(&self.header)
             .is_some_and(|k| self.keys.contains(k));
         if !ok {
-            req.stop(
-                Stop::new(StatusCode::UNAUTHORIZED)
-                    .header("content-type", "application/json")
-                    .body(r#"{"error":"missing or invalid key"}"#),
-            );
+            let error = serde_json::json!({"error": "missing or invalid key"});
+            req.stop(Stop::json(StatusCode::UNAUTHORIZED, &error));
         }
         Ok(())
     }

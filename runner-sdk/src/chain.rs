@@ -422,6 +422,11 @@ mod tests {
                 "stop 403" => req.stop(Stop::new(403).header("X-Why", "denied").body("no")),
                 "stop 1000" => req.stop(Stop::new(1000)),
                 "stop bad name" => req.stop(Stop::new(403).header("x why", "denied")),
+                "stop json" => req.stop(Stop::json(403, &serde_json::json!({"error": "denied"}))),
+                "stop bad json" => {
+                    let pairs = std::collections::BTreeMap::from([((1, 2), "pair keys")]);
+                    req.stop(Stop::json(403, &pairs));
+                }
                 "bad value" => req.set_header("x-a", "1\r\nx-b: 2"),
                 "bad resp name" => req.set_resp_header("", "v"),
                 "bad remove" => req.remove_header("a:b"),
@@ -479,6 +484,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(outcome.status, Some(StatusCode::BAD_GATEWAY));
+    }
+
+    #[tokio::test]
+    async fn stop_json_answers_with_the_json_and_its_content_type() {
+        let crate::RequestOutcome::Stop(stop) = typed("stop json").await.unwrap() else {
+            panic!("not stopped")
+        };
+        assert_eq!(stop.status, 403);
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            stop.headers,
+            vec![(s("content-type"), s("application/json"))]
+        );
+        assert_eq!(stop.body, br#"{"error":"denied"}"#);
+        let err = typed("stop bad json").await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("plugin `typed` failed: invalid JSON body of type ")
+                && err.ends_with(": key must be a string"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -38,7 +38,8 @@ impl InvalidValue {
         }
     }
 
-    /// What the value was for: `"status"`, `"header name"` or `"header value"`.
+    /// What the value was for: `"status"`, `"header name"`, `"header value"`
+    /// or `"JSON body of type"` (for `Stop::json`, the value being the type's name).
     pub fn what(&self) -> &'static str {
         self.what
     }
