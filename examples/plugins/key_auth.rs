@@ -82,7 +82,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_known_key_passes_unchanged() {
-        let plugins = Registry::new().with(KeyAuth);
+        let plugins = Registry::new().plugin(KeyAuth);
         let req = TestRequest::get("/").header("X-Api-Key", "k2");
         assert_eq!(
             req.run(&plugins, &[("key-auth", CONF)]).await.unwrap(),
@@ -92,7 +92,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_or_wrong_keys_are_refused() {
-        let plugins = Registry::new().with(KeyAuth);
+        let plugins = Registry::new().plugin(KeyAuth);
         let none = TestRequest::get("/");
         assert_eq!(
             none.run(&plugins, &[("key-auth", CONF)]).await.unwrap(),
@@ -107,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_header_is_configurable() {
-        let plugins = Registry::new().with(KeyAuth);
+        let plugins = Registry::new().plugin(KeyAuth);
         let conf = r#"{"header":"Authorization","keys":["secret"]}"#;
         let req = TestRequest::get("/").header("authorization", "secret");
         assert_eq!(
@@ -123,7 +123,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_confs_are_refused_with_the_plugin_name() {
-        let plugins = Registry::new().with(KeyAuth);
+        let plugins = Registry::new().plugin(KeyAuth);
         for conf in [
             r#"{}"#,
             r#"{"keys":[]}"#,

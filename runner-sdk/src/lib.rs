@@ -86,7 +86,7 @@
 //! use runner_sdk::{Registry, RequestOutcome};
 //!
 //! # futures::executor::block_on(async {
-//! let plugins = Registry::new().with(DenyHeader);
+//! let plugins = Registry::new().plugin(DenyHeader);
 //! let conf = [("deny-header", r#"{"header": "x-block"}"#)];
 //!
 //! let outcome = TestRequest::get("/").header("X-Block", "yes").run(&plugins, &conf).await.unwrap();

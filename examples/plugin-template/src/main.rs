@@ -77,7 +77,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_with_the_header_gets_403() {
-        let plugins = Registry::new().with(DenyHeader);
+        let plugins = Registry::new().plugin(DenyHeader);
         let outcome = TestRequest::get("/anything")
             .header("X-Block", "yes")
             .run(&plugins, &[("deny-header", CONF)])
@@ -96,7 +96,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_without_it_goes_on_unchanged() {
-        let plugins = Registry::new().with(DenyHeader);
+        let plugins = Registry::new().plugin(DenyHeader);
         let outcome = TestRequest::get("/anything")
             .header("x-other", "yes")
             .run(&plugins, &[("deny-header", CONF)])
@@ -107,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_configuration_is_refused_with_the_reason() {
-        let plugins = Registry::new().with(DenyHeader);
+        let plugins = Registry::new().plugin(DenyHeader);
         let err = TestRequest::get("/")
             .run(&plugins, &[("deny-header", r#"{"header": "x block"}"#)])
             .await
