@@ -185,6 +185,26 @@ pub use info::InfoSource;
 pub use request::Request;
 pub use response::Response;
 pub use runner::Runner;
+/// The `tracing` crate the runner logs with (`runner_sdk::tracing::info!`...),
+/// so plugin code needs no version of its own. What a filter logs goes where
+/// the runner's own lines go: with the default `logging` feature, stderr,
+/// filtered by `RUST_LOG` (see [`runner::init_logging`]), which the gateway
+/// relays into its own log.
+///
+/// ```
+/// use runner_sdk::{async_trait, tracing, Filter, PluginError, Request};
+///
+/// struct Audit;
+///
+/// #[async_trait]
+/// impl Filter for Audit {
+///     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+///         tracing::info!(method = %req.method(), path = req.path(), "audited");
+///         Ok(())
+///     }
+/// }
+/// ```
+pub use tracing;
 
 use serde::de::DeserializeOwned;
 

@@ -7,8 +7,8 @@
 //! `runner_sdk::testing`.
 
 use runner_sdk::{
-    async_trait, parse_conf, ConfError, Filter, IntoHeaderName, Plugin, PluginError, Request,
-    Runner, Stop,
+    async_trait, parse_conf, tracing, ConfError, Filter, IntoHeaderName, Plugin, PluginError,
+    Request, Runner, Stop,
 };
 use serde::Deserialize;
 
@@ -53,6 +53,9 @@ impl Plugin for DenyHeader {
 impl Filter for DenyHeaderConf {
     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
         if req.header(&self.header).is_some() {
+            // `tracing`, re-exported by the SDK: the runner's log (stderr,
+            // `RUST_LOG`), relayed into the gateway's log.
+            tracing::info!(header = %self.header, path = req.path(), "request denied");
             req.stop(
                 Stop::new(403)
                     .header("x-denied-by", "deny-header")
