@@ -155,6 +155,7 @@
 #![warn(missing_docs)]
 
 mod chain;
+pub mod context;
 mod info;
 mod request;
 mod response;
