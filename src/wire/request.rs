@@ -76,7 +76,7 @@ pub struct Stop {
 
 impl Stop {
     /// An answer with this status, no headers and an empty body. `status` is
-    /// an integer (`403`) or a [`StatusCode`].
+    /// an integer (`403`) or a `http::StatusCode`.
     ///
     /// An integer outside 100..=999 is kept as a mistake ([`Stop::invalid`])
     /// that fails the call, not a panic.
