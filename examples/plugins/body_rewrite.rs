@@ -54,7 +54,7 @@ mod tests {
 
     #[tokio::test]
     async fn replaces_either_body() {
-        let plugins = Registry::new().with(BodyRewrite);
+        let plugins = Registry::new().plugin(BodyRewrite);
         let conf = r#"{"request":"new request","response":"new response"}"#;
         let RequestOutcome::Rewrite(rw) = TestRequest::post("/")
             .body("old")
@@ -76,7 +76,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_conf_changes_nothing() {
-        let plugins = Registry::new().with(BodyRewrite);
+        let plugins = Registry::new().plugin(BodyRewrite);
         let out = TestRequest::post("/")
             .run(&plugins, &[("body-rewrite", "{}")])
             .await

@@ -60,7 +60,7 @@ mod tests {
 
     #[tokio::test]
     async fn adds_the_length_and_needs_no_round_trip() {
-        let plugins = Registry::new().with(BodySize);
+        let plugins = Registry::new().plugin(BodySize);
         let chain = Chain::prepare(&plugins, [("body-size", "{}")]).unwrap();
         let (outcome, fetched) = TestRequest::post("/")
             .body("hello")
@@ -80,7 +80,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_response_body_too() {
-        let plugins = Registry::new().with(BodySize);
+        let plugins = Registry::new().plugin(BodySize);
         let resp = runner_sdk::testing::TestResponse::new(runner_sdk::StatusCode::OK).body("abc");
         let out = resp.run(&plugins, &[("body-size", "{}")]).await.unwrap();
         assert_eq!(
@@ -92,7 +92,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_body_is_zero() {
-        let plugins = Registry::new().with(BodySize);
+        let plugins = Registry::new().plugin(BodySize);
         let outcome = TestRequest::get("/")
             .run(&plugins, &[("body-size", "{}")])
             .await

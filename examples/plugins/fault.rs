@@ -101,7 +101,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_and_panics_fail_the_call() {
-        let plugins = Registry::new().with(Fault);
+        let plugins = Registry::new().plugin(Fault);
         let err = TestRequest::get("/")
             .run(&plugins, &[("fault", r#"{"mode":"error"}"#)])
             .await
@@ -122,7 +122,7 @@ mod tests {
 
     #[tokio::test]
     async fn panics_while_preparing_and_bad_statuses_are_errors() {
-        let plugins = Registry::new().with(Fault);
+        let plugins = Registry::new().plugin(Fault);
         for mode in ["configure-panic", "needs-panic"] {
             let conf = format!(r#"{{"mode":"{mode}"}}"#);
             let err = TestRequest::get("/")

@@ -75,7 +75,7 @@ mod tests {
 
     #[tokio::test]
     async fn adds_a_header_per_known_var_in_one_round_trip() {
-        let plugins = Registry::new().with(InjectVars);
+        let plugins = Registry::new().plugin(InjectVars);
         let conf = r#"{"vars":["remote_addr","nope"]}"#;
         let chain = Chain::prepare(&plugins, [("inject-vars", conf)]).unwrap();
         let req = TestRequest::get("/").var("remote_addr", "10.1.2.3");
@@ -95,7 +95,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_prefetch_each_var_is_fetched_once() {
-        let plugins = Registry::new().with(InjectVars);
+        let plugins = Registry::new().plugin(InjectVars);
         let conf = r#"{"vars":["a","b"],"prefetch":false,"header_prefix":"x-"}"#;
         let chain = Chain::prepare(&plugins, [("inject-vars", conf)]).unwrap();
         let (outcome, fetched) = TestRequest::get("/")
@@ -112,7 +112,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_confs_are_refused_with_the_plugin_name() {
-        let plugins = Registry::new().with(InjectVars);
+        let plugins = Registry::new().plugin(InjectVars);
         for conf in ["{}", r#"{"vars":"a"}"#, r#"{"vars":[""]}"#, "x"] {
             let err = TestRequest::get("/")
                 .run(&plugins, &[("inject-vars", conf)])

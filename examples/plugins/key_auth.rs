@@ -57,11 +57,8 @@ impl Filter for KeyAuthFilter {
             .header(&self.header)
             .is_some_and(|k| self.keys.contains(k));
         if !ok {
-            req.stop(
-                Stop::new(StatusCode::UNAUTHORIZED)
-                    .header("content-type", "application/json")
-                    .body(r#"{"error":"missing or invalid key"}"#),
-            );
+            let error = serde_json::json!({"error": "missing or invalid key"});
+            req.stop(Stop::json(StatusCode::UNAUTHORIZED, &error));
         }
         Ok(())
     }
@@ -85,7 +82,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_known_key_passes_unchanged() {
-        let plugins = Registry::new().with(KeyAuth);
+        let plugins = Registry::new().plugin(KeyAuth);
         let req = TestRequest::get("/").header("X-Api-Key", "k2");
         assert_eq!(
             req.run(&plugins, &[("key-auth", CONF)]).await.unwrap(),
@@ -95,7 +92,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_or_wrong_keys_are_refused() {
-        let plugins = Registry::new().with(KeyAuth);
+        let plugins = Registry::new().plugin(KeyAuth);
         let none = TestRequest::get("/");
         assert_eq!(
             none.run(&plugins, &[("key-auth", CONF)]).await.unwrap(),
@@ -110,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_header_is_configurable() {
-        let plugins = Registry::new().with(KeyAuth);
+        let plugins = Registry::new().plugin(KeyAuth);
         let conf = r#"{"header":"Authorization","keys":["secret"]}"#;
         let req = TestRequest::get("/").header("authorization", "secret");
         assert_eq!(
@@ -126,7 +123,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_confs_are_refused_with_the_plugin_name() {
-        let plugins = Registry::new().with(KeyAuth);
+        let plugins = Registry::new().plugin(KeyAuth);
         for conf in [
             r#"{}"#,
             r#"{"keys":[]}"#,

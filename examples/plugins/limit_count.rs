@@ -140,7 +140,7 @@ mod tests {
 
     #[tokio::test]
     async fn counts_per_remote_addr_and_refuses_past_the_count() {
-        let plugins = Registry::new().with(LimitCount);
+        let plugins = Registry::new().plugin(LimitCount);
         let chain = Chain::prepare(
             &plugins,
             [("limit-count", r#"{"count":2,"time_window":60}"#)],
@@ -172,7 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn counts_per_header_value() {
-        let plugins = Registry::new().with(LimitCount);
+        let plugins = Registry::new().plugin(LimitCount);
         let conf = r#"{"count":1,"time_window":60,"key":"header:X-User"}"#;
         let chain = Chain::prepare(&plugins, [("limit-count", conf)]).unwrap();
         let u = |name: &str| TestRequest::get("/").header("x-user", name);
@@ -186,7 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_window_starts_afresh() {
-        let plugins = Registry::new().with(LimitCount);
+        let plugins = Registry::new().plugin(LimitCount);
         let chain = Chain::prepare(
             &plugins,
             [("limit-count", r#"{"count":1,"time_window":1}"#)],
@@ -209,7 +209,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_confs_are_refused_with_the_plugin_name() {
-        let plugins = Registry::new().with(LimitCount);
+        let plugins = Registry::new().plugin(LimitCount);
         for conf in [
             r#"{"time_window":1}"#,
             r#"{"count":0,"time_window":1}"#,

@@ -16,13 +16,13 @@ use runner_sdk::Registry;
 /// Every example plugin.
 pub fn all() -> Registry {
     Registry::new()
-        .with(say::Say)
-        .with(rewrite::RewritePlugin)
-        .with(key_auth::KeyAuth)
-        .with(limit_count::LimitCount)
-        .with(inject_vars::InjectVars)
-        .with(body_size::BodySize)
-        .with(response_headers::ResponseHeaders)
-        .with(body_rewrite::BodyRewrite)
-        .with(fault::Fault)
+        .plugin(say::Say)
+        .plugin(rewrite::RewritePlugin)
+        .plugin(key_auth::KeyAuth)
+        .plugin(limit_count::LimitCount)
+        .plugin(inject_vars::InjectVars)
+        .plugin(body_size::BodySize)
+        .plugin(response_headers::ResponseHeaders)
+        .plugin(body_rewrite::BodyRewrite)
+        .plugin(fault::Fault)
 }

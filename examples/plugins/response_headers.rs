@@ -77,7 +77,7 @@ mod tests {
 
     #[tokio::test]
     async fn sets_removes_and_changes_the_status() {
-        let plugins = Registry::new().with(ResponseHeaders);
+        let plugins = Registry::new().plugin(ResponseHeaders);
         let conf = r#"{"set":{"x-new":"1"},"remove":["x-old"],"status":203}"#;
         let resp = TestResponse::new(StatusCode::OK)
             .header("x-old", "a")
@@ -102,7 +102,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_conf_keeps_the_answer() {
-        let plugins = Registry::new().with(ResponseHeaders);
+        let plugins = Registry::new().plugin(ResponseHeaders);
         let outcome = TestResponse::new(StatusCode::OK)
             .run(&plugins, &[("response-headers", "{}")])
             .await
@@ -112,7 +112,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_confs_are_refused_with_the_plugin_name() {
-        let plugins = Registry::new().with(ResponseHeaders);
+        let plugins = Registry::new().plugin(ResponseHeaders);
         for conf in [
             r#"{"status":99}"#,
             r#"{"set":[]}"#,

@@ -76,7 +76,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_kind_of_change() {
-        let plugins = Registry::new().with(RewritePlugin);
+        let plugins = Registry::new().plugin(RewritePlugin);
         let conf = r#"{"path":"/new","headers":{"x-del":null,"x-set":"v"},
                        "args":{"a":"1","gone":null},"resp_headers":{"x-r":"r"}}"#;
         let outcome = TestRequest::get("/old")
@@ -97,7 +97,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_conf_changes_nothing() {
-        let plugins = Registry::new().with(RewritePlugin);
+        let plugins = Registry::new().plugin(RewritePlugin);
         let outcome = TestRequest::get("/")
             .run(&plugins, &[("rewrite", "{}")])
             .await
@@ -107,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_confs_are_refused_with_the_plugin_name() {
-        let plugins = Registry::new().with(RewritePlugin);
+        let plugins = Registry::new().plugin(RewritePlugin);
         for conf in [
             r#"{"path":1}"#,
             r#"{"headers":{"a":1}}"#,

@@ -73,7 +73,7 @@ mod tests {
 
     #[tokio::test]
     async fn stops_with_the_configured_answer() {
-        let plugins = Registry::new().with(Say);
+        let plugins = Registry::new().plugin(Say);
         let conf = r#"{"body":"hello","status":418,"headers":{"x-a":"1"}}"#;
         let outcome = TestRequest::get("/")
             .run(&plugins, &[("say", conf)])
@@ -91,7 +91,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_header_that_is_not_http_is_refused_at_configure() {
-        let plugins = Registry::new().with(Say);
+        let plugins = Registry::new().plugin(Say);
         let conf = r#"{"body":"hi","headers":{"x a":"1"}}"#;
         let err = TestRequest::get("/")
             .run(&plugins, &[("say", conf)])
@@ -107,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn status_defaults_to_200() {
-        let plugins = Registry::new().with(Say);
+        let plugins = Registry::new().plugin(Say);
         let outcome = TestRequest::get("/")
             .run(&plugins, &[("say", r#"{"body":"hi"}"#)])
             .await
@@ -120,7 +120,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_confs_are_refused_with_the_plugin_name() {
-        let plugins = Registry::new().with(Say);
+        let plugins = Registry::new().plugin(Say);
         for conf in [
             r#"{}"#,
             r#"{"body":1}"#,

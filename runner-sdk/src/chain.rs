@@ -21,7 +21,7 @@ use std::sync::Arc;
 /// # }
 /// use runner_sdk::Registry;
 ///
-/// let plugins = Registry::new().with(Named("say")).with(Named("deny-header"));
+/// let plugins = Registry::new().plugin(Named("say")).plugin(Named("deny-header"));
 /// assert_eq!(plugins.names(), ["deny-header", "say"]);
 /// assert!(plugins.get("say").is_some());
 /// ```
@@ -42,10 +42,32 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds `plugin` under its [`Plugin::name`], replacing one of the same name.
-    pub fn with(mut self, plugin: impl Plugin) -> Self {
+    /// Adds `plugin` under its [`Plugin::name`], replacing one of the same
+    /// name: the same verb as [`Runner::plugin`](crate::Runner::plugin), so
+    /// a test's registry and `main` read alike.
+    ///
+    /// ```
+    /// # use runner_sdk::{ConfError, Filter, Plugin};
+    /// # struct Nop;
+    /// # impl Plugin for Nop {
+    /// #     fn name(&self) -> &str { "nop" }
+    /// #     fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> { unimplemented!() }
+    /// # }
+    /// use runner_sdk::{Registry, Runner};
+    ///
+    /// let plugins = Registry::new().plugin(Nop); // in a test
+    /// let runner = Runner::new().plugin(Nop); // in `main`
+    /// assert_eq!(plugins.names(), ["nop"]);
+    /// # drop(runner);
+    /// ```
+    pub fn plugin(mut self, plugin: impl Plugin) -> Self {
         self.add(Arc::new(plugin));
         self
+    }
+
+    /// The same as [`Registry::plugin`] (its earlier name).
+    pub fn with(self, plugin: impl Plugin) -> Self {
+        self.plugin(plugin)
     }
 
     /// Adds a shared plugin under its [`Plugin::name`], replacing one of the same name.
@@ -165,7 +187,7 @@ impl Chain {
     /// # }
     /// use runner_sdk::{Chain, Registry};
     ///
-    /// let plugins = Registry::new().with(Nop);
+    /// let plugins = Registry::new().plugin(Nop);
     /// let chain = Chain::prepare(&plugins, [("nop", "{}"), ("nop", "{}")]).unwrap();
     /// assert_eq!(chain.plugin_names().collect::<Vec<_>>(), ["nop", "nop"]);
     /// let err = Chain::prepare(&plugins, [("nop", "{}"), ("say", "{}")]).unwrap_err();
@@ -356,6 +378,7 @@ mod tests {
 
     #[test]
     fn a_panic_in_configure_or_needs_is_a_prepare_error_naming_the_plugin() {
+        // `with`, the earlier name of `plugin`, still works.
         let registry = Registry::new().with(Odd);
         for during in ["configure", "needs"] {
             let err = Chain::prepare(&registry, [("odd", during)]).unwrap_err();
@@ -368,7 +391,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_status_outside_200_to_599_fails_the_call_naming_the_plugin() {
-        let registry = Registry::new().with(Odd);
+        let registry = Registry::new().plugin(Odd);
         for status in ["100", "199", "600", "999"] {
             let err = TestRequest::get("/")
                 .run(&registry, &[("odd", status)])
@@ -422,6 +445,11 @@ mod tests {
                 "stop 403" => req.stop(Stop::new(403).header("X-Why", "denied").body("no")),
                 "stop 1000" => req.stop(Stop::new(1000)),
                 "stop bad name" => req.stop(Stop::new(403).header("x why", "denied")),
+                "stop json" => req.stop(Stop::json(403, &serde_json::json!({"error": "denied"}))),
+                "stop bad json" => {
+                    let pairs = std::collections::BTreeMap::from([((1, 2), "pair keys")]);
+                    req.stop(Stop::json(403, &pairs));
+                }
                 "bad value" => req.set_header("x-a", "1\r\nx-b: 2"),
                 "bad resp name" => req.set_resp_header("", "v"),
                 "bad remove" => req.remove_header("a:b"),
@@ -448,7 +476,7 @@ mod tests {
 
     /// Runs the request phase of `typed` with `conf`.
     async fn typed(conf: &str) -> Result<crate::RequestOutcome, TestError> {
-        let registry = Registry::new().with(Typed);
+        let registry = Registry::new().plugin(Typed);
         TestRequest::get("/")
             .run(&registry, &[("typed", conf)])
             .await
@@ -475,10 +503,30 @@ mod tests {
         );
         assert_eq!(rw.resp_headers, vec![(s("x-r"), s("r"))]);
         let outcome = TestResponse::new(200)
-            .run(&Registry::new().with(Typed), &[("typed", "status 502")])
+            .run(&Registry::new().plugin(Typed), &[("typed", "status 502")])
             .await
             .unwrap();
         assert_eq!(outcome.status, Some(StatusCode::BAD_GATEWAY));
+    }
+
+    #[tokio::test]
+    async fn stop_json_answers_with_the_json_and_its_content_type() {
+        let crate::RequestOutcome::Stop(stop) = typed("stop json").await.unwrap() else {
+            panic!("not stopped")
+        };
+        assert_eq!(stop.status, 403);
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            stop.headers,
+            vec![(s("content-type"), s("application/json"))]
+        );
+        assert_eq!(stop.body, br#"{"error":"denied"}"#);
+        let err = typed("stop bad json").await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("plugin `typed` failed: invalid JSON body of type ")
+                && err.ends_with(": key must be a string"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -505,7 +553,7 @@ mod tests {
             let err = typed(conf).await.unwrap_err();
             assert!(err.to_string().starts_with(message), "{conf}: {err}");
         }
-        let registry = Registry::new().with(Typed);
+        let registry = Registry::new().plugin(Typed);
         for (conf, message) in [
             ("status 1000", "plugin `typed` failed: invalid status 1000"),
             (

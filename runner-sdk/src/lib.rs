@@ -48,7 +48,7 @@
 //! ```
 //!
 //! Statuses are plain integers or [`StatusCode`]s, header names and values
-//! plain strings or [`http`] types ([`IntoStatus`], [`IntoHeaderName`],
+//! plain strings or `runner_sdk::http` types ([`IntoStatus`], [`IntoHeaderName`],
 //! [`IntoHeaderValue`]). A value that is not valid HTTP (`Stop::new(1000)`,
 //! a header name with a space) is neither a compile error nor a panic: the
 //! call fails, and the runner's answer names the plugin and the value:
@@ -59,7 +59,17 @@
 //! [`testing`] runs a chain in-process, prepared exactly as the runner
 //! prepares it, and gives what the chain decided: a [`RequestOutcome`]
 //! (continue, [`Stop`] or [`Rewrite`]) or a [`ResponseOutcome`]. In a crate
-//! this is a `#[tokio::test] async fn` in `#[cfg(test)] mod tests`:
+//! this is a `#[tokio::test] async fn` in `#[cfg(test)] mod tests`, with the
+//! template's dev-dependency:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! # Runs the async unit tests (`#[tokio::test]`).
+//! tokio = { version = "1", features = ["macros", "rt"] }
+//! ```
+//!
+//! The same verb registers plugins here and in `main`:
+//! [`Registry::plugin`] and [`Runner::plugin`].
 //!
 //! ```
 //! # use runner_sdk::{async_trait, parse_conf, ConfError, Filter, Plugin, PluginError, Request, Stop};
@@ -86,7 +96,7 @@
 //! use runner_sdk::{Registry, RequestOutcome};
 //!
 //! # futures::executor::block_on(async {
-//! let plugins = Registry::new().with(DenyHeader);
+//! let plugins = Registry::new().plugin(DenyHeader);
 //! let conf = [("deny-header", r#"{"header": "x-block"}"#)];
 //!
 //! let outcome = TestRequest::get("/").header("X-Block", "yes").run(&plugins, &conf).await.unwrap();
@@ -142,6 +152,15 @@
 //! [`Filter::request`] runs before the upstream is called, [`Filter::response`]
 //! after it answered; both have no-op defaults.
 //!
+//! ## Next steps
+//!
+//! - Answer JSON: [`Stop::json`] serializes a value and sets
+//!   `content-type: application/json`.
+//! - Log: `tracing` is re-exported (`runner_sdk::tracing::info!(...)`);
+//!   the lines go where the runner's go.
+//! - Carry a value from the request phase to the response phase of the same
+//!   request: [`context::RequestContext`], keyed by the gateway's request id.
+//!
 //! The protocol itself (frames, Cap'n Proto, the data types such as
 //! [`RequestOutcome`]) is `extplug::wire`, the `extplug` crate without its
 //! `host` feature, re-exported here where plugins see it, so a plugin
@@ -155,6 +174,7 @@
 #![warn(missing_docs)]
 
 mod chain;
+pub mod context;
 mod info;
 mod request;
 mod response;
@@ -163,8 +183,10 @@ pub mod testing;
 
 pub use async_trait::async_trait;
 pub use chain::{CallError, Chain, PrepareError, Registry};
-/// The protocol's data types, defined by `extplug::wire`, which both the
-/// runner and the host use, re-exported here so plugin code needs only this crate.
+// The protocol's data types, defined by `extplug::wire` (which both the
+// runner and the host use), re-exported so plugin code needs only this
+// crate. No doc comment here: rustdoc would put it at the top of each
+// type's page, in place of the type's own first line.
 pub use extplug::wire::{
     InfoKey, IntoHeaderName, IntoHeaderValue, IntoStatus, InvalidValue, Needs, RequestOutcome,
     RequestParts, ResponseOutcome, ResponseParts, Rewrite, Stop, ALLOWED_STATUS,
@@ -185,6 +207,26 @@ pub use info::InfoSource;
 pub use request::Request;
 pub use response::Response;
 pub use runner::Runner;
+/// The `tracing` crate the runner logs with (`runner_sdk::tracing::info!`...),
+/// so plugin code needs no version of its own. What a filter logs goes where
+/// the runner's own lines go: with the default `logging` feature, stderr,
+/// filtered by `RUST_LOG` (see [`runner::init_logging`]), which the gateway
+/// relays into its own log.
+///
+/// ```
+/// use runner_sdk::{async_trait, tracing, Filter, PluginError, Request};
+///
+/// struct Audit;
+///
+/// #[async_trait]
+/// impl Filter for Audit {
+///     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+///         tracing::info!(method = %req.method(), path = req.path(), "audited");
+///         Ok(())
+///     }
+/// }
+/// ```
+pub use tracing;
 
 use serde::de::DeserializeOwned;
 
@@ -241,6 +283,53 @@ pub trait Plugin: Send + Sync + 'static {
 /// Every method has a default, so a filter implements only the phases it
 /// needs. The phases run in chain order; a filter that answers the client
 /// ([`Request::stop`]) ends the request phase of the chain.
+///
+/// A filter that tags each request for the upstream, and each answer for
+/// the client, and declares the variable it reads:
+///
+/// ```
+/// use runner_sdk::testing::{TestRequest, TestResponse};
+/// use runner_sdk::{async_trait, Filter, Needs, PluginError, Request, Response, Rewrite};
+/// # use runner_sdk::{ConfError, Plugin, Registry, RequestOutcome};
+///
+/// struct Tag;
+///
+/// #[async_trait]
+/// impl Filter for Tag {
+///     fn needs(&self) -> Needs {
+///         Needs {
+///             vars: vec!["remote_addr".to_string()],
+///             ..Needs::default()
+///         }
+///     }
+///
+///     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
+///         let client = req.var_str("remote_addr").await?.unwrap_or_default();
+///         req.set_header("x-client", client);
+///         Ok(())
+///     }
+///
+///     async fn response(&self, resp: &mut Response<'_>) -> Result<(), PluginError> {
+///         resp.set_header("x-tagged", "1");
+///         Ok(())
+///     }
+/// }
+/// # struct TagPlugin;
+/// # impl Plugin for TagPlugin {
+/// #     fn name(&self) -> &str { "tag" }
+/// #     fn configure(&self, _: &str) -> Result<Box<dyn Filter>, ConfError> { Ok(Box::new(Tag)) }
+/// # }
+///
+/// # futures::executor::block_on(async {
+/// # let plugins = Registry::new().plugin(TagPlugin);
+/// # let conf = [("tag", "{}")];
+/// let outcome = TestRequest::get("/").var("remote_addr", "10.0.0.7").run(&plugins, &conf).await.unwrap();
+/// let RequestOutcome::Rewrite(Rewrite { headers, .. }) = outcome else { panic!("{outcome:?}") };
+/// assert_eq!(headers, vec![("x-client".to_string(), Some("10.0.0.7".to_string()))]);
+/// let outcome = TestResponse::new(200).run(&plugins, &conf).await.unwrap();
+/// assert!(outcome.headers.unwrap().contains(&("x-tagged".to_string(), "1".to_string())));
+/// # });
+/// ```
 #[async_trait]
 pub trait Filter: Send + Sync + 'static {
     /// What this filter will read, so that the gateway can send it with every

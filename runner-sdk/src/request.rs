@@ -439,7 +439,7 @@ mod tests {
 
     #[test]
     fn reads_see_writes_and_the_outcome_is_the_net_change() {
-        let plugins = Registry::new().with(Probe);
+        let plugins = Registry::new().plugin(Probe);
         let chain = Chain::prepare(&plugins, [("probe", "{}")]).unwrap();
         let req = TestRequest::get("/old")
             .header("x-a", "1")
@@ -484,7 +484,7 @@ mod tests {
                 Ok(())
             }
         }
-        let plugins = Registry::new().with(Reader);
+        let plugins = Registry::new().plugin(Reader);
         let req = TestRequest::post("/")
             .header("host", "h")
             .body("x")

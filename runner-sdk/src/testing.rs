@@ -17,7 +17,7 @@
 //! use runner_sdk::{Registry, RequestOutcome};
 //!
 //! # futures::executor::block_on(async {
-//! let plugins = Registry::new().with(Hello);
+//! let plugins = Registry::new().plugin(Hello);
 //! let outcome = TestRequest::get("/hi")
 //!     .run(&plugins, &[("hello", r#"{"name":"ann"}"#)])
 //!     .await
@@ -204,7 +204,7 @@ impl TestRequest {
     /// # futures::executor::block_on(async {
     /// // `gate` stops with 401 without `x-key`, fails on `x-key: bad`, and
     /// // otherwise sets `x-user`.
-    /// let plugins = Registry::new().with(Gate);
+    /// let plugins = Registry::new().plugin(Gate);
     /// let conf = [("gate", "{}")];
     ///
     /// let outcome = TestRequest::get("/").run(&plugins, &conf).await.unwrap();
@@ -263,7 +263,7 @@ impl TestRequest {
     ///
     /// # futures::executor::block_on(async {
     /// // `addr` reads `remote_addr` without declaring it in `needs()`.
-    /// let plugins = Registry::new().with(Addr);
+    /// let plugins = Registry::new().plugin(Addr);
     /// let chain = Chain::prepare(&plugins, [("addr", "{}")]).unwrap();
     /// let (_, fetched) = TestRequest::get("/").var("remote_addr", "10.0.0.1").run_chain(&chain).await.unwrap();
     /// assert_eq!(fetched, ["remote_addr"]); // one more round trip in each call
@@ -373,7 +373,7 @@ impl TestResponse {
     ///
     /// # futures::executor::block_on(async {
     /// // `hide` removes `server`, and turns a 500 into a 502.
-    /// let plugins = Registry::new().with(Hide);
+    /// let plugins = Registry::new().plugin(Hide);
     /// let upstream = TestResponse::new(500).header("server", "up").header("x-a", "1");
     /// let outcome = upstream.run(&plugins, &[("hide", "{}")]).await.unwrap();
     /// assert_eq!(outcome.status, Some(StatusCode::BAD_GATEWAY));

@@ -38,7 +38,8 @@ impl InvalidValue {
         }
     }
 
-    /// What the value was for: `"status"`, `"header name"` or `"header value"`.
+    /// What the value was for: `"status"`, `"header name"`, `"header value"`
+    /// or `"JSON body of type"` (for `Stop::json`, the value being the type's name).
     pub fn what(&self) -> &'static str {
         self.what
     }
@@ -49,7 +50,7 @@ impl InvalidValue {
     }
 }
 
-/// A value usable as an HTTP status: [`StatusCode`] (or a reference to one)
+/// A value usable as an HTTP status: `http::StatusCode` (or a reference to one)
 /// and the integer types (`403`, whose type defaults to `i32`, `403u16`...).
 ///
 /// ```
@@ -99,7 +100,7 @@ macro_rules! int_status {
 int_status!(u16, u32, u64, usize, i16, i32, i64);
 
 /// A value usable as a header name: a string (`&str`, `String`, `&String`)
-/// or an [`http::HeaderName`]. Names are case-insensitive and kept in lower
+/// or an `http::HeaderName`. Names are case-insensitive and kept in lower
 /// case.
 ///
 /// ```
@@ -154,7 +155,7 @@ impl IntoHeaderName for HeaderName {
 }
 
 /// A value usable as a header value: a string (`&str`, `String`, `&String`),
-/// an [`http::HeaderValue`], or an integer (`30` for `retry-after`).
+/// an `http::HeaderValue`, or an integer (`30` for `retry-after`).
 ///
 /// ```
 /// use extplug::wire::IntoHeaderValue;
@@ -168,7 +169,7 @@ pub trait IntoHeaderValue {
     ///
     /// # Errors
     /// An [`InvalidValue`] for a value with a control character (CR, LF,
-    /// NUL...; a tab is allowed), or an [`http::HeaderValue`] that is not
+    /// NUL...; a tab is allowed), or an `http::HeaderValue` that is not
     /// UTF-8.
     fn into_header_value(self) -> Result<String, InvalidValue>;
 }

@@ -76,7 +76,7 @@ pub struct Stop {
 
 impl Stop {
     /// An answer with this status, no headers and an empty body. `status` is
-    /// an integer (`403`) or a [`StatusCode`].
+    /// an integer (`403`) or a `http::StatusCode`.
     ///
     /// An integer outside 100..=999 is kept as a mistake ([`Stop::invalid`])
     /// that fails the call, not a panic.
@@ -116,6 +116,54 @@ impl Stop {
             }
         }
         self
+    }
+
+    /// An answer with this status, `value` serialized as its JSON body, and
+    /// `content-type: application/json`.
+    ///
+    /// ```
+    /// use extplug::wire::Stop;
+    ///
+    /// let stop = Stop::json(403, &serde_json::json!({"error": "denied"}));
+    /// assert_eq!(stop.status, 403);
+    /// assert_eq!(
+    ///     stop.headers,
+    ///     vec![("content-type".to_string(), "application/json".to_string())]
+    /// );
+    /// assert_eq!(stop.body, br#"{"error":"denied"}"#);
+    /// ```
+    ///
+    /// A value that cannot be serialized (a map whose keys are not strings,
+    /// a `Serialize` impl that fails) is not a panic: the body stays empty
+    /// and the failure is kept as a mistake ([`Stop::invalid`]) that fails
+    /// the call, like an invalid header.
+    ///
+    /// ```
+    /// use extplug::wire::Stop;
+    /// use std::collections::BTreeMap;
+    ///
+    /// let stop = Stop::json(403, &BTreeMap::from([((1, 2), "pair keys")]));
+    /// assert!(stop.body.is_empty());
+    /// let mistake = stop.invalid().unwrap().to_string();
+    /// // "invalid JSON body of type alloc::...::BTreeMap<(i32, i32), &str>: key must be a string"
+    /// assert!(mistake.starts_with("invalid JSON body of type "), "{mistake}");
+    /// assert!(mistake.contains("BTreeMap<(i32, i32), &str>"), "{mistake}");
+    /// assert!(mistake.ends_with(": key must be a string"), "{mistake}");
+    /// ```
+    pub fn json<T: serde::Serialize + ?Sized>(status: impl IntoStatus, value: &T) -> Self {
+        let stop = Stop::new(status).header("content-type", "application/json");
+        match serde_json::to_vec(value) {
+            Ok(body) => stop.body(body),
+            Err(e) => {
+                let mut stop = stop;
+                stop.invalid.get_or_insert(InvalidValue::new(
+                    "JSON body of type",
+                    std::any::type_name::<T>(),
+                    e.to_string(),
+                ));
+                stop
+            }
+        }
     }
 
     /// Sets the body (a `&str`, `String`, `&[u8]` or `Vec<u8>`).

@@ -7,8 +7,8 @@
 //! `runner_sdk::testing`.
 
 use runner_sdk::{
-    async_trait, parse_conf, ConfError, Filter, IntoHeaderName, Plugin, PluginError, Request,
-    Runner, Stop,
+    async_trait, parse_conf, tracing, ConfError, Filter, IntoHeaderName, Plugin, PluginError,
+    Request, Runner, Stop,
 };
 use serde::Deserialize;
 
@@ -53,6 +53,9 @@ impl Plugin for DenyHeader {
 impl Filter for DenyHeaderConf {
     async fn request(&self, req: &mut Request<'_>) -> Result<(), PluginError> {
         if req.header(&self.header).is_some() {
+            // `tracing`, re-exported by the SDK: the runner's log (stderr,
+            // `RUST_LOG`), relayed into the gateway's log.
+            tracing::info!(header = %self.header, path = req.path(), "request denied");
             req.stop(
                 Stop::new(403)
                     .header("x-denied-by", "deny-header")
@@ -77,7 +80,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_with_the_header_gets_403() {
-        let plugins = Registry::new().with(DenyHeader);
+        let plugins = Registry::new().plugin(DenyHeader);
         let outcome = TestRequest::get("/anything")
             .header("X-Block", "yes")
             .run(&plugins, &[("deny-header", CONF)])
@@ -96,7 +99,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_without_it_goes_on_unchanged() {
-        let plugins = Registry::new().with(DenyHeader);
+        let plugins = Registry::new().plugin(DenyHeader);
         let outcome = TestRequest::get("/anything")
             .header("x-other", "yes")
             .run(&plugins, &[("deny-header", CONF)])
@@ -107,7 +110,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_configuration_is_refused_with_the_reason() {
-        let plugins = Registry::new().with(DenyHeader);
+        let plugins = Registry::new().plugin(DenyHeader);
         let err = TestRequest::get("/")
             .run(&plugins, &[("deny-header", r#"{"header": "x block"}"#)])
             .await

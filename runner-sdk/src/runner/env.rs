@@ -28,7 +28,7 @@ pub const ALLOWED_UIDS: &str = "EXTPLUG_ALLOWED_UIDS";
 /// extplug extra: the one wire the runner speaks, `apisix` (APISIX's
 /// FlatBuffers) or `capnp` (extplug's Cap'n Proto). Unset or empty: both,
 /// told apart per connection from its first frame
-/// ([`extplug::wire::Protocol::detect`]).
+/// (`extplug::wire::Protocol::detect`).
 pub const RUNNER_PROTOCOL: &str = "EXTPLUG_RUNNER_PROTOCOL";
 
 /// The default of `EXTPLUG_MAX_EXTRA_INFO`.

@@ -25,7 +25,7 @@ pub trait Encode {
     /// A Cap'n Proto error (only on resource exhaustion in practice).
     fn build<A: Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()>;
 
-    /// The words the message takes, or a slight over-estimate. [`FrameCodec`]'s
+    /// The words the message takes, or a slight over-estimate. [`FrameCodec`](crate::wire::FrameCodec)'s
     /// encoder makes its first segment this large, so that the message is
     /// one segment: the reader then follows no far pointers (and reads it
     /// without allocating). The default, 128 words, suits small messages.
@@ -66,7 +66,7 @@ fn first_segment_words(hint: usize) -> u32 {
 impl FrameCodec {
     /// Encodes `item` as one frame at the end of `dst`, building the Cap'n
     /// Proto message in segments from `alloc`. With a reused
-    /// [`capnp::message::ScratchSpaceHeapAllocator`] (passed as `&mut`), a
+    /// `capnp::message::ScratchSpaceHeapAllocator` (passed as `&mut`), a
     /// message that fits its scratch space costs no allocation: the only
     /// copy is the one into `dst`, the connection's output buffer.
     ///
