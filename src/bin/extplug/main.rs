@@ -22,7 +22,7 @@ mod runtime;
 
 use clap::{Parser, Subcommand};
 use commands::bench::BenchCommand;
-use extplug::host::logging::{init_logging_as, LogFormat};
+use extplug::host::logging::{init_logging_with, LogFormat};
 use runtime::fail;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +83,11 @@ enum Command {
         /// Check the file only; do not start the runner.
         #[arg(long)]
         offline: bool,
+        /// Log what the check does (`info`); without it, only warnings and
+        /// errors are logged, and a valid configuration prints one line.
+        /// `RUST_LOG`, when set, chooses instead.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// List the routes the proxy would serve from its source (the file, or
     /// etcd with `"etcd"`), each chain prepared by a throwaway runner, and
@@ -116,9 +121,13 @@ fn main() -> ExitCode {
             Err(_) => LogFormat::Text,
         },
     };
-    init_logging_as(log_format);
+    // `check` is quiet as `nginx -t` is: the verdict, warnings, errors.
+    let quiet = matches!(cli.command, Command::Check { verbose: false, .. });
+    init_logging_with(log_format, if quiet { "warn" } else { "info" });
     match cli.command {
-        Command::Check { config, offline } => commands::check::run(&config, offline),
+        Command::Check {
+            config, offline, ..
+        } => commands::check::run(&config, offline),
         Command::Proxy { config, listen } => commands::proxy::run(&config, listen),
         Command::Routes { config, offline } => commands::routes::run(&config, offline),
         Command::Echo { listen } => commands::echo::run(listen),
