@@ -6,6 +6,9 @@
 //! - `extplug check --config FILE`: validate a configuration with a
 //!   throwaway runner (every chain prepared), and exit; `--offline`: the
 //!   file only.
+//! - `extplug reload` / `extplug upgrade`: ask a running proxy to reload
+//!   its configuration / upgrade its runners, through its admin listener
+//!   (`--admin ADDR`, `--config FILE`) or by signal (`--pid-file PATH`).
 //! - `extplug routes --config FILE`: list the routes the proxy would serve
 //!   from the file or from etcd, and each object skipped with the reason.
 //! - `extplug echo --listen ADDR`: the demo's echo upstream on its own, to
@@ -22,6 +25,7 @@ mod runtime;
 
 use clap::{Parser, Subcommand};
 use commands::bench::BenchCommand;
+use commands::control::Target;
 use extplug::host::logging::{init_logging_with, LogFormat};
 use runtime::fail;
 use std::path::PathBuf;
@@ -46,6 +50,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP reverse proxy and its plugin runner.
+    #[command(after_help = commands::proxy::SIGNALS)]
     Proxy {
         /// The JSON configuration file.
         #[arg(long, short)]
@@ -53,6 +58,26 @@ enum Command {
         /// Where to listen, overriding the file's `listen`.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Write the proxy's pid to this file once it listens, and remove
+        /// the file at exit (for `extplug reload --pid-file`).
+        #[arg(long, value_name = "PATH")]
+        pid_file: Option<PathBuf>,
+    },
+    /// Ask a running proxy to reload its configuration file (as SIGHUP).
+    /// Exit status 0: reloaded (or, by signal, the signal sent); 1: the
+    /// proxy refused the new configuration (the reason printed; it keeps
+    /// serving the old one); 2: the proxy could not be asked.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ask a running proxy to upgrade its runners in place (as SIGUSR2):
+    /// new processes from the runner binaries now on disk, without
+    /// downtime. Exit status 0: upgraded (or the signal sent); 1: the proxy
+    /// could not upgrade (the reason printed); 2: it could not be asked.
+    Upgrade {
+        #[command(flatten)]
+        target: Target,
     },
     /// Run an echo upstream: every request is answered with a JSON object of
     /// what it received (method, path, query, headers, body).
@@ -128,7 +153,17 @@ fn main() -> ExitCode {
         Command::Check {
             config, offline, ..
         } => commands::check::run(&config, offline),
-        Command::Proxy { config, listen } => commands::proxy::run(&config, listen),
+        Command::Proxy {
+            config,
+            listen,
+            pid_file,
+        } => commands::proxy::run(&config, listen, pid_file),
+        Command::Reload { target } => {
+            commands::control::run(&target, commands::control::Ask::Reload)
+        }
+        Command::Upgrade { target } => {
+            commands::control::run(&target, commands::control::Ask::Upgrade)
+        }
         Command::Routes { config, offline } => commands::routes::run(&config, offline),
         Command::Echo { listen } => commands::echo::run(listen),
         Command::Demo {
