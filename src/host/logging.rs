@@ -47,15 +47,21 @@ pub fn init_logging() {
 
 /// Starts `tracing` output to stderr in `format`, filtered by `RUST_LOG`
 /// (default `info`). Does nothing if a subscriber is already installed.
+pub fn init_logging_as(format: LogFormat) {
+    init_logging_with(format, "info");
+}
+
+/// [`init_logging_as`] with this filter when `RUST_LOG` is not set
+/// (`extplug check` logs `warn` and above unless `--verbose`).
 ///
 /// A stderr that cannot be written (a pipe whose reader died) must never
 /// stop the process: write errors are dropped, and
 /// `log_internal_errors(false)` keeps tracing from reporting them with
 /// `eprintln!`, which panics on such a stderr.
-pub fn init_logging_as(format: LogFormat) {
+pub fn init_logging_with(format: LogFormat, default_filter: &str) {
     let _ = LOG_FORMAT.set(format);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .log_internal_errors(false)

@@ -15,6 +15,7 @@ mod getting_started;
 mod host_safety;
 mod hostile_runner;
 mod limits;
+mod operate;
 mod paths;
 mod phases;
 mod pool;

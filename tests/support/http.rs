@@ -171,6 +171,7 @@ pub struct ProxyBuilder<'a> {
     umask: Option<u32>,
     nofile: Option<(u64, u64)>,
     args: Vec<String>,
+    proxy_args: Vec<String>,
 }
 
 impl ProxyBuilder<'_> {
@@ -196,6 +197,14 @@ impl ProxyBuilder<'_> {
     /// `--log-format json`).
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Adds an argument to `extplug proxy` (after `--config FILE`, such as
+    /// `--pid-file PATH`).
+    pub fn proxy_arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.proxy_args
+            .push(arg.as_ref().to_string_lossy().into_owned());
         self
     }
 
@@ -238,6 +247,7 @@ impl ProxyProc {
             umask: None,
             nofile: None,
             args: Vec::new(),
+            proxy_args: Vec::new(),
         }
     }
 
@@ -271,6 +281,7 @@ impl ProxyProc {
             .args(&b.args)
             .args(["proxy", "--config"])
             .arg(&path)
+            .args(&b.proxy_args)
             .env("RUST_LOG", &b.filter)
             .envs(b.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -6,6 +6,9 @@
 //! - `extplug check --config FILE`: validate a configuration with a
 //!   throwaway runner (every chain prepared), and exit; `--offline`: the
 //!   file only.
+//! - `extplug reload` / `extplug upgrade`: ask a running proxy to reload
+//!   its configuration / upgrade its runners, through its admin listener
+//!   (`--admin ADDR`, `--config FILE`) or by signal (`--pid-file PATH`).
 //! - `extplug routes --config FILE`: list the routes the proxy would serve
 //!   from the file or from etcd, and each object skipped with the reason.
 //! - `extplug echo --listen ADDR`: the demo's echo upstream on its own, to
@@ -22,7 +25,8 @@ mod runtime;
 
 use clap::{Parser, Subcommand};
 use commands::bench::BenchCommand;
-use extplug::host::logging::{init_logging_as, LogFormat};
+use commands::control::Target;
+use extplug::host::logging::{init_logging_with, LogFormat};
 use runtime::fail;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +50,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP reverse proxy and its plugin runner.
+    #[command(after_help = commands::proxy::SIGNALS)]
     Proxy {
         /// The JSON configuration file.
         #[arg(long, short)]
@@ -53,6 +58,26 @@ enum Command {
         /// Where to listen, overriding the file's `listen`.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Write the proxy's pid to this file once it listens, and remove
+        /// the file at exit (for `extplug reload --pid-file`).
+        #[arg(long, value_name = "PATH")]
+        pid_file: Option<PathBuf>,
+    },
+    /// Ask a running proxy to reload its configuration file (as SIGHUP).
+    /// Exit status 0: reloaded (or, by signal, the signal sent); 1: the
+    /// proxy refused the new configuration (the reason printed; it keeps
+    /// serving the old one); 2: the proxy could not be asked.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ask a running proxy to upgrade its runners in place (as SIGUSR2):
+    /// new processes from the runner binaries now on disk, without
+    /// downtime. Exit status 0: upgraded (or the signal sent); 1: the proxy
+    /// could not upgrade (the reason printed); 2: it could not be asked.
+    Upgrade {
+        #[command(flatten)]
+        target: Target,
     },
     /// Run an echo upstream: every request is answered with a JSON object of
     /// what it received (method, path, query, headers, body).
@@ -83,6 +108,11 @@ enum Command {
         /// Check the file only; do not start the runner.
         #[arg(long)]
         offline: bool,
+        /// Log what the check does (`info`); without it, only warnings and
+        /// errors are logged, and a valid configuration prints one line.
+        /// `RUST_LOG`, when set, chooses instead.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// List the routes the proxy would serve from its source (the file, or
     /// etcd with `"etcd"`), each chain prepared by a throwaway runner, and
@@ -116,10 +146,24 @@ fn main() -> ExitCode {
             Err(_) => LogFormat::Text,
         },
     };
-    init_logging_as(log_format);
+    // `check` is quiet as `nginx -t` is: the verdict, warnings, errors.
+    let quiet = matches!(cli.command, Command::Check { verbose: false, .. });
+    init_logging_with(log_format, if quiet { "warn" } else { "info" });
     match cli.command {
-        Command::Check { config, offline } => commands::check::run(&config, offline),
-        Command::Proxy { config, listen } => commands::proxy::run(&config, listen),
+        Command::Check {
+            config, offline, ..
+        } => commands::check::run(&config, offline),
+        Command::Proxy {
+            config,
+            listen,
+            pid_file,
+        } => commands::proxy::run(&config, listen, pid_file),
+        Command::Reload { target } => {
+            commands::control::run(&target, commands::control::Ask::Reload)
+        }
+        Command::Upgrade { target } => {
+            commands::control::run(&target, commands::control::Ask::Upgrade)
+        }
         Command::Routes { config, offline } => commands::routes::run(&config, offline),
         Command::Echo { listen } => commands::echo::run(listen),
         Command::Demo {

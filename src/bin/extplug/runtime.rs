@@ -4,6 +4,7 @@
 
 use extplug::host;
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -40,19 +41,34 @@ pub fn fail(message: &str) -> ExitCode {
 /// reported once, prefixed with the file's path when there is one, with exit
 /// status 2. SIGHUP reloads the configuration from `source` (see README,
 /// "Operations").
+///
+/// With `pid_file`, the proxy's pid is written there once it listens (its
+/// signal handlers installed: a SIGHUP sent on reading the file reloads,
+/// never kills), and the file is removed at exit if it still holds that
+/// pid. A pid file that cannot be written stops the proxy (exit status 2).
 pub fn serve(
     config: host::config::Config,
     source: Option<host::gateway::ConfigSource>,
+    pid_file: Option<&Path>,
     after_listening: Option<Box<dyn FnOnce(host::Listening) -> String>>,
 ) -> ExitCode {
     let runtime = match proxy_runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
+    let mut pid_failed = None;
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(extplug::host::stop_on_signal(shutdown.clone()));
+        let stop = shutdown.clone();
         host::run_from(config, source.clone(), shutdown, |at| {
+            if let Some(path) = pid_file {
+                if let Err(e) = write_pid(path) {
+                    pid_failed = Some(format!("writing the pid file {}: {e}", path.display()));
+                    stop.cancel();
+                    return;
+                }
+            }
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "extplug listening on http://{}", at.proxy);
             if let Some(admin) = at.admin {
@@ -68,6 +84,12 @@ pub fn serve(
         })
         .await
     });
+    if let Some(path) = pid_file {
+        remove_pid(path);
+    }
+    if let Some(why) = pid_failed {
+        return fail(&why);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config_error() => match &source {
@@ -78,6 +100,27 @@ pub fn serve(
             eprintln!("extplug: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes this process's pid to `path`, whole (a file written beside it,
+/// then renamed: a reader never sees it half written).
+fn write_pid(path: &Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Removes the pid file at `path` if it holds this process's pid (not a
+/// newer proxy's that replaced it).
+fn remove_pid(path: &Path) {
+    let ours = std::fs::read_to_string(path)
+        .is_ok_and(|s| s.trim().parse::<u32>().ok() == Some(std::process::id()));
+    if ours {
+        let _ = std::fs::remove_file(path);
     }
 }
 

@@ -1,5 +1,7 @@
 //! `extplug check --config FILE [--offline]`: the file, then (unless
-//! offline) a throwaway runner that prepares every chain; exit 0 or 2.
+//! offline) a throwaway runner that prepares every chain, without a
+//! standby; exit 0 or 2. Quiet as `nginx -t`: the verdict on stdout, and
+//! only warnings and errors logged unless `--verbose` (see `main.rs`).
 
 use crate::runtime::{fail, interruptible};
 use extplug::host;
@@ -15,8 +17,8 @@ pub fn run(path: &Path, offline: bool) -> ExitCode {
 }
 
 /// `extplug check` of a loaded configuration: with `offline`, nothing more;
-/// else a throwaway runner prepares every chain, and is stopped again (its
-/// socket directory removed).
+/// else a throwaway runner (without a standby) prepares every chain, and is
+/// stopped again (its socket directory removed).
 fn check(path: &Path, config: &host::config::Config, offline: bool) -> ExitCode {
     let n = config.routes.len();
     let routes = if config.etcd.is_some() {
@@ -31,8 +33,15 @@ fn check(path: &Path, config: &host::config::Config, offline: bool) -> ExitCode 
         println!("{}: valid: {n} {routes} (file only)", path.display());
         return ExitCode::SUCCESS;
     }
+    // One process per runner prepares the chains: no standby to start (and
+    // stop) for nothing.
+    let mut throwaway = config.clone();
+    throwaway.runner.standby = false;
+    for runner in throwaway.runners.values_mut() {
+        runner.standby = false;
+    }
     let result = interruptible(|interrupted| async move {
-        match host::runner::set::Runners::start(config, &interrupted).await? {
+        match host::runner::set::Runners::start(&throwaway, &interrupted).await? {
             Some(runners) => {
                 runners.stop().await;
                 Ok::<bool, host::runner::set::StartError>(true)

@@ -39,6 +39,7 @@ pub fn run(listen: &str, admin: &str, runner: Option<PathBuf>) -> ExitCode {
     serve(
         config,
         None,
+        None,
         Some(Box::new(move |at| {
             format!(
                 "echo upstream on http://{upstream}; runner {}\nTry:\n{}",
