@@ -127,7 +127,7 @@ impl AdminAccess {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+                .and_then(|v| bearer_token(v.as_bytes()));
             if !given.is_some_and(|g| same_secret(g, token.as_bytes())) {
                 return refuse(
                     StatusCode::UNAUTHORIZED,
@@ -137,6 +137,17 @@ impl AdminAccess {
         }
         Ok(())
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 9110 section 11.1), and one or more spaces may
+/// follow it.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    Some(rest.trim_ascii_start())
 }
 
 /// Compares a secret in a time that does not depend on where they differ.
@@ -224,9 +235,16 @@ mod tests {
         assert!(a
             .check(&req("GET", "/metrics", &[host, good]), local)
             .is_ok());
+        for scheme in ["bearer", "BEARER", "Bearer  "] {
+            let v = format!("{scheme} s3cret-s3cret-s3cret");
+            let h = [host, ("authorization", v.as_str())];
+            assert!(a.check(&req("GET", "/metrics", &h), local).is_ok(), "{v}");
+        }
         for auth in [
             None,
             Some("Bearer wrong"),
+            Some("Bearers3cret-s3cret-s3cret"),
+            Some("Basic s3cret-s3cret-s3cret"),
             Some("s3cret-s3cret-s3cret"),
             Some("Bearer s3cret-s3cret-s3cre"),
         ] {

@@ -256,10 +256,14 @@ fn ip_text(ip: IpAddr, out: &mut Vec<u8>) {
 /// lose the deletion of a header a plugin meant to remove.
 pub const MAX_PLUGIN_HEADERS: usize = 8192;
 
-/// Whether a `Host` value is a host, as nginx's `ngx_http_validate_host`
-/// sees it: empty (RFC 9112 allows it), or an authority without user info
-/// and without `..`. A path, spaces or `..` would reach upstreams that build
-/// file paths or links from it.
+/// Whether a `Host` value is a host: empty (RFC 9112 allows it), or a host
+/// name (letters, digits, `-` and `_` in dot-separated labels, a trailing dot
+/// allowed), an IPv4 address or a bracketed IPv6 address, then an optional
+/// `:port` of digits up to 65535 (or empty, as RFC 9110 allows). Stricter than nginx's
+/// `ngx_http_validate_host` on purpose: a path, user info, `..`, spaces, a
+/// list (`a,b`) or a signed port would reach upstreams that build file paths
+/// or links from it, and routes match host names of this form only
+/// ([`super::hostname`]).
 pub fn valid_host(value: &HeaderValue) -> bool {
     let Ok(host) = value.to_str() else {
         return false;
@@ -267,20 +271,27 @@ pub fn valid_host(value: &HeaderValue) -> bool {
     if host.is_empty() {
         return true;
     }
-    if host.contains('@') || host.contains("..") {
-        return false;
-    }
-    let Ok(authority) = host.parse::<http::uri::Authority>() else {
-        return false;
+    let after_literal = host.rfind(']').map_or(0, |end| end + 1);
+    let (name, port) = match host[after_literal..].find(':') {
+        Some(at) => (
+            &host[..after_literal + at],
+            Some(&host[after_literal + at + 1..]),
+        ),
+        None => (host, None),
     };
-    // A port, when written, is a port number (`h:99999` is not one); the
-    // `http` crate checks its characters only. The text after the last `:`
-    // outside an IPv6 literal's brackets.
-    let after_literal = host.rfind(']').map_or(host, |end| &host[end..]);
-    match after_literal.rsplit_once(':') {
-        Some((_, port)) if !port.is_empty() => authority.port().is_some(),
-        _ => true,
-    }
+    let port_ok = port.is_none_or(|p| {
+        // RFC 9110 allows an empty port (`h:`).
+        p.is_empty()
+            || (p.len() <= 5
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u32>().is_ok_and(|n| n <= 65535))
+    });
+    let name = name.strip_suffix('.').unwrap_or(name);
+    port_ok
+        && matches!(
+            super::hostname::HostPattern::parse(name),
+            Ok(super::hostname::HostPattern::Exact(_))
+        )
 }
 
 #[cfg(test)]

@@ -460,11 +460,14 @@ mod tests {
             "[::1]:80",
             "[::1]",
             "1.2.3.4:65535",
+            "Example.COM.:443",
+            "a_b.example",
         ] {
             assert!(valid_host(&HeaderValue::from_static(ok)), "{ok:?}");
         }
         for bad in [
-            "a b", "a/b", "user@h", "h:99999", "h:65536", "a..b", "[::1]:x", "h:-1",
+            "a b", "a/b", "user@h", "h:99999", "h:65536", "a..b", "[::1]:x", "h:-1", "a,b",
+            "h:+80", "[name]", "*.a", "a:1:2", "[::1]x", "[::1", ".", "a.:80:",
         ] {
             assert!(!valid_host(&HeaderValue::from_static(bad)), "{bad:?}");
         }
