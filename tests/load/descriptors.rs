@@ -2,7 +2,8 @@
 //! 1024, as `ulimit` sets them): the proxy raises its soft limit to the
 //! hard one, clamps `max_client_connections` to what the descriptors allow
 //! (with a warning), and 1,100 idle clients leave it serving new ones:
-//! past the clamp they wait in the listen backlog, no `accept` fails.
+//! past the clamp they wait in the listen backlog, no `accept` fails. The
+//! runner starts with the limit the proxy was given, not the raised one.
 
 use crate::support::conf::{config, demo, route};
 use crate::support::http::{get, ProxyProc, Upstream};
@@ -52,6 +53,12 @@ async fn idle_clients_past_the_descriptors_wait_and_new_ones_are_served() {
     c["ext-plugin"]["standby"] = json!(false);
     let proxy = ProxyProc::builder(&c).nofile(256, 1024).start();
     assert_eq!(nofile(proxy.pid()), (1024, 1024), "soft raised to hard");
+    proxy.wait_runner_ready(1);
+    assert_eq!(
+        nofile(proxy.active_runner()),
+        (256, 1024),
+        "the runner gets the limit the proxy started with"
+    );
     proxy.wait_log("clamped", 1);
     let log = proxy.log();
     let clamped: usize = log

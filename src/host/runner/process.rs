@@ -335,17 +335,36 @@ fn log_format_name() -> &'static str {
     }
 }
 
+/// The soft descriptor limit the host started with, when it raised its own
+/// (0: not raised). Runners get this one back, as Go's `os/exec` gives
+/// children the limit its runtime raised: a runner's own code (or one
+/// that uses `select`) expects the limit its operator set, not the host's.
+static CHILD_NOFILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records `soft`, the descriptor limit before the host raised its own, as
+/// the one runners start with.
+pub fn restore_nofile_in_runners(soft: u64) {
+    CHILD_NOFILE.store(soft, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The runner gets SIGKILL when the host dies, even by SIGKILL: it never
-/// outlives the host. (The runner also watches its parent pid itself.)
+/// outlives the host (the runner also watches its parent pid itself), and
+/// the descriptor limit the host had before raising its own.
 #[allow(unsafe_code)]
 fn set_parent_death_signal(cmd: &mut Command) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let parent = nix::unistd::getpid();
+    let nofile = CHILD_NOFILE.load(std::sync::atomic::Ordering::Relaxed);
+    let hard = getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(_, hard)| hard);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // two async-signal-safe system calls (prctl, getppid); it allocates nothing
-    // on the success path.
+    // async-signal-safe system calls (prctl, getppid, setrlimit); it
+    // allocates nothing on the success path.
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nofile != 0 && nofile <= hard {
+                setrlimit(Resource::RLIMIT_NOFILE, nofile, hard)?;
+            }
             // The host may have died between fork and prctl.
             if nix::unistd::getppid() != parent {
                 return Err(std::io::Error::other(

@@ -13,7 +13,8 @@ use tracing::warn;
 /// readiness checks, upstream connections idle in the pools.
 const SPARE: u64 = 64;
 
-/// Raises the soft descriptor limit to the hard one; the soft limit in
+/// Raises the soft descriptor limit to the hard one (runners get the old
+/// one back: [`crate::host::runner::process::restore_nofile_in_runners`]); the soft limit in
 /// effect afterwards (the old one if it could not be raised), `None` if
 /// it cannot be read.
 pub fn raise_nofile() -> Option<u64> {
@@ -22,7 +23,10 @@ pub fn raise_nofile() -> Option<u64> {
         return Some(soft);
     }
     match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-        Ok(()) => Some(hard),
+        Ok(()) => {
+            crate::host::runner::process::restore_nofile_in_runners(soft);
+            Some(hard)
+        }
         Err(e) => {
             warn!(soft, hard, cause = %e, "cannot raise the file descriptor limit");
             Some(soft)
