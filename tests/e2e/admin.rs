@@ -81,7 +81,10 @@ async fn metrics_move_with_traffic_and_faults() {
 
     let before = metrics(&proxy).await;
     assert_eq!(
-        value(&before, r#"extplug_runner_up{runner="default"}"#),
+        value(
+            &before,
+            r#"extplug_runner_up{protocol="capnp",runner="default"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -93,7 +96,10 @@ async fn metrics_move_with_traffic_and_faults() {
     );
     // Prepared at start (preflight), once per chain.
     assert_eq!(
-        value(&before, r#"extplug_conf_prepared_total{runner="default"}"#),
+        value(
+            &before,
+            r#"extplug_conf_prepared_total{protocol="capnp",runner="default"}"#
+        ),
         2.0
     );
     // No series for what never happened: no etcd configured, no status a
@@ -119,7 +125,10 @@ async fn metrics_move_with_traffic_and_faults() {
     assert_eq!(get(&proxy.url("/rewrite-all")).await.status, 200);
     let open = metrics(&proxy).await;
     assert_eq!(
-        value(&open, r#"extplug_runner_connections{runner="default"}"#),
+        value(
+            &open,
+            r#"extplug_runner_connections{protocol="capnp",runner="default"}"#
+        ),
         1.0
     );
     assert_eq!(get(&proxy.url("/slow")).await.status, 503);
@@ -173,7 +182,10 @@ async fn metrics_move_with_traffic_and_faults() {
     // One connection, reused by the sequential calls, then dropped by the
     // timed-out call (a late answer must not be read by the next call).
     assert_eq!(
-        value(&m, r#"extplug_runner_connections{runner="default"}"#),
+        value(
+            &m,
+            r#"extplug_runner_connections{protocol="capnp",runner="default"}"#
+        ),
         0.0
     );
 
@@ -190,16 +202,25 @@ async fn metrics_move_with_traffic_and_faults() {
     assert_eq!(
         value(
             &m,
-            r#"extplug_runner_restarts_total{cause="exited",runner="default"}"#
+            r#"extplug_runner_restarts_total{cause="exited",protocol="capnp",runner="default"}"#
         ),
         1.0
     );
-    assert_eq!(value(&m, r#"extplug_runner_up{runner="default"}"#), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            r#"extplug_runner_up{protocol="capnp",runner="default"}"#
+        ),
+        1.0
+    );
     // The new runner prepares the chain again on the next request.
     assert_eq!(get(&proxy.url("/ok")).await.status, 200);
     let m = metrics(&proxy).await;
     assert_eq!(
-        value(&m, r#"extplug_conf_prepared_total{runner="default"}"#),
+        value(
+            &m,
+            r#"extplug_conf_prepared_total{protocol="capnp",runner="default"}"#
+        ),
         3.0
     );
     assert_eq!(calls_of(&m, "ok"), 5.0);
@@ -392,7 +413,7 @@ async fn the_demo_prints_its_admin_url_and_serves_it() {
     let (health, metrics) = result.unwrap();
     assert_eq!(health, 200);
     assert!(
-        metrics.contains("extplug_runner_up{runner=\"default\"} 1"),
+        metrics.contains("extplug_runner_up{protocol=\"capnp\",runner=\"default\"} 1"),
         "{metrics}"
     );
 }
@@ -416,7 +437,7 @@ async fn runner_up_stays_1_after_a_reload_replaces_the_runner() {
     assert_eq!(
         value(
             &metrics(&proxy).await,
-            r#"extplug_runner_up{runner="default"}"#
+            r#"extplug_runner_up{protocol="capnp",runner="default"}"#
         ),
         1.0
     );
@@ -433,7 +454,10 @@ async fn runner_up_stays_1_after_a_reload_replaces_the_runner() {
 
     let m = metrics(&proxy).await;
     assert_eq!(
-        value(&m, r#"extplug_runner_up{runner="default"}"#),
+        value(
+            &m,
+            r#"extplug_runner_up{protocol="capnp",runner="default"}"#
+        ),
         1.0,
         "{m:?}"
     );
