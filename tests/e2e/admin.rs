@@ -4,7 +4,7 @@
 //! moving with traffic and faults, JSON logs, and the demo's admin URL.
 
 use crate::support::conf::{bad, config, demo, phase, route};
-use crate::support::http::{get, send, ProxyProc, Upstream};
+use crate::support::http::{get, metric_value as value, metrics, send, ProxyProc, Upstream};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -22,32 +22,6 @@ fn with_admin(mut c: Value) -> Value {
 
 fn admin_url(proxy: &ProxyProc, path: &str) -> String {
     format!("http://{}{path}", proxy.admin.expect("an admin listener"))
-}
-
-/// The samples of `/metrics`: `name{labels}` (labels as printed, sorted by
-/// name) to value.
-async fn metrics(proxy: &ProxyProc) -> HashMap<String, f64> {
-    let got = get(&admin_url(proxy, "/metrics")).await;
-    assert_eq!(got.status, 200, "{}", got.text());
-    assert!(
-        got.header("content-type")
-            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
-        "{:?}",
-        got.headers
-    );
-    got.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').expect("a sample line");
-            (series.to_owned(), value.parse().expect("a number"))
-        })
-        .collect()
-}
-
-/// A sample's value; 0 when the series does not exist yet.
-fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
-    m.get(series).copied().unwrap_or(0.0)
 }
 
 #[tokio::test]

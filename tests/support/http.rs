@@ -505,3 +505,30 @@ pub async fn statuses_of(urls: impl IntoIterator<Item = String>) -> Vec<u16> {
         .map(Result::unwrap)
         .collect()
 }
+
+/// The samples of the proxy's admin `/metrics` (the configuration has
+/// `admin`): `name{labels}` (labels as printed, sorted by name) to value.
+pub async fn metrics(proxy: &ProxyProc) -> std::collections::HashMap<String, f64> {
+    let admin = proxy.admin.expect("an admin listener");
+    let got = get(&format!("http://{admin}/metrics")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(
+        got.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        got.headers
+    );
+    got.text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a sample line");
+            (series.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// A sample's value in [`metrics`]; 0 when the series does not exist yet.
+pub fn metric_value(m: &std::collections::HashMap<String, f64>, series: &str) -> f64 {
+    m.get(series).copied().unwrap_or(0.0)
+}
