@@ -341,3 +341,43 @@ async fn the_demo_runner_serves_over_apisix_wire_too() {
     let m = metrics(&proxy).await;
     assert_eq!(value(&m, UP), 1.0);
 }
+
+/// A reload that turns the default runner from our demo-runner on extplug's
+/// wire into the Python runner on APISIX's starts a new runner and client:
+/// the routes are served by the Python runner from then on, and the
+/// runner series move to the new wire's label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_a_runner_s_protocol() {
+    let up = Upstream::start().await;
+    let mut before = apisix_config(
+        demo(),
+        json!([route(
+            "stop",
+            "/stop",
+            up.addr,
+            pre_req(&[("say", json!({"body": "capnp", "status": 418}))])
+        )]),
+    );
+    before["ext-plugin"]["protocol"] = json!("capnp");
+    let proxy = ProxyProc::start(&before);
+    let got = get(&proxy.url("/stop")).await;
+    assert_eq!((got.status, got.text().as_str()), (418, "capnp"));
+
+    let after = apisix_config(a6_runner(), python_routes(up.addr));
+    assert!(
+        tokio::task::block_in_place(|| proxy.reload(&after)),
+        "{}",
+        proxy.log()
+    );
+    let got = get(&proxy.url("/stop")).await;
+    assert_eq!((got.status, got.text().as_str()), (403, "denied by python"));
+    let m = metrics(&proxy).await;
+    assert_eq!(value(&m, UP), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            r#"extplug_runner_up{protocol="capnp",runner="default"}"#
+        ),
+        0.0
+    );
+}

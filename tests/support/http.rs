@@ -392,6 +392,49 @@ impl ProxyProc {
         self.wait_log("runner standby ready", n);
     }
 
+    /// The proxy's configuration file (what SIGHUP re-reads).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.json")
+    }
+
+    /// How many reloads the proxy has finished, accepted or refused.
+    pub fn reloads(&self) -> (usize, usize) {
+        let log = self.log();
+        (
+            log.matches("configuration reloaded").count(),
+            log.matches("configuration reload refused").count(),
+        )
+    }
+
+    /// Writes `text` as the configuration file, sends SIGHUP, and waits
+    /// until the reload is done; true if it was accepted.
+    pub fn reload_text(&self, text: &str) -> bool {
+        let (ok, refused) = self.reloads();
+        std::fs::write(self.config_path(), text).unwrap();
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.reloads();
+            if now.0 > ok {
+                return true;
+            }
+            if now.1 > refused {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reload did not finish; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// [`ProxyProc::reload_text`] with a configuration value.
+    pub fn reload(&self, config: &serde_json::Value) -> bool {
+        self.reload_text(&serde_json::to_string_pretty(config).unwrap())
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
     }
