@@ -8,6 +8,8 @@
 #       /say      `say` (the runner answers; no upstream),
 #       /body     `body-size` (its chain needs the request body: the proxy
 #                 reads it whole and sends it with the call),
+#       /rewrite-a6  `rewrite` as on /rewrite, on a second demo runner
+#                 reached over APISIX's wire (`"protocol": "apisix"`),
 # all in front of the same nginx upstream answering a 2-byte body. Rounds are
 # interleaved (every target once per round) and the medians are reported, with
 # the ratios and the CPU time and context switches per request of each server
@@ -156,8 +158,8 @@ wait_http "http://127.0.0.1:$up_port/"
 wait_http "http://127.0.0.1:$ngx_port/"
 
 # --- extplug --------------------------------------------------------------------
-chain() { # plugin name, its JSON conf (as JSON text)
-  printf '"plugins": { "ext-plugin-pre-req": { "conf": [ { "name": "%s", "value": %s } ] } }' "$1" "$2"
+chain() { # plugin name, its JSON conf (as JSON text)[, runner]
+  printf '"plugins": { "ext-plugin-pre-req": { "runner": "%s", "conf": [ { "name": "%s", "value": %s } ] } }' "${3:-default}" "$1" "$2"
 }
 runner_env=""
 if [ -n "${RUNNER_THREADS:-}" ]; then
@@ -168,6 +170,7 @@ cat >"$work/extplug.json" <<EOF
 {
   "listen": "127.0.0.1:0",
   "ext-plugin": { "cmd": ["$bin/examples/demo-runner"]$runner_env },
+  "runners": { "a6": { "cmd": ["$bin/examples/demo-runner"], "protocol": "apisix"$runner_env } },
   "routes": [
     { "id": "plain", "uri": "/plain", $upstream_json },
     { "id": "rewrite", "uri": "/rewrite", $upstream_json,
@@ -175,7 +178,9 @@ cat >"$work/extplug.json" <<EOF
     { "id": "say", "uri": "/say", $upstream_json,
       $(chain say '"{\"body\":\"ok\"}"') },
     { "id": "body", "uri": "/body", $upstream_json,
-      $(chain body-size '"{}"') }
+      $(chain body-size '"{}"') },
+    { "id": "rewrite-a6", "uri": "/rewrite-a6", $upstream_json,
+      $(chain rewrite '"{\"headers\":{\"x-bench\":\"1\"}}"' a6) }
   ]
 }
 EOF
@@ -192,9 +197,9 @@ ext=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$work/extplug.out")
 [ -n "$ext" ] || { cat "$work/extplug.log" >&2; log "extplug proxy never listened"; exit 1; }
 ngx="http://127.0.0.1:$ngx_port"
 
-# The active runner: the pid of the last "runner ready" line (a standby, if
-# any, is another process).
-runner_pid() { grep "runner ready" "$work/extplug.log" | tail -1 | sed 's/.*pid=\([0-9]*\).*/\1/'; }
+# The active runner: the pid of the last "runner ready" line of runner $1
+# (default: `default`; a standby, if any, is another process).
+runner_pid() { grep "runner ready.*runner=${1:-default} " "$work/extplug.log" | tail -1 | sed 's/.*pid=\([0-9]*\).*/\1/'; }
 
 # Each chain ran once, as configured (else the figures would mean nothing).
 check() { # what, expected, command...
@@ -206,6 +211,7 @@ hdr() { curl -s -D - -o /dev/null "${@:2}" | tr -d '\r' | sed -n "s/^$1: //Ip"; 
 check "nginx proxy" ok curl -s "$ngx/"
 check "/plain" ok curl -s "$ext/plain"
 check "/rewrite sets x-bench" 1 hdr x-bench "$ext/rewrite"
+check "/rewrite-a6 sets x-bench" 1 hdr x-bench "$ext/rewrite-a6"
 check "/say answers" ok curl -s "$ext/say"
 head -c 1000 /dev/zero >"$work/check.body"
 check "/body reads the body" 1000 hdr x-body-size --data-binary @"$work/check.body" "$ext/body"
@@ -229,11 +235,12 @@ ticks() { # pids...
   done
   echo "$t"
 }
-# The servers' CPU time: extplug proxy, its active runner, nginx as a proxy,
-# the nginx upstream (masters and workers).
+# The servers' CPU time: extplug proxy, its active runners (both: only the
+# round's route's runner works), nginx as a proxy, the nginx upstream
+# (masters and workers).
 servers_ticks() {
   # shellcheck disable=SC2046 # one word per pid
-  echo "$(ticks "$proxy_pid") $(ticks "$(runner_pid)")" \
+  echo "$(ticks "$proxy_pid") $(ticks "$(runner_pid)" "$(runner_pid a6)")" \
     "$(ticks "$ngx_master" $(pgrep -P "$ngx_master"))" \
     "$(ticks "$up_master" $(pgrep -P "$up_master"))"
 }
@@ -242,8 +249,8 @@ servers_ticks() {
 switches() { # pid
   cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches:/ {n += $2} END {print n + 0}'
 }
-counts() { # the servers' CPU ticks, then the proxy's and the runner's switches
-  echo "$(servers_ticks) $(switches "$proxy_pid") $(switches "$(runner_pid)")"
+counts() { # the servers' CPU ticks, then the proxy's and the runners' switches
+  echo "$(servers_ticks) $(switches "$proxy_pid") $(($(switches "$(runner_pid)") + $(switches "$(runner_pid a6)")))"
 }
 
 # run_wrk connections seconds url [lua]: prints "req/s p99_ms errors requests"
@@ -348,6 +355,7 @@ cpu_table() { # group
   cpu_row "nginx as reverse proxy" "$1" nginx
   cpu_row "extplug, no plugins" "$1" plain
   cpu_row "extplug, \`rewrite\`" "$1" rewrite
+  cpu_row "extplug, \`rewrite\`, APISIX's wire" "$1" rewrite-a6
   cpu_row "extplug, \`say\`" "$1" say
 }
 mem() { # pid: "VmRSS / VmHWM" in MiB
@@ -355,7 +363,8 @@ mem() { # pid: "VmRSS / VmHWM" in MiB
 }
 
 main_targets() { # connections
-  echo "nginx|$1|$ngx/|" "plain|$1|$ext/plain|" "rewrite|$1|$ext/rewrite|" "say|$1|$ext/say|"
+  echo "nginx|$1|$ngx/|" "plain|$1|$ext/plain|" "rewrite|$1|$ext/rewrite|" "say|$1|$ext/say|" \
+    "rewrite-a6|$1|$ext/rewrite-a6|"
 }
 # shellcheck disable=SC2016 # the backticks are markdown
 main_table() { # group
@@ -365,6 +374,7 @@ main_table() { # group
   row '`extplug proxy`, route without plugins' "$1" plain nginx nginx
   row 'same, `rewrite` in `ext-plugin-pre-req` (one header set)' "$1" rewrite "no plugin" plain
   row 'same, `say` (stop, no upstream)' "$1" say "no plugin" plain
+  row 'same, `rewrite` on a runner reached over APISIX'"'"'s wire' "$1" rewrite-a6 "Cap'n Proto's" rewrite
 }
 
 # shellcheck disable=SC2046 # one word per target

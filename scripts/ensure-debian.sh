@@ -3,7 +3,9 @@
 # Usage: scripts/ensure-debian.sh COMMAND=PACKAGE...
 #   e.g. scripts/ensure-debian.sh capnp=capnproto
 # A COMMAND that is a path is checked as an executable file (nginx lives in
-# /usr/sbin, not always on a user's PATH); any other is looked up on PATH.
+# /usr/sbin, not always on a user's PATH); `python3:MODULE` as a module
+# python3 can import (e.g. python3:ensurepip=python3-venv); any other is
+# looked up on PATH.
 set -euo pipefail
 missing=()
 for pair in "$@"; do
@@ -11,6 +13,8 @@ for pair in "$@"; do
   package=${pair#*=}
   if [[ $command == /* ]]; then
     [ -x "$command" ] || missing+=("$package")
+  elif [[ $command == python3:* ]]; then
+    python3 -c "import ${command#python3:}" >/dev/null 2>&1 || missing+=("$package")
   else
     command -v "$command" >/dev/null 2>&1 || missing+=("$package")
   fi

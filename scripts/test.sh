@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/ensure-capnp.sh
 scripts/ensure-protoc.sh
 scripts/ensure-etcd.sh
+scripts/ensure-python.sh
 # The demo and the benchmarks run the release binaries: a release build that
 # breaks must fail here, not on a user's first `scripts/demo.sh`.
 cargo build --locked --release --example demo-runner --bin extplug

@@ -166,26 +166,26 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         conf_prepared: counter(
             &r,
             "extplug_conf_prepared_total",
-            "Chains prepared by a runner (PREPARE_CONF answered with a token).",
-            &["runner"],
+            "Chains prepared by a runner (PREPARE_CONF answered with a token), by runner and its wire.",
+            &["runner", "protocol"],
         ),
         runner_restarts: counter(
             &r,
             "extplug_runner_restarts_total",
-            "Runner processes replaced, by runner and cause.",
-            &["runner", "cause"],
+            "Runner processes replaced, by runner, its wire and cause.",
+            &["runner", "protocol", "cause"],
         ),
         runner_up: gauge(
             &r,
             "extplug_runner_up",
-            "1 while the runner accepts calls, else 0.",
-            &["runner"],
+            "1 while the runner accepts calls, else 0; by runner and its wire (capnp, apisix).",
+            &["runner", "protocol"],
         ),
         runner_connections: gauge(
             &r,
             "extplug_runner_connections",
-            "Open connections to the runner.",
-            &["runner"],
+            "Open connections to the runner, by runner and its wire.",
+            &["runner", "protocol"],
         ),
         config_reloads: counter(
             &r,
@@ -267,17 +267,13 @@ pub fn degraded(route: &str, phase: &str) {
     METRICS.degraded.with_label_values(&[route, phase]).inc();
 }
 
-/// Counts a chain prepared by `runner`.
-pub fn conf_prepared(runner: &str) {
-    METRICS.conf_prepared.with_label_values(&[runner]).inc();
-}
-
 /// Counts a runner process replaced, with why (`exited`, `unresponsive`,
-/// `start_failed`, `upgrade`, ...: a short fixed word, never a message).
-pub fn runner_restart(runner: &str, cause: &str) {
+/// `start_failed`, `upgrade`, ...: a short fixed word, never a message);
+/// `protocol` is the runner's wire (`capnp`, `apisix`).
+pub fn runner_restart(runner: &str, protocol: &str, cause: &str) {
     METRICS
         .runner_restarts
-        .with_label_values(&[runner, cause])
+        .with_label_values(&[runner, protocol, cause])
         .inc();
 }
 
@@ -291,16 +287,21 @@ pub fn supervisor_id() -> u64 {
 /// a runner has two supervisors of one name for a while (the new one
 /// serving, the old one draining): the old one stopping must not set the
 /// gauge to 0 under the new one, so the gauge is 1 while any is up.
-static UP: LazyLock<Mutex<HashMap<String, HashSet<u64>>>> = LazyLock::new(Default::default);
+/// (A reload that changes a runner's `protocol` leaves the old wire's
+/// series at 0 beside the new one's.)
+static UP: LazyLock<Mutex<HashMap<RunnerSeries, HashSet<u64>>>> = LazyLock::new(Default::default);
+
+/// A runner's series in `extplug_runner_up`: its name and its wire.
+type RunnerSeries = (String, &'static str);
 
 /// Sets whether supervisor `supervisor` (from [`supervisor_id`]) of
-/// `runner` accepts calls; `extplug_runner_up` is 1 while any supervisor
-/// of that name does.
-pub fn runner_up(runner: &str, supervisor: u64, up: bool) {
+/// `runner`, which speaks `protocol`, accepts calls; `extplug_runner_up`
+/// is 1 while any supervisor of that name and wire does.
+pub fn runner_up(runner: &str, protocol: &'static str, supervisor: u64, up: bool) {
     // A poisoned lock only means a panic elsewhere while it was held; the
     // set itself is always whole.
     let mut all = UP.lock().unwrap_or_else(|e| e.into_inner());
-    let ups = all.entry(runner.to_owned()).or_default();
+    let ups = all.entry((runner.to_owned(), protocol)).or_default();
     if up {
         ups.insert(supervisor);
     } else {
@@ -308,16 +309,8 @@ pub fn runner_up(runner: &str, supervisor: u64, up: bool) {
     }
     METRICS
         .runner_up
-        .with_label_values(&[runner])
+        .with_label_values(&[runner, protocol])
         .set(i64::from(!ups.is_empty()));
-}
-
-/// Adds `delta` (+1 opened, -1 closed) to `runner`'s open connections.
-pub fn runner_connections(runner: &str, delta: i64) {
-    METRICS
-        .runner_connections
-        .with_label_values(&[runner])
-        .add(delta);
 }
 
 /// Counts a configuration reload, good (`ok`) or refused (`error`).
@@ -459,15 +452,15 @@ pub struct RunnerHandles {
 }
 
 impl RunnerHandles {
-    /// The handles of `runner`'s series; its `runner_up` series is created
-    /// too (0 until the runner is ready), so that it shows before any
-    /// event.
-    pub fn new(runner: &str) -> Self {
+    /// The handles of the series of `runner`, which speaks `protocol`
+    /// (`capnp`, `apisix`); its `runner_up` series is created too (0
+    /// until the runner is ready), so that it shows before any event.
+    pub fn new(runner: &str, protocol: &str) -> Self {
         let m = &*METRICS;
-        m.runner_up.with_label_values(&[runner]);
+        m.runner_up.with_label_values(&[runner, protocol]);
         RunnerHandles {
-            connections: m.runner_connections.with_label_values(&[runner]),
-            conf_prepared: m.conf_prepared.with_label_values(&[runner]),
+            connections: m.runner_connections.with_label_values(&[runner, protocol]),
+            conf_prepared: m.conf_prepared.with_label_values(&[runner, protocol]),
         }
     }
 
@@ -521,7 +514,7 @@ mod tests {
             CallResult::Timeout,
             0.5,
         );
-        let handles = RunnerHandles::new("unit-runner");
+        let handles = RunnerHandles::new("unit-runner", "capnp");
         let open = handles.connection();
         let text = String::from_utf8(render().unwrap()).unwrap();
         assert!(
@@ -531,10 +524,14 @@ mod tests {
         assert!(text.contains(
             r#"extplug_runner_calls_total{phase="ext-plugin-pre-req",result="timeout",runner="unit-runner"} 1"#
         ));
-        assert!(text.contains(r#"extplug_runner_connections{runner="unit-runner"} 1"#));
+        assert!(
+            text.contains(r#"extplug_runner_connections{protocol="capnp",runner="unit-runner"} 1"#)
+        );
         assert!(text.contains(r#"extplug_headers_dropped_total{reason="framing"} 0"#));
         drop(open);
         let text = String::from_utf8(render().unwrap()).unwrap();
-        assert!(text.contains(r#"extplug_runner_connections{runner="unit-runner"} 0"#));
+        assert!(
+            text.contains(r#"extplug_runner_connections{protocol="capnp",runner="unit-runner"} 0"#)
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! moving with traffic and faults, JSON logs, and the demo's admin URL.
 
 use crate::support::conf::{bad, config, demo, phase, route};
-use crate::support::http::{get, send, ProxyProc, Upstream};
+use crate::support::http::{get, metric_value as value, metrics, send, ProxyProc, Upstream};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -22,32 +22,6 @@ fn with_admin(mut c: Value) -> Value {
 
 fn admin_url(proxy: &ProxyProc, path: &str) -> String {
     format!("http://{}{path}", proxy.admin.expect("an admin listener"))
-}
-
-/// The samples of `/metrics`: `name{labels}` (labels as printed, sorted by
-/// name) to value.
-async fn metrics(proxy: &ProxyProc) -> HashMap<String, f64> {
-    let got = get(&admin_url(proxy, "/metrics")).await;
-    assert_eq!(got.status, 200, "{}", got.text());
-    assert!(
-        got.header("content-type")
-            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
-        "{:?}",
-        got.headers
-    );
-    got.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').expect("a sample line");
-            (series.to_owned(), value.parse().expect("a number"))
-        })
-        .collect()
-}
-
-/// A sample's value; 0 when the series does not exist yet.
-fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
-    m.get(series).copied().unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -81,7 +55,10 @@ async fn metrics_move_with_traffic_and_faults() {
 
     let before = metrics(&proxy).await;
     assert_eq!(
-        value(&before, r#"extplug_runner_up{runner="default"}"#),
+        value(
+            &before,
+            r#"extplug_runner_up{protocol="capnp",runner="default"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -93,7 +70,10 @@ async fn metrics_move_with_traffic_and_faults() {
     );
     // Prepared at start (preflight), once per chain.
     assert_eq!(
-        value(&before, r#"extplug_conf_prepared_total{runner="default"}"#),
+        value(
+            &before,
+            r#"extplug_conf_prepared_total{protocol="capnp",runner="default"}"#
+        ),
         2.0
     );
     // No series for what never happened: no etcd configured, no status a
@@ -119,7 +99,10 @@ async fn metrics_move_with_traffic_and_faults() {
     assert_eq!(get(&proxy.url("/rewrite-all")).await.status, 200);
     let open = metrics(&proxy).await;
     assert_eq!(
-        value(&open, r#"extplug_runner_connections{runner="default"}"#),
+        value(
+            &open,
+            r#"extplug_runner_connections{protocol="capnp",runner="default"}"#
+        ),
         1.0
     );
     assert_eq!(get(&proxy.url("/slow")).await.status, 503);
@@ -173,7 +156,10 @@ async fn metrics_move_with_traffic_and_faults() {
     // One connection, reused by the sequential calls, then dropped by the
     // timed-out call (a late answer must not be read by the next call).
     assert_eq!(
-        value(&m, r#"extplug_runner_connections{runner="default"}"#),
+        value(
+            &m,
+            r#"extplug_runner_connections{protocol="capnp",runner="default"}"#
+        ),
         0.0
     );
 
@@ -190,16 +176,25 @@ async fn metrics_move_with_traffic_and_faults() {
     assert_eq!(
         value(
             &m,
-            r#"extplug_runner_restarts_total{cause="exited",runner="default"}"#
+            r#"extplug_runner_restarts_total{cause="exited",protocol="capnp",runner="default"}"#
         ),
         1.0
     );
-    assert_eq!(value(&m, r#"extplug_runner_up{runner="default"}"#), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            r#"extplug_runner_up{protocol="capnp",runner="default"}"#
+        ),
+        1.0
+    );
     // The new runner prepares the chain again on the next request.
     assert_eq!(get(&proxy.url("/ok")).await.status, 200);
     let m = metrics(&proxy).await;
     assert_eq!(
-        value(&m, r#"extplug_conf_prepared_total{runner="default"}"#),
+        value(
+            &m,
+            r#"extplug_conf_prepared_total{protocol="capnp",runner="default"}"#
+        ),
         3.0
     );
     assert_eq!(calls_of(&m, "ok"), 5.0);
@@ -392,7 +387,7 @@ async fn the_demo_prints_its_admin_url_and_serves_it() {
     let (health, metrics) = result.unwrap();
     assert_eq!(health, 200);
     assert!(
-        metrics.contains("extplug_runner_up{runner=\"default\"} 1"),
+        metrics.contains("extplug_runner_up{protocol=\"capnp\",runner=\"default\"} 1"),
         "{metrics}"
     );
 }
@@ -416,7 +411,7 @@ async fn runner_up_stays_1_after_a_reload_replaces_the_runner() {
     assert_eq!(
         value(
             &metrics(&proxy).await,
-            r#"extplug_runner_up{runner="default"}"#
+            r#"extplug_runner_up{protocol="capnp",runner="default"}"#
         ),
         1.0
     );
@@ -433,7 +428,10 @@ async fn runner_up_stays_1_after_a_reload_replaces_the_runner() {
 
     let m = metrics(&proxy).await;
     assert_eq!(
-        value(&m, r#"extplug_runner_up{runner="default"}"#),
+        value(
+            &m,
+            r#"extplug_runner_up{protocol="capnp",runner="default"}"#
+        ),
         1.0,
         "{m:?}"
     );

@@ -7,6 +7,7 @@ mod support;
 
 mod admin;
 mod admin_access;
+mod apisix_runner;
 mod demo;
 mod etcd;
 mod fail_closed;

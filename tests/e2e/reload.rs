@@ -14,7 +14,6 @@ use hyper_util::rt::TokioExecutor;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,49 +30,6 @@ fn with_routes(routes: Value) -> Value {
     let mut c = config(demo(), json!({}), routes);
     c["ext-plugin"]["standby"] = json!(false);
     c
-}
-
-/// The proxy's configuration file (what SIGHUP re-reads).
-fn config_path(p: &ProxyProc) -> PathBuf {
-    p.dir.path().join("config.json")
-}
-
-/// How many reloads the proxy has finished, accepted or refused.
-fn reloads(p: &ProxyProc) -> (usize, usize) {
-    let log = p.log();
-    (
-        log.matches("configuration reloaded").count(),
-        log.matches("configuration reload refused").count(),
-    )
-}
-
-/// Writes `text` as the configuration file, sends SIGHUP, and waits until
-/// the reload is done; true if it was accepted.
-fn reload_text(p: &ProxyProc, text: &str) -> bool {
-    let (ok, refused) = reloads(p);
-    std::fs::write(config_path(p), text).unwrap();
-    p.signal(Signal::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = reloads(p);
-        if now.0 > ok {
-            return true;
-        }
-        if now.1 > refused {
-            return false;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the reload did not finish; log:\n{}",
-            p.log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// [`reload_text`] with a configuration value.
-fn reload(p: &ProxyProc, config: &Value) -> bool {
-    reload_text(p, &serde_json::to_string_pretty(config).unwrap())
 }
 
 /// The runner processes of the proxy whose environment has `name=value`.
@@ -156,11 +112,11 @@ async fn a_bad_file_or_a_refused_chain_is_refused_and_the_old_configuration_serv
         message.replace(&path.display().to_string(), "CONFIG")
     };
     let bad = r#"{"ext-plugin": {"cmd": ["x"]}, "routes": [ {"id": "a"} ]}"#;
-    assert!(!reload_text(&p, bad), "a bad file is refused");
+    assert!(!p.reload_text(bad), "a bad file is refused");
     let expected = check_message(bad);
     let log = p
         .log()
-        .replace(&config_path(&p).display().to_string(), "CONFIG");
+        .replace(&p.config_path().display().to_string(), "CONFIG");
     assert!(
         expected.contains("missing field `upstream`") && log.contains(&expected),
         "the log has check's message {expected:?}:\n{log}"
@@ -174,7 +130,7 @@ async fn a_bad_file_or_a_refused_chain_is_refused_and_the_old_configuration_serv
         up.addr,
         json!({"ext-plugin-pre-req": phase(&[("no-such-plugin", json!({}))])})
     )]));
-    assert!(!reload(&p, &refused));
+    assert!(!p.reload(&refused));
     let log = p.log();
     assert!(
         log.contains("route a: ext-plugin-pre-req:") && log.contains("no-such-plugin"),
@@ -184,7 +140,7 @@ async fn a_bad_file_or_a_refused_chain_is_refused_and_the_old_configuration_serv
 
     // A good file after the bad ones is taken.
     let two = with_routes(json!([route("a", "/a", up.addr, say("two"))]));
-    assert!(reload(&p, &two), "{}", p.log());
+    assert!(p.reload(&two), "{}", p.log());
     assert_eq!(get(&p.url("/a")).await.text(), "two");
 }
 
@@ -213,7 +169,7 @@ async fn a_reload_changes_chains_adds_and_removes_routes_and_keeps_the_runner() 
         route("k", "/k", up.addr, say("kept")),
         route("up", "/up", up.addr, json!({})),
     ]));
-    assert!(reload(&p, &second), "{}", p.log());
+    assert!(p.reload(&second), "{}", p.log());
     assert_eq!(get(&p.url("/k")).await.text(), "kept");
     // The runner logs each PREPARE_CONF with its key (route#phase#hash).
     let prepared = |route: &str| {
@@ -243,7 +199,7 @@ async fn changing_listen_or_client_limits_is_refused() {
     let p = ProxyProc::start(&c);
     let mut moved = with_routes(json!([route("a", "/a", up.addr, say("two"))]));
     moved["listen"] = json!("127.0.0.1:1");
-    assert!(!reload(&p, &moved));
+    assert!(!p.reload(&moved));
     assert!(
         p.log()
             .contains("`listen` changed from 127.0.0.1:0 to 127.0.0.1:1")
@@ -253,7 +209,7 @@ async fn changing_listen_or_client_limits_is_refused() {
     );
     let mut limits = with_routes(json!([route("a", "/a", up.addr, say("two"))]));
     limits["max_client_connections"] = json!(3);
-    assert!(!reload(&p, &limits));
+    assert!(!p.reload(&limits));
     assert!(p.log().contains("client connection limits"), "{}", p.log());
     assert_eq!(get(&p.url("/a")).await.text(), "one", "the old one serves");
 }
@@ -272,7 +228,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
         tokio::task::spawn_blocking(move || {
             for i in 0..20 {
                 let c = if i % 2 == 0 { &two } else { &one };
-                assert!(reload(&p, c), "reload {i} refused:\n{}", p.log());
+                assert!(p.reload(c), "reload {i} refused:\n{}", p.log());
             }
         })
     };
@@ -290,7 +246,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
     assert_eq!(failed, 0, "{ok} good answers, {failed} failed");
     // The last reload (the 20th) put back `one`.
     assert_eq!(get(&p.url("/a")).await.text(), "one");
-    let reloaded = reloads(&p).0;
+    let reloaded = p.reloads().0;
     assert_eq!(reloaded, 20);
 }
 
@@ -372,7 +328,7 @@ async fn a_reload_upgrades_a_changed_runner_adds_and_removes_runners() {
     let (counts, tasks) = load(p.url("/b"), 4, stop.clone(), |b| b == "on other");
     let upgraded = two_runners(up.addr, json!({"WHICH": "other-2"}));
     // Blocking (it waits for the log): off the runtime's workers.
-    assert!(tokio::task::block_in_place(|| reload(&p, &upgraded)));
+    assert!(tokio::task::block_in_place(|| p.reload(&upgraded)));
     // The old process is stopped once its calls in flight are done.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !runners_with(&p, "WHICH", "other").is_empty() {
@@ -399,7 +355,7 @@ async fn a_reload_upgrades_a_changed_runner_adds_and_removes_runners() {
         c["ext-plugin"]["env"] = json!({"WHICH": "default"});
         c
     };
-    assert!(reload(&p, &one), "{}", p.log());
+    assert!(p.reload(&one), "{}", p.log());
     let deadline = Instant::now() + Duration::from_secs(20);
     while !runners_with(&p, "WHICH", "other-2").is_empty() {
         assert!(Instant::now() < deadline, "the removed runner still runs");
@@ -425,7 +381,7 @@ async fn an_unknown_runner_name_is_refused_at_start_and_at_reload() {
         out.stderr
     );
     let p = ProxyProc::start(&two_runners(up.addr, json!({})));
-    assert!(!reload(&p, &c));
+    assert!(!p.reload(&c));
     assert!(p.log().contains("\"nope\" is not a runner"), "{}", p.log());
     assert_eq!(get(&p.url("/b")).await.text(), "on other");
 }
@@ -459,7 +415,7 @@ async fn a_request_in_flight_finishes_under_the_configuration_it_started_with() 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let next = slow("2");
-    assert!(tokio::task::block_in_place(|| reload(&p, &next)));
+    assert!(tokio::task::block_in_place(|| p.reload(&next)));
     let old = in_flight.await.unwrap();
     assert_eq!(old.status, 200, "{}", p.log());
     assert_eq!(

@@ -4,58 +4,16 @@
 //!
 //! The Python packages (`a6pluginprotos`, APISIX's FlatBuffers classes for
 //! its Python runner, and `flatbuffers`) are installed with pip into a
-//! virtual environment under the target directory the first time.
+//! virtual environment under the target directory the first time
+//! ([`crate::support::python`]).
 
-use crate::support::{get, Answer, RunnerProc};
+use crate::support::{get, python, Answer, RunnerProc};
 use extplug::wire::apisix::{self, ApisixEncode};
 use extplug::wire::{ErrorCode, FrameCodec, PrepareConf, Protocol};
 use runner_sdk::RequestOutcome;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-
-/// The pinned versions the Python client was written against.
-const PACKAGES: [&str; 2] = ["a6pluginprotos==0.2.1", "flatbuffers==25.12.19"];
-
-/// The virtual environment's python, created and filled once.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("apisix-venv");
-        let python = venv.join("bin/python3");
-        // Written last: a venv interrupted half-way is made again.
-        let done = venv.join("extplug-packages");
-        if std::fs::read_to_string(&done).ok().as_deref() == Some(&PACKAGES.join(" ")) {
-            return python;
-        }
-        let _ = std::fs::remove_dir_all(&venv);
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("running python3 (the APISIX wire tests need python3 with venv and pip)");
-        assert!(status.success(), "python3 -m venv failed: {status}");
-        let status = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(PACKAGES)
-            .status()
-            .expect("running pip");
-        assert!(
-            status.success(),
-            "pip install {PACKAGES:?} failed: {status}"
-        );
-        std::fs::write(&done, PACKAGES.join(" ")).unwrap();
-        python
-    })
-}
 
 /// Both wires on one runner at once: a Cap'n Proto connection stays open
 /// (and is used again) around the Python client's APISIX connections, which

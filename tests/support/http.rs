@@ -392,6 +392,49 @@ impl ProxyProc {
         self.wait_log("runner standby ready", n);
     }
 
+    /// The proxy's configuration file (what SIGHUP re-reads).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.json")
+    }
+
+    /// How many reloads the proxy has finished, accepted or refused.
+    pub fn reloads(&self) -> (usize, usize) {
+        let log = self.log();
+        (
+            log.matches("configuration reloaded").count(),
+            log.matches("configuration reload refused").count(),
+        )
+    }
+
+    /// Writes `text` as the configuration file, sends SIGHUP, and waits
+    /// until the reload is done; true if it was accepted.
+    pub fn reload_text(&self, text: &str) -> bool {
+        let (ok, refused) = self.reloads();
+        std::fs::write(self.config_path(), text).unwrap();
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.reloads();
+            if now.0 > ok {
+                return true;
+            }
+            if now.1 > refused {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reload did not finish; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// [`ProxyProc::reload_text`] with a configuration value.
+    pub fn reload(&self, config: &serde_json::Value) -> bool {
+        self.reload_text(&serde_json::to_string_pretty(config).unwrap())
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
     }
@@ -504,4 +547,31 @@ pub async fn statuses_of(urls: impl IntoIterator<Item = String>) -> Vec<u16> {
         .into_iter()
         .map(Result::unwrap)
         .collect()
+}
+
+/// The samples of the proxy's admin `/metrics` (the configuration has
+/// `admin`): `name{labels}` (labels as printed, sorted by name) to value.
+pub async fn metrics(proxy: &ProxyProc) -> std::collections::HashMap<String, f64> {
+    let admin = proxy.admin.expect("an admin listener");
+    let got = get(&format!("http://{admin}/metrics")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(
+        got.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        got.headers
+    );
+    got.text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a sample line");
+            (series.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// A sample's value in [`metrics`]; 0 when the series does not exist yet.
+pub fn metric_value(m: &std::collections::HashMap<String, f64>, series: &str) -> f64 {
+    m.get(series).copied().unwrap_or(0.0)
 }

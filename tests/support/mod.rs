@@ -326,3 +326,49 @@ pub fn extplug_exits(args: &[&str], config: &serde_json::Value, filter: &str) ->
         left_behind,
     }
 }
+
+/// The pinned versions the Python fixtures (`a6_client.py`, `a6_runner.py`)
+/// were written against.
+const PACKAGES: [&str; 2] = ["a6pluginprotos==0.2.1", "flatbuffers==25.12.19"];
+
+/// The python of a virtual environment with APISIX's Python classes
+/// (`a6pluginprotos`) and `flatbuffers`, created and filled once per
+/// target directory. Without python3 (and its venv module) or the
+/// packages, the test fails, saying so: CI installs them
+/// (`scripts/ensure-python.sh`).
+pub fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("apisix-venv");
+        let python = venv.join("bin/python3");
+        // Written last: a venv interrupted half-way is made again.
+        let done = venv.join("extplug-packages");
+        if std::fs::read_to_string(&done).ok().as_deref() == Some(&PACKAGES.join(" ")) {
+            return python;
+        }
+        let _ = std::fs::remove_dir_all(&venv);
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("running python3 (the APISIX wire tests need python3 with venv and pip)");
+        assert!(status.success(), "python3 -m venv failed: {status}");
+        let status = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PACKAGES)
+            .status()
+            .expect("running pip");
+        assert!(
+            status.success(),
+            "pip install {PACKAGES:?} failed: {status}"
+        );
+        std::fs::write(&done, PACKAGES.join(" ")).unwrap();
+        python
+    })
+}

@@ -179,6 +179,10 @@ pub struct RunnerConf {
     /// Keep a second runner process ready to take over when the active one
     /// dies (`"standby"`, default true).
     pub standby: bool,
+    /// The wire the host speaks to the runner (`"protocol"`): extplug's
+    /// Cap'n Proto (`"capnp"`, the default) or APISIX's FlatBuffers
+    /// (`"apisix"`, for runners written for APISIX).
+    pub protocol: crate::wire::Protocol,
 }
 
 /// One route.

@@ -156,6 +156,10 @@ pub(super) struct RawRunner {
     pub(super) restart_after_timeouts: u32,
     #[serde(default = "default_standby")]
     pub(super) standby: bool,
+    /// `capnp` (extplug's wire, the default) or `apisix` (APISIX's
+    /// FlatBuffers wire); checked in `validate.rs`, which names the key.
+    #[serde(default)]
+    pub(super) protocol: Option<String>,
 }
 
 pub(super) fn default_expire() -> u64 {

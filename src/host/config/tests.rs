@@ -482,3 +482,40 @@ fn the_client_body_timeout_defaults_to_60_s_and_must_be_positive() {
         "{err}"
     );
 }
+
+#[test]
+fn a_runner_speaks_capnp_unless_its_protocol_says_apisix() {
+    use crate::wire::Protocol;
+    let config = Config::parse(
+        r#"{"ext-plugin":{"cmd":["r"]},"runners":{"a6":{"cmd":["p"],"protocol":"apisix"},
+            "own":{"cmd":["q"],"protocol":"capnp"}},"routes":[]}"#,
+    )
+    .unwrap();
+    assert_eq!(config.runner.protocol, Protocol::Capnp);
+    assert_eq!(config.runners["a6"].protocol, Protocol::Apisix);
+    assert_eq!(config.runners["own"].protocol, Protocol::Capnp);
+    for (bad, section) in [
+        (
+            r#"{"ext-plugin":{"cmd":["r"],"protocol":"flatbuffers"},"routes":[]}"#,
+            "`ext-plugin.protocol` \"flatbuffers\"",
+        ),
+        (
+            r#"{"ext-plugin":{"cmd":["r"]},"runners":{"x":{"cmd":["r"],"protocol":"APISIX"}},"routes":[]}"#,
+            "`runners.x.protocol` \"APISIX\"",
+        ),
+    ] {
+        let err = Config::parse(bad).unwrap_err().0;
+        assert!(err.contains(section), "{err}");
+        assert!(
+            err.contains(r#""capnp""#) && err.contains(r#""apisix""#),
+            "{err}"
+        );
+    }
+    let err = Config::parse(r#"{"ext-plugin":{"cmd":["r"],"protocol":1},"routes":[]}"#)
+        .unwrap_err()
+        .0;
+    assert!(
+        err.contains("ext-plugin") && err.contains("protocol"),
+        "{err}"
+    );
+}

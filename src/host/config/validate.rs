@@ -6,6 +6,7 @@ use super::error::ConfigError;
 use super::model::{AdminConf, ClientLimits, EtcdConf, Phase, Route, RunnerConf, DEFAULT_RUNNER};
 use super::raw::{RawAdmin, RawConfig, RawEtcd, RawRunner};
 use crate::host::edge::ingress::{valid_host, MAX_PLUGIN_HEADERS};
+use crate::wire::Protocol;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -127,6 +128,14 @@ pub(super) fn runner_conf(section: &str, r: RawRunner) -> Result<RunnerConf, Con
             u32::MAX
         )));
     }
+    let protocol = match r.protocol.as_deref() {
+        None => Protocol::Capnp,
+        Some(name) => Protocol::from_name(name).ok_or_else(|| {
+            ConfigError(format!(
+                "`{section}.protocol` {name:?} is not a wire this host speaks: \"capnp\" (extplug's, the default) or \"apisix\" (APISIX's)"
+            ))
+        })?,
+    };
     Ok(RunnerConf {
         name: section
             .strip_prefix("runners.")
@@ -142,6 +151,7 @@ pub(super) fn runner_conf(section: &str, r: RawRunner) -> Result<RunnerConf, Con
         max_waiting_calls: r.max_waiting_calls.unwrap_or(r.pool_size),
         restart_after_timeouts: r.restart_after_timeouts,
         standby: r.standby,
+        protocol,
     })
 }
 

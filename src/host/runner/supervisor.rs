@@ -379,7 +379,12 @@ impl Work {
             }
         }
         self.stop_all(&mut events).await;
-        metrics::runner_up(&self.conf.name, self.metrics_id, false);
+        metrics::runner_up(
+            &self.conf.name,
+            self.conf.protocol.name(),
+            self.metrics_id,
+            false,
+        );
         self.tx.send_replace(RunnerState::Stopped);
     }
 
@@ -457,7 +462,12 @@ impl Work {
     /// The first start failed: report it (not logged here: the host reports
     /// it once, as its start error) and end.
     fn first_failed(&mut self, reason: String) {
-        metrics::runner_up(&self.conf.name, self.metrics_id, false);
+        metrics::runner_up(
+            &self.conf.name,
+            self.conf.protocol.name(),
+            self.metrics_id,
+            false,
+        );
         self.tx.send_replace(RunnerState::Down {
             reason: reason.clone(),
         });
@@ -494,7 +504,12 @@ impl Work {
         p.role = Role::Active;
         p.active_since = Some(Instant::now());
         // Before the log line: a reader who waits for the line sees the gauge.
-        metrics::runner_up(&self.conf.name, self.metrics_id, true);
+        metrics::runner_up(
+            &self.conf.name,
+            self.conf.protocol.name(),
+            self.metrics_id,
+            true,
+        );
         info!(runner = %self.conf.name, pid = p.pid, generation, how, socket = %p.socket.display(), "runner ready");
         self.tx.send_replace(RunnerState::Ready {
             socket: p.socket.clone(),
@@ -583,6 +598,7 @@ impl Work {
                 let restart_in_ms = delay.as_millis() as u64;
                 metrics::runner_restart(
                     &self.conf.name,
+                    self.conf.protocol.name(),
                     if crash { "start_failed" } else { "exited" },
                 );
                 if p.role != Role::Active {
@@ -620,7 +636,12 @@ impl Work {
                         self.activate(standby, "promoted");
                     }
                     None => {
-                        metrics::runner_up(&self.conf.name, self.metrics_id, false);
+                        metrics::runner_up(
+                            &self.conf.name,
+                            self.conf.protocol.name(),
+                            self.metrics_id,
+                            false,
+                        );
                         error!(runner = %self.conf.name, pid, generation, restart_in_ms, "runner down: {reason}");
                         let state = match self.with_role(Role::Spare) {
                             Some(spare) => RunnerState::Starting { generation: spare },
@@ -647,11 +668,16 @@ impl Work {
                     );
                 }
                 self.retire(generation, Ctl::Kill(reason.clone()));
-                metrics::runner_restart(&self.conf.name, "unresponsive");
+                metrics::runner_restart(&self.conf.name, self.conf.protocol.name(), "unresponsive");
                 match self.with_role(Role::Standby) {
                     Some(standby) => self.activate(standby, "promoted"),
                     None => {
-                        metrics::runner_up(&self.conf.name, self.metrics_id, false);
+                        metrics::runner_up(
+                            &self.conf.name,
+                            self.conf.protocol.name(),
+                            self.metrics_id,
+                            false,
+                        );
                         self.tx.send_replace(RunnerState::Down { reason });
                     }
                 }
@@ -737,7 +763,7 @@ impl Work {
             };
             self.retire(g, order);
         }
-        metrics::runner_restart(&self.conf.name, "upgrade");
+        metrics::runner_restart(&self.conf.name, self.conf.protocol.name(), "upgrade");
         self.activate(generation, "upgraded");
         // A new program: whatever the old one did says nothing about it.
         self.backoff = Duration::ZERO;

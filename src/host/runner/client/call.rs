@@ -6,12 +6,14 @@
 use super::error::{broken, refused, CallError, Failure};
 use super::pool::{Pool, PooledConn};
 use super::tokens::{PhaseSlot, Slot, Ticket, Tokens};
+use super::wire::{Answer, HostCodec};
 use crate::host::config::{PhaseConf, RunnerConf};
 use crate::host::metrics::RunnerHandles;
 use crate::host::runner::supervisor::{Restarter, RunnerState};
+use crate::wire::apisix::ApisixEncode;
 use crate::wire::{
-    Encode, ErrorCode, ExtraInfoAnswer, Frame, FrameCodec, FrameError, InfoKey, MessageType,
-    Payload, PrepareConf, ReqCall, RequestOutcome, RequestParts, RespCall, ResponseOutcome,
+    Encode, ErrorCode, ExtraInfoAnswer, Frame, FrameError, InfoKey, MessageType, Needs,
+    PrepareConf, Protocol, ReqCall, RequestOutcome, RequestParts, RespCall, ResponseOutcome,
     ResponseParts,
 };
 use async_trait::async_trait;
@@ -38,6 +40,10 @@ pub trait InfoProvider: Send {
 /// The client. Shared by all requests (`Arc`).
 pub struct ExtClient {
     state: watch::Receiver<RunnerState>,
+    /// The runner's wire: how every message is encoded and every answer
+    /// read, and, on APISIX's, what APISIX's own client does differently
+    /// (a connection closed after any ERROR, no needs declared).
+    protocol: Protocol,
     call_timeout: Duration,
     start_timeout: Duration,
     /// The connections to the runner.
@@ -65,6 +71,7 @@ impl ExtClient {
     pub fn new(conf: &RunnerConf, state: watch::Receiver<RunnerState>) -> Self {
         ExtClient {
             state,
+            protocol: conf.protocol,
             call_timeout: conf.call_timeout,
             start_timeout: conf.start_timeout,
             pool: Pool::new(conf.pool_size),
@@ -76,14 +83,14 @@ impl ExtClient {
             restart_after: conf.restart_after_timeouts,
             timeouts: AtomicU32::new(0),
             answered: AtomicU64::new(0),
-            metrics: RunnerHandles::new(&conf.name),
+            metrics: RunnerHandles::new(&conf.name, conf.protocol.name()),
         }
     }
 
     /// Names the runner in the client's metrics (`runner` label; default
     /// [`crate::host::config::DEFAULT_RUNNER`]).
     pub fn with_runner_name(mut self, name: &str) -> Self {
-        self.metrics = RunnerHandles::new(name);
+        self.metrics = RunnerHandles::new(name, self.protocol.name());
         self
     }
 
@@ -208,7 +215,7 @@ impl ExtClient {
                 )));
             }
             return Ok(PooledConn {
-                conn: Framed::new(stream, FrameCodec::default()),
+                conn: Framed::new(stream, HostCodec::new(self.protocol)),
                 generation,
                 lease,
                 permit: permit.take(),
@@ -231,6 +238,21 @@ impl ExtClient {
     pub(super) fn checkin(&self, conn: PooledConn) {
         let current = self.is_current(conn.generation);
         self.pool.put_back(conn, current);
+    }
+
+    /// [`ExtClient::checkin`] after `answer`, unless the connection is
+    /// done: on APISIX's wire a connection is closed after any ERROR, as
+    /// APISIX's own client does (its runners may close it too, and expect
+    /// a new one).
+    fn checkin_after(&self, conn: PooledConn, answer: &Frame) {
+        if self.protocol == Protocol::Apisix && answer.kind == MessageType::Error as u8 {
+            debug!(
+                generation = conn.generation,
+                "ERROR on APISIX's wire: closing that connection"
+            );
+            return;
+        }
+        self.checkin(conn);
     }
 
     /// Drops the token-cache entries that no route phase holds any more
@@ -267,7 +289,7 @@ impl ExtClient {
 
     /// Sends `msg` on a connection to the current runner; see
     /// [`ExtClient::exchange_on`].
-    async fn exchange<M: Encode>(
+    async fn exchange<M: Encode + ApisixEncode>(
         &self,
         msg: &M,
         expect: MessageType,
@@ -279,7 +301,7 @@ impl ExtClient {
             let generation = pooled.generation;
             match self.exchange_on(pooled, msg, expect, None, false).await {
                 Ok((frame, pooled)) => {
-                    self.checkin(pooled);
+                    self.checkin_after(pooled, &frame);
                     return Ok((frame, generation));
                 }
                 Err(Failure::Call(e)) => return Err(e),
@@ -334,7 +356,7 @@ impl ExtClient {
     /// The call timeout bounds the time spent waiting for the runner (to
     /// take a frame, to answer one) only: the time `provider` takes is
     /// added to the deadline, as it is the client's time, not the runner's.
-    pub(super) async fn exchange_on<M: Encode>(
+    pub(super) async fn exchange_on<M: Encode + ApisixEncode>(
         &self,
         mut pooled: PooledConn,
         msg: &M,
@@ -430,8 +452,8 @@ impl ExtClient {
             let Some(provider) = provider.as_deref_mut() else {
                 return Err(CallError::Malformed("EXTRA_INFO during PREPARE_CONF".into()).into());
             };
-            let payload =
-                Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
+            let payload = Answer::parse(self.protocol, &frame.payload)
+                .map_err(|e| CallError::Malformed(e.to_string()))?;
             let key = payload
                 .extra_info_req()
                 .map_err(|e| CallError::Malformed(e.to_string()))?;
@@ -546,10 +568,10 @@ impl ExtClient {
             key: Some(&phase.key),
         };
         let (frame, generation) = self.exchange(&req, MessageType::PrepareConf).await?;
-        let payload =
-            Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
+        let payload = Answer::parse(self.protocol, &frame.payload)
+            .map_err(|e| CallError::Malformed(e.to_string()))?;
         if frame.kind == MessageType::Error as u8 {
-            return Err(match refused(&payload) {
+            return Err(match refused(&payload, self.protocol) {
                 CallError::Refused {
                     code: ErrorCode::BadRequest,
                     message,
@@ -569,12 +591,7 @@ impl ExtClient {
         let prepared = payload
             .prepared()
             .map_err(|e| CallError::Malformed(e.to_string()))?;
-        let mut needs = prepared.needs;
-        for var in &phase.extra_info {
-            if !needs.vars.contains(var) {
-                needs.vars.push(var.clone());
-            }
-        }
+        let needs = self.needs(prepared.needs, phase);
         let ticket = Ticket {
             token: prepared.token,
             needs: Arc::new(needs),
@@ -585,6 +602,23 @@ impl ExtClient {
         self.metrics.conf_prepared();
         slot.ticket.store(Some(Arc::new(ticket.clone())));
         Ok(ticket)
+    }
+
+    /// What the host sends with each call of a chain: what the runner
+    /// declared, and the route phase's `extra_info` variables. APISIX's
+    /// wire has no place for either (its runners ask with EXTRA_INFO
+    /// during the call), so nothing is gathered up front for them.
+    fn needs(&self, declared: Needs, phase: &PhaseConf) -> Needs {
+        if self.protocol == Protocol::Apisix {
+            return Needs::default();
+        }
+        let mut needs = declared;
+        for var in &phase.extra_info {
+            if !needs.vars.contains(var) {
+                needs.vars.push(var.clone());
+            }
+        }
+        needs
     }
 
     /// Runs a request phase: HTTP_REQ_CALL with `parts` under `ticket`'s
@@ -683,11 +717,11 @@ impl ExtClient {
             // `pooled` goes back to the pool only with a well-formed answer
             // to this call: a runner that answered twice, say, has left a
             // stale frame that every later call on it would read instead.
-            let payload =
-                Payload::parse(&frame.payload).map_err(|e| CallError::Malformed(e.to_string()))?;
+            let payload = Answer::parse(self.protocol, &frame.payload)
+                .map_err(|e| CallError::Malformed(e.to_string()))?;
             if frame.kind == MessageType::Error as u8 {
-                self.checkin(pooled);
-                match refused(&payload) {
+                self.checkin_after(pooled, &frame);
+                match refused(&payload, self.protocol) {
                     CallError::Refused {
                         code: ErrorCode::ConfTokenNotFound,
                         message,
@@ -731,14 +765,14 @@ fn unread_bytes(stream: &UnixStream) -> Option<usize> {
 }
 
 /// What [`ExtClient::call`] needs of a call message.
-trait Call: Encode {
+trait Call: Encode + ApisixEncode {
     /// The frame type of the call and of its answer.
     const KIND: MessageType;
     /// What the answer decodes to.
     type Outcome;
     fn token(&mut self) -> &mut u32;
     fn id(&self) -> u32;
-    fn answer(payload: &Payload<'_>) -> Result<(u32, Self::Outcome), crate::wire::DecodeError>;
+    fn answer(payload: &Answer<'_>) -> Result<(u32, Self::Outcome), crate::wire::DecodeError>;
 }
 
 impl Call for ReqCall<'_> {
@@ -750,7 +784,7 @@ impl Call for ReqCall<'_> {
     fn id(&self) -> u32 {
         self.parts.id
     }
-    fn answer(payload: &Payload<'_>) -> Result<(u32, RequestOutcome), crate::wire::DecodeError> {
+    fn answer(payload: &Answer<'_>) -> Result<(u32, RequestOutcome), crate::wire::DecodeError> {
         payload.req_call_answer().map(|a| (a.id, a.outcome))
     }
 }
@@ -764,7 +798,7 @@ impl Call for RespCall<'_> {
     fn id(&self) -> u32 {
         self.parts.id
     }
-    fn answer(payload: &Payload<'_>) -> Result<(u32, ResponseOutcome), crate::wire::DecodeError> {
+    fn answer(payload: &Answer<'_>) -> Result<(u32, ResponseOutcome), crate::wire::DecodeError> {
         payload.resp_call_answer().map(|a| (a.id, a.outcome))
     }
 }

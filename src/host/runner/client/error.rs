@@ -2,8 +2,9 @@
 //! on it (503, degradation, or 500 for a refused chain) and as the metrics
 //! count it.
 
+use super::wire::Answer;
 use crate::host::metrics::CallResult;
-use crate::wire::{ErrorCode, FrameError, Payload};
+use crate::wire::{ErrorCode, FrameError, Protocol};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -95,13 +96,30 @@ pub(super) fn broken(e: FrameError) -> CallError {
     }
 }
 
-/// The runner's ERROR answer, as a call error.
-pub(super) fn refused(payload: &Payload<'_>) -> CallError {
+/// The runner's ERROR answer, as a call error. APISIX's wire carries a
+/// code only: the message then names the code as APISIX's schema spells
+/// it and says where the reason may be.
+pub(super) fn refused(payload: &Answer<'_>, protocol: Protocol) -> CallError {
     match payload.error() {
         Ok(e) => CallError::Refused {
             code: e.code,
-            message: e.message,
+            message: match protocol {
+                Protocol::Capnp => e.message,
+                Protocol::Apisix => format!(
+                    "error code {} (APISIX's wire carries no reason: the runner's log may say why)",
+                    apisix_code(e.code)
+                ),
+            },
         },
         Err(e) => CallError::Malformed(e.to_string()),
+    }
+}
+
+/// An error code as `A6.Err.Code` names it.
+fn apisix_code(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadRequest => "BAD_REQUEST",
+        ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+        ErrorCode::ConfTokenNotFound => "CONF_TOKEN_NOT_FOUND",
     }
 }

@@ -22,7 +22,10 @@
 //! - [`call`]: [`ExtClient`] and the call loop;
 //! - `pool`: the bounded pool of connections;
 //! - [`tokens`]: the token cache ([`Ticket`], [`PhaseSlot`]);
-//! - `error`: why a call failed ([`CallError`]).
+//! - `error`: why a call failed ([`CallError`]);
+//! - `wire`: the runner's encoding, extplug's Cap'n Proto or APISIX's
+//!   FlatBuffers (`"protocol"`): the connection's codec and the reading of
+//!   answers, the only code that differs between the two.
 
 pub mod call;
 pub mod error;
@@ -30,6 +33,7 @@ mod pool;
 #[cfg(test)]
 mod tests;
 pub mod tokens;
+mod wire;
 
 pub use call::{ExtClient, InfoProvider};
 pub use error::CallError;

@@ -4,9 +4,9 @@
 //! own (see the module `client`).
 
 use super::error::CallError;
+use super::wire::HostCodec;
 use crate::host::metrics::ConnectionCount;
 use crate::host::runner::supervisor::Lease;
-use crate::wire::FrameCodec;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 /// A connection to the runner: checked out for one call, or idle in the
 /// pool.
 pub(super) struct PooledConn {
-    pub(super) conn: Framed<UnixStream, FrameCodec>,
+    pub(super) conn: Framed<UnixStream, HostCodec>,
     pub(super) generation: u64,
     /// Held while the connection is checked out: a runner replaced by an
     /// upgrade is stopped only once no call uses it.

@@ -4,9 +4,10 @@
 use super::call::ExtClient;
 use super::error::{CallError, Failure};
 use super::pool::PooledConn;
+use super::wire::HostCodec;
 use crate::host::config::PhaseConf;
 use crate::host::runner::supervisor::RunnerState;
-use crate::wire::{FrameCodec, MessageType, Needs};
+use crate::wire::{FrameCodec, MessageType, Needs, Protocol};
 use futures::{SinkExt, StreamExt};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ fn phase(key: &str) -> PhaseConf {
 fn pooled(client: &ExtClient, generation: u64) -> (PooledConn, UnixStream) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let conn = PooledConn {
-        conn: Framed::new(ours, FrameCodec::default()),
+        conn: Framed::new(ours, HostCodec::new(Protocol::Capnp)),
         generation,
         lease: None,
         permit: None,
@@ -232,4 +233,144 @@ fn pruning_keeps_the_slots_route_phases_hold_and_drops_the_others() {
     ));
     drop(held);
     assert_eq!(client.prune_slots(), 1);
+}
+
+/// On APISIX's wire: a call answered CONF_TOKEN_NOT_FOUND is prepared
+/// again and sent again, as APISIX does, and every connection that
+/// carried an ERROR is closed rather than pooled (APISIX closes after any
+/// error). The fake runner here speaks only APISIX's wire: each
+/// connection counts, and the first call on any fails until the runner
+/// has prepared twice.
+#[tokio::test]
+async fn on_apisix_wire_token_not_found_prepares_again_and_errors_close_the_connection() {
+    use crate::wire::apisix::{self, ApisixEncode};
+    use crate::wire::{ErrorCode, ErrorResp, Prepared, ReqCallAnswer, RequestOutcome};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("runner.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let connections = Arc::new(AtomicU32::new(0));
+    let prepared = Arc::new(AtomicU32::new(0));
+    let (c, p) = (connections.clone(), prepared.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let p = p.clone();
+            tokio::spawn(async move {
+                let mut builder = apisix::Builder::new();
+                let mut send = |msg: &dyn Fn(&mut apisix::Builder) -> (u8, Vec<u8>)| {
+                    let (kind, payload) = msg(&mut builder);
+                    let mut frame = vec![kind];
+                    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+                    frame.extend_from_slice(&payload);
+                    frame
+                };
+                loop {
+                    let mut header = [0u8; 4];
+                    if stream.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
+                    let mut payload = vec![0; len];
+                    stream.read_exact(&mut payload).await.unwrap();
+                    let out = match header[0] {
+                        1 => {
+                            apisix::prepare_conf(&payload).expect("an APISIX prepare");
+                            let token = p.fetch_add(1, Ordering::SeqCst) + 1;
+                            send(&|b| {
+                                (
+                                    1,
+                                    Prepared {
+                                        token,
+                                        needs: Needs::default(),
+                                    }
+                                    .write(b)
+                                    .unwrap()
+                                    .to_vec(),
+                                )
+                            })
+                        }
+                        2 => {
+                            let call = apisix::req_call(&payload).expect("an APISIX call");
+                            if call.conf_token < 2 {
+                                send(&|b| {
+                                    (
+                                        0,
+                                        ErrorResp {
+                                            code: ErrorCode::ConfTokenNotFound,
+                                            message: String::new(),
+                                        }
+                                        .write(b)
+                                        .unwrap()
+                                        .to_vec(),
+                                    )
+                                })
+                            } else {
+                                let id = call.parts.id;
+                                send(&|b| {
+                                    (
+                                        2,
+                                        ReqCallAnswer {
+                                            id,
+                                            outcome: RequestOutcome::Continue,
+                                        }
+                                        .write(b)
+                                        .unwrap()
+                                        .to_vec(),
+                                    )
+                                })
+                            }
+                        }
+                        other => panic!("unexpected frame type {other}"),
+                    };
+                    stream.write_all(&out).await.unwrap();
+                }
+            });
+        }
+    });
+    let mut conf = crate::host::config::Config::parse(
+        r#"{"ext-plugin": {"cmd": ["runner"], "protocol": "apisix"}, "routes": []}"#,
+    )
+    .expect("a valid configuration")
+    .runner;
+    conf.pool_size = 4;
+    let (_tx, rx) = watch::channel(RunnerState::Ready {
+        socket: Arc::new(socket),
+        generation: 1,
+        pid: std::process::id(),
+    });
+    let client = ExtClient::new(&conf, rx);
+    let phase = phase("route-1");
+    let ticket = client.ticket(&phase).await.unwrap();
+    assert_eq!(ticket.token, 1);
+    assert!(ticket.needs.is_empty(), "APISIX's wire declares no needs");
+    let parts = crate::wire::RequestParts {
+        id: client.next_id(),
+        src_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        method: http::Method::GET,
+        path: "/",
+        args: vec![],
+        headers: vec![("host", "example.com")],
+        extra_info: vec![],
+    };
+    struct NoInfo;
+    #[async_trait::async_trait]
+    impl super::InfoProvider for NoInfo {
+        async fn provide(&mut self, _: crate::wire::InfoKey<'_>) -> Option<bytes::Bytes> {
+            None
+        }
+    }
+    let outcome = client
+        .call_request(&phase, &ticket, parts, &mut NoInfo)
+        .await
+        .unwrap();
+    assert_eq!(outcome, RequestOutcome::Continue);
+    assert_eq!(prepared.load(Ordering::SeqCst), 2, "prepared again once");
+    // The first prepare's connection, which the call then took and closed
+    // after its ERROR, and a new one for the second prepare and the call
+    // (pooled only, it would have carried all of it).
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(client.pool.idle.lock().unwrap().len(), 1);
 }
