@@ -110,6 +110,11 @@ pub(crate) fn runtimes(
         .collect()
 }
 
+/// The largest request body read whole before it is sent, so that a retry
+/// can send it again (larger ones stream, and are sent again only if the
+/// node never read from them).
+const RESEND_BUFFER: u64 = 64 * 1024;
+
 /// Whether a method may be sent twice (RFC 9110 section 9.2.2): only such
 /// a request is retried once it reached a node.
 fn idempotent(method: &Method) -> bool {
@@ -256,6 +261,20 @@ impl RouteRuntime {
     ) -> Result<Response<Incoming>, Response<Body>> {
         let upstream = &self.route.upstream;
         let key = self.state.hashes().then(|| self.hash_key(ex));
+        // A small body of a request that may go to another node is read
+        // first, as nginx (and so APISIX) reads every body: then it can be
+        // sent again after the node reset the connection.
+        let small = ex
+            .head
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| (1..=RESEND_BUFFER).contains(&n) && n <= ex.body.limit() as u64);
+        if small && upstream.retries > 0 && self.state.len() > 1 && idempotent(&ex.head.method) {
+            if let Err(e) = ex.body.buffer().await {
+                return Err(ex.body_failed(Side::Request, &e));
+            }
+        }
         // The response phase reads the request's headers (its variables):
         // a copy then; else the request gives them up.
         let mut headers = if self.route.post_resp.is_some() {
