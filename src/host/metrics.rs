@@ -86,6 +86,7 @@ struct Metrics {
     runner_restarts: IntCounterVec,
     runner_up: IntGaugeVec,
     runner_connections: IntGaugeVec,
+    upstream_node_healthy: IntGaugeVec,
     config_reloads: IntCounterVec,
     headers_dropped: IntCounterVec,
     config_errors: IntCounterVec,
@@ -186,6 +187,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "extplug_runner_connections",
             "Open connections to the runner, by runner and its wire.",
             &["runner", "protocol"],
+        ),
+        upstream_node_healthy: gauge(
+            &r,
+            "extplug_upstream_node_healthy",
+            "1 while the health checks of an upstream (with `checks`) deem the node healthy, else 0.",
+            &["upstream", "node"],
         ),
         config_reloads: counter(
             &r,
@@ -311,6 +318,48 @@ pub fn runner_up(runner: &str, protocol: &'static str, supervisor: u64, up: bool
         .runner_up
         .with_label_values(&[runner, protocol])
         .set(i64::from(!ups.is_empty()));
+}
+
+/// The health states of each `(upstream, node)` in use: a reload that
+/// changes an upstream has an old and a new state of one name for a while,
+/// and the old one going must not remove the new one's series.
+static NODES: LazyLock<Mutex<HashMap<(String, String), usize>>> = LazyLock::new(Default::default);
+
+/// A health state for `node` of `upstream` begins (healthy): its series
+/// is 1.
+pub fn upstream_node_added(upstream: &str, node: &str) {
+    let mut all = NODES.lock().unwrap_or_else(|e| e.into_inner());
+    *all.entry((upstream.to_owned(), node.to_owned()))
+        .or_insert(0) += 1;
+    METRICS
+        .upstream_node_healthy
+        .with_label_values(&[upstream, node])
+        .set(1);
+}
+
+/// Sets whether `node` of `upstream` is healthy.
+pub fn upstream_node_healthy(upstream: &str, node: &str, healthy: bool) {
+    METRICS
+        .upstream_node_healthy
+        .with_label_values(&[upstream, node])
+        .set(i64::from(healthy));
+}
+
+/// A health state for `node` of `upstream` ends; the series goes with the
+/// last one.
+pub fn upstream_node_removed(upstream: &str, node: &str) {
+    let mut all = NODES.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (upstream.to_owned(), node.to_owned());
+    let Some(n) = all.get_mut(&key) else {
+        return;
+    };
+    *n -= 1;
+    if *n == 0 {
+        all.remove(&key);
+        let _ = METRICS
+            .upstream_node_healthy
+            .remove_label_values(&[upstream, node]);
+    }
 }
 
 /// Counts a configuration reload, good (`ok`) or refused (`error`).

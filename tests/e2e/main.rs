@@ -27,3 +27,4 @@ mod security_pipeline;
 mod template;
 mod threads;
 mod upstream_pool;
+mod upstreams;

@@ -2,13 +2,17 @@
 //! and etcd's alike), its upstream, and the upstreams and services etcd
 //! holds by id.
 
-use super::balance::smooth_schedule;
-use super::model::{KeepalivePool, Phase, PhaseConf, Route, Upstream, UriPattern, DEFAULT_RUNNER};
+use super::balance::{balancer, smooth_schedule};
+use super::checks::health_checks;
+use super::model::{
+    KeepalivePool, PassHost, Phase, PhaseConf, Route, Upstream, UriPattern, DEFAULT_RUNNER,
+};
 use super::raw::{
     without_position, RawId, RawKeepalivePool, RawNodes, RawPhase, RawPlugins, RawRoute,
-    RawService, RawUpstream,
+    RawService, RawTimeout, RawUpstream,
 };
 use super::uri::check_route_uri;
+use crate::host::edge::ingress::valid_host;
 use http::Method;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -104,8 +108,15 @@ pub(super) fn upstream_by_id(
         None => Err(format!(
             "`{field}` {id:?}: there is no upstream at `{key}` (the route is served once there is)"
         )),
-        Some(text) => parse_upstream_text(text)
-            .map_err(|e| format!("`{field}` {id:?}: the upstream at `{key}` is not valid: {e}")),
+        Some(text) => match parse_upstream_text(text) {
+            Ok(mut upstream) => {
+                upstream.name = format!("upstreams/{id}");
+                Ok(upstream)
+            }
+            Err(e) => Err(format!(
+                "`{field}` {id:?}: the upstream at `{key}` is not valid: {e}"
+            )),
+        },
     }
 }
 
@@ -159,18 +170,19 @@ pub(super) fn route_from_raw(
     // APISIX's merge: the route's own upstream and plugins win over the
     // service's; a service's plugin applies when the route lacks it.
     let mut service = service;
-    let upstream = match (raw.upstream, raw.upstream_id) {
+    let mut upstream = match (raw.upstream, raw.upstream_id) {
         (Some(_), Some(_)) => return Err("has both `upstream` and `upstream_id`; use one".into()),
-        (Some(u), None) => parse_upstream(u)?,
+        (Some(u), None) => named(parse_upstream(u)?, format!("routes/{id}")),
         (None, Some(uid)) => upstream_by_id(uid, "upstream_id", objects)?,
         (None, None) => match service.as_mut() {
             None => {
                 return Err("missing field `upstream` (or `upstream_id`, or `service_id`)".into())
             }
             Some((sid, s)) => match (s.upstream.take(), s.upstream_id.take()) {
-                (Some(u), None) => {
-                    parse_upstream(u).map_err(|e| format!("the service {sid:?}: {e}"))?
-                }
+                (Some(u), None) => named(
+                    parse_upstream(u).map_err(|e| format!("the service {sid:?}: {e}"))?,
+                    format!("services/{sid}"),
+                ),
                 (None, Some(uid)) => upstream_by_id(uid, "upstream_id", objects)
                     .map_err(|e| format!("the service {sid:?}: {e}"))?,
                 (Some(_), Some(_)) => {
@@ -186,6 +198,19 @@ pub(super) fn route_from_raw(
             },
         },
     };
+    // The route's `timeout` wins over its upstream's, as in APISIX; what it
+    // leaves out stays the upstream's.
+    if let Some(t) = &raw.timeout {
+        let base = Timeouts {
+            connect: upstream.connect_timeout,
+            send: upstream.send_timeout,
+            read: upstream.read_timeout,
+        };
+        let t = timeouts(Some(t), "timeout", base)?;
+        upstream.connect_timeout = t.connect;
+        upstream.send_timeout = t.send;
+        upstream.read_timeout = t.read;
+    }
     let (svc_pre, svc_post, svc_resp) = match service {
         Some((_, s)) => (s.plugins.pre_req, s.plugins.post_req, s.plugins.post_resp),
         None => (None, None, None),
@@ -271,12 +296,7 @@ pub(super) fn route_from_raw(
 }
 
 pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
-    if raw.kind != "roundrobin" {
-        return Err(format!(
-            "`upstream.type` {:?} is not supported; extplug balances with \"roundrobin\"",
-            raw.kind
-        ));
-    }
+    let balancer = balancer(&raw.kind, raw.hash_on.as_deref(), raw.key.as_deref())?;
     if let Some(scheme) = &raw.scheme {
         if scheme != "http" {
             return Err(format!(
@@ -284,12 +304,28 @@ pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
             ));
         }
     }
-    let pass_host_node = match raw.pass_host.as_deref() {
-        None | Some("pass") => false,
-        Some("node") => true,
-        Some(other) => {
+    let pass_host = match (raw.pass_host.as_deref(), raw.upstream_host) {
+        (None | Some("pass"), _) => PassHost::Pass,
+        (Some("node"), _) => PassHost::Node,
+        (Some("rewrite"), Some(host)) => {
+            let valid = !host.is_empty()
+                && http::HeaderValue::from_str(&host).is_ok_and(|v| valid_host(&v));
+            if !valid {
+                return Err(format!(
+                    "`upstream.upstream_host` {host:?} is not a host such as api.internal or api.internal:8080"
+                ));
+            }
+            PassHost::Rewrite(host)
+        }
+        (Some("rewrite"), None) => {
+            return Err(
+                "`upstream.pass_host` \"rewrite\" needs `upstream.upstream_host`, the Host to send"
+                    .into(),
+            )
+        }
+        (Some(other), _) => {
             return Err(format!(
-                "`upstream.pass_host` {other:?} must be \"pass\" or \"node\""
+                "`upstream.pass_host` {other:?} must be \"pass\", \"node\" or \"rewrite\""
             ))
         }
     };
@@ -327,31 +363,97 @@ pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
         return Err("`upstream.nodes` has no node with a weight above 0".into());
     }
     let schedule = smooth_schedule(&nodes.iter().map(|(_, w)| *w).collect::<Vec<_>>())?;
-    let secs = |v: Option<f64>, name: &str| -> Result<Duration, String> {
+    let timeouts = timeouts(
+        raw.timeout.as_ref(),
+        "upstream.timeout",
+        Timeouts::default(),
+    )?;
+    let retry_timeout = match raw.retry_timeout {
+        None => None,
+        Some(0.0) => None,
+        Some(s) if s > 0.0 && s.is_finite() => {
+            Some(Duration::try_from_secs_f64(s).map_err(|_| {
+                format!("`upstream.retry_timeout` {s} is too large a number of seconds")
+            })?)
+        }
+        Some(s) => {
+            return Err(format!(
+                "`upstream.retry_timeout` {s} must be a number of seconds, 0 (no limit) or more"
+            ))
+        }
+    };
+    let checks = match raw.checks {
+        None => None,
+        Some(c) => Some(health_checks(c, "upstream.checks")?),
+    };
+    let keepalive = keepalive_pool(raw.keepalive_pool.as_ref())?;
+    Ok(Upstream {
+        name: String::new(),
+        retries: raw.retries.map_or(nodes.len() - 1, |r| r as usize),
+        nodes,
+        schedule,
+        balancer,
+        connect_timeout: timeouts.connect,
+        send_timeout: timeouts.send,
+        read_timeout: timeouts.read,
+        pass_host,
+        retry_timeout,
+        checks,
+        keepalive,
+    })
+}
+
+/// `upstream` named `name` (see [`Upstream::name`]).
+fn named(mut upstream: Upstream, name: String) -> Upstream {
+    upstream.name = name;
+    upstream
+}
+
+/// An upstream's (or a route's) `timeout`, in seconds.
+#[derive(Clone, Copy)]
+pub(super) struct Timeouts {
+    connect: Duration,
+    send: Duration,
+    read: Duration,
+}
+
+impl Default for Timeouts {
+    /// APISIX's (nginx's) 60 seconds each.
+    fn default() -> Self {
+        let minute = Duration::from_secs(60);
+        Timeouts {
+            connect: minute,
+            send: minute,
+            read: minute,
+        }
+    }
+}
+
+/// Checks a `timeout` object (`field` names it); a value it lacks is
+/// `base`'s.
+pub(super) fn timeouts(
+    raw: Option<&RawTimeout>,
+    field: &str,
+    base: Timeouts,
+) -> Result<Timeouts, String> {
+    let Some(t) = raw else {
+        return Ok(base);
+    };
+    let secs = |v: Option<f64>, name: &str, base: Duration| -> Result<Duration, String> {
         match v {
-            None => Ok(Duration::from_secs(60)),
+            None => Ok(base),
             // `try_`: a number too large for a `Duration` is an error, not a panic.
-            Some(s) if s > 0.0 && s.is_finite() => Duration::try_from_secs_f64(s).map_err(|_| {
-                format!("`upstream.timeout.{name}` {s} is too large a number of seconds")
-            }),
+            Some(s) if s > 0.0 && s.is_finite() => Duration::try_from_secs_f64(s)
+                .map_err(|_| format!("`{field}.{name}` {s} is too large a number of seconds")),
             Some(s) => Err(format!(
-                "`upstream.timeout.{name}` {s} must be a positive number of seconds"
+                "`{field}.{name}` {s} must be a positive number of seconds"
             )),
         }
     };
-    let (connect, send, read) = match &raw.timeout {
-        Some(t) => (t.connect, t.send, t.read),
-        None => (None, None, None),
-    };
-    secs(send, "send")?;
-    let keepalive = keepalive_pool(raw.keepalive_pool.as_ref())?;
-    Ok(Upstream {
-        nodes,
-        schedule,
-        connect_timeout: secs(connect, "connect")?,
-        read_timeout: secs(read, "read")?,
-        pass_host_node,
-        keepalive,
+    Ok(Timeouts {
+        connect: secs(t.connect, "connect", base.connect)?,
+        send: secs(t.send, "send", base.send)?,
+        read: secs(t.read, "read", base.read)?,
     })
 }
 
@@ -359,7 +461,7 @@ pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
 /// `deny_unknown_fields`, as any unknown field) rather than served broader
 /// than written (a route without its `hosts` would answer every host), and
 /// named as such, not as a typo ([`unsupported_or`]).
-pub(super) const UNSUPPORTED_ROUTE_FIELDS: [&str; 11] = [
+pub(super) const UNSUPPORTED_ROUTE_FIELDS: [&str; 10] = [
     "host",
     "hosts",
     "remote_addr",
@@ -370,7 +472,6 @@ pub(super) const UNSUPPORTED_ROUTE_FIELDS: [&str; 11] = [
     "script_id",
     "plugin_config_id",
     "enable_websocket",
-    "timeout",
 ];
 
 /// serde's `message` for a route's field at `path`, or, for a field of

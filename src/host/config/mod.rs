@@ -10,23 +10,28 @@
 //! - `validate`: the runner, client, environment and etcd checks;
 //! - [`apisix`]: APISIX's route, upstream and service objects made into
 //!   routes (the file's and etcd's alike);
-//! - `uri`: a route `uri`'s rules; `balance`: the weighted round robin.
+//! - `uri`: a route `uri`'s rules; `balance`: the balancers' settings and
+//!   the weighted round robin; `checks`: an upstream's health checks.
 
 pub mod apisix;
 mod balance;
+mod checks;
 pub mod error;
 mod load;
 pub mod model;
 mod raw;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upstream_tests;
 mod uri;
 mod validate;
 
 pub use apisix::{check_apisix_service, check_apisix_upstream, parse_apisix_route, Objects};
 pub use error::ConfigError;
 pub use model::{
-    AdminConf, ClientLimits, Config, EtcdConf, KeepalivePool, Phase, PhaseConf, Route, RunnerConf,
+    ActiveCheck, AdminConf, Balancer, ClientLimits, Config, EtcdConf, HashOn, HealthChecks,
+    HealthRules, KeepalivePool, PassHost, PassiveCheck, Phase, PhaseConf, Route, RunnerConf,
     Upstream, UriPattern, DEFAULT_RUNNER,
 };
 pub use validate::{check_runners, RESERVED_ENV};

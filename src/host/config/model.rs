@@ -245,22 +245,138 @@ pub struct PhaseConf {
     pub key: String,
 }
 
-/// An upstream: weighted nodes and timeouts.
+/// An upstream: weighted nodes, how one is chosen, timeouts, retries and
+/// health checks.
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    /// Which object it is, for logs and metrics: `upstreams/<id>` (an
+    /// upstream object), `services/<id>` or `routes/<id>` (one held
+    /// inline). Routes naming one upstream object share its health state.
+    pub name: String,
     /// `(host:port, weight)`, weight > 0.
     pub nodes: Vec<(String, u32)>,
     /// The round-robin schedule: indexes into `nodes`, each node appearing
     /// weight/gcd times, spread out (nginx's smooth weighted round robin).
     pub schedule: Vec<usize>,
+    /// How a node is chosen (`type`).
+    pub balancer: Balancer,
     /// Connection time limit.
     pub connect_timeout: Duration,
-    /// Time limit for the upstream's response headers.
+    /// `timeout.send`: checked, and bounded by `read_timeout` (see
+    /// docs/configuration.md): hyper writes the request while the answer
+    /// is awaited.
+    pub send_timeout: Duration,
+    /// Time limit for the upstream's response headers (the request's
+    /// sending included), and for each wait for more of its body.
     pub read_timeout: Duration,
-    /// Send the node's address as `Host` instead of the client's.
-    pub pass_host_node: bool,
+    /// What `Host` the upstream gets (`pass_host`, `upstream_host`).
+    pub pass_host: PassHost,
+    /// Tries on other nodes after the first fails (`retries`; APISIX's
+    /// default, one per other node, when absent).
+    pub retries: usize,
+    /// The time within which retries may start (`retry_timeout`, seconds;
+    /// `None`: no limit, APISIX's 0).
+    pub retry_timeout: Option<Duration>,
+    /// `checks`: passive and active health checks.
+    pub checks: Option<HealthChecks>,
     /// The idle connections kept to each node (`keepalive_pool`).
     pub keepalive: KeepalivePool,
+}
+
+/// An upstream's `type`: how a request's node is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balancer {
+    /// `roundrobin`: nginx's smooth weighted round robin.
+    RoundRobin,
+    /// `chash`: a consistent-hash ring over the nodes, keyed by a request
+    /// value (a missing value hashes the client's address, as APISIX).
+    Chash(HashOn),
+    /// `least_conn`: the node with the fewest requests in flight for its
+    /// weight.
+    LeastConn,
+    /// `ewma`: the lower latency score (moving average times requests in
+    /// flight) of two nodes picked at random.
+    Ewma,
+}
+
+/// What `chash` hashes (`hash_on` with `key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// `vars`: a variable (`uri`, `host`, `arg_name`, `remote_addr`, ...).
+    Var(String),
+    /// `header`: a request header (its name in lower case).
+    Header(String),
+    /// `cookie`: a cookie's value.
+    Cookie(String),
+}
+
+/// An upstream's `pass_host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassHost {
+    /// `pass`: the client's `Host`.
+    Pass,
+    /// `node`: the chosen node's host, with `:port` unless 80 or 443.
+    Node,
+    /// `rewrite`: `upstream_host`.
+    Rewrite(String),
+}
+
+/// An upstream's `checks`, APISIX's field names and defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthChecks {
+    /// `checks.active`: probes on a timer.
+    pub active: Option<ActiveCheck>,
+    /// `checks.passive`: what real answers say.
+    pub passive: Option<PassiveCheck>,
+}
+
+/// `checks.active`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveCheck {
+    /// `type`: `http` probes with a GET, `tcp` only connects.
+    pub http: bool,
+    /// `timeout`: one probe's limit (connect and answer).
+    pub timeout: Duration,
+    /// `concurrency`: probes at once.
+    pub concurrency: usize,
+    /// `http_path`.
+    pub http_path: String,
+    /// `host`: the probes' `Host` (default: the node's address).
+    pub host: Option<String>,
+    /// `port`: probe this port instead of the node's.
+    pub port: Option<u16>,
+    /// `req_headers`: `Name: value` lines added to each probe.
+    pub req_headers: Vec<(String, String)>,
+    /// `healthy.interval`: seconds between probes of a healthy node.
+    pub healthy_interval: Duration,
+    /// `unhealthy.interval`: seconds between probes of an unhealthy node.
+    pub unhealthy_interval: Duration,
+    /// The thresholds (`healthy.*`, `unhealthy.*`).
+    pub rules: HealthRules,
+}
+
+/// `checks.passive`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveCheck {
+    /// The thresholds (`healthy.*`, `unhealthy.*`).
+    pub rules: HealthRules,
+}
+
+/// When a node turns healthy or unhealthy: statuses and counts in a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthRules {
+    /// `healthy.http_statuses`: answers that count as successes.
+    pub healthy_statuses: Vec<u16>,
+    /// `healthy.successes`: successes in a row that make a node healthy.
+    pub successes: u32,
+    /// `unhealthy.http_statuses`: answers that count as HTTP failures.
+    pub unhealthy_statuses: Vec<u16>,
+    /// `unhealthy.http_failures`.
+    pub http_failures: u32,
+    /// `unhealthy.tcp_failures`: connections refused or reset.
+    pub tcp_failures: u32,
+    /// `unhealthy.timeouts`.
+    pub timeouts: u32,
 }
 
 /// An upstream's `keepalive_pool`, with APISIX's defaults.

@@ -221,6 +221,8 @@ pub(super) struct RawRoute {
     pub(super) uris: Option<Vec<String>>,
     pub(super) methods: Option<Vec<String>>,
     pub(super) upstream: Option<RawUpstream>,
+    /// Overrides the upstream's `timeout` for this route, as in APISIX.
+    pub(super) timeout: Option<RawTimeout>,
     /// An upstream object by id (`<prefix>/upstreams/<id>` in etcd).
     pub(super) upstream_id: Option<RawId>,
     /// A service object by id (`<prefix>/services/<id>` in etcd): its
@@ -326,8 +328,24 @@ pub(super) struct RawUpstream {
     pub(super) scheme: Option<String>,
     #[serde(default)]
     pub(super) pass_host: Option<String>,
-    // APISIX bookkeeping and settings without effect here (`hash_on` only
-    // matters to `chash`; connections to nodes are always pooled).
+    /// The `Host` of `pass_host: rewrite`.
+    #[serde(default)]
+    pub(super) upstream_host: Option<String>,
+    /// `chash`'s source: `vars` (default), `header` or `cookie`.
+    #[serde(default)]
+    pub(super) hash_on: Option<String>,
+    /// `chash`'s key: the variable, header or cookie name.
+    #[serde(default)]
+    pub(super) key: Option<String>,
+    /// Tries on other nodes (APISIX's default: one per other node).
+    #[serde(default)]
+    pub(super) retries: Option<u32>,
+    /// Seconds within which retries may start; 0: no limit.
+    #[serde(default)]
+    pub(super) retry_timeout: Option<f64>,
+    #[serde(default)]
+    pub(super) checks: Option<super::checks::RawChecks>,
+    // APISIX bookkeeping (connections to nodes are always pooled).
     #[serde(rename = "name")]
     pub(super) _name: Option<IgnoredAny>,
     #[serde(rename = "desc")]
@@ -340,8 +358,6 @@ pub(super) struct RawUpstream {
     pub(super) _create_time: Option<IgnoredAny>,
     #[serde(rename = "update_time")]
     pub(super) _update_time: Option<IgnoredAny>,
-    #[serde(rename = "hash_on")]
-    pub(super) _hash_on: Option<IgnoredAny>,
     #[serde(default)]
     pub(super) keepalive_pool: Option<RawKeepalivePool>,
 }

@@ -157,7 +157,7 @@ fn errors_name_the_route_and_the_field() {
 fn route_errors_have_the_line_and_column_in_the_file() {
     let text = "{\"ext-plugin\":{\"cmd\":[\"r\"]},\"routes\":[\n  {\"id\":\"a\",\"uri\":\"/a\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}},\n  {\"id\":\"b\",\"uri\":\"/b\",\"methods\":[\"GET\"], \"bad\":1,\n   \"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}},\n  {\"id\":\"c\",\"uri\":\"b\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}}]}";
     let err = Config::parse(text).unwrap_err().0;
-    assert_eq!(err, "3:47: route `b` (routes[1]): at `bad`: unknown field `bad`, expected one of `id`, `name`, `desc`, `labels`, `create_time`, `update_time`, `status`, `priority`, `uri`, `uris`, `methods`, `upstream`, `upstream_id`, `service_id`, `plugins`");
+    assert_eq!(err, "3:47: route `b` (routes[1]): at `bad`: unknown field `bad`, expected one of `id`, `name`, `desc`, `labels`, `create_time`, `update_time`, `status`, `priority`, `uri`, `uris`, `methods`, `upstream`, `timeout`, `upstream_id`, `service_id`, `plugins`");
     // A rule checked after parsing points at the route's start.
     let text = text.replace(", \"bad\":1", "");
     let err = Config::parse(&text).unwrap_err().0;

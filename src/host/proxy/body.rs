@@ -123,6 +123,11 @@ impl MessageBody {
         }
     }
 
+    /// The most bytes [`MessageBody::buffer`] reads.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// The first failure of this body, if any.
     pub(crate) fn failure(&self) -> Option<&BodyError> {
         self.failure.get()

@@ -22,19 +22,24 @@
 //!   and an idle timeout; a failure is never forwarded as an empty body);
 //! - [`headers`]: the one header filter (framing, hop-by-hop, plugin input);
 //! - `query`: query arguments and the request target;
-//! - `upstream`: node selection and forwarding.
+//! - `upstream`: forwarding and retries; `balancer`: an upstream's node
+//!   choice and health state, shared by its routes; `ring`: `chash`'s
+//!   ring; `health`: a node's health counts.
 //!
 //! Bodies stream unless a plugin needs them (declared, or asked for during a
 //! call) or replaces them; the proxy always sets the framing itself.
 
 pub mod answer;
+mod balancer;
 mod body;
 pub mod budget;
 mod exchange;
 pub mod headers;
+mod health;
 mod pipeline;
 mod query;
 mod rewrite;
+mod ring;
 pub mod router;
 pub mod snapshot;
 mod upstream;

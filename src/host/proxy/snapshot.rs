@@ -6,7 +6,7 @@
 use super::answer::Body;
 use super::budget::BodyBudget;
 use super::router::Router;
-use super::upstream::RouteRuntime;
+use super::upstream::{runtimes, RouteRuntime};
 use super::vars::RequestId;
 use crate::host::config::{Config, Phase, UriPattern};
 use crate::host::metrics::RouteHandles;
@@ -149,17 +149,7 @@ impl Proxy {
         }
         let router = Router::new(config.routes.clone());
         warn_uncovered_prefixes(&router);
-        let routes = router
-            .routes()
-            .iter()
-            .map(|route| {
-                let old = previous.and_then(|p| p.routes.iter().find(|o| o.route.id == route.id));
-                match old {
-                    Some(old) => RouteRuntime::reusing(route.clone(), old),
-                    None => RouteRuntime::new(route.clone()),
-                }
-            })
-            .collect();
+        let routes = runtimes(router.routes(), previous.map(|p| p.routes.as_slice()));
         let route_metrics = router
             .routes()
             .iter()
