@@ -10,11 +10,13 @@
 //! - `validate`: the runner, client, environment and etcd checks;
 //! - [`apisix`]: APISIX's route, upstream and service objects made into
 //!   routes (the file's and etcd's alike);
+//! - [`expr`]: a route's `vars` (lua-resty-expr's expressions);
 //! - `uri`: a route `uri`'s rules; `balance`: the weighted round robin.
 
 pub mod apisix;
 mod balance;
 pub mod error;
+pub mod expr;
 mod load;
 pub mod model;
 mod raw;
