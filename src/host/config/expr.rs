@@ -245,9 +245,11 @@ fn compile_cmp(expr: &[Value], at: &str) -> Result<Cmp, String> {
         None if !known => ("==".to_owned(), Value::String(op_text)),
         None => (op_text, Value::Null),
         Some(v) if known => (op_text, v.clone()),
-        Some(_) => return Err(format!(
+        Some(_) => {
+            return Err(format!(
             "`{at}`: invalid operator {op_text:?} (==, ~=, >, >=, <, <=, ~~, ~*, in, has, ipmatch)"
-        )),
+        ))
+        }
     };
     let op = match op_text.as_str() {
         "==" => Op::Eq(operand(&value)),

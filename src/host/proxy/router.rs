@@ -156,9 +156,7 @@ impl UriIndex {
         if let Some(found) = self.exact.get(req.path).and_then(|b| first(b)) {
             return Some(found);
         }
-        self.prefixes
-            .covering(req.path.as_bytes())
-            .find_map(first)
+        self.prefixes.covering(req.path.as_bytes()).find_map(first)
     }
 }
 
