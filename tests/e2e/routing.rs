@@ -3,7 +3,8 @@
 //! `Host`, case, the absolute-form target), routes with hosts before
 //! routes without whatever the priority, `priority`, `remote_addrs` (a
 //! client bound to 127.0.0.2), `vars` (each operator family, nesting,
-//! negation), and routes with hosts and vars from a real etcd. Each route
+//! negation), routes with hosts and vars from a real etcd, and WebSocket
+//! (`enable_websocket`) through to an echoing upstream. Each route
 //! answers with the `say` plugin and its own id, so the answer tells which
 //! route matched.
 
@@ -11,8 +12,14 @@ use crate::support::conf::{config, demo, phase};
 use crate::support::etcd::Etcd;
 use crate::support::http::ProxyProc;
 use crate::support::raw::{get_on, RawConn, RawResponse};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A route answered by `say` with its id; `fields` adds the route's
 /// matching fields (`hosts`, `vars`, ...).
@@ -212,4 +219,163 @@ async fn routes_with_hosts_and_vars_from_etcd_are_served() {
     );
     assert_eq!(route_of(&node, "/e", "other", &[]).await, "plain");
     node.wait_log("`vars[0]`: the regex", 1);
+}
+
+/// What the WebSocket upstream saw of each request: its `Upgrade` header
+/// and the `x-h` a plugin adds.
+type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+
+/// An upstream that accepts `Upgrade: websocket` with `101` and echoes
+/// every byte of the upgraded connection; a request without `Upgrade` gets
+/// `426`.
+async fn echo_upstream() -> (SocketAddr, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = record.clone();
+            let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                let header = |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+                let upgrade = header("upgrade");
+                record
+                    .lock()
+                    .unwrap()
+                    .push((upgrade.clone(), header("x-h")));
+                let mut resp = http::Response::new(Empty::<Bytes>::new());
+                if upgrade.is_some() {
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = TokioIo::new(on.await.unwrap());
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                    let h = resp.headers_mut();
+                    h.insert("upgrade", "websocket".parse().unwrap());
+                    h.insert("connection", "Upgrade".parse().unwrap());
+                    h.insert(
+                        "sec-websocket-accept",
+                        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
+                    );
+                } else {
+                    *resp.status_mut() = http::StatusCode::UPGRADE_REQUIRED;
+                }
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    (addr, seen)
+}
+
+/// Asks `path` for a WebSocket; the status, and the upgraded connection
+/// on a `101`.
+async fn websocket(
+    proxy: &ProxyProc,
+    path: &str,
+    key: Option<&str>,
+) -> (u16, Option<TokioIo<hyper::upgrade::Upgraded>>) {
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let mut req = http::Request::get(path)
+        .header("host", "ws.example.com")
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13");
+    if let Some(key) = key {
+        req = req.header("x-api-key", key);
+    }
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        send.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
+    )
+    .await
+    .expect("an answer within 20 s")
+    .unwrap();
+    let status = resp.status().as_u16();
+    if status != 101 {
+        return (status, None);
+    }
+    assert_eq!(resp.headers().get("upgrade").unwrap(), "websocket");
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .expect("the client side upgraded");
+    (status, Some(TokioIo::new(upgraded)))
+}
+
+#[tokio::test]
+async fn websocket_tunnels_after_the_request_phases_and_only_when_enabled() {
+    let (up, seen) = echo_upstream().await;
+    let route = |id: &str, uri: &str, websocket: bool| {
+        json!({
+            "id": id, "uri": uri, "enable_websocket": websocket,
+            "upstream": {"nodes": {up.to_string(): 1}},
+            "plugins": {"ext-plugin-pre-req": phase(&[
+                ("key-auth", json!({"keys": ["k"]})),
+                ("rewrite", json!({"headers": {"x-h": "v"}})),
+            ])},
+        })
+    };
+    let proxy = start(json!([
+        route("ws", "/ws", true),
+        route("off", "/off", false)
+    ]));
+    let (status, io) = websocket(&proxy, "/ws", Some("k")).await;
+    assert_eq!(status, 101);
+    let mut io = io.unwrap();
+    // A masked text frame, "hello", as a browser sends it; the tunnel
+    // carries bytes, whatever they are.
+    let frame = [
+        0x81,
+        0x85,
+        1,
+        2,
+        3,
+        4,
+        b'h' ^ 1,
+        b'e' ^ 2,
+        b'l' ^ 3,
+        b'l' ^ 4,
+        b'o' ^ 1,
+    ];
+    for _ in 0..3 {
+        io.write_all(&frame).await.unwrap();
+        let mut back = [0u8; 11];
+        tokio::time::timeout(std::time::Duration::from_secs(20), io.read_exact(&mut back))
+            .await
+            .expect("the echo within 20 s")
+            .unwrap();
+        assert_eq!(back, frame);
+    }
+    drop(io);
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        [(Some("websocket".to_owned()), Some("v".to_owned()))],
+        "the upstream got the upgrade after the pre-request phase"
+    );
+    let (status, _) = websocket(&proxy, "/ws", None).await;
+    assert_eq!(status, 401, "a plugin refuses before any upgrade");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let (status, _) = websocket(&proxy, "/off", Some("k")).await;
+    assert_eq!(status, 426, "enable_websocket off: Upgrade is dropped");
+    assert_eq!(seen.lock().unwrap()[1], (None, Some("v".to_owned())));
+    // The proxy still serves after the tunnel closed.
+    assert_eq!(
+        route_of(&proxy, "/ws", "h", &[("x-api-key", "k")]).await,
+        "426"
+    );
 }

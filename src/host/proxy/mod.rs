@@ -22,7 +22,8 @@
 //!   and an idle timeout; a failure is never forwarded as an empty body);
 //! - [`headers`]: the one header filter (framing, hop-by-hop, plugin input);
 //! - `query`: query arguments and the request target;
-//! - `upstream`: node selection and forwarding.
+//! - `upstream`: node selection and forwarding; [`tunnel`]: WebSocket
+//!   upgrades joined into a tunnel (`enable_websocket`).
 //!
 //! Bodies stream unless a plugin needs them (declared, or asked for during a
 //! call) or replaces them; the proxy always sets the framing itself.
@@ -37,6 +38,7 @@ mod query;
 mod rewrite;
 pub mod router;
 pub mod snapshot;
+pub mod tunnel;
 mod upstream;
 pub mod vars;
 

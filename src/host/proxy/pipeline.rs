@@ -14,6 +14,7 @@ use super::query::{parse_query, target_of};
 use super::rewrite::{apply_rewrite, unapplicable};
 use super::router::Matched;
 use super::snapshot::Proxy;
+use super::tunnel;
 use crate::host::config::{Phase, PhaseConf};
 use crate::host::edge::hostname::request_host;
 use crate::host::edge::path;
@@ -188,7 +189,16 @@ impl Proxy {
             self.client_body_timeout,
             self.budget.clone(),
         );
+        // Before the client's `Connection` is applied: it removes `Upgrade`.
+        let websocket = if rt.route.enable_websocket {
+            tunnel::websocket_asked(&head.method, &head.headers)
+        } else {
+            None
+        };
         headers::from_client(&mut head.headers, &rt.route.id);
+        if let Some(upgrade) = websocket {
+            head.extensions.insert(tunnel::UpgradeAsked(upgrade));
+        }
         let mut ex = Exchange {
             route: rt.route.clone(),
             original_uri,
@@ -212,6 +222,14 @@ impl Proxy {
             Ok(resp) => resp,
             Err(answer) => return answer,
         };
+        if upstream.status() == StatusCode::SWITCHING_PROTOCOLS
+            && ex.head.extensions.get::<tunnel::UpgradeAsked>().is_some()
+        {
+            // A tunnel has no response phase: its body is the connection.
+            let client = ex.head.extensions.remove::<hyper::upgrade::OnUpgrade>();
+            let idle = rt.route.upstream.read_timeout;
+            return tunnel::open(&ex.route.id, client, upstream, idle);
+        }
         let (mut head, body) = upstream.into_parts();
         let mut body = MessageBody::new(
             body,

@@ -157,6 +157,8 @@ impl RouteRuntime {
         // may replace it.
         let client_host = headers.get(HOST).cloned();
         headers::filter_map(&mut headers, &ex.route.id, Origin::Traffic);
+        // A WebSocket route's upgrade, past the filter that drops it.
+        super::tunnel::restore_upgrade(&ex.head.extensions, &mut headers);
         if upstream.pass_host_node || !headers.contains_key(HOST) {
             if let Some(v) = &addr.host {
                 headers.insert(HOST, v.clone());
