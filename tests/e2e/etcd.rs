@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A proxy node whose routes come from `etcd`, with the admin listener.
-fn node(etcd: &Etcd) -> ProxyProc {
+pub(crate) fn node(etcd: &Etcd) -> ProxyProc {
     let mut runner = json!({"cmd": demo(), "standby": false, "start_timeout_ms": 10000});
     runner["stop_grace_ms"] = json!(500);
     ProxyProc::start(&json!({
@@ -44,7 +44,7 @@ fn say_route(uri: &str, body: &str) -> Value {
 
 /// Polls `path` on `node` until `ok` takes the answer; panics with the
 /// last answer and the node's log after [`WAIT`].
-async fn until(node: &ProxyProc, path: &str, what: &str, ok: impl Fn(&Got) -> bool) {
+pub(crate) async fn until(node: &ProxyProc, path: &str, what: &str, ok: impl Fn(&Got) -> bool) {
     let deadline = Instant::now() + WAIT;
     loop {
         let got = get(&node.url(path)).await;

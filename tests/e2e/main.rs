@@ -22,6 +22,7 @@ mod phases;
 mod pool;
 mod proxy;
 mod reload;
+mod routing;
 mod runner_bounds;
 mod security_pipeline;
 mod template;

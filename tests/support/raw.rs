@@ -43,6 +43,17 @@ impl RawConn {
         }
     }
 
+    /// A connection from the local address `from` (`127.0.0.2:0`: a
+    /// client the proxy sees at another address than 127.0.0.1).
+    pub async fn connect_from(from: SocketAddr, addr: SocketAddr) -> RawConn {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.bind(from).expect("binding the client's address");
+        let stream = socket.connect(addr).await.expect("connecting");
+        RawConn {
+            stream: BufReader::new(stream),
+        }
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.get_mut().write_all(bytes).await.unwrap();
     }
@@ -118,8 +129,18 @@ impl RawConn {
 
 /// Sends `GET target` with `headers` on a fresh connection and reads the answer.
 pub async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> RawResponse {
-    let mut conn = RawConn::connect(addr).await;
-    let mut req = format!("GET {target} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
+    get_on(RawConn::connect(addr).await, target, "test", headers).await
+}
+
+/// Sends `GET target` with `Host: host` and `headers` on `conn`, the last
+/// request on it, and reads the answer.
+pub async fn get_on(
+    mut conn: RawConn,
+    target: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> RawResponse {
+    let mut req = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }

@@ -4,6 +4,7 @@
 
 use super::balance::{balancer, smooth_schedule};
 use super::checks::health_checks;
+use super::expr::{parse_ip_or_cidr, VarsExpr};
 use super::model::{
     KeepalivePool, PassHost, Phase, PhaseConf, Route, Upstream, UriPattern, DEFAULT_RUNNER,
 };
@@ -13,6 +14,7 @@ use super::raw::{
 };
 use super::uri::check_route_uri;
 use crate::host::edge::ingress::valid_host;
+use crate::host::edge::hostname::HostPattern;
 use http::Method;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -59,10 +61,72 @@ pub fn check_apisix_service(text: &str) -> Result<(), String> {
     if service.upstream.is_some() && service.upstream_id.is_some() {
         return Err("has both `upstream` and `upstream_id`; use one".into());
     }
+    if let Some(hosts) = &service.hosts {
+        host_patterns(hosts, "hosts")?;
+    }
     if let Some(u) = service.upstream {
         parse_upstream(u)?;
     }
     Ok(())
+}
+
+/// `hosts` (or `host`, as `field`) as patterns; an empty list is refused,
+/// as APISIX's schema does.
+fn host_patterns(hosts: &[String], field: &str) -> Result<Vec<HostPattern>, String> {
+    if hosts.is_empty() {
+        return Err(format!(
+            "`{field}` is empty: leave it out to answer any host"
+        ));
+    }
+    hosts
+        .iter()
+        .map(|h| HostPattern::parse(h).map_err(|e| format!("`{field}`: {e}")))
+        .collect()
+}
+
+/// The route's hosts: its own `host` or `hosts`, else its service's.
+fn route_hosts(
+    host: Option<String>,
+    hosts: Option<Vec<String>>,
+    service: Option<&(String, RawService)>,
+) -> Result<Vec<HostPattern>, String> {
+    match (host, hosts) {
+        (Some(_), Some(_)) => Err("has both `host` and `hosts`; use one".into()),
+        (Some(host), None) => host_patterns(&[host], "host"),
+        (None, Some(hosts)) => host_patterns(&hosts, "hosts"),
+        (None, None) => match service {
+            Some((sid, s)) => match &s.hosts {
+                Some(hosts) => {
+                    host_patterns(hosts, "hosts").map_err(|e| format!("the service {sid:?}: {e}"))
+                }
+                None => Ok(Vec::new()),
+            },
+            None => Ok(Vec::new()),
+        },
+    }
+}
+
+/// `remote_addr` or `remote_addrs` as networks (an address is a /32 or
+/// /128).
+fn route_remote_addrs(
+    one: Option<String>,
+    many: Option<Vec<String>>,
+) -> Result<Vec<ipnet::IpNet>, String> {
+    let (texts, field) = match (one, many) {
+        (Some(_), Some(_)) => {
+            return Err("has both `remote_addr` and `remote_addrs`; use one".into())
+        }
+        (Some(one), None) => (vec![one], "remote_addr"),
+        (None, Some(many)) if many.is_empty() => {
+            return Err("`remote_addrs` is empty: leave it out to answer any client".into())
+        }
+        (None, Some(many)) => (many, "remote_addrs"),
+        (None, None) => return Ok(Vec::new()),
+    };
+    texts
+        .iter()
+        .map(|t| parse_ip_or_cidr(t).map_err(|e| format!("`{field}`: {e}")))
+        .collect()
 }
 
 /// Deserializes `text`, the error saying at which field.
@@ -211,6 +275,13 @@ pub(super) fn route_from_raw(
         upstream.send_timeout = t.send;
         upstream.read_timeout = t.read;
     }
+    let hosts = route_hosts(raw.host, raw.hosts, service.as_ref())?;
+    let enable_websocket = raw
+        .enable_websocket
+        .or_else(|| service.as_ref().and_then(|(_, s)| s.enable_websocket))
+        .unwrap_or(false);
+    let remote_addrs = route_remote_addrs(raw.remote_addr, raw.remote_addrs)?;
+    let vars = raw.vars.as_ref().map(VarsExpr::compile).transpose()?;
     let (svc_pre, svc_post, svc_resp) = match service {
         Some((_, s)) => (s.plugins.pre_req, s.plugins.post_req, s.plugins.post_resp),
         None => (None, None, None),
@@ -291,6 +362,10 @@ pub(super) fn route_from_raw(
         id,
         uris,
         methods,
+        hosts,
+        remote_addrs,
+        vars,
+        enable_websocket,
         upstream,
     })
 }
@@ -459,19 +534,14 @@ pub(super) fn timeouts(
 
 /// APISIX's route fields that extplug cannot honour yet: refused (by
 /// `deny_unknown_fields`, as any unknown field) rather than served broader
-/// than written (a route without its `hosts` would answer every host), and
+/// than written (a route without its `filter_func` would answer requests
+/// APISIX's would not), and
 /// named as such, not as a typo ([`unsupported_or`]).
-pub(super) const UNSUPPORTED_ROUTE_FIELDS: [&str; 10] = [
-    "host",
-    "hosts",
-    "remote_addr",
-    "remote_addrs",
-    "vars",
+pub(super) const UNSUPPORTED_ROUTE_FIELDS: [&str; 4] = [
     "filter_func",
     "script",
     "script_id",
     "plugin_config_id",
-    "enable_websocket",
 ];
 
 /// serde's `message` for a route's field at `path`, or, for a field of

@@ -10,6 +10,7 @@
 //! - `validate`: the runner, client, environment and etcd checks;
 //! - [`apisix`]: APISIX's route, upstream and service objects made into
 //!   routes (the file's and etcd's alike);
+//! - [`expr`]: a route's `vars` (lua-resty-expr's expressions);
 //! - `uri`: a route `uri`'s rules; `balance`: the balancers' settings and
 //!   the weighted round robin; `checks`: an upstream's health checks.
 
@@ -17,6 +18,7 @@ pub mod apisix;
 mod balance;
 mod checks;
 pub mod error;
+pub mod expr;
 mod load;
 pub mod model;
 mod raw;

@@ -3,6 +3,8 @@
 //! `raw.rs`, the checks in `validate.rs`, `apisix.rs` and `uri.rs`, and
 //! `load.rs` puts them together ([`Config::load`]).
 
+use super::expr::VarsExpr;
+use crate::host::edge::hostname::HostPattern;
 use http::Method;
 use std::collections::BTreeMap;
 use std::hash::Hash;
@@ -198,6 +200,20 @@ pub struct Route {
     pub enabled: bool,
     /// Ties between equally specific matches go to the higher priority.
     pub priority: i64,
+    /// `host`/`hosts` (or its service's `hosts`): the names the route
+    /// answers; empty answers any host. A route with hosts is tried before
+    /// every route without.
+    pub hosts: Vec<HostPattern>,
+    /// `remote_addr`/`remote_addrs`: the client addresses (IPv4, IPv6,
+    /// CIDRs) the route answers; empty answers any.
+    pub remote_addrs: Vec<ipnet::IpNet>,
+    /// `vars`: lua-resty-expr's expression over the request's variables,
+    /// compiled; `None` answers any request.
+    pub vars: Option<VarsExpr>,
+    /// `enable_websocket` (the route's, else its service's): an
+    /// `Upgrade: websocket` request is proxied as a tunnel; otherwise
+    /// `Upgrade` is dropped as any hop-by-hop header.
+    pub enable_websocket: bool,
     /// Where requests go.
     pub upstream: Upstream,
     /// `ext-plugin-pre-req`.

@@ -220,6 +220,17 @@ pub(super) struct RawRoute {
     pub(super) uri: Option<String>,
     pub(super) uris: Option<Vec<String>>,
     pub(super) methods: Option<Vec<String>>,
+    /// One host name or `*.` wildcard (APISIX's `host`).
+    pub(super) host: Option<String>,
+    /// Host names or `*.` wildcards.
+    pub(super) hosts: Option<Vec<String>>,
+    /// One client address or CIDR.
+    pub(super) remote_addr: Option<String>,
+    /// Client addresses or CIDRs.
+    pub(super) remote_addrs: Option<Vec<String>>,
+    /// lua-resty-expr's expression, compiled in `apisix.rs`.
+    pub(super) vars: Option<serde_json::Value>,
+    pub(super) enable_websocket: Option<bool>,
     pub(super) upstream: Option<RawUpstream>,
     /// Overrides the upstream's `timeout` for this route, as in APISIX.
     pub(super) timeout: Option<RawTimeout>,
@@ -250,6 +261,10 @@ pub(super) struct RawService {
     pub(super) _update_time: Option<IgnoredAny>,
     pub(super) upstream: Option<RawUpstream>,
     pub(super) upstream_id: Option<RawId>,
+    /// The hosts of its routes that have none of their own.
+    pub(super) hosts: Option<Vec<String>>,
+    /// The `enable_websocket` of its routes that do not set it.
+    pub(super) enable_websocket: Option<bool>,
     #[serde(default)]
     pub(super) plugins: RawPlugins,
 }

@@ -40,14 +40,7 @@ fn a_plugin_value_is_an_object_or_json_text() {
 
 #[test]
 fn apisix_fields_extplug_cannot_honour_are_named_as_such() {
-    for field in [
-        "host",
-        "hosts",
-        "remote_addrs",
-        "vars",
-        "filter_func",
-        "enable_websocket",
-    ] {
+    for field in ["filter_func", "script", "script_id", "plugin_config_id"] {
         let err = config(&format!(
             r#"{{"id":"3","uri":"/a","{field}":["x"],"upstream":{{"nodes":{{"127.0.0.1:1":1}}}}}}"#
         ))
@@ -157,7 +150,7 @@ fn errors_name_the_route_and_the_field() {
 fn route_errors_have_the_line_and_column_in_the_file() {
     let text = "{\"ext-plugin\":{\"cmd\":[\"r\"]},\"routes\":[\n  {\"id\":\"a\",\"uri\":\"/a\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}},\n  {\"id\":\"b\",\"uri\":\"/b\",\"methods\":[\"GET\"], \"bad\":1,\n   \"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}},\n  {\"id\":\"c\",\"uri\":\"b\",\"upstream\":{\"nodes\":{\"127.0.0.1:1\":1}}}]}";
     let err = Config::parse(text).unwrap_err().0;
-    assert_eq!(err, "3:47: route `b` (routes[1]): at `bad`: unknown field `bad`, expected one of `id`, `name`, `desc`, `labels`, `create_time`, `update_time`, `status`, `priority`, `uri`, `uris`, `methods`, `upstream`, `timeout`, `upstream_id`, `service_id`, `plugins`");
+    assert_eq!(err, "3:47: route `b` (routes[1]): at `bad`: unknown field `bad`, expected one of `id`, `name`, `desc`, `labels`, `create_time`, `update_time`, `status`, `priority`, `uri`, `uris`, `methods`, `host`, `hosts`, `remote_addr`, `remote_addrs`, `vars`, `enable_websocket`, `upstream`, `timeout`, `upstream_id`, `service_id`, `plugins`");
     // A rule checked after parsing points at the route's start.
     let text = text.replace(", \"bad\":1", "");
     let err = Config::parse(&text).unwrap_err().0;
@@ -256,13 +249,70 @@ fn a_route_as_apisix_admin_api_returns_it_parses() {
     let off = config(r#"{"id":"2","uri":"/a","status":0,"upstream":{"nodes":{"127.0.0.1:1":1}}}"#)
         .unwrap();
     assert!(!off.routes[0].enabled);
-    let err =
-        config(r#"{"id":"3","uri":"/a","hosts":["a.com"],"upstream":{"nodes":{"127.0.0.1:1":1}}}"#)
-            .unwrap_err();
+    let err = config(
+        r#"{"id":"3","uri":"/a","filter_func":"function(vars) return true end","upstream":{"nodes":{"127.0.0.1:1":1}}}"#,
+    )
+    .unwrap_err();
     assert!(
-        err.0.contains("at `hosts`: not supported by extplug"),
+        err.0.contains("at `filter_func`: not supported by extplug"),
         "a condition we cannot honour is refused: {err}"
     );
+}
+
+#[test]
+fn hosts_remote_addrs_vars_and_websocket_parse_as_apisix_writes_them() {
+    let c = config(
+        r#"{"id":"1","uri":"/a","hosts":["API.example.com","*.example.org"],
+            "remote_addrs":["127.0.0.1","10.0.0.0/8","::1"],
+            "vars":[["arg_name","==","json"],["OR",["http_x_a","~~","^a"],["cookie_c","in",["1","2"]]]],
+            "enable_websocket":true,"upstream":{"nodes":{"127.0.0.1:1":1}}}"#,
+    )
+    .unwrap();
+    let r = &c.routes[0];
+    let hosts: Vec<String> = r.hosts.iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["api.example.com", "*.example.org"]);
+    assert_eq!(r.remote_addrs.len(), 3);
+    assert!(r.vars.is_some() && r.enable_websocket);
+    let one = config(
+        r#"{"id":"1","uri":"/a","host":"a.com","remote_addr":"10.0.0.1","upstream":{"nodes":{"127.0.0.1:1":1}}}"#,
+    )
+    .unwrap();
+    assert_eq!(one.routes[0].hosts.len(), 1);
+    assert!(!one.routes[0].enable_websocket, "off by default");
+    for (fields, says) in [
+        (
+            r#""host":"a.com","hosts":["b.com"]"#,
+            "both `host` and `hosts`",
+        ),
+        (r#""hosts":[]"#, "`hosts` is empty"),
+        (
+            r#""hosts":["a.com:80"]"#,
+            "`hosts`: host pattern \"a.com:80\"",
+        ),
+        (r#""host":"*a.com""#, "`host`: host pattern"),
+        (
+            r#""remote_addrs":["10.0.0.0/40"]"#,
+            "`remote_addrs`: \"10.0.0.0/40\" is not",
+        ),
+        (
+            r#""remote_addr":"x","remote_addrs":["10.0.0.1"]"#,
+            "both `remote_addr` and",
+        ),
+        (r#""vars":[["arg_a","~~","(x"]]"#, "`vars[0]`: the regex"),
+        (r#""vars":{"a":1}"#, "`vars` must be a list"),
+        (
+            r#""enable_websocket":"yes""#,
+            "at `enable_websocket`: invalid type",
+        ),
+    ] {
+        let err = config(&format!(
+            r#"{{"id":"r","uri":"/a",{fields},"upstream":{{"nodes":{{"127.0.0.1:1":1}}}}}}"#
+        ))
+        .unwrap_err()
+        .0;
+        assert!(err.contains(says), "{fields}: {err}");
+        assert!(err.contains("route `r`"), "{err}");
+    }
 }
 
 #[test]

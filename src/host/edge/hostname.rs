@@ -162,6 +162,22 @@ impl<T> HostTable<T> {
             .find_map(|(at, _)| self.wildcards.get(&host[at..]))
     }
 
+    /// Every value whose pattern covers `host`, best first: the exact
+    /// entry, then each wildcard from the longest (APISIX's host router
+    /// tries them in that order, falling to the next when a host's routes
+    /// do not match). One hash probe per label, as [`HostTable::get`].
+    pub fn matches<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a T> + 'a {
+        let wild = (!self.wildcards.is_empty()).then(|| {
+            host.match_indices('.')
+                .filter(|&(at, _)| at > 0)
+                .filter_map(|(at, _)| self.wildcards.get(&host[at..]))
+        });
+        self.exact
+            .get(host)
+            .into_iter()
+            .chain(wild.into_iter().flatten())
+    }
+
     /// Whether the table has no entries.
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcards.is_empty()
@@ -254,6 +270,9 @@ mod tests {
         assert_eq!(t.get("b.example.com"), Some(&1));
         assert_eq!(t.get("example.com"), None);
         assert_eq!(t.get("other.org"), None);
+        let all: Vec<i32> = t.matches("x.b.example.com").copied().collect();
+        assert_eq!(all, [3, 2, 1], "exact, then wildcards from the longest");
+        assert_eq!(t.matches("example.com").count(), 0);
         *t.entry(&HostPattern::parse("other.org").unwrap(), || 0) += 7;
         assert_eq!(t.get("other.org"), Some(&7));
         assert_eq!(t.iter().count(), 4);

@@ -25,6 +25,7 @@
 //! - `upstream`: forwarding and retries; `balancer`: an upstream's node
 //!   choice and health state, shared by its routes; `ring`: `chash`'s
 //!   ring; `health`: a node's health counts.
+//!   [`tunnel`]: WebSocket upgrades joined into a tunnel (`enable_websocket`).
 //!
 //! Bodies stream unless a plugin needs them (declared, or asked for during a
 //! call) or replaces them; the proxy always sets the framing itself.
@@ -42,6 +43,7 @@ mod rewrite;
 mod ring;
 pub mod router;
 pub mod snapshot;
+pub mod tunnel;
 mod upstream;
 pub mod vars;
 

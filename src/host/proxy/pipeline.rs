@@ -12,8 +12,11 @@ use super::exchange::Exchange;
 use super::headers::{self, Origin};
 use super::query::{parse_query, target_of};
 use super::rewrite::{apply_rewrite, unapplicable};
+use super::router::Matched;
 use super::snapshot::Proxy;
+use super::tunnel;
 use crate::host::config::{Phase, PhaseConf};
+use crate::host::edge::hostname::request_host;
 use crate::host::edge::path;
 use crate::host::metrics;
 use crate::host::proxy::vars::{self, VarCtx};
@@ -130,11 +133,9 @@ impl Proxy {
                 return error_response(StatusCode::BAD_REQUEST, &format!("bad request path: {e}"));
             }
         };
-        let Some(index) = self.router.find(req.method(), path.as_str()) else {
-            return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
-        };
-        let rt = &self.routes[index];
-        *routed = Some(index);
+        // The client's address, decided once: what `remote_addrs` match,
+        // what `remote_addr` gives plugins, what the upstream is told.
+        let client = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let (mut head, body) = req.into_parts();
         let original_uri = head.uri.clone();
         head.uri = match target_of(&path, &original_uri) {
@@ -143,6 +144,44 @@ impl Proxy {
                 return error_response(StatusCode::BAD_REQUEST, &format!("bad request target: {e}"))
             }
         };
+        // RFC 9112 section 3.2.2: an absolute-form target's authority is
+        // the host, whatever `Host` says (one Host for routing, plugins and
+        // upstream); over HTTP/2, `:authority` is the target's authority.
+        if let Some(authority) = original_uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                head.headers.insert(HOST, v);
+            }
+        }
+        let host = head
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(request_host)
+            .unwrap_or_default();
+        let request_id = self.ids.next();
+        let found = {
+            let ctx = VarCtx {
+                head: &head,
+                original_uri: &original_uri,
+                peer: client,
+                local,
+                route_id: "",
+                request_id,
+            };
+            let matched = Matched {
+                method: &head.method,
+                path: path.as_str(),
+                host: &host,
+                client: client.ip(),
+            };
+            self.router
+                .find(&matched, &mut |name: &str| vars::lookup(name, &ctx))
+        };
+        let Some(index) = found else {
+            return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
+        };
+        let rt = &self.routes[index];
+        *routed = Some(index);
         let body = MessageBody::new(
             body,
             &head.headers,
@@ -150,13 +189,15 @@ impl Proxy {
             self.client_body_timeout,
             self.budget.clone(),
         );
+        // Before the client's `Connection` is applied: it removes `Upgrade`.
+        let websocket = if rt.route.enable_websocket {
+            tunnel::websocket_asked(&head.method, &head.headers)
+        } else {
+            None
+        };
         headers::from_client(&mut head.headers, &rt.route.id);
-        // RFC 9112 section 3.2.2: an absolute-form target's authority is
-        // the host, whatever `Host` says (one Host for plugins and upstream).
-        if let Some(authority) = original_uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                head.headers.insert(HOST, v);
-            }
+        if let Some(upgrade) = websocket {
+            head.extensions.insert(tunnel::UpgradeAsked(upgrade));
         }
         let mut ex = Exchange {
             route: rt.route.clone(),
@@ -164,9 +205,9 @@ impl Proxy {
             head,
             path,
             body,
-            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            peer: client,
             local,
-            request_id: self.ids.next(),
+            request_id,
             resp_headers: Vec::new(),
         };
         for phase in [Phase::PreReq, Phase::PostReq] {
@@ -181,6 +222,14 @@ impl Proxy {
             Ok(resp) => resp,
             Err(answer) => return answer,
         };
+        if upstream.status() == StatusCode::SWITCHING_PROTOCOLS
+            && ex.head.extensions.get::<tunnel::UpgradeAsked>().is_some()
+        {
+            // A tunnel has no response phase: its body is the connection.
+            let client = ex.head.extensions.remove::<hyper::upgrade::OnUpgrade>();
+            let idle = rt.route.upstream.read_timeout;
+            return tunnel::open(&ex.route.id, client, upstream, idle);
+        }
         let (mut head, body) = upstream.into_parts();
         let mut body = MessageBody::new(
             body,

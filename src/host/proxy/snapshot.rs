@@ -5,10 +5,11 @@
 
 use super::answer::Body;
 use super::budget::BodyBudget;
-use super::router::Router;
+use super::router::{Matched, Router};
 use super::upstream::{runtimes, RouteRuntime};
 use super::vars::RequestId;
 use crate::host::config::{Config, Phase, UriPattern};
+use crate::host::edge::hostname::HostPattern;
 use crate::host::metrics::RouteHandles;
 use crate::host::runner::client::{CallError, ExtClient, PhaseSlot};
 use http::{Request, Response};
@@ -107,7 +108,21 @@ fn warn_uncovered_prefixes(router: &Router) {
             let Some(bare) = prefix.strip_suffix('/').filter(|b| !b.is_empty()) else {
                 continue;
             };
-            if let Some(other) = router.find(&method, bare).filter(|&o| o != index) {
+            // As a request for this route's first host (a wildcard's with
+            // one more label), from no particular client, with no variables.
+            let host = match route.hosts.first() {
+                Some(HostPattern::Exact(name)) => name.clone(),
+                Some(HostPattern::Wildcard(suffix)) => format!("a{suffix}"),
+                None => String::new(),
+            };
+            let req = Matched {
+                method: &method,
+                path: bare,
+                host: &host,
+                client: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            };
+            let found = router.find(&req, &mut |_: &str| None::<&str>);
+            if let Some(other) = found.filter(|&o| o != index) {
                 warn!(
                     route = %route.id,
                     uri = %format!("{prefix}*"),

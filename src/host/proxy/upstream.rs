@@ -286,6 +286,8 @@ impl RouteRuntime {
         // may replace it.
         let client_host = headers.get(HOST).cloned();
         headers::filter_map(&mut headers, &ex.route.id, Origin::Traffic);
+        // A WebSocket route's upgrade, past the filter that drops it.
+        super::tunnel::restore_upgrade(&ex.head.extensions, &mut headers);
         // X-Forwarded-For/-Proto/-Host and X-Real-IP, from the client's Host.
         crate::host::edge::ingress::forwarding_headers(
             &mut headers,

@@ -10,7 +10,7 @@
 //! | `request_uri` | the original request target, path and query, as received |
 //! | `uri` | the current path, decoded (after rewrites of earlier phases) |
 //! | `args`, `query_string` | the current query, raw (no `?`); `None` when empty |
-//! | `host` | the `Host` header without port, lower case; else the server address |
+//! | `host` | the `Host` header (or the target's authority) without port or trailing dot, lower case; else the server address |
 //! | `content_type`, `content_length` | those headers |
 //! | `http_<name>` | header `<name>` (`_` for `-`, any case); several values joined by `, ` |
 //! | `arg_<name>` | the first value of query argument `<name>`, raw as in the query |
@@ -98,7 +98,7 @@ pub fn lookup(name: &str, ctx: &VarCtx<'_>) -> Option<String> {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
             {
-                Some(host) => strip_port(host).to_ascii_lowercase(),
+                Some(host) => crate::host::edge::hostname::request_host(host),
                 None => ctx.local.ip().to_canonical().to_string(),
             },
         ),
@@ -131,14 +131,6 @@ pub fn lookup(name: &str, ctx: &VarCtx<'_>) -> Option<String> {
             }
         }
     }
-}
-
-/// `host` without `:port` (an IPv6 literal keeps its brackets).
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
 #[cfg(test)]
@@ -193,6 +185,5 @@ mod tests {
             Some("00000000000000ab0000000000000007")
         );
         assert_eq!(v("no_such_var"), None);
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
 }

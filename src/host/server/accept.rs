@@ -11,6 +11,7 @@
 use super::client_io::{ClientIo, Clock, Expiry, InFlight};
 use crate::host::config::ClientLimits;
 use crate::host::edge::ingress;
+use crate::host::proxy::tunnel::TunnelOpen;
 use crate::host::proxy::{Body, BoxError, Proxy, ProxyCell};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -143,16 +144,24 @@ async fn connection(
         limits.keepalive_timeout,
         limits.max_header_bytes,
     ));
+    // Set by an answer that opened a WebSocket tunnel: the socket is then
+    // the tunnel's until it ends, not closed with the connection.
+    let tunnel: Arc<std::sync::Mutex<Option<TunnelOpen>>> = Arc::default();
     let service = {
         let clock = clock.clone();
+        let tunnel = tunnel.clone();
         hyper::service::service_fn(move |req| {
             // Called as soon as the header is read: the clock stops here.
             let (guard, conflict) = clock.request_started();
             // Loaded once: the request runs under this configuration to
             // its end, whatever reloads happen meanwhile.
             let proxy: Arc<Proxy> = current.load_full();
+            let tunnel = tunnel.clone();
             async move {
-                let resp = answer(&proxy, req, conflict == Some(true), peer, local).await;
+                let mut resp = answer(&proxy, req, conflict == Some(true), peer, local).await;
+                if let Some(open) = resp.extensions_mut().remove::<TunnelOpen>() {
+                    *tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
+                }
                 let (head, inner) = resp.into_parts();
                 Ok::<_, Infallible>(Response::from_parts(
                     head,
@@ -171,10 +180,14 @@ async fn connection(
         .keep_alive(!limits.keepalive_timeout.is_zero())
         // The clock does it: hyper's would also cut idle keep-alive connections.
         .header_read_timeout(None);
-    let mut conn = Box::pin(builder.serve_connection(
-        TokioIo::new(ClientIo::new(stream.clone(), clock.clone())),
-        service,
-    ));
+    let mut conn = Box::pin(
+        builder
+            .serve_connection(
+                TokioIo::new(ClientIo::new(stream.clone(), clock.clone())),
+                service,
+            )
+            .with_upgrades(),
+    );
     let mut draining = false;
     let end = loop {
         let deadline = clock.deadline();
@@ -197,6 +210,17 @@ async fn connection(
         }
     };
     drop(conn);
+    let open = tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let (End::Done(Ok(())), Some(TunnelOpen(ended))) = (&end, open) {
+        // Upgraded: the tunnel has the socket; keep its connection slot
+        // until it ends (or the proxy stops), and never close it here.
+        tokio::select! {
+            () = ended.cancelled() => {}
+            () = shutdown.cancelled() => {}
+        }
+        drop(permit);
+        return;
+    }
     match end {
         End::Done(Ok(())) | End::Shutdown | End::Expired(Expiry::Header { got_bytes: false }) => {}
         End::Done(Err(e)) => {

@@ -241,6 +241,46 @@ mod tests {
     }
 
     #[test]
+    fn routes_with_hosts_and_vars_are_served_and_inherit_the_service_hosts() {
+        let mut s = Store::new("/apisix");
+        s.put(
+            b"/apisix/services/s1",
+            format!(r#"{{"upstream":{UP},"hosts":["svc.example.com"],"enable_websocket":true}}"#)
+                .as_bytes(),
+        );
+        s.put(
+            b"/apisix/routes/own",
+            br#"{"uri":"/a","service_id":"s1","hosts":["own.example.com"],"enable_websocket":false,
+                "vars":[["arg_a","==","1"]],"remote_addrs":["10.0.0.0/8"],"priority":2}"#,
+        );
+        s.put(
+            b"/apisix/routes/inherits",
+            br#"{"uri":"/b","service_id":"s1"}"#,
+        );
+        s.put(
+            b"/apisix/routes/badvars",
+            br#"{"uri":"/c","service_id":"s1","vars":[["arg_a","??","1"]]}"#,
+        );
+        let t = s.table();
+        let ids: Vec<&str> = t.routes.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["inherits", "own"]);
+        let own = &t.routes[1];
+        assert_eq!(own.hosts[0].to_string(), "own.example.com");
+        assert!(!own.enable_websocket && own.vars.is_some() && own.remote_addrs.len() == 1);
+        let inherits = &t.routes[0];
+        assert_eq!(inherits.hosts[0].to_string(), "svc.example.com");
+        assert!(inherits.enable_websocket, "the service's");
+        assert_eq!(t.skipped.len(), 1, "{:?}", t.skipped);
+        assert!(
+            t.skipped[0]
+                .reason
+                .contains("`vars[0]`: invalid operator \"??\""),
+            "{:?}",
+            t.skipped
+        );
+    }
+
+    #[test]
     fn deeply_nested_values_are_skipped_not_a_stack_overflow() {
         let mut s = Store::new("/apisix");
         let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
@@ -271,7 +311,7 @@ mod tests {
         s.put(b"/apisix/routes/1", br#"{"uri":"/a","upstream_id":"u1"}"#);
         s.put(
             b"/apisix/routes/2",
-            br#"{"uri":"/b","upstream":{"nodes":{"127.0.0.1:1":1}},"hosts":["x"]}"#,
+            br#"{"uri":"/b","upstream":{"nodes":{"127.0.0.1:1":1}},"filter_func":"x"}"#,
         );
         let t = s.table();
         assert!(t.routes.is_empty());
@@ -293,7 +333,7 @@ mod tests {
         assert!(
             t.skipped[2]
                 .reason
-                .contains("at `hosts`: not supported by extplug"),
+                .contains("at `filter_func`: not supported by extplug"),
             "{:?}",
             t.skipped
         );
