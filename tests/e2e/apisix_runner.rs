@@ -424,3 +424,43 @@ async fn a_hung_apisix_runner_times_out_and_is_replaced() {
         2.0
     );
 }
+
+/// Many requests at once through a small pool: APISIX's runners expect one
+/// call at a time per connection, and the Python runner would fail a call
+/// whose EXTRA_INFO answer came interleaved with another call's frame.
+/// Every request is answered with its own values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_never_share_a_connection() {
+    let up = Upstream::start().await;
+    let mut c = apisix_config(a6_runner(), python_routes(up.addr));
+    c["ext-plugin"]["pool_size"] = json!(3);
+    let proxy = ProxyProc::start(&c);
+    // The environment APISIX gives its runners (the runner logs it).
+    proxy.wait_log("APISIX_CONF_EXPIRE_TIME=3600", 1);
+    let calls = (0..60).map(|i| {
+        let url = proxy.url(&format!("/inspect?q={i}"));
+        tokio::spawn(async move { (i, send("POST", &url, &[], format!("body {i}")).await) })
+    });
+    for call in futures::future::join_all(calls).await {
+        let (i, got) = call.unwrap();
+        assert_eq!(got.status, 200, "{i}: {}", got.text());
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), 60);
+    for r in &seen {
+        let q = r
+            .target
+            .strip_prefix("/inspect?q=")
+            .expect("an inspect call");
+        assert_eq!(r.header("x-a6-var-arg_q"), Some(q));
+        assert_eq!(r.header("x-a6-body"), Some(format!("body {q}").as_str()));
+    }
+    let m = metrics(&proxy).await;
+    assert!(
+        value(
+            &m,
+            r#"extplug_runner_connections{protocol="apisix",runner="default"}"#
+        ) <= 3.0,
+        "{m:?}"
+    );
+}
