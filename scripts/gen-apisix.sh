@@ -2,14 +2,14 @@
 # Regenerates src/wire/apisix/generated.rs, the Rust code for APISIX's
 # FlatBuffers schema (schema/ext-plugin.fbs), with planus-cli 1.2.0
 # (installed under target/tools/ when missing). Run it after changing the
-# schema; `cargo test -p extplug-wire` fails while the two disagree.
+# schema; `cargo test -p extplug` fails while the two disagree.
 #
 # planus reads one namespace per file and resolves type names only within
 # their own namespace, so the schema is split into one file per `namespace`
 # (the later ones include the first) and the A6 types that the later
 # namespaces use are qualified (`TextEntry` -> `A6.TextEntry`): the same
 # tables, fields and slots. The serde derives planus writes are left out
-# (extplug-wire does not depend on serde).
+# (the protocol part of extplug does not derive serde's traits).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 schema="$root/schema/ext-plugin.fbs"

@@ -381,3 +381,86 @@ async fn a_reload_changes_a_runner_s_protocol() {
         0.0
     );
 }
+
+/// A runner over APISIX's wire that stops answering: each call times out
+/// (`503`), and after `restart_after_timeouts` of them in a row the runner
+/// is killed and replaced, as on extplug's wire; the other routes are
+/// served again by its replacement.
+#[tokio::test]
+async fn a_hung_apisix_runner_times_out_and_is_replaced() {
+    let up = Upstream::start().await;
+    let mut routes = python_routes(up.addr);
+    routes.as_array_mut().unwrap().push(route(
+        "hang",
+        "/hang",
+        up.addr,
+        pre_req(&[("sleep", json!({"ms": 60000}))]),
+    ));
+    let mut c = apisix_config(a6_runner(), routes);
+    c["ext-plugin"]["call_timeout_ms"] = json!(300);
+    c["ext-plugin"]["restart_after_timeouts"] = json!(2);
+    let proxy = ProxyProc::start(&c);
+    let first = proxy.active_runner();
+    for _ in 0..2 {
+        assert_eq!(get(&proxy.url("/hang")).await.status, 503);
+    }
+    proxy.wait_runner_ready(2);
+    assert_ne!(proxy.active_runner(), first);
+    let got = get(&proxy.url("/stop")).await;
+    assert_eq!((got.status, got.text().as_str()), (403, "denied by python"));
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        value(
+            &m,
+            r#"extplug_runner_restarts_total{cause="unresponsive",protocol="apisix",runner="default"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"extplug_runner_calls_total{phase="ext-plugin-pre-req",result="timeout",runner="default"}"#
+        ),
+        2.0
+    );
+}
+
+/// Many requests at once through a small pool: APISIX's runners expect one
+/// call at a time per connection, and the Python runner would fail a call
+/// whose EXTRA_INFO answer came interleaved with another call's frame.
+/// Every request is answered with its own values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_never_share_a_connection() {
+    let up = Upstream::start().await;
+    let mut c = apisix_config(a6_runner(), python_routes(up.addr));
+    c["ext-plugin"]["pool_size"] = json!(3);
+    let proxy = ProxyProc::start(&c);
+    // The environment APISIX gives its runners (the runner logs it).
+    proxy.wait_log("APISIX_CONF_EXPIRE_TIME=3600", 1);
+    let calls = (0..60).map(|i| {
+        let url = proxy.url(&format!("/inspect?q={i}"));
+        tokio::spawn(async move { (i, send("POST", &url, &[], format!("body {i}")).await) })
+    });
+    for call in futures::future::join_all(calls).await {
+        let (i, got) = call.unwrap();
+        assert_eq!(got.status, 200, "{i}: {}", got.text());
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), 60);
+    for r in &seen {
+        let q = r
+            .target
+            .strip_prefix("/inspect?q=")
+            .expect("an inspect call");
+        assert_eq!(r.header("x-a6-var-arg_q"), Some(q));
+        assert_eq!(r.header("x-a6-body"), Some(format!("body {q}").as_str()));
+    }
+    let m = metrics(&proxy).await;
+    assert!(
+        value(
+            &m,
+            r#"extplug_runner_connections{protocol="apisix",runner="default"}"#
+        ) <= 3.0,
+        "{m:?}"
+    );
+}

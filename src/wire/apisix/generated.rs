@@ -2,7 +2,7 @@
 // Do not edit: change the schema and run the script again.
 
 /// FNV-1a (64 bits) of the schema this code was generated from.
-pub const SCHEMA_FNV1A64: u64 = 0x7b3b53595fe43141;
+pub const SCHEMA_FNV1A64: u64 = 0xc6c8dec388e415b9;
 
 pub use root::*;
 
@@ -809,7 +809,7 @@ mod root {
             /// The table `Resp` in the namespace `A6.PrepareConf`
             ///
             /// Generated from these locations:
-            /// * Table `Resp` in the file `A6.PrepareConf.fbs:9`
+            /// * Table `Resp` in the file `A6.PrepareConf.fbs:15`
             #[derive(
                 Clone,
                 Debug,
@@ -1661,7 +1661,7 @@ mod root {
             /// The table `Stop` in the namespace `A6.HTTPReqCall`
             ///
             /// Generated from these locations:
-            /// * Table `Stop` in the file `A6.HTTPReqCall.fbs:14`
+            /// * Table `Stop` in the file `A6.HTTPReqCall.fbs:15`
             #[derive(
                 Clone,
                 Debug,
@@ -2035,7 +2035,7 @@ mod root {
             /// The table `Rewrite` in the namespace `A6.HTTPReqCall`
             ///
             /// Generated from these locations:
-            /// * Table `Rewrite` in the file `A6.HTTPReqCall.fbs:20`
+            /// * Table `Rewrite` in the file `A6.HTTPReqCall.fbs:21`
             #[derive(
                 Clone,
                 Debug,
@@ -2568,7 +2568,7 @@ mod root {
             /// The union `Action` in the namespace `A6.HTTPReqCall`
             ///
             /// Generated from these locations:
-            /// * Union `Action` in the file `A6.HTTPReqCall.fbs:31`
+            /// * Union `Action` in the file `A6.HTTPReqCall.fbs:32`
             #[derive(
                 Clone,
                 Debug,
@@ -2774,7 +2774,7 @@ mod root {
             /// The table `Resp` in the namespace `A6.HTTPReqCall`
             ///
             /// Generated from these locations:
-            /// * Table `Resp` in the file `A6.HTTPReqCall.fbs:36`
+            /// * Table `Resp` in the file `A6.HTTPReqCall.fbs:37`
             #[derive(
                 Clone,
                 Debug,
