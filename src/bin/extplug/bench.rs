@@ -11,12 +11,15 @@
 //!   route with a plugin chain and on one without (its load generator, a
 //!   hyper client in this process, is heavier than wrk: for figures to
 //!   compare with nginx, use the script).
+//! - `extplug bench router` ([`router`]): the route matcher alone, ns per
+//!   match at 10 and 10,000 routes (exact URI, prefix, host, no match).
 //! - `extplug bench bare-server --socket PATH [--answer FILE]`: the floor.
 //! - `extplug bench client ...` ([`client`]): the runner bench's load
 //!   generator (hidden; the runner bench starts it for every round).
 
 pub mod client;
 pub mod frames;
+pub mod router;
 pub mod runner;
 
 use bytes::Bytes;

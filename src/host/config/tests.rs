@@ -313,6 +313,13 @@ fn hosts_remote_addrs_vars_and_websocket_parse_as_apisix_writes_them() {
         assert!(err.contains(says), "{fields}: {err}");
         assert!(err.contains("route `r`"), "{err}");
     }
+    let glob = config(r#"{"id":"g","uri":"/a/*/b","upstream":{"nodes":{"127.0.0.1:1":1}}}"#)
+        .unwrap_err()
+        .0;
+    assert!(
+        glob.contains("has a `*` at byte 3: APISIX matches"),
+        "{glob}"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 /// Requests are routed by their normalized, decoded path
 /// ([`crate::host::edge::path`]): a route URI in another form would never match,
 /// and its requests would fall to a broader route, without this route's
-/// plugins. Refuses percent escapes, `;`, and dot segments or repeated
+/// plugins. Refuses percent escapes, `;`, a `*` before the end (a glob in
+/// APISIX, which extplug does not match), and dot segments or repeated
 /// slashes in whole segments (a prefix's last, partial segment may start
 /// with a dot: `/.well-known*`).
 pub(super) fn check_route_uri(uri: &str) -> Result<(), String> {
@@ -11,6 +12,11 @@ pub(super) fn check_route_uri(uri: &str) -> Result<(), String> {
         Some(prefix) => (prefix, "*"),
         None => (uri, ""),
     };
+    if let Some(at) = text.find('*') {
+        return Err(format!(
+            "`uri` {uri:?} has a `*` at byte {at}: APISIX matches a `*` before the end as a glob (`/a/*/b`), extplug only a final `*`, as a prefix"
+        ));
+    }
     let b = text.as_bytes();
     let escape = (0..b.len()).find(|&i| {
         b[i] == b'%'

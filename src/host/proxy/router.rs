@@ -187,54 +187,65 @@ const NONE: u32 = u32::MAX;
 
 /// Route prefixes in a byte trie: a path's covering prefixes are found by
 /// one walk down as deep as the path goes, then, from the deepest, the
-/// links up to each shorter prefix that has routes.
+/// links up to each shorter prefix that has routes. Built with a vector of
+/// children per node, then laid out flat ([`PrefixTrie::finish`]): every
+/// node's child bytes side by side in one array, so that a walk touches
+/// few cache lines however many routes there are.
 #[derive(Debug, Clone)]
 struct PrefixTrie {
+    /// While building: each node's `(byte, child)`, sorted by byte.
+    building: Vec<Vec<(u8, u32)>>,
     nodes: Vec<TrieNode>,
+    /// The child bytes of every node, node after node (a node's are
+    /// `bytes[first..first + count]`, sorted) ...
+    bytes: Vec<u8>,
+    /// ... and the child each byte leads to.
+    targets: Vec<u32>,
     buckets: Vec<Vec<u32>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct TrieNode {
-    /// `(byte, node)`, sorted by byte.
-    children: Vec<(u8, u32)>,
+    first: u32,
+    count: u32,
     /// The routes of the prefix ending here (an index in `buckets`).
     bucket: u32,
     /// The nearest node above with a bucket.
     up: u32,
 }
 
-impl TrieNode {
-    fn new() -> Self {
-        TrieNode {
-            children: Vec::new(),
-            bucket: NONE,
-            up: NONE,
-        }
-    }
-}
+const EMPTY_NODE: TrieNode = TrieNode {
+    first: 0,
+    count: 0,
+    bucket: NONE,
+    up: NONE,
+};
 
 impl Default for PrefixTrie {
     fn default() -> Self {
         PrefixTrie {
-            nodes: vec![TrieNode::new()],
+            building: vec![Vec::new()],
+            nodes: vec![EMPTY_NODE],
+            bytes: Vec::new(),
+            targets: Vec::new(),
             buckets: Vec::new(),
         }
     }
 }
 
 impl PrefixTrie {
-    /// The routes of `prefix`, made empty if new.
+    /// The routes of `prefix`, made empty if new (before [`Self::finish`]).
     fn bucket(&mut self, prefix: &[u8]) -> &mut Vec<u32> {
         let mut node = 0usize;
         for &b in prefix {
-            node = match self.nodes[node].children.binary_search_by_key(&b, |c| c.0) {
-                Ok(at) => self.nodes[node].children[at].1 as usize,
+            node = match self.building[node].binary_search_by_key(&b, |c| c.0) {
+                Ok(at) => self.building[node][at].1 as usize,
                 Err(at) => {
-                    let child = self.nodes.len();
-                    self.nodes.push(TrieNode::new());
+                    let child = self.building.len();
+                    self.building.push(Vec::new());
+                    self.nodes.push(EMPTY_NODE);
                     let link = u32::try_from(child).expect("fewer than 2^32 trie nodes");
-                    self.nodes[node].children.insert(at, (b, link));
+                    self.building[node].insert(at, (b, link));
                     child
                 }
             };
@@ -247,22 +258,26 @@ impl PrefixTrie {
         &mut self.buckets[self.nodes[node].bucket as usize]
     }
 
-    /// Orders the buckets and links each node to the nearest one above
-    /// with routes (children are made after their parent: one pass in
-    /// index order sees each parent's link final).
+    /// Orders the buckets, lays the children out flat, and links each node
+    /// to the nearest one above with routes (children are made after their
+    /// parent: one pass in index order sees each parent's link final).
     fn finish(&mut self, order: &dyn Fn(&u32, &u32) -> std::cmp::Ordering) {
         for bucket in &mut self.buckets {
             bucket.sort_by(order);
         }
-        for i in 0..self.nodes.len() {
+        let building = std::mem::take(&mut self.building);
+        for (i, children) in building.iter().enumerate() {
             let link = if self.nodes[i].bucket != NONE {
                 i as u32
             } else {
                 self.nodes[i].up
             };
-            for c in 0..self.nodes[i].children.len() {
-                let child = self.nodes[i].children[c].1 as usize;
-                self.nodes[child].up = link;
+            self.nodes[i].first = u32::try_from(self.bytes.len()).expect("fewer than 2^32 edges");
+            self.nodes[i].count = children.len() as u32;
+            for &(b, child) in children {
+                self.bytes.push(b);
+                self.targets.push(child);
+                self.nodes[child as usize].up = link;
             }
         }
     }
@@ -272,9 +287,19 @@ impl PrefixTrie {
         let mut node = 0usize;
         let mut deepest = (self.nodes[0].bucket != NONE).then_some(0u32);
         for &b in path {
-            match self.nodes[node].children.binary_search_by_key(&b, |c| c.0) {
-                Ok(at) => node = self.nodes[node].children[at].1 as usize,
-                Err(_) => break,
+            let n = self.nodes[node];
+            let (first, count) = (n.first as usize, n.count as usize);
+            let children = &self.bytes[first..first + count];
+            // A scan of a few bytes beats a binary search's chain of
+            // dependent steps; past 16, the search.
+            let at = if count <= 16 {
+                children.iter().position(|&c| c == b)
+            } else {
+                children.binary_search(&b).ok()
+            };
+            match at {
+                Some(at) => node = self.targets[first + at] as usize,
+                None => break,
             }
             if self.nodes[node].bucket != NONE {
                 deepest = Some(node as u32);

@@ -100,6 +100,19 @@ pub enum BenchCommand {
     Runner(RunnerBenchArgs),
     /// The proxy with a plugin chain against the proxy without.
     Proxy(BenchArgs),
+    /// The route matcher alone: ns per match at each route count (exact
+    /// URI, prefix, host, no match).
+    Router {
+        /// Route counts (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [10, 10_000])]
+        routes: Vec<usize>,
+        /// Matches per round.
+        #[arg(long, default_value_t = 1_000_000)]
+        iterations: u64,
+        /// Rounds (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// The bare socket server (the floor of `bench runner`).
     BareServer {
         /// Where to listen.
@@ -157,12 +170,25 @@ pub fn run(what: BenchCommand) -> ExitCode {
             Err(e) => fail(&e),
         };
     }
+    if let BenchCommand::Router {
+        routes,
+        iterations,
+        rounds,
+    } = what
+    {
+        return match bench::router::run(&routes, iterations.max(1), rounds.max(1)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("bench router: {e}")),
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("starting the runtime: {e}")),
     };
     match what {
-        BenchCommand::Client { .. } => unreachable!("handled above"),
+        BenchCommand::Client { .. } | BenchCommand::Router { .. } => {
+            unreachable!("handled above")
+        }
         BenchCommand::BareServer { socket, answer } => {
             match runtime.block_on(bench::runner::bare_server(&socket, answer.as_deref())) {
                 Ok(()) => ExitCode::SUCCESS,
