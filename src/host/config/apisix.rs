@@ -11,6 +11,7 @@ use super::raw::{
     without_position, RawId, RawKeepalivePool, RawNodes, RawPhase, RawPlugins, RawRoute,
     RawService, RawTimeout, RawUpstream,
 };
+use super::upstream_tls::upstream_tls;
 use super::uri::check_route_uri;
 use crate::host::edge::ingress::valid_host;
 use http::Method;
@@ -297,13 +298,7 @@ pub(super) fn route_from_raw(
 
 pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
     let balancer = balancer(&raw.kind, raw.hash_on.as_deref(), raw.key.as_deref())?;
-    if let Some(scheme) = &raw.scheme {
-        if scheme != "http" {
-            return Err(format!(
-                "`upstream.scheme` {scheme:?} is not supported; only \"http\""
-            ));
-        }
-    }
+    let tls = upstream_tls(raw.scheme.as_deref(), raw.tls)?;
     let pass_host = match (raw.pass_host.as_deref(), raw.upstream_host) {
         (None | Some("pass"), _) => PassHost::Pass,
         (Some("node"), _) => PassHost::Node,
@@ -399,6 +394,7 @@ pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
         pass_host,
         retry_timeout,
         checks,
+        tls,
         keepalive,
     })
 }

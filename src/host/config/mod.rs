@@ -11,7 +11,8 @@
 //! - [`apisix`]: APISIX's route, upstream and service objects made into
 //!   routes (the file's and etcd's alike);
 //! - `uri`: a route `uri`'s rules; `balance`: the balancers' settings and
-//!   the weighted round robin; `checks`: an upstream's health checks.
+//!   the weighted round robin; `checks`: an upstream's health checks;
+//!   `upstream_tls`: `scheme: https` and `tls`, and rustls's configuration.
 
 pub mod apisix;
 mod balance;
@@ -24,6 +25,7 @@ mod raw;
 mod tests;
 #[cfg(test)]
 mod upstream_tests;
+mod upstream_tls;
 mod uri;
 mod validate;
 
@@ -32,6 +34,7 @@ pub use error::ConfigError;
 pub use model::{
     ActiveCheck, AdminConf, Balancer, ClientLimits, Config, EtcdConf, HashOn, HealthChecks,
     HealthRules, KeepalivePool, PassHost, PassiveCheck, Phase, PhaseConf, Route, RunnerConf,
-    Upstream, UriPattern, DEFAULT_RUNNER,
+    Upstream, UpstreamTls, UriPattern, DEFAULT_RUNNER,
 };
+pub use upstream_tls::{client_config, client_config_or_refusing, plain_client_config};
 pub use validate::{check_runners, RESERVED_ENV};
