@@ -7,6 +7,7 @@
 
 use crate::support::conf::{config, demo};
 use crate::support::http::{get, ProxyProc};
+use crate::upstreams::{metric, metric_is};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
@@ -292,4 +293,48 @@ fn bad_tls_values_are_refused_with_the_field_named() {
         "{}",
         out.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_health_probes_speak_tls_and_verify_by_default() {
+    let ca = Ca::new("probe CA");
+    let node = TlsNode::start(&ca, None).await;
+    let checks = |verify: Value| {
+        json!({"active": {"type": "https", "https_verify_certificate": verify,
+                          "unhealthy": {"tcp_failures": 1}}})
+    };
+    let start = |verify: Value| {
+        let mut c = config(
+            demo(),
+            json!({}),
+            json!([tls_route(node.addr, json!({"checks": checks(verify)}))]),
+        );
+        c["ext-plugin"]["standby"] = json!(false);
+        c["admin"] = json!({"listen": "127.0.0.1:0"});
+        ProxyProc::start(&c)
+    };
+    let series = format!(
+        "extplug_upstream_node_healthy{{node=\"{}\",upstream=\"routes/r\"}}",
+        node.addr
+    );
+    // APISIX's default, `https_verify_certificate: true`: the system's
+    // roots do not know the test CA, so the probes fail and say so.
+    let p = start(json!(true));
+    metric_is(&p, &series, 0.0).await;
+    p.wait_log("upstream node unhealthy", 1);
+    drop(p);
+    // Not verified: the probes complete their handshakes and succeed.
+    let before = node.handshakes.load(Ordering::SeqCst);
+    let p = start(json!(false));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while node.handshakes.load(Ordering::SeqCst) < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no TLS probe; log:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&p, &series).await, Some(1.0), "{}", p.log());
+    assert!(!p.log().contains("upstream node unhealthy"), "{}", p.log());
 }

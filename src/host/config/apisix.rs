@@ -11,7 +11,7 @@ use super::raw::{
     without_position, RawId, RawKeepalivePool, RawNodes, RawPhase, RawPlugins, RawRoute,
     RawService, RawTimeout, RawUpstream,
 };
-use super::upstream_tls::upstream_tls;
+use super::upstream_tls::{client_config, upstream_tls};
 use super::uri::check_route_uri;
 use crate::host::edge::ingress::valid_host;
 use http::Method;
@@ -377,10 +377,22 @@ pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
             ))
         }
     };
-    let checks = match raw.checks {
+    let mut checks = match raw.checks {
         None => None,
         Some(c) => Some(health_checks(c, "upstream.checks")?),
     };
+    if let Some(probe_tls) = checks
+        .as_mut()
+        .and_then(|c| c.active.as_mut())
+        .and_then(|a| a.tls.as_mut())
+    {
+        if let Some(tls) = &tls {
+            probe_tls.ca = tls.ca.clone();
+            probe_tls.client_cert = tls.client_cert.clone();
+        }
+        client_config(probe_tls)
+            .map_err(|e| format!("`upstream.checks.active.type` \"https\": {e}"))?;
+    }
     let keepalive = keepalive_pool(raw.keepalive_pool.as_ref())?;
     Ok(Upstream {
         name: String::new(),

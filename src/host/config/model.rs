@@ -354,8 +354,11 @@ pub struct HealthChecks {
 /// `checks.active`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveCheck {
-    /// `type`: `http` probes with a GET, `tcp` only connects.
+    /// `type`: `http` and `https` probe with a GET, `tcp` only connects.
     pub http: bool,
+    /// `type: https`: TLS for the probes (`https_verify_certificate`, and
+    /// the upstream's `tls.ca` and client certificate).
+    pub tls: Option<UpstreamTls>,
     /// `timeout`: one probe's limit (connect and answer).
     pub timeout: Duration,
     /// `concurrency`: probes at once.

@@ -7,24 +7,22 @@
 use super::answer::{error_response, Body};
 use super::balancer::{within, States, UpstreamState};
 use super::body::Side;
+use super::connector::connector;
 use super::exchange::Exchange;
 use super::headers::{self, Origin};
 use super::health::Report;
-use crate::host::config::{
-    client_config_or_refusing, plain_client_config, HashOn, PassHost, Route, Upstream,
-};
+use crate::host::config::{HashOn, PassHost, Route, Upstream};
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{
     capture_connection, CaptureConnection, HttpConnector, HttpInfo,
 };
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::pki_types::ServerName;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,36 +119,6 @@ pub(crate) fn runtimes(
 /// node never read from them).
 const RESEND_BUFFER: u64 = 64 * 1024;
 
-/// The connector of `upstream`: TLS with its settings for `https` (SNI:
-/// `upstream_host` with `pass_host: rewrite`, else the node's host), clear
-/// text for `http`.
-fn tls_connector(upstream: &Upstream, http: HttpConnector) -> HttpsConnector<HttpConnector> {
-    let Some(tls) = &upstream.tls else {
-        return HttpsConnectorBuilder::new()
-            .with_tls_config(plain_client_config())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-    };
-    let builder = HttpsConnectorBuilder::new()
-        .with_tls_config(client_config_or_refusing(tls))
-        .https_only();
-    let sni = match &upstream.pass_host {
-        PassHost::Rewrite(host) => host
-            .parse::<Authority>()
-            .ok()
-            .and_then(|a| ServerName::try_from(a.host().trim_matches(['[', ']']).to_owned()).ok()),
-        _ => None,
-    };
-    match sni {
-        Some(name) => builder
-            .with_server_name_resolver(FixedServerNameResolver::new(name))
-            .enable_http1()
-            .wrap_connector(http),
-        None => builder.enable_http1().wrap_connector(http),
-    }
-}
-
 /// Upstreams whose `verify: false` was logged (once per upstream).
 static UNVERIFIED_LOGGED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
 
@@ -219,12 +187,14 @@ impl hyper::body::Body for Resendable {
 impl RouteRuntime {
     /// The run-time state of `route`, with its upstream's `state`.
     fn new(route: Arc<Route>, state: Arc<UpstreamState>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(route.upstream.connect_timeout));
-        connector.set_nodelay(true);
-        // `https` URIs go through it too, to the TLS layer around it.
-        connector.enforce_http(false);
-        let connector = tls_connector(&route.upstream, connector);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(route.upstream.connect_timeout));
+        http.set_nodelay(true);
+        let sni = match &route.upstream.pass_host {
+            PassHost::Rewrite(host) => Some(host.as_str()),
+            _ => None,
+        };
+        let connector = connector(route.upstream.tls.as_ref(), sni, http);
         let pool = route.upstream.keepalive;
         // `size` counts per proxy thread, as APISIX's counts per worker;
         // hyper's pool is one per route, for all threads.
