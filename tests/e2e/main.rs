@@ -28,4 +28,5 @@ mod security_pipeline;
 mod template;
 mod threads;
 mod upstream_pool;
+mod upstream_tls;
 mod upstreams;

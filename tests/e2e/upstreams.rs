@@ -153,7 +153,7 @@ fn node_of(got: &Got) -> String {
 }
 
 /// The value of the metric line starting with `series`.
-async fn metric(p: &ProxyProc, series: &str) -> Option<f64> {
+pub(crate) async fn metric(p: &ProxyProc, series: &str) -> Option<f64> {
     get(&format!("http://{}/metrics", p.admin.unwrap()))
         .await
         .text()
@@ -161,7 +161,8 @@ async fn metric(p: &ProxyProc, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
-async fn metric_is(p: &ProxyProc, series: &str, want: f64) {
+/// Waits until the metric `series` is `want` (panics after [`WAIT`]).
+pub(crate) async fn metric_is(p: &ProxyProc, series: &str, want: f64) {
     let deadline = Instant::now() + WAIT;
     loop {
         let now = metric(p, series).await;

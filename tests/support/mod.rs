@@ -264,7 +264,29 @@ pub fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap();
     if !built.iter().any(|n| n == name) {
-        let status = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // Without the variables cargo set for this test binary: build
+        // scripts that watch them (ring's watches `OUT_DIR`,
+        // `CARGO_PKG_NAME` and `CARGO_MANIFEST_DIR`) would see them change,
+        // and rebuild here and again at the next `cargo test`.
+        for (var, _) in std::env::vars_os() {
+            let var = var.to_string_lossy().into_owned();
+            let set_for_test = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| var.starts_with(p))
+                || var == "OUT_DIR"
+                || var == "CARGO_PRIMARY_PACKAGE"
+                || var == "CARGO_TARGET_TMPDIR";
+            if set_for_test {
+                cargo.env_remove(var);
+            }
+        }
+        let status = cargo
             .args(["build", "--quiet", "--example", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()

@@ -12,6 +12,7 @@ use super::raw::{
     without_position, RawId, RawKeepalivePool, RawNodes, RawPhase, RawPlugins, RawRoute,
     RawService, RawTimeout, RawUpstream,
 };
+use super::upstream_tls::{client_config, upstream_tls};
 use super::uri::check_route_uri;
 use crate::host::edge::ingress::valid_host;
 use crate::host::edge::hostname::HostPattern;
@@ -372,13 +373,7 @@ pub(super) fn route_from_raw(
 
 pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
     let balancer = balancer(&raw.kind, raw.hash_on.as_deref(), raw.key.as_deref())?;
-    if let Some(scheme) = &raw.scheme {
-        if scheme != "http" {
-            return Err(format!(
-                "`upstream.scheme` {scheme:?} is not supported; only \"http\""
-            ));
-        }
-    }
+    let tls = upstream_tls(raw.scheme.as_deref(), raw.tls)?;
     let pass_host = match (raw.pass_host.as_deref(), raw.upstream_host) {
         (None | Some("pass"), _) => PassHost::Pass,
         (Some("node"), _) => PassHost::Node,
@@ -457,10 +452,22 @@ pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
             ))
         }
     };
-    let checks = match raw.checks {
+    let mut checks = match raw.checks {
         None => None,
         Some(c) => Some(health_checks(c, "upstream.checks")?),
     };
+    if let Some(probe_tls) = checks
+        .as_mut()
+        .and_then(|c| c.active.as_mut())
+        .and_then(|a| a.tls.as_mut())
+    {
+        if let Some(tls) = &tls {
+            probe_tls.ca = tls.ca.clone();
+            probe_tls.client_cert = tls.client_cert.clone();
+        }
+        client_config(probe_tls)
+            .map_err(|e| format!("`upstream.checks.active.type` \"https\": {e}"))?;
+    }
     let keepalive = keepalive_pool(raw.keepalive_pool.as_ref())?;
     Ok(Upstream {
         name: String::new(),
@@ -474,6 +481,7 @@ pub(super) fn parse_upstream(raw: RawUpstream) -> Result<Upstream, String> {
         pass_host,
         retry_timeout,
         checks,
+        tls,
         keepalive,
     })
 }

@@ -3,7 +3,7 @@
 //! checked into [`HealthChecks`]. The JSON shapes are here rather than in
 //! `raw.rs`: they are only the checks'.
 
-use super::model::{ActiveCheck, HealthChecks, HealthRules, PassiveCheck};
+use super::model::{ActiveCheck, HealthChecks, HealthRules, PassiveCheck, UpstreamTls};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -185,17 +185,22 @@ pub(super) fn health_checks(raw: RawChecks, field: &str) -> Result<HealthChecks,
 }
 
 fn active(a: RawActive, field: &str) -> Result<ActiveCheck, String> {
-    let http = match a.kind.as_deref() {
-        None | Some("http") => true,
-        Some("tcp") => false,
-        Some("https") => {
-            return Err(format!(
-                "`{field}.type` \"https\" is not supported yet; use \"http\" or \"tcp\""
-            ))
-        }
+    // `https`: the upstream's `tls` (its `ca`, its client certificate) is
+    // added by `parse_upstream`, which has it.
+    let (http, tls) = match a.kind.as_deref() {
+        None | Some("http") => (true, None),
+        Some("tcp") => (false, None),
+        Some("https") => (
+            true,
+            Some(UpstreamTls {
+                verify: a.https_verify_certificate.unwrap_or(true),
+                ca: None,
+                client_cert: None,
+            }),
+        ),
         Some(other) => {
             return Err(format!(
-                "`{field}.type` {other:?} must be \"http\" or \"tcp\""
+                "`{field}.type` {other:?} must be \"http\", \"https\" or \"tcp\""
             ))
         }
     };
@@ -232,9 +237,6 @@ fn active(a: RawActive, field: &str) -> Result<ActiveCheck, String> {
     if a.port == Some(0) {
         return Err(format!("`{field}.port` 0 must be between 1 and 65535"));
     }
-    // Only for https probes, which are refused above; accepted as APISIX
-    // stores it (`true` by default).
-    let _ = a.https_verify_certificate;
     let mut req_headers = Vec::new();
     for (i, line) in a.req_headers.unwrap_or_default().iter().enumerate() {
         let parsed = line.split_once(':').and_then(|(n, v)| {
@@ -272,6 +274,7 @@ fn active(a: RawActive, field: &str) -> Result<ActiveCheck, String> {
     )?;
     Ok(ActiveCheck {
         http,
+        tls,
         timeout,
         concurrency,
         http_path,

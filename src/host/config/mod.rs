@@ -12,7 +12,8 @@
 //!   routes (the file's and etcd's alike);
 //! - [`expr`]: a route's `vars` (lua-resty-expr's expressions);
 //! - `uri`: a route `uri`'s rules; `balance`: the balancers' settings and
-//!   the weighted round robin; `checks`: an upstream's health checks.
+//!   the weighted round robin; `checks`: an upstream's health checks;
+//!   `upstream_tls`: `scheme: https` and `tls`, and rustls's configuration.
 
 pub mod apisix;
 mod balance;
@@ -26,6 +27,7 @@ mod raw;
 mod tests;
 #[cfg(test)]
 mod upstream_tests;
+mod upstream_tls;
 mod uri;
 mod validate;
 
@@ -34,6 +36,7 @@ pub use error::ConfigError;
 pub use model::{
     ActiveCheck, AdminConf, Balancer, ClientLimits, Config, EtcdConf, HashOn, HealthChecks,
     HealthRules, KeepalivePool, PassHost, PassiveCheck, Phase, PhaseConf, Route, RunnerConf,
-    Upstream, UriPattern, DEFAULT_RUNNER,
+    Upstream, UpstreamTls, UriPattern, DEFAULT_RUNNER,
 };
+pub use upstream_tls::{client_config, client_config_or_refusing, plain_client_config};
 pub use validate::{check_runners, RESERVED_ENV};

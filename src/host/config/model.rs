@@ -295,8 +295,33 @@ pub struct Upstream {
     pub retry_timeout: Option<Duration>,
     /// `checks`: passive and active health checks.
     pub checks: Option<HealthChecks>,
+    /// `"scheme": "https"`: TLS to the nodes, with these settings.
+    pub tls: Option<UpstreamTls>,
     /// The idle connections kept to each node (`keepalive_pool`).
     pub keepalive: KeepalivePool,
+}
+
+/// TLS to an upstream's nodes (`"scheme": "https"`, `tls`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// `tls.verify`: check the node's certificate (against `ca`, or the
+    /// system's roots); APISIX's default is not to.
+    pub verify: bool,
+    /// `tls.ca`: the PEM roots to check against instead of the system's.
+    pub ca: Option<String>,
+    /// `tls.client_cert` and `tls.client_key` (PEM): mTLS to the nodes.
+    pub client_cert: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    /// Without the key: the configuration may be logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("verify", &self.verify)
+            .field("ca", &self.ca.as_ref().map(|_| "<PEM>"))
+            .field("client_cert", &self.client_cert.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// An upstream's `type`: how a request's node is chosen.
@@ -349,8 +374,11 @@ pub struct HealthChecks {
 /// `checks.active`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveCheck {
-    /// `type`: `http` probes with a GET, `tcp` only connects.
+    /// `type`: `http` and `https` probe with a GET, `tcp` only connects.
     pub http: bool,
+    /// `type: https`: TLS for the probes (`https_verify_certificate`, and
+    /// the upstream's `tls.ca` and client certificate).
+    pub tls: Option<UpstreamTls>,
     /// `timeout`: one probe's limit (connect and answer).
     pub timeout: Duration,
     /// `concurrency`: probes at once.

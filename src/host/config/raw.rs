@@ -360,6 +360,9 @@ pub(super) struct RawUpstream {
     pub(super) retry_timeout: Option<f64>,
     #[serde(default)]
     pub(super) checks: Option<super::checks::RawChecks>,
+    /// With `"scheme": "https"`: verification and mTLS.
+    #[serde(default)]
+    pub(super) tls: Option<super::upstream_tls::RawUpstreamTls>,
     // APISIX bookkeeping (connections to nodes are always pooled).
     #[serde(rename = "name")]
     pub(super) _name: Option<IgnoredAny>,

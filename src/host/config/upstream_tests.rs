@@ -146,9 +146,15 @@ fn health_checks_as_apisix_s_schema() {
         r#","checks":{"active":{"unhealthy":{"http_statuses":[100]}}}"#,
         "`upstream.checks.active.unhealthy.http_statuses[0]` 100",
     );
+    let https = upstream(r#","checks":{"active":{"type":"https"}}"#).unwrap();
+    let probe_tls = https.checks.unwrap().active.unwrap().tls.unwrap();
+    assert!(
+        probe_tls.verify,
+        "https_verify_certificate is true by default"
+    );
     refused(
-        r#","checks":{"active":{"type":"https"}}"#,
-        "\"https\" is not supported yet",
+        r#","checks":{"active":{"type":"udp"}}"#,
+        "`upstream.checks.active.type` \"udp\"",
     );
     refused(
         r#","checks":{"active":{"http_path":"health"}}"#,

@@ -6,12 +6,19 @@
 //! state (health included), and the active checker stops with the last
 //! proxy that uses it.
 
+use super::connector::connector;
 use super::health::{NodeHealth, Report};
 use super::ring::Ring;
-use crate::host::config::{ActiveCheck, Balancer, HealthChecks, HealthRules, Upstream};
+use crate::host::config::{
+    ActiveCheck, Balancer, HealthChecks, HealthRules, Upstream, UpstreamTls,
+};
 use crate::host::metrics;
 use bytes::Bytes;
 use http_body_util::Empty;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -303,6 +310,7 @@ async fn run_checker(state: Weak<UpstreamState>, check: ActiveCheck) {
         Some(s) => s.len(),
         None => return,
     };
+    let https = check.tls.as_ref().map(|tls| https_prober(tls, &check));
     let mut due = vec![Instant::now(); n];
     loop {
         let now = Instant::now();
@@ -313,9 +321,9 @@ async fn run_checker(state: Weak<UpstreamState>, check: ActiveCheck) {
             .filter(|&i| due[i] <= now)
             .map(|i| (i, st.nodes[i].addr.clone()))
             .collect();
-        let check_ref = &check;
+        let (check_ref, https_ref) = (&check, https.as_ref());
         let results: Vec<(usize, Option<Report>)> = futures::stream::iter(ready)
-            .map(|(i, addr)| async move { (i, probe(&addr, check_ref).await) })
+            .map(|(i, addr)| async move { (i, probe(&addr, check_ref, https_ref).await) })
             .buffer_unordered(check.concurrency)
             .collect()
             .await;
@@ -336,9 +344,51 @@ async fn run_checker(state: Weak<UpstreamState>, check: ActiveCheck) {
     }
 }
 
-/// One probe of the node at `addr`: `None` for an answer whose status is
-/// in neither list.
-async fn probe(addr: &str, check: &ActiveCheck) -> Option<Report> {
+/// The client of `https` probes: TLS as the check says, no pooling (each
+/// probe is a new connection, as a clear-text one), SNI from `host` when
+/// set, else the node's host.
+type HttpsProber = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+fn https_prober(tls: &UpstreamTls, check: &ActiveCheck) -> HttpsProber {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(check.timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector(Some(tls), check.host.as_deref(), http))
+}
+
+/// The probe request: `http_path` with `Host` (the check's `host`, else
+/// the node's address) and `req_headers`; `Connection: close`.
+fn probe_request(check: &ActiveCheck, target: &str, uri: http::Uri) -> http::Request<Empty<Bytes>> {
+    let mut req = http::Request::new(Empty::new());
+    *req.uri_mut() = uri;
+    let headers = req.headers_mut();
+    let host = check.host.as_deref().unwrap_or(target);
+    if let Ok(v) = http::HeaderValue::from_str(host) {
+        headers.insert(http::header::HOST, v);
+    }
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    headers.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("extplug-health-check"),
+    );
+    for (name, value) in &check.req_headers {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    req
+}
+
+/// One probe of the node at `addr` (over `https` when given): `None` for
+/// an answer whose status is in neither list.
+async fn probe(addr: &str, check: &ActiveCheck, https: Option<&HttpsProber>) -> Option<Report> {
     let target = match check.port {
         Some(port) => match addr.rsplit_once(':') {
             Some((host, _)) => format!("{host}:{port}"),
@@ -347,6 +397,15 @@ async fn probe(addr: &str, check: &ActiveCheck) -> Option<Report> {
         None => addr.to_owned(),
     };
     let attempt = async {
+        if let Some(client) = https {
+            let uri = format!("https://{target}{}", check.http_path)
+                .parse()
+                .ok()?;
+            return match client.request(probe_request(check, &target, uri)).await {
+                Ok(resp) => Report::of_status(resp.status().as_u16(), &check.rules),
+                Err(_) => Some(Report::TcpFailure),
+            };
+        }
         let Ok(stream) = tokio::net::TcpStream::connect(&target).await else {
             return Some(Report::TcpFailure);
         };
@@ -361,30 +420,11 @@ async fn probe(addr: &str, check: &ActiveCheck) -> Option<Report> {
         // Ends when the answer is in and the sender is dropped (the probe
         // asks the node to close).
         tokio::spawn(conn);
-        let mut req = http::Request::new(Empty::new());
-        *req.uri_mut() = check.http_path.parse().unwrap_or_default();
-        let headers = req.headers_mut();
-        let host = check.host.as_deref().unwrap_or(&target);
-        if let Ok(v) = http::HeaderValue::from_str(host) {
-            headers.insert(http::header::HOST, v);
-        }
-        headers.insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
-        headers.insert(
-            http::header::USER_AGENT,
-            http::HeaderValue::from_static("extplug-health-check"),
-        );
-        for (name, value) in &check.req_headers {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name.as_bytes()),
-                http::HeaderValue::from_str(value),
-            ) {
-                headers.insert(n, v);
-            }
-        }
-        match sender.send_request(req).await {
+        let uri = check.http_path.parse().unwrap_or_default();
+        match sender
+            .send_request(probe_request(check, &target, uri))
+            .await
+        {
             Ok(resp) => Report::of_status(resp.status().as_u16(), &check.rules),
             Err(_) => Some(Report::TcpFailure),
         }

@@ -24,8 +24,9 @@
 //! - `query`: query arguments and the request target;
 //! - `upstream`: forwarding and retries; `balancer`: an upstream's node
 //!   choice and health state, shared by its routes; `ring`: `chash`'s
-//!   ring; `health`: a node's health counts.
-//!   [`tunnel`]: WebSocket upgrades joined into a tunnel (`enable_websocket`).
+//!   ring; `health`: a node's health counts; `connector`: clear text or
+//!   TLS to the nodes; [`tunnel`]: WebSocket upgrades joined into a tunnel
+//!   (`enable_websocket`).
 //!
 //! Bodies stream unless a plugin needs them (declared, or asked for during a
 //! call) or replaces them; the proxy always sets the framing itself.
@@ -34,6 +35,7 @@ pub mod answer;
 mod balancer;
 mod body;
 pub mod budget;
+mod connector;
 mod exchange;
 pub mod headers;
 mod health;

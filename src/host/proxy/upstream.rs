@@ -7,24 +7,26 @@
 use super::answer::{error_response, Body};
 use super::balancer::{within, States, UpstreamState};
 use super::body::Side;
+use super::connector::connector;
 use super::exchange::Exchange;
 use super::headers::{self, Origin};
 use super::health::Report;
-use crate::host::config::{HashOn, PassHost, Route};
+use crate::host::config::{HashOn, PassHost, Route, Upstream};
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{
     capture_connection, CaptureConnection, HttpConnector, HttpInfo,
 };
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 use tracing::warn;
 
@@ -40,8 +42,9 @@ pub(crate) struct RouteRuntime {
     /// The upstream's balancer and health state, shared with the other
     /// routes of the same upstream.
     state: Arc<UpstreamState>,
-    /// Pooled upstream connections (per route: timeouts are per upstream).
-    client: Client<HttpConnector, Body>,
+    /// Pooled upstream connections (per route: timeouts are per upstream),
+    /// clear text or TLS (`scheme`).
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     /// Requests carried so far by each pooled connection, by its local
     /// address (shared with the client, as its pool is).
     uses: Arc<Mutex<HashMap<SocketAddr, u32>>>,
@@ -101,6 +104,7 @@ pub(crate) fn runtimes(
                 .iter()
                 .map(|rt| rt.state.clone());
             let state = states.get(&route.upstream, old_states);
+            warn_unverified(&route.upstream);
             let old = previous.and_then(|p| p.iter().find(|o| o.route.id == route.id));
             match old {
                 Some(old) => RouteRuntime::reusing(route.clone(), state, old),
@@ -114,6 +118,19 @@ pub(crate) fn runtimes(
 /// can send it again (larger ones stream, and are sent again only if the
 /// node never read from them).
 const RESEND_BUFFER: u64 = 64 * 1024;
+
+/// Upstreams whose `verify: false` was logged (once per upstream).
+static UNVERIFIED_LOGGED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+
+/// Logs, once per upstream, that its nodes' certificates are not checked.
+fn warn_unverified(upstream: &Upstream) {
+    if upstream.tls.as_ref().is_some_and(|t| !t.verify) {
+        let mut logged = UNVERIFIED_LOGGED.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.insert(upstream.name.clone()) {
+            warn!(upstream = %upstream.name, "TLS to this upstream's nodes does not verify their certificates (APISIX's default): set `\"tls\": {{\"verify\": true}}` to check them");
+        }
+    }
+}
 
 /// Whether a method may be sent twice (RFC 9110 section 9.2.2): only such
 /// a request is retried once it reached a node.
@@ -170,9 +187,14 @@ impl hyper::body::Body for Resendable {
 impl RouteRuntime {
     /// The run-time state of `route`, with its upstream's `state`.
     fn new(route: Arc<Route>, state: Arc<UpstreamState>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(route.upstream.connect_timeout));
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(route.upstream.connect_timeout));
+        http.set_nodelay(true);
+        let sni = match &route.upstream.pass_host {
+            PassHost::Rewrite(host) => Some(host.as_str()),
+            _ => None,
+        };
+        let connector = connector(route.upstream.tls.as_ref(), sni, http);
         let pool = route.upstream.keepalive;
         // `size` counts per proxy thread, as APISIX's counts per worker;
         // hyper's pool is one per route, for all threads.
@@ -198,8 +220,12 @@ impl RouteRuntime {
     /// connections when the connection settings are the same (a reload
     /// that leaves the route's upstream alone does not reconnect).
     fn reusing(route: Arc<Route>, state: Arc<UpstreamState>, old: &RouteRuntime) -> Self {
-        if route.upstream.connect_timeout != old.route.upstream.connect_timeout
-            || route.upstream.keepalive != old.route.upstream.keepalive
+        let (new, was) = (&route.upstream, &old.route.upstream);
+        // What the connector holds: timeouts, pool, TLS and its SNI.
+        if new.connect_timeout != was.connect_timeout
+            || new.keepalive != was.keepalive
+            || new.tls != was.tls
+            || new.pass_host != was.pass_host
         {
             return Self::new(route, state);
         }
@@ -239,7 +265,11 @@ impl RouteRuntime {
     fn node_uri(&self, index: usize, ex: &Exchange) -> Result<Uri, String> {
         let authority = self.nodes[index].authority.clone()?;
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if self.route.upstream.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
         parts.authority = Some(authority);
         parts.path_and_query = Some(
             ex.head
@@ -405,6 +435,8 @@ impl RouteRuntime {
             );
             let failed = if timed_out {
                 error_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
+            } else if is_tls(&e) {
+                error_response(StatusCode::BAD_GATEWAY, "upstream TLS handshake failed")
             } else {
                 error_response(StatusCode::BAD_GATEWAY, "upstream unreachable")
             };
@@ -478,15 +510,40 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
+/// `e` and its causes: `source()`, and the error an `io::Error` wraps
+/// (whose `source()` skips it: rustls's errors come wrapped so, twice).
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut next = vec![e];
+    while let Some(e) = next.pop() {
+        if out.len() > 32 {
+            break;
         }
-        source = s.source();
+        out.push(e);
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            next.push(inner);
+        }
+        if let Some(source) = e.source() {
+            next.push(source);
+        }
     }
-    false
+    out
+}
+
+/// Whether a rustls error (a refused certificate, a failed handshake) is
+/// in `e`'s chain.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    causes(e).iter().any(|c| c.is::<rustls::Error>())
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    causes(e).iter().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
 }
