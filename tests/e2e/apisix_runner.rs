@@ -175,6 +175,7 @@ async fn a_python_apisix_runner_serves_every_action() {
     assert_eq!(got.header("x-resp-phase"), Some("yes"));
     assert_eq!(got.header("x-a6-resp-len"), Some("16"));
     assert_eq!(got.header("x-upstream"), Some("yes"), "kept in the list");
+    assert_eq!(got.header("x-powered-by"), None, "left out of the list");
 
     let m = metrics(&proxy).await;
     assert_eq!(value(&m, UP), 1.0);
