@@ -379,3 +379,25 @@ async fn websocket_tunnels_after_the_request_phases_and_only_when_enabled() {
         "426"
     );
 }
+
+#[tokio::test]
+async fn a_websocket_tunnel_idle_past_the_read_timeout_is_closed() {
+    let (up, _seen) = echo_upstream().await;
+    let proxy = start(json!([{
+        "id": "ws", "uri": "/ws", "enable_websocket": true,
+        "upstream": {"nodes": {up.to_string(): 1}, "timeout": {"read": 0.5}},
+    }]));
+    let (status, io) = websocket(&proxy, "/ws", None).await;
+    assert_eq!(status, 101);
+    let mut io = io.unwrap();
+    io.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    io.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    // Nothing more either way: the proxy closes the tunnel (EOF or reset).
+    let mut rest = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), io.read(&mut rest))
+        .await
+        .expect("the idle tunnel closed within 20 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
