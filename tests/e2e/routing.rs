@@ -401,3 +401,39 @@ async fn a_websocket_tunnel_idle_past_the_read_timeout_is_closed() {
         .expect("the idle tunnel closed within 20 s");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+#[tokio::test]
+async fn a_websocket_tunnel_keeps_its_client_connection_slot_until_it_ends() {
+    let (up, _seen) = echo_upstream().await;
+    let mut c = config(
+        demo(),
+        json!({}),
+        json!([{
+            "id": "ws", "uri": "/*", "enable_websocket": true,
+            "upstream": {"nodes": {up.to_string(): 1}},
+        }]),
+    );
+    c["max_client_connections"] = json!(1);
+    let proxy = ProxyProc::start(&c);
+    let (status, io) = websocket(&proxy, "/ws", None).await;
+    assert_eq!(status, 101);
+    let mut io = io.unwrap();
+    io.write_all(b"x").await.unwrap();
+    let mut back = [0u8; 1];
+    io.read_exact(&mut back).await.unwrap();
+    // The one slot is the tunnel's: another client waits in the backlog.
+    let addr = proxy.addr;
+    let mut other =
+        tokio::spawn(async move { answered(crate::support::raw::get(addr, "/plain", &[]).await) });
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(500), &mut other).await;
+    assert!(
+        waited.is_err(),
+        "answered while the tunnel held the only slot: {waited:?}"
+    );
+    drop(io);
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), other)
+        .await
+        .expect("served once the tunnel ended")
+        .unwrap();
+    assert_eq!(got, "426", "the upstream's answer to a plain request");
+}
