@@ -317,6 +317,26 @@ async fn websocket(
     (status, Some(TokioIo::new(upgraded)))
 }
 
+/// A tunnel through `path`, checked by one echo of `bytes`.
+async fn tunnel(proxy: &ProxyProc, path: &str, bytes: &[u8]) -> TokioIo<hyper::upgrade::Upgraded> {
+    let (status, io) = websocket(proxy, path, None).await;
+    assert_eq!(status, 101);
+    let mut io = io.unwrap();
+    echoes(&mut io, bytes).await;
+    io
+}
+
+/// Sends `bytes` through the tunnel and reads them back.
+async fn echoes(io: &mut TokioIo<hyper::upgrade::Upgraded>, bytes: &[u8]) {
+    io.write_all(bytes).await.unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(std::time::Duration::from_secs(20), io.read_exact(&mut back))
+        .await
+        .expect("the echo within 20 s")
+        .unwrap();
+    assert_eq!(back, bytes);
+}
+
 #[tokio::test]
 async fn websocket_tunnels_after_the_request_phases_and_only_when_enabled() {
     let (up, seen) = echo_upstream().await;
@@ -353,13 +373,7 @@ async fn websocket_tunnels_after_the_request_phases_and_only_when_enabled() {
         b'o' ^ 1,
     ];
     for _ in 0..3 {
-        io.write_all(&frame).await.unwrap();
-        let mut back = [0u8; 11];
-        tokio::time::timeout(std::time::Duration::from_secs(20), io.read_exact(&mut back))
-            .await
-            .expect("the echo within 20 s")
-            .unwrap();
-        assert_eq!(back, frame);
+        echoes(&mut io, &frame).await;
     }
     drop(io);
     assert_eq!(
@@ -378,4 +392,51 @@ async fn websocket_tunnels_after_the_request_phases_and_only_when_enabled() {
         route_of(&proxy, "/ws", "h", &[("x-api-key", "k")]).await,
         "426"
     );
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_idle_past_the_read_timeout_is_closed() {
+    let (up, _seen) = echo_upstream().await;
+    let proxy = start(json!([{
+        "id": "ws", "uri": "/ws", "enable_websocket": true,
+        "upstream": {"nodes": {up.to_string(): 1}, "timeout": {"read": 0.5}},
+    }]));
+    let mut io = tunnel(&proxy, "/ws", b"ping").await;
+    // Nothing more either way: the proxy closes the tunnel (EOF or reset).
+    let mut rest = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), io.read(&mut rest))
+        .await
+        .expect("the idle tunnel closed within 20 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_keeps_its_client_connection_slot_until_it_ends() {
+    let (up, _seen) = echo_upstream().await;
+    let mut c = config(
+        demo(),
+        json!({}),
+        json!([{
+            "id": "ws", "uri": "/*", "enable_websocket": true,
+            "upstream": {"nodes": {up.to_string(): 1}},
+        }]),
+    );
+    c["max_client_connections"] = json!(1);
+    let proxy = ProxyProc::start(&c);
+    let io = tunnel(&proxy, "/ws", b"x").await;
+    // The one slot is the tunnel's: another client waits in the backlog.
+    let addr = proxy.addr;
+    let mut other =
+        tokio::spawn(async move { answered(crate::support::raw::get(addr, "/plain", &[]).await) });
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(500), &mut other).await;
+    assert!(
+        waited.is_err(),
+        "answered while the tunnel held the only slot: {waited:?}"
+    );
+    drop(io);
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), other)
+        .await
+        .expect("served once the tunnel ended")
+        .unwrap();
+    assert_eq!(got, "426", "the upstream's answer to a plain request");
 }

@@ -77,8 +77,10 @@ pub async fn check(
     Ok((table, source.describe()))
 }
 
-/// The listing: one line per route served (id, URIs, methods, upstream
-/// nodes, phases with their plugins), one per object skipped (key, kind,
+/// The listing: one line per route served (id, URIs, methods, the other
+/// matching fields it has: hosts, remote addresses, vars, priority,
+/// websocket; upstream nodes, phases with their plugins), one per object
+/// skipped (key, kind,
 /// reason), and a summary line.
 pub fn render(table: &RouteTable, source: &str) -> String {
     let mut out = String::new();
@@ -127,8 +129,27 @@ fn route_line(r: &Route) -> String {
             })
         })
         .collect();
+    // What else decides matching, only when the route has it.
+    let mut matching = String::new();
+    if !r.hosts.is_empty() {
+        let hosts: Vec<String> = r.hosts.iter().map(ToString::to_string).collect();
+        let _ = write!(matching, " hosts={}", hosts.join(","));
+    }
+    if !r.remote_addrs.is_empty() {
+        let addrs: Vec<String> = r.remote_addrs.iter().map(ToString::to_string).collect();
+        let _ = write!(matching, " remote_addrs={}", addrs.join(","));
+    }
+    if r.vars.is_some() {
+        matching.push_str(" vars");
+    }
+    if r.priority != 0 {
+        let _ = write!(matching, " priority={}", r.priority);
+    }
+    if r.enable_websocket {
+        matching.push_str(" websocket");
+    }
     format!(
-        "served {} uris={} methods={methods} upstream={}{}{}",
+        "served {} uris={} methods={methods}{matching} upstream={}{}{}",
         r.id.escape_debug(),
         uris.join(","),
         nodes.join(","),
@@ -147,5 +168,30 @@ pub fn of(config: &Config, path: PathBuf) -> Box<dyn RouteSource> {
     match &config.etcd {
         Some(conf) => Box::new(super::etcd::EtcdRoutes { conf: conf.clone() }),
         None => Box::new(FileRoutes { path }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_line_names_the_matching_fields_it_has() {
+        let c = Config::parse(
+            r#"{"ext-plugin":{"cmd":["r"]},"routes":[
+                {"id":"a","uri":"/a","upstream":{"nodes":{"127.0.0.1:1":1}}},
+                {"id":"b","uris":["/b","/c*"],"hosts":["*.Example.com","x.org"],"remote_addrs":["10.0.0.0/8"],
+                 "vars":[["arg_a","==","1"]],"priority":-2,"enable_websocket":true,
+                 "upstream":{"nodes":{"127.0.0.1:1":1}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            route_line(&c.routes[0]),
+            "served a uris=/a methods=* upstream=127.0.0.1:1=1"
+        );
+        assert_eq!(
+            route_line(&c.routes[1]),
+            "served b uris=/b,/c* methods=* hosts=*.example.com,x.org remote_addrs=10.0.0.0/8 vars priority=-2 websocket upstream=127.0.0.1:1=1"
+        );
     }
 }
