@@ -470,3 +470,51 @@ impl States {
 pub(super) fn within(started: Instant, limit: Option<Duration>) -> bool {
     limit.is_none_or(|l| started.elapsed() < l)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::config::Config;
+
+    fn upstream(kind: &str) -> Upstream {
+        let text = format!(
+            r#"{{"ext-plugin":{{"cmd":["r"]}},"routes":[{{"id":"r","uri":"/a","upstream":{{
+                "type":"{kind}","key":"uri",
+                "nodes":{{"127.0.0.1:1":1,"127.0.0.1:2":1,"127.0.0.1:3":1}},
+                "checks":{{"active":{{}},"passive":{{}}}}}}}}]}}"#
+        );
+        Config::parse(&text).unwrap().routes.remove(0).upstream
+    }
+
+    #[test]
+    fn unhealthy_and_tried_nodes_are_skipped_and_all_unhealthy_means_all_tried() {
+        for kind in ["roundrobin", "chash", "least_conn", "ewma"] {
+            // No runtime here: no active checker; the passive reports
+            // decide.
+            let state = UpstreamState::new(&upstream(kind));
+            let none = [false; 3];
+            state.passive(0, Report::TcpFailure);
+            state.passive(0, Report::TcpFailure);
+            for _ in 0..20 {
+                assert_ne!(state.pick(Some(b"k"), &none), Some(0), "{kind}");
+            }
+            let picked = state.pick(Some(b"k"), &none).unwrap();
+            let mut tried = [false; 3];
+            tried[picked] = true;
+            let other = state.pick(Some(b"k"), &tried).unwrap();
+            assert!(other != picked && other != 0, "{kind}: {other}");
+            for node in [1, 2] {
+                state.passive(node, Report::TcpFailure);
+                state.passive(node, Report::TcpFailure);
+            }
+            // Every node unhealthy: they are all tried, each once.
+            let mut tried = [false; 3];
+            for _ in 0..3 {
+                let i = state.pick(Some(b"k"), &tried).unwrap();
+                assert!(!tried[i], "{kind}");
+                tried[i] = true;
+            }
+            assert_eq!(state.pick(Some(b"k"), &tried), None, "{kind}");
+        }
+    }
+}
