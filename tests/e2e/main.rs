@@ -25,4 +25,5 @@ mod runner_bounds;
 mod security_pipeline;
 mod template;
 mod threads;
+mod tls;
 mod upstream_pool;

@@ -10,7 +10,9 @@
 //! - `validate`: the runner, client, environment and etcd checks;
 //! - [`apisix`]: APISIX's route, upstream and service objects made into
 //!   routes (the file's and etcd's alike);
-//! - `uri`: a route `uri`'s rules; `balance`: the weighted round robin.
+//! - `uri`: a route `uri`'s rules; `balance`: the weighted round robin;
+//! - [`tls`]: the TLS listener, HTTP/2's limits, a checked SSL object;
+//!   `ssl`: APISIX's SSL objects checked (PEM, key, keyring, expiry).
 
 pub mod apisix;
 mod balance;
@@ -18,8 +20,10 @@ pub mod error;
 mod load;
 pub mod model;
 mod raw;
+mod ssl;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 mod uri;
 mod validate;
 
@@ -29,4 +33,6 @@ pub use model::{
     AdminConf, ClientLimits, Config, EtcdConf, KeepalivePool, Phase, PhaseConf, Route, RunnerConf,
     Upstream, UriPattern, DEFAULT_RUNNER,
 };
+pub use ssl::{certified_key, parse_ssl};
+pub use tls::{Http2Limits, Keyring, Ssl, TlsConf};
 pub use validate::{check_runners, RESERVED_ENV};

@@ -167,6 +167,10 @@ impl RouteRuntime {
             &mut headers,
             ex.peer.ip(),
             client_host.as_ref(),
+            ex.head
+                .extensions
+                .get::<crate::host::edge::ingress::OverTls>()
+                .is_some(),
         );
         // The proxy sets the framing: a buffered body's length here; a
         // streamed body's framing is hyper's, from the client's (already
