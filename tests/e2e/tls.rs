@@ -496,3 +496,210 @@ async fn rapid_reset_is_cut_off_and_others_are_still_served() {
         .unwrap();
     assert_eq!(got.status, 200);
 }
+
+/// Polls the TLS listener at `at` with `sni` until `ok` takes the outcome
+/// (the certificate served, or `None` when the handshake failed); panics
+/// with `what` and `node`'s log after 10 s.
+async fn until_served(
+    node: &ProxyProc,
+    sni: &str,
+    what: &str,
+    ok: impl Fn(Option<Vec<u8>>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = connect(node.tls.unwrap(), Some(sni), &[]).await.ok();
+        if ok(got.as_ref().map(served)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}; log:\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn ssl_objects_from_etcd_are_served_live() {
+    use crate::support::etcd::Etcd;
+    let etcd = Etcd::start();
+    let node = ProxyProc::start(&json!({
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
+        "tls": {"listen": "127.0.0.1:0"},
+        "ext-plugin": {"cmd": demo(), "standby": false, "stop_grace_ms": 500},
+        "etcd": {"endpoints": [etcd.url()], "prefix": "/apisix", "timeout_ms": 2000},
+    }));
+    assert!(connect(node.tls.unwrap(), Some("e.example"), &[])
+        .await
+        .is_err());
+    // As APISIX 3.x stores it: the key encrypted with its default keyring.
+    let (e_cert, e_key, e_der) = cert(&["e.example"], 90);
+    let mut object = ssl(
+        "1",
+        &["e.example"],
+        &e_cert,
+        &tls::apisix_encrypt("edd1c9f0985e76a2", &e_key),
+    );
+    object["create_time"] = json!(1700000000);
+    etcd.put("/apisix/ssls/1", &object);
+    until_served(&node, "e.example", "the ssl from etcd is not served", |c| {
+        c.as_ref() == Some(&e_der)
+    })
+    .await;
+    // A bad object is skipped with its key, counted; the good one serves on.
+    etcd.put(
+        "/apisix/ssls/2",
+        &ssl(
+            "2",
+            &["f.example"],
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+            &e_key,
+        ),
+    );
+    let admin = node.admin.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = get(&format!("http://{admin}/metrics")).await.text();
+        if m.contains("extplug_config_errors_total{kind=\"ssl\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ssl error not counted: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(node.log().contains("/apisix/ssls/2"), "{}", node.log());
+    assert_eq!(
+        served(
+            &connect(node.tls.unwrap(), Some("e.example"), &[])
+                .await
+                .unwrap()
+        ),
+        e_der
+    );
+    // Deleted: no longer served.
+    etcd.delete("/apisix/ssls/1");
+    until_served(&node, "e.example", "the deleted ssl is still served", |c| {
+        c.is_none()
+    })
+    .await;
+}
+
+#[test]
+fn extplug_check_validates_certificates_and_warns_before_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    let check = |ssls: Value| {
+        let mut c = config(demo(), json!({}), json!([]));
+        c["tls"] = json!({"listen": "127.0.0.1:0"});
+        c["ssls"] = ssls;
+        std::fs::write(&path, c.to_string()).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_extplug"))
+            .args(["check", "--offline", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (soon_cert, soon_key, _) = cert(&["a.example"], 10);
+    let (code, out, err) = check(json!([ssl("a", &["a.example"], &soon_cert, &soon_key)]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("1 certificate"), "{out}");
+    assert!(
+        err.contains("warning: ssl a: the certificate expires at")
+            && err.contains("within 30 days"),
+        "{err}"
+    );
+    let (old_cert, old_key, _) = cert(&["a.example"], -1);
+    let (code, _, err) = check(json!([ssl("a", &["a.example"], &old_cert, &old_key)]));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("ssl `a` (ssls[0]): `cert` expired at"),
+        "{err}"
+    );
+    let (good_cert, _, _) = cert(&["a.example"], 90);
+    let (code, _, err) = check(json!([ssl("a", &["a.example"], &good_cert, &soon_key)]));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("`key` is not the key of"), "{err}");
+    let (ok_cert, ok_key, _) = cert(&["a.example"], 90);
+    let (code, out, err) = check(json!([ssl("a", &["a.example"], &ok_cert, &ok_key)]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[tokio::test]
+async fn the_client_limits_apply_over_tls_and_http2() {
+    let up = Upstream::start().await;
+    let (p, _) = a_example(&up, |c| {
+        c["client_header_timeout_ms"] = json!(400);
+        c["max_request_header_bytes"] = json!(4096);
+        c["max_client_connections"] = json!(2);
+    });
+    let at = p.tls.unwrap();
+    // A header cut short over TLS: closed at the header timeout.
+    let mut s = connect(at, Some("a.example"), &[b"http/1.1"])
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("not closed at the header timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    drop(s);
+    // A header list over the limit over HTTP/2: refused, the connection
+    // still usable.
+    let s = connect(at, Some("a.example"), &[b"h2"]).await.unwrap();
+    let Sender::H2(mut h2) = Sender::h2(s).await else {
+        unreachable!()
+    };
+    let big = http::Request::get("https://a.example/big")
+        .header("x-big", "b".repeat(8000))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let before = up.requests().len();
+    match h2.send_request(big).await {
+        Ok(resp) => assert_eq!(resp.status(), 431),
+        Err(e) => eprintln!("the big header list was refused by a stream error: {e}"),
+    }
+    assert_eq!(up.requests().len(), before, "it never reached the upstream");
+    drop(h2);
+    // The connection cap counts both listeners: two TLS connections open,
+    // a clear-text one waits until one closes.
+    // (Each asks at once: a connection without a request past the header
+    // timeout is closed.)
+    let mut one = Sender::h2(connect(at, Some("a.example"), &[b"h2"]).await.unwrap()).await;
+    assert_eq!(one.get("a.example", "/1").await.unwrap().status, 200);
+    let mut two = Sender::h1(
+        connect(at, Some("a.example"), &[b"http/1.1"])
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(two.get("a.example", "/2").await.unwrap().status, 200);
+    let mut waiting = tokio::spawn(get_owned(p.url("/waits")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if waiting.is_finished() {
+        panic!(
+            "served past max_client_connections: {:?}; log:\n{}",
+            waiting.await,
+            p.log()
+        );
+    }
+    drop(two);
+    let got = tokio::time::timeout(Duration::from_secs(10), &mut waiting)
+        .await
+        .expect("not served once a connection closed")
+        .unwrap();
+    assert_eq!(got, 200);
+    assert_eq!(one.get("a.example", "/3").await.unwrap().status, 200);
+}
+
+async fn get_owned(url: String) -> u16 {
+    get(&url).await.status
+}

@@ -83,31 +83,15 @@ pub async fn serve_all(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();
-    let warned = Arc::new(std::sync::Mutex::new(None));
-    let accept = |listener: TcpListener, tls: Option<Tls>| {
-        accept_loop(
-            current.clone(),
-            listener,
-            tls,
-            limits,
-            slots.clone(),
-            tracker.clone(),
-            warned.clone(),
-            shutdown.clone(),
-        )
-    };
-    match tls {
-        None => accept(plain, None).await,
-        Some(t) => {
-            let tls = Tls {
-                acceptor: tokio_rustls::TlsAcceptor::from(t.config),
-                handshake_timeout: t.handshake_timeout,
-            };
-            tokio::join!(accept(plain, None), accept(t.listener, Some(tls)));
-        }
-    }
+    let tls = tls.map(|t| {
+        let handshake = Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(t.config),
+            handshake_timeout: t.handshake_timeout,
+        };
+        (t.listener, handshake)
+    });
+    accept_loop(&current, plain, tls, limits, &tracker, &shutdown).await;
     info!("stopped accepting; finishing requests in flight");
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -125,35 +109,38 @@ struct Tls {
     handshake_timeout: Duration,
 }
 
-/// Accepts connections on `listener` while a slot is free, until
+/// Accepts connections on `plain` and `tls` while a slot is free (one
+/// limit for both: the slot is taken before either accepts), until
 /// `shutdown`; each is served in a task of `tracker`.
-#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
-    current: Arc<ProxyCell>,
-    listener: TcpListener,
-    tls: Option<Tls>,
+    current: &Arc<ProxyCell>,
+    plain: TcpListener,
+    tls: Option<(TcpListener, Tls)>,
     limits: ClientLimits,
-    slots: Arc<Semaphore>,
-    tracker: TaskTracker,
-    last_warned: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
-    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
 ) {
-    let local = listener.local_addr().ok();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut last_warned: Option<tokio::time::Instant> = None;
+    let tls_accept = || async {
+        match &tls {
+            Some((listener, handshake)) => (listener.accept().await, Some(handshake.clone())),
+            // No TLS listener: never.
+            None => std::future::pending().await,
+        }
+    };
     loop {
         let permit = match slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 // Once per saturated stretch, not once per freed slot.
                 let now = tokio::time::Instant::now();
-                {
-                    let mut last = last_warned.lock().unwrap_or_else(|e| e.into_inner());
-                    if last.is_none_or(|t| now.duration_since(t) >= LIMIT_WARNING_EVERY) {
-                        *last = Some(now);
-                        warn!(
-                            max_client_connections = limits.max_connections,
-                            "connection limit reached; new connections wait until one closes"
-                        );
-                    }
+                if last_warned.is_none_or(|t| now.duration_since(t) >= LIMIT_WARNING_EVERY) {
+                    last_warned = Some(now);
+                    warn!(
+                        max_client_connections = limits.max_connections,
+                        "connection limit reached; new connections wait until one closes"
+                    );
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -165,25 +152,27 @@ async fn accept_loop(
                 }
             }
         };
-        let (stream, peer) = tokio::select! {
+        let (accepted, handshake) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause, not spin.
-                    warn!(cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = plain.accept() => (accepted, None),
+            accepted = tls_accept() => accepted,
         };
-        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: pause, not spin.
+                warn!(cause = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let local = stream.local_addr().unwrap_or(peer);
         tracker.spawn(connection(
             current.clone(),
             stream,
             (peer, local),
             limits,
-            tls.clone(),
+            handshake,
             shutdown.clone(),
             permit,
         ));
