@@ -566,6 +566,21 @@ async fn ssl_objects_from_etcd_are_served_live() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(node.log().contains("/apisix/ssls/2"), "{}", node.log());
+    // `extplug routes` lists what the node serves, and why not.
+    let listing = std::process::Command::new(env!("CARGO_BIN_EXE_extplug"))
+        .args(["routes", "--offline", "--config"])
+        .arg(node.dir.path().join("config.json"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains("served ssl 1 snis=e.example expires="),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("skipped /apisix/ssls/2 (ssl): `cert`"),
+        "{listing}"
+    );
     assert_eq!(
         served(
             &connect(node.tls.unwrap(), Some("e.example"), &[])

@@ -78,12 +78,23 @@ pub async fn check(
 }
 
 /// The listing: one line per route served (id, URIs, methods, upstream
-/// nodes, phases with their plugins), one per object skipped (key, kind,
-/// reason), and a summary line.
+/// nodes, phases with their plugins), one per certificate served (id,
+/// names, expiry), one per object skipped (key, kind, reason), and a
+/// summary line.
 pub fn render(table: &RouteTable, source: &str) -> String {
     let mut out = String::new();
     for r in &table.routes {
         let _ = writeln!(out, "{}", route_line(r));
+    }
+    for ssl in &table.ssls {
+        let snis: Vec<String> = ssl.snis.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "served ssl {} snis={} expires={}",
+            ssl.id.escape_debug(),
+            snis.join(","),
+            crate::host::config::tls::utc(ssl.not_after)
+        );
     }
     let mut skipped = table.skipped.clone();
     skipped.sort();
