@@ -718,3 +718,36 @@ async fn the_client_limits_apply_over_tls_and_http2() {
 async fn get_owned(url: String) -> u16 {
     get(&url).await.status
 }
+
+#[tokio::test]
+async fn bodies_stream_both_ways_over_http2() {
+    let up = Upstream::start().await;
+    let (p, _) = a_example(&up, |_| {});
+    let s = connect(p.tls.unwrap(), Some("a.example"), &[b"h2"])
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // 1 MiB up: more than the stream window (256 KiB), so flow control
+    // has to let it through piece by piece.
+    let body = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+    let req = http::Request::post("https://a.example/upload")
+        .body(http_body_util::Full::new(body.clone()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.last().body, body);
+    // A streamed (chunked) answer comes back as HTTP/2 data frames.
+    let req = http::Request::get("https://a.example/chunked")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    use http_body_util::BodyExt;
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got, "chunk one, chunk two, chunk three");
+}
