@@ -17,6 +17,10 @@
 # proxy and its runner at the end (and over a longer run with SOAK); request
 # bodies on /body against the same body through /plain; and last the runner
 # bench's floor, for the arithmetic of the best possible plugin ratio.
+# With TLS=1 (the default), HTTPS and HTTP/2 rounds too, each against nginx
+# with the same certificate and upstream: wrk over TLS with keep-alive, wrk
+# with a new TLS connection per request (`Connection: close`: handshakes),
+# h2load over TLS (ALPN h2); and the memory an idle TLS connection holds.
 #
 # Usage: scripts/bench-e2e.sh          (prints markdown tables on stdout;
 #                                       progress and raw rounds on stderr)
@@ -35,7 +39,11 @@
 #   RUNNER_THREADS=  the demo runner's threads (DEMO_RUNNER_THREADS; empty:
 #                   its default, one per core); the proxy's are EXTPLUG_THREADS
 #   KEEP=1          keep the temporary directory (configurations, logs, wrk output)
-# Installs wrk and nginx with apt-get when they are missing; builds the release
+#   PLAIN=1         the clear-text groups above; 0: only the TLS ones
+#   TLS=1           the HTTPS and HTTP/2 rounds; 0: not
+#   H2_STREAMS=10   h2load's streams per connection (-m); its connections: CONNECTIONS
+#   IDLE=1000       idle TLS connections opened to measure their memory
+# Installs wrk, nginx and h2load (nghttp2-client) with apt-get when they are missing; builds the release
 # binaries (`cargo build --release`). Every process it starts is stopped, and
 # its temporary directory removed, when it exits.
 set -euo pipefail
@@ -50,8 +58,12 @@ SOAK=${SOAK:-0}
 RUNNER_BENCH=${RUNNER_BENCH:-1}
 SOAK_EVERY=${SOAK_EVERY:-10}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
+PLAIN=${PLAIN:-1}
+TLS=${TLS:-1}
+H2_STREAMS=${H2_STREAMS:-10}
+IDLE=${IDLE:-1000}
 
-for v in ROUNDS DURATION CONNECTIONS MANY THREADS SOAK SOAK_EVERY; do
+for v in ROUNDS DURATION CONNECTIONS MANY THREADS SOAK SOAK_EVERY H2_STREAMS IDLE; do
   if ! [[ ${!v} =~ ^[0-9]+$ ]] || { [ "$v" != SOAK ] && [ "${!v}" -eq 0 ]; }; then
     echo "bench-e2e: $v=${!v} is not a positive whole number" >&2
     exit 2
@@ -66,7 +78,9 @@ log() { echo "bench-e2e: $*" >&2; }
 # --- tools ---------------------------------------------------------------
 cd "$(dirname "$0")/.."
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
-scripts/ensure-debian.sh wrk=wrk "$NGINX=nginx" curl=curl capnp=capnproto protoc=protobuf-compiler
+scripts/ensure-debian.sh wrk=wrk "$NGINX=nginx" curl=curl capnp=capnproto protoc=protobuf-compiler \
+  openssl=openssl python3=python3
+[ "$TLS" = 0 ] || scripts/ensure-debian.sh h2load=nghttp2-client
 NGINX=$(command -v nginx || echo "$NGINX")
 
 log "building (cargo build --release)"
@@ -107,6 +121,12 @@ wait_http() { # url: until it answers (any status), 20 s at most
 # --- nginx: the upstream, and the reverse proxy to compare with -------------------
 up_port=$(free_port)
 ngx_port=$(free_port)
+ngx_tls_port=$(free_port)
+ext_tls_port=$(free_port)
+# The TLS rounds' certificate, one for both servers: ECDSA P-256, made now.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 user_line=
 [ "$(id -u)" = 0 ] && user_line="user root;" # the workers use $work
 nginx_conf() { # name, server block
@@ -147,6 +167,20 @@ nginx_conf proxy "upstream up { server 127.0.0.1:$up_port; keepalive 256; }
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
     }
+  }
+  # HTTPS: TLS 1.2 and 1.3 as extplug, HTTP/2 by ALPN, no session
+  # tickets (the clients here resume nothing either way).
+  server {
+    listen 127.0.0.1:$ngx_tls_port ssl http2;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets off;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
   }"
 "$NGINX" -e "$work/upstream.err" -p "$work" -c "$work/upstream.conf" -g 'daemon off;' &
 up_master=$!
@@ -166,9 +200,13 @@ if [ -n "${RUNNER_THREADS:-}" ]; then
   runner_env=", \"env\": { \"DEMO_RUNNER_THREADS\": \"$RUNNER_THREADS\" }"
 fi
 upstream_json="\"upstream\": { \"nodes\": { \"127.0.0.1:$up_port\": 1 } }"
+json_text() { python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$1"; }
 cat >"$work/extplug.json" <<EOF
 {
   "listen": "127.0.0.1:0",
+  "tls": { "listen": "127.0.0.1:$ext_tls_port", "fallback_sni": "bench.example" },
+  "ssls": [ { "id": "bench", "snis": ["bench.example"],
+              "cert": $(json_text "$work/cert.pem"), "key": $(json_text "$work/key.pem") } ],
   "ext-plugin": { "cmd": ["$bin/examples/demo-runner"]$runner_env },
   "runners": { "a6": { "cmd": ["$bin/examples/demo-runner"], "protocol": "apisix"$runner_env } },
   "routes": [
@@ -209,6 +247,13 @@ check() { # what, expected, command...
 }
 hdr() { curl -s -D - -o /dev/null "${@:2}" | tr -d '\r' | sed -n "s/^$1: //Ip"; }
 check "nginx proxy" ok curl -s "$ngx/"
+ngx_tls="https://127.0.0.1:$ngx_tls_port"
+ext_tls="https://127.0.0.1:$ext_tls_port"
+if [ "$TLS" != 0 ]; then
+  check "nginx over HTTP/2" "2 ok" curl -sk --http2 -w '%{http_version} ' "$ngx_tls/"
+  check "extplug over HTTP/2" "2 ok" curl -sk --http2 -w '%{http_version} ' "$ext_tls/plain"
+  check "extplug over TLS, by SNI" ok curl -sk --resolve "bench.example:$ext_tls_port:127.0.0.1" "https://bench.example:$ext_tls_port/plain"
+fi
 check "/plain" ok curl -s "$ext/plain"
 check "/rewrite sets x-bench" 1 hdr x-bench "$ext/rewrite"
 check "/rewrite-a6 sets x-bench" 1 hdr x-bench "$ext/rewrite-a6"
@@ -253,9 +298,33 @@ counts() { # the servers' CPU ticks, then the proxy's and the runners' switches
   echo "$(servers_ticks) $(switches "$proxy_pid") $(($(switches "$(runner_pid)") + $(switches "$(runner_pid a6)")))"
 }
 
-# run_wrk connections seconds url [lua]: prints "req/s p99_ms errors requests"
+# run_h2load connections seconds url streams: HTTP/2 over TLS, prints as run_wrk
+# (p99 from h2load's per-request log: its third column, microseconds).
+run_h2load() {
+  local out="$work/h2load.txt" lat="$work/h2load.log" p99
+  rm -f "$lat"
+  h2load -c"$1" -m"$4" -t"$THREADS" -D"$2" --log-file="$lat" "$3" >"$out" 2>&1 || {
+    cat "$out" >&2
+    log "h2load failed on $3"
+    exit 1
+  }
+  p99=$(awk '{print $3}' "$lat" | sort -n |
+    awk '{a[NR] = $1} END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", NR ? a[i] / 1000 : 0 }')
+  awk -v p99="$p99" '
+    /^finished in/ { gsub(/,/, ""); rps = $4 }
+    /^requests:/ { gsub(/,/, ""); n = $2; err += $2 - $8 }
+    /^status codes:/ { gsub(/,/, ""); err += $7 + $9 }
+    END { printf "%.0f %s %d %d\n", rps, p99, err, n }' "$out"
+}
+
+# run_wrk connections seconds url [lua | h2:STREAMS]: prints "req/s p99_ms
+# errors requests"; `h2:STREAMS` runs h2load instead.
 run_wrk() {
   local out="$work/wrk.txt" script=()
+  if [[ ${4:-} == h2:* ]]; then
+    run_h2load "$1" "$2" "$3" "${4#h2:}"
+    return
+  fi
   [ -n "${4:-}" ] && script=(-s "$4")
   wrk -t"$THREADS" -c"$1" -d"${2}s" --latency "${script[@]}" "$3" >"$out" 2>&1 || {
     cat "$out" >&2
@@ -377,6 +446,8 @@ main_table() { # group
   row 'same, `rewrite` on a runner reached over APISIX'"'"'s wire' "$1" rewrite-a6 "Cap'n Proto's" rewrite
 }
 
+runner_rows=
+if [ "$PLAIN" != 0 ]; then
 # shellcheck disable=SC2046 # one word per target
 run_group main $(main_targets "$CONNECTIONS")
 # shellcheck disable=SC2046
@@ -402,7 +473,7 @@ if [ "$SOAK" -gt 0 ]; then
 fi
 
 body_targets=()
-for size in $BODIES; do
+[ "$PLAIN" = 0 ] || for size in $BODIES; do
   body_targets+=("plain-$size|$CONNECTIONS|$ext/plain|$work/post-$size.lua" "body-$size|$CONNECTIONS|$ext/body|$work/post-$size.lua")
 done
 [ ${#body_targets[@]} -eq 0 ] || run_group bodies "${body_targets[@]}"
@@ -419,11 +490,95 @@ if [ "$RUNNER_BENCH" != 0 ]; then
   grep '^  ' "$work/runner-bench.txt" >&2 || true
   runner_rows=$(grep '^|' "$work/runner-bench.txt")
 fi
+fi
+
+# --- HTTPS and HTTP/2 ----------------------------------------------------------------
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+nginx_rss_kib() { # the nginx proxy's workers together
+  local p t=0
+  for p in $(pgrep -P "$ngx_master"); do t=$((t + $(rss_kib "$p"))); done
+  echo "$t"
+}
+# idle_kib port rss-command: KiB per idle TLS connection: IDLE connections
+# opened (handshake done, nothing sent), the server's resident memory
+# before and after.
+idle_kib() {
+  local before after stop="$work/idle.stop" out="$work/idle.out"
+  rm -f "$stop" "$out"
+  before=$($2)
+  python3 - "$1" "$IDLE" "$stop" >"$out" 2>&1 <<'PY' &
+import os, socket, ssl, sys, time
+port, n, stop = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+conns = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="bench.example") for _ in range(n)]
+print("open", flush=True)
+while not os.path.exists(stop):
+    time.sleep(0.05)
+PY
+  local py=$!
+  for _ in $(seq 600); do
+    grep -q open "$out" 2>/dev/null && break
+    kill -0 "$py" 2>/dev/null || { cat "$out" >&2; log "idle connections failed"; exit 1; }
+    sleep 0.05
+  done
+  sleep 1
+  after=$($2)
+  touch "$stop"
+  wait "$py" || true
+  awk -v a="$after" -v b="$before" -v n="$IDLE" 'BEGIN { printf "%.1f", (a - b) / n }'
+}
+if [ "$TLS" != 0 ]; then
+  printf 'wrk.headers["Connection"] = "close"\n' >"$work/close.lua"
+  run_group tls \
+    "nginx-tls|$CONNECTIONS|$ngx_tls/|" "ext-tls|$CONNECTIONS|$ext_tls/plain|" \
+    "nginx-hs|$CONNECTIONS|$ngx_tls/|$work/close.lua" "ext-hs|$CONNECTIONS|$ext_tls/plain|$work/close.lua" \
+    "nginx-h2|$CONNECTIONS|$ngx_tls/|h2:$H2_STREAMS" "ext-h2|$CONNECTIONS|$ext_tls/plain|h2:$H2_STREAMS"
+  log "memory of $IDLE idle TLS connections"
+  ext_idle=$(idle_kib "$ext_tls_port" "rss_kib $proxy_pid")
+  ngx_idle=$(idle_kib "$ngx_tls_port" nginx_rss_kib)
+fi
 
 # --- the report ------------------------------------------------------------------------
+# shellcheck disable=SC2016 # the backticks are markdown
+tls_report() {
+  cat <<EOF
+HTTPS and HTTP/2 (\`-c$CONNECTIONS\`, the same certificate for both, ECDSA P-256; TLS 1.3 as the clients
+negotiate it; extplug's route without plugins; nginx's TLS proxy in front of the same upstream):
+
+| | req/s | p99 | ratio (req/s) | p99 ratio |
+|---|---:|---:|---|---|
+$(row "nginx, HTTPS keep-alive (wrk)" tls nginx-tls)
+$(row '`extplug proxy`, HTTPS keep-alive (wrk)' tls ext-tls nginx nginx-tls)
+$(row "nginx, a new TLS connection per request (wrk, \`Connection: close\`)" tls nginx-hs)
+$(row '`extplug proxy`, the same' tls ext-hs nginx nginx-hs)
+$(row "nginx, HTTP/2 over TLS (h2load, $H2_STREAMS streams per connection)" tls nginx-h2)
+$(row '`extplug proxy`, the same' tls ext-h2 nginx nginx-h2)
+
+$(cpu_row_tls)
+
+Memory per idle TLS connection ($IDLE connections opened, handshake done, nothing sent; resident
+memory after minus before): \`extplug proxy\` $ext_idle KiB, nginx's workers $ngx_idle KiB.
+
+EOF
+}
+cpu_row_tls() {
+  echo "| CPU per request (µs) | extplug proxy | runner | nginx proxy | upstream | servers | machine (cores / req/s) | context switches per request, proxy / runner |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  cpu_row "nginx, HTTPS keep-alive" tls nginx-tls
+  cpu_row "extplug, HTTPS keep-alive" tls ext-tls
+  cpu_row "nginx, handshake per request" tls nginx-hs
+  cpu_row "extplug, handshake per request" tls ext-hs
+  cpu_row "nginx, HTTP/2" tls nginx-h2
+  cpu_row "extplug, HTTP/2" tls ext-h2
+}
 human() { awk -v b="$1" 'BEGIN { if (b >= 1048576) printf "%g MiB", b / 1048576; else if (b >= 1024) printf "%g KiB", b / 1024; else printf "%d B", b }'; }
+echo "### End to end ($(date -u +%Y-%m-%d), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+echo
+[ "$TLS" = 0 ] || tls_report
+if [ "$PLAIN" != 0 ]; then
 cat <<EOF
-### End to end ($(date -u +%Y-%m-%d), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))
 
 \`scripts/bench-e2e.sh\`: \`wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, rounds interleaved,
 medians of $ROUNDS; nginx answering a 2-byte body as the upstream; every process on the same machine.
@@ -443,7 +598,8 @@ Resident memory at the end of the $MANY-client rounds (VmRSS / VmHWM): proxy $pr
 runner $runner_mem.
 
 EOF
-if [ "$SOAK" -gt 0 ]; then
+fi
+if [ "$PLAIN" != 0 ] && [ "$SOAK" -gt 0 ]; then
   echo "Flatness: $SOAK s at $MANY clients on \`/rewrite\` (${soak_rps:-?} req/s), resident memory (VmRSS / VmHWM):"
   echo
   echo "| time | proxy | runner |"
@@ -451,7 +607,7 @@ if [ "$SOAK" -gt 0 ]; then
   printf '%s\n' "${soak_rows[@]}"
   echo
 fi
-if [ ${#body_targets[@]} -gt 0 ]; then
+if [ "$PLAIN" != 0 ] && [ ${#body_targets[@]} -gt 0 ]; then
   echo "Request bodies (POST, \`-c$CONNECTIONS\`): \`/body\`'s chain (\`body-size\`) needs the body, so the proxy"
   echo "reads it whole and sends it with the call; \`/plain\` streams it to the upstream."
   echo

@@ -19,6 +19,8 @@ pub struct Listening {
     pub proxy: SocketAddr,
     /// The admin listener, when configured.
     pub admin: Option<SocketAddr>,
+    /// The TLS listener, when configured (`tls`).
+    pub tls: Option<SocketAddr>,
 }
 
 /// Runs the proxy for `config` until `shutdown`, without reloads from a
@@ -67,6 +69,18 @@ pub async fn run_from(
             addr: config.listen,
             source,
         })?;
+    let tls_listener = match &config.tls {
+        None => None,
+        Some(t) => Some((
+            tokio::net::TcpListener::bind(t.listen)
+                .await
+                .map_err(|source| HostError::Listen {
+                    addr: t.listen,
+                    source,
+                })?,
+            t.handshake_timeout,
+        )),
+    };
     let (limits, grace, listen, routes) = (
         server::fd_limit::fit(&config),
         config.shutdown_grace,
@@ -140,11 +154,21 @@ pub async fn run_from(
     }
     let addr = listener.local_addr().unwrap_or(listen);
     info!(%addr, routes, "proxy listening");
+    let tls = tls_listener.map(|(listener, handshake_timeout)| server::TlsListener {
+        listener,
+        config: server::tls::server_config(gateway.certs(), true),
+        handshake_timeout,
+    });
+    let tls_addr = tls.as_ref().and_then(|t| t.listener.local_addr().ok());
+    if let Some(addr) = tls_addr {
+        info!(%addr, "TLS listening");
+    }
     on_listening(Listening {
         proxy: addr,
         admin: admin_addr,
+        tls: tls_addr,
     });
-    server::serve(gateway.current(), listener, limits, shutdown, grace).await;
+    server::serve_all(gateway.current(), listener, tls, limits, shutdown, grace).await;
     if let Some(follower) = follower {
         // It stops at `shutdown`; awaited so that no apply races the stop.
         let _ = follower.await;

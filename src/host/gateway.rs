@@ -8,12 +8,14 @@
 //! did not change keep their tokens (the token key carries a hash of the
 //! chain; a changed chain gets a new key and is prepared again).
 
-use crate::host::config::{check_runners, Config, ConfigError, Route, RunnerConf};
+use crate::host::config::tls::expiry_warnings;
+use crate::host::config::{check_runners, Config, ConfigError, Route, RunnerConf, Ssl};
 use crate::host::metrics;
 use crate::host::proxy::{Proxy, ProxyCell};
 use crate::host::runner::preflight::{preflight, ConfigRefused, Refusal};
 use crate::host::runner::set::{RunnerHandle, Runners, StartError};
 use crate::host::runner::supervisor::{Restarter, RunnerState};
+use crate::host::server::tls::Certs;
 use crate::host::source::{ErrorKind, RouteLeftOut, RouteSink};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -56,6 +58,9 @@ pub struct Gateway {
     /// Why the routes are not loaded yet (etcd: until the first load);
     /// `None` once they are (a file's are from the start).
     pending: std::sync::Mutex<Option<String>>,
+    /// The certificates the TLS listener serves: the file's `ssls`,
+    /// replaced at each reload, and etcd's.
+    certs: Arc<Certs>,
 }
 
 /// What an apply changes.
@@ -148,6 +153,12 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<String> {
             "`etcd` changed: the routes' source is chosen at start; {RESTART}"
         ));
     }
+    let listener = |c: &Config| c.tls.as_ref().map(|t| (t.listen, t.handshake_timeout));
+    if listener(old) != listener(new) || old.client.http2 != new.client.http2 {
+        return Some(format!(
+            "`tls.listen`, `tls.handshake_timeout_ms` or `http2` changed: the TLS listener and the connections' settings are made at start; {RESTART}"
+        ));
+    }
     None
 }
 
@@ -183,7 +194,10 @@ impl Gateway {
                 e.endpoints.join(", ")
             )
         });
+        let certs = Arc::new(Certs::default());
+        serve_certs(&certs, &config);
         Ok(Some(Gateway {
+            certs,
             pending: std::sync::Mutex::new(pending),
             current: Arc::new(ProxyCell::new(Arc::new(proxy))),
             states: arc_swap::ArcSwap::from_pointee(runners.states()),
@@ -192,6 +206,19 @@ impl Gateway {
             shutdown,
             retiring: TaskTracker::new(),
         }))
+    }
+
+    /// The certificates the TLS listener serves.
+    pub fn certs(&self) -> Arc<Certs> {
+        self.certs.clone()
+    }
+
+    /// Serves etcd's SSL objects from now on (beside the file's).
+    pub fn apply_ssls(&self, ssls: Vec<Ssl>) {
+        for warning in expiry_warnings(&ssls) {
+            tracing::warn!("{warning}");
+        }
+        self.certs.set_etcd(ssls);
     }
 
     /// The cell holding the current proxy, which the server reads for each
@@ -477,6 +504,11 @@ impl Gateway {
         next.append(&mut started.0);
         live.runners = Runners(next);
         let grace = config.shutdown_grace;
+        if !lenient {
+            // The file's certificates, with its routes: all or nothing (a
+            // bad one refused the file before anything changed).
+            serve_certs(&self.certs, &config);
+        }
         live.config = config;
         // The swap: requests from now on use the new proxy.
         let old = self.current.swap(Arc::new(proxy));
@@ -515,6 +547,16 @@ impl Gateway {
     }
 }
 
+/// Serves the file's certificates of `config` (logging those that expire
+/// soon).
+fn serve_certs(certs: &Certs, config: &Config) {
+    for warning in expiry_warnings(&config.ssls) {
+        tracing::warn!("{warning}");
+    }
+    let fallback = config.tls.as_ref().and_then(|t| t.fallback_sni.clone());
+    certs.set_file(config.ssls.clone(), fallback);
+}
+
 /// Waits until no request holds `old` any more (requests in flight keep
 /// the proxy they started with), for at most `grace`.
 async fn drained(old: Arc<Proxy>, grace: Duration) {
@@ -537,5 +579,9 @@ impl RouteSink for Gateway {
 
     fn routes_loaded(&self) {
         Gateway::routes_loaded(self)
+    }
+
+    fn apply_ssls(&self, ssls: Vec<Ssl>) {
+        Gateway::apply_ssls(self, ssls)
     }
 }

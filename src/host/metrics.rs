@@ -90,6 +90,8 @@ struct Metrics {
     config_reloads: IntCounterVec,
     headers_dropped: IntCounterVec,
     config_errors: IntCounterVec,
+    ssl_expiry: IntGaugeVec,
+    tls_handshakes: IntCounterVec,
     etcd_up: IntGauge,
     routes_skipped: IntGauge,
     /// `etcd_up` and `routes_skipped` are in the registry.
@@ -209,8 +211,26 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         config_errors: counter(
             &r,
             "extplug_config_errors_total",
-            "Objects from etcd skipped as not valid, by kind (route, upstream, service, chain: the runner refused it); each error once, when it appears.",
+            "Objects from etcd skipped as not valid, by kind (route, upstream, service, ssl, chain: the runner refused it); each error once, when it appears.",
             &["kind"],
+        ),
+        ssl_expiry: {
+            let g = IntGaugeVec::new(
+                Opts::new(
+                    "extplug_ssl_certificate_expiry_seconds",
+                    "When each certificate being served expires (its SSL object's id), as Unix time in seconds.",
+                ),
+                &["id"],
+            )
+            .expect("a valid metric");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        },
+        tls_handshakes: counter(
+            &r,
+            "extplug_tls_handshakes_total",
+            "TLS handshakes on the TLS listener, by result (ok; failed: refused or broken, an unknown name included; timeout).",
+            &["result"],
         ),
         // Registered by the etcd source when it starts (`etcd_source`): a
         // node without etcd shows no etcd series.
@@ -234,7 +254,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("registered once");
-    for kind in ["route", "upstream", "service", "chain"] {
+    for result in ["ok", "failed", "timeout"] {
+        m.tls_handshakes.with_label_values(&[result]);
+    }
+    for kind in ["route", "upstream", "service", "chain", "ssl"] {
         m.config_errors.with_label_values(&[kind]);
     }
     // Series that dashboards expect at 0 before anything happens.
@@ -372,6 +395,21 @@ pub fn config_reload(ok: bool) {
 /// upstream, service, chain).
 pub fn config_error(kind: &str) {
     METRICS.config_errors.with_label_values(&[kind]).inc();
+}
+
+/// The certificates being served now: `(id, expiry as Unix time)`; the
+/// series of certificates no longer served go.
+pub fn ssl_certificates<'a>(certs: impl IntoIterator<Item = (&'a str, i64)>) {
+    let g = &METRICS.ssl_expiry;
+    g.reset();
+    for (id, not_after) in certs {
+        g.with_label_values(&[id]).set(not_after);
+    }
+}
+
+/// Counts a TLS handshake by result: `ok`, `failed` or `timeout`.
+pub fn tls_handshake(result: &str) {
+    METRICS.tls_handshakes.with_label_values(&[result]).inc();
 }
 
 /// The etcd source's series, put in the registry on first use.

@@ -27,6 +27,7 @@ mod runner_bounds;
 mod security_pipeline;
 mod template;
 mod threads;
+mod tls;
 mod upstream_pool;
 mod upstream_tls;
 mod upstreams;

@@ -21,7 +21,7 @@ use tokio_rustls::rustls;
 /// A certificate authority made for one test.
 struct Ca {
     cert: rcgen::Certificate,
-    key: KeyPair,
+    issuer: rcgen::Issuer<'static, KeyPair>,
 }
 
 impl Ca {
@@ -32,7 +32,7 @@ impl Ca {
         params.distinguished_name.push(DnType::CommonName, name);
         Ca {
             cert: params.self_signed(&key).unwrap(),
-            key,
+            issuer: rcgen::Issuer::new(params, key),
         }
     }
 
@@ -42,7 +42,7 @@ impl Ca {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let cert = CertificateParams::new(names)
             .unwrap()
-            .signed_by(&key, &self.cert, &self.key)
+            .signed_by(&key, &self.issuer)
             .unwrap();
         (cert.pem(), key.serialize_pem())
     }

@@ -158,6 +158,8 @@ pub struct ProxyProc {
     pub log: PathBuf,
     /// The admin listener's address, when the configuration has `admin`.
     pub admin: Option<SocketAddr>,
+    /// The TLS listener's address, when the configuration has `tls`.
+    pub tls: Option<SocketAddr>,
 }
 
 /// How long a dropped [`ProxyProc`] has to stop after SIGTERM.
@@ -304,6 +306,16 @@ impl ProxyProc {
                 .parse()
                 .unwrap()
         });
+        // Printed after the admin line when `tls` is configured.
+        let tls = b.config.get("tls").map(|_| {
+            let mut tls = String::new();
+            out.read_line(&mut tls).unwrap();
+            tls.trim()
+                .strip_prefix("extplug TLS listening on https://")
+                .unwrap_or_else(|| panic!("no TLS listening line; got {tls:?}"))
+                .parse()
+                .unwrap()
+        });
         let addr = line
             .trim()
             .strip_prefix("extplug listening on http://")
@@ -321,6 +333,7 @@ impl ProxyProc {
             dir,
             log,
             admin,
+            tls,
         }
     }
 

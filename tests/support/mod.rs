@@ -239,6 +239,7 @@ pub mod conf;
 pub mod etcd;
 pub mod http;
 pub mod raw;
+pub mod tls;
 
 /// Stops `child` as an operator would: SIGTERM, then SIGKILL if it is still
 /// running after `grace`; always reaps it. (SIGKILL alone would leave the

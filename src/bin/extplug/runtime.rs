@@ -35,7 +35,8 @@ pub fn fail(message: &str) -> ExitCode {
 /// Runs the proxy until SIGTERM/SIGINT. Prints `extplug listening on
 /// http://ADDR` on stdout once it accepts connections (tests and scripts
 /// wait for that line), `extplug admin listening on http://ADDR ...` when
-/// the admin listener is configured, then `after_listening`'s text.
+/// the admin listener is configured, `extplug TLS listening on
+/// https://ADDR` when the TLS listener is, then `after_listening`'s text.
 ///
 /// A configuration the runner refuses (or a runner that does not start) is
 /// reported once, prefixed with the file's path when there is one, with exit
@@ -76,6 +77,9 @@ pub fn serve(
                     out,
                     "extplug admin listening on http://{admin} (GET /metrics, /healthz, /readyz)"
                 );
+            }
+            if let Some(tls) = at.tls {
+                let _ = writeln!(out, "extplug TLS listening on https://{tls}");
             }
             if let Some(after) = after_listening {
                 let _ = write!(out, "{}", after(at));

@@ -5,6 +5,8 @@ use super::apisix::parse_route;
 use super::error::ConfigError;
 use super::model::{Config, DEFAULT_RUNNER};
 use super::raw::{without_position, RawConfig};
+use super::ssl::parse_ssl;
+use super::tls::{Keyring, Ssl};
 use super::validate::{admin_conf, check_runners, client_limits, etcd_conf, runner_conf};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -83,10 +85,21 @@ impl Config {
             let conf = runner_conf(&format!("runners.{name}"), r)?;
             runners.insert(name, conf);
         }
-        let etcd = match raw.etcd {
+        let mut etcd = match raw.etcd {
             None => None,
             Some(e) => Some(etcd_conf(e)?),
         };
+        let mut client = client;
+        client.http2 = super::ssl::http2_limits(raw.http2).map_err(ConfigError)?;
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => Some(super::ssl::tls_conf(t).map_err(ConfigError)?),
+        };
+        let keyring = tls.as_ref().map(|t| t.keyring.clone()).unwrap_or_default();
+        if let Some(e) = etcd.as_mut() {
+            e.keyring = keyring.clone();
+        }
+        let ssls = file_ssls(text, raw.ssls.unwrap_or_default(), &keyring)?;
         let raw_routes = match (raw.routes, &etcd) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError(
@@ -154,14 +167,46 @@ impl Config {
             client,
             admin,
             etcd,
+            tls,
+            ssls,
         })
     }
+}
+
+/// The file's `ssls`, each checked ([`parse_ssl`]); all or nothing: the
+/// first bad one refuses the file, with its place, id and reason. `text`
+/// is the whole file, which each object's text is a slice of.
+fn file_ssls(
+    text: &str,
+    raw: Vec<&serde_json::value::RawValue>,
+    keyring: &Keyring,
+) -> Result<Vec<Ssl>, ConfigError> {
+    let mut ssls: Vec<Ssl> = Vec::with_capacity(raw.len());
+    for (i, object) in raw.into_iter().enumerate() {
+        let object = object.get();
+        let offset = (object.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+        let (line, column) = line_column(text, offset);
+        let id = match serde_json::from_str::<RouteId>(object).map(|r| r.id) {
+            Ok(Some(serde_json::Value::String(s))) => format!("`{s}`"),
+            Ok(Some(serde_json::Value::Number(n))) => format!("`{n}`"),
+            _ => "without id".to_owned(),
+        };
+        let fail = |e: String| ConfigError(format!("{line}:{column}: ssl {id} (ssls[{i}]): {e}"));
+        let Some(ssl) = parse_ssl(object, keyring).map_err(fail)? else {
+            continue;
+        };
+        if ssls.iter().any(|s| s.id == ssl.id) {
+            return Err(fail("the id is used twice".into()));
+        }
+        ssls.push(ssl);
+    }
+    Ok(ssls)
 }
 
 /// A route's `id` alone, to name the route in its errors.
 #[derive(Deserialize)]
 pub(super) struct RouteId {
-    id: Option<serde_json::Value>,
+    pub(super) id: Option<serde_json::Value>,
 }
 
 /// The 1-based line and column (in bytes, as serde_json counts) of `offset`.

@@ -14,6 +14,8 @@
 //! - `uri`: a route `uri`'s rules; `balance`: the balancers' settings and
 //!   the weighted round robin; `checks`: an upstream's health checks;
 //!   `upstream_tls`: `scheme: https` and `tls`, and rustls's configuration.
+//! - [`tls`]: the TLS listener, HTTP/2's limits, a checked SSL object;
+//!   `ssl`: APISIX's SSL objects checked (PEM, key, keyring, expiry).
 
 pub mod apisix;
 mod balance;
@@ -23,8 +25,10 @@ pub mod expr;
 mod load;
 pub mod model;
 mod raw;
+mod ssl;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 #[cfg(test)]
 mod upstream_tests;
 mod upstream_tls;
@@ -38,5 +42,7 @@ pub use model::{
     HealthRules, KeepalivePool, PassHost, PassiveCheck, Phase, PhaseConf, Route, RunnerConf,
     Upstream, UpstreamTls, UriPattern, DEFAULT_RUNNER,
 };
+pub use ssl::{certified_key, parse_ssl};
+pub use tls::{Http2Limits, Keyring, Ssl, TlsConf};
 pub use upstream_tls::{client_config, client_config_or_refusing, plain_client_config};
 pub use validate::{check_runners, RESERVED_ENV};

@@ -69,6 +69,10 @@ pub struct Config {
     /// holding APISIX's keys (`"etcd": {...}`); `routes` is empty then, and
     /// filled by [`crate::host::source::etcd`].
     pub etcd: Option<EtcdConf>,
+    /// The TLS listener (`tls`); off when `None`.
+    pub tls: Option<super::tls::TlsConf>,
+    /// The file's SSL objects (`ssls`), checked, in file order.
+    pub ssls: Vec<super::tls::Ssl>,
 }
 
 /// The `etcd` section: the cluster and the key prefix the routes, upstreams
@@ -83,6 +87,9 @@ pub struct EtcdConf {
     pub timeout: Duration,
     /// `(user, password)` for etcd's authentication, when set.
     pub auth: Option<(String, String)>,
+    /// The keys etcd's SSL objects' encrypted keys are decrypted with
+    /// (`tls.keyring`, else APISIX's default).
+    pub keyring: super::tls::Keyring,
 }
 
 impl std::fmt::Debug for EtcdConf {
@@ -141,6 +148,8 @@ pub struct ClientLimits {
     /// The most header fields a request may have; past it: 431. hyper
     /// counts fields (its default is 100); nginx only counts bytes.
     pub max_headers: usize,
+    /// HTTP/2's limits (`http2`); its header list size is `max_header_bytes`.
+    pub http2: super::tls::Http2Limits,
 }
 
 /// The `ext-plugin` section.

@@ -17,6 +17,7 @@ impl Default for ClientLimits {
             max_connections: default_max_client_connections(),
             max_header_bytes: default_max_request_header(),
             max_headers: default_max_request_headers(),
+            http2: super::tls::Http2Limits::default(),
         }
     }
 }
@@ -59,6 +60,47 @@ pub(super) struct RawConfig<'a> {
     pub(super) max_request_headers: usize,
     #[serde(default)]
     pub(super) admin: Option<RawAdmin>,
+    // The TLS listener, HTTP/2's limits and the certificates (`tls.rs`).
+    #[serde(default)]
+    pub(super) tls: Option<RawTls>,
+    #[serde(default)]
+    pub(super) http2: Option<RawHttp2>,
+    #[serde(borrow, default)]
+    pub(super) ssls: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+/// The `tls` section (checked in `ssl.rs`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) listen: String,
+    #[serde(default = "default_handshake_timeout")]
+    pub(super) handshake_timeout_ms: u64,
+    #[serde(default)]
+    pub(super) fallback_sni: Option<String>,
+    #[serde(default)]
+    pub(super) keyring: Option<Vec<String>>,
+}
+
+pub(super) fn default_handshake_timeout() -> u64 {
+    10_000
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp2 {
+    #[serde(default)]
+    pub(super) max_concurrent_streams: Option<u32>,
+    #[serde(default)]
+    pub(super) initial_stream_window_size: Option<u32>,
+    #[serde(default)]
+    pub(super) initial_connection_window_size: Option<u32>,
+    #[serde(default)]
+    pub(super) max_pending_accept_reset_streams: Option<usize>,
+    #[serde(default)]
+    pub(super) max_local_error_reset_streams: Option<usize>,
+    #[serde(default)]
+    pub(super) h2c: Option<bool>,
 }
 
 #[derive(Deserialize)]

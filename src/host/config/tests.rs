@@ -381,6 +381,7 @@ fn client_limits_default_like_nginx_and_errors_name_the_field() {
             max_connections: 2,
             max_header_bytes: 4096,
             max_headers: 20,
+            http2: crate::host::config::Http2Limits::default(),
         }
     );
     for (field, value) in [

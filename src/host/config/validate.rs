@@ -83,6 +83,8 @@ pub(super) fn etcd_conf(raw: RawEtcd) -> Result<EtcdConf, ConfigError> {
         prefix,
         timeout: Duration::from_millis(raw.timeout_ms),
         auth,
+        // Set from `tls.keyring` by `Config::parse`.
+        keyring: super::tls::Keyring::default(),
     })
 }
 
@@ -242,6 +244,7 @@ pub(super) fn client_limits(raw: &RawConfig) -> Result<ClientLimits, ConfigError
         max_connections: raw.max_client_connections,
         max_header_bytes: raw.max_request_header_bytes,
         max_headers: raw.max_request_headers,
+        http2: super::tls::Http2Limits::default(),
     })
 }
 

@@ -27,6 +27,42 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// In a request's extensions: it came over the TLS listener (the `scheme`
+/// variable is `https`, and so is `X-Forwarded-Proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverTls;
+
+/// HTTP/2's `:authority` as the request's `Host`, for everything after the
+/// door (routes' hosts, plugins' `host`, the upstream): an HTTP/2 request's
+/// target carries its authority (which wins over a `host` field, as an
+/// HTTP/1.1 absolute-form target's does) and usually has no `host` field.
+/// Requests of other versions are left as they are.
+///
+/// # Errors
+/// 400 for an HTTP/2 request with neither `:authority` nor `host` (RFC
+/// 9113 section 8.3.1: a client must send one), or whose authority is not
+/// a header value.
+pub fn http2_host<B>(req: &mut http::Request<B>) -> Result<(), Rejection> {
+    if req.version() != http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let refuse = |message: &str| Rejection {
+        status: StatusCode::BAD_REQUEST,
+        message: message.to_owned(),
+        close: false,
+    };
+    match req.uri().authority() {
+        Some(authority) => {
+            let value = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| refuse("the :authority is not a host"))?;
+            req.headers_mut().insert(http::header::HOST, value);
+            Ok(())
+        }
+        None if req.headers().contains_key(http::header::HOST) => Ok(()),
+        None => Err(refuse("an HTTP/2 request without :authority or host")),
+    }
+}
+
 /// A request refused at the door.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -179,10 +215,16 @@ pub fn framing_conflict(head: &[u8]) -> bool {
 /// Sets the headers that tell the upstream who the client is, as nginx and
 /// APISIX do: `X-Forwarded-For` gets `peer` appended to every value the
 /// client sent (all lines joined, in order), `X-Real-IP` is `peer`,
-/// `X-Forwarded-Proto` is `http`, and `X-Forwarded-Host` is the client's
+/// `X-Forwarded-Proto` is `http` (`https` when `https`, the request came
+/// over TLS), and `X-Forwarded-Host` is the client's
 /// `host` (removed when the client sent none, so that a client cannot pose
 /// as another host by sending only `X-Forwarded-Host`).
-pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>) {
+pub fn forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    host: Option<&HeaderValue>,
+    https: bool,
+) {
     let mut ip = Vec::with_capacity(39);
     ip_text(peer.to_canonical(), &mut ip);
     // The usual case, no X-Forwarded-For from the client: one value for
@@ -209,7 +251,8 @@ pub fn forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, host: Option<&H
     if let Some(v) = real_ip {
         headers.insert(X_REAL_IP, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host.clone());
@@ -362,6 +405,29 @@ mod tests {
     }
 
     #[test]
+    fn an_http2_authority_is_the_host() {
+        let mut req = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("https://a.example:8443/x")
+            .header("host", "other")
+            .body(())
+            .unwrap();
+        http2_host(&mut req).unwrap();
+        assert_eq!(req.headers()[http::header::HOST], "a.example:8443");
+        let mut bare = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("/x")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            http2_host(&mut bare).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        let mut h1 = http::Request::builder().uri("/x").body(()).unwrap();
+        assert!(http2_host(&mut h1).is_ok(), "HTTP/1.1 is the pipeline's");
+    }
+
+    #[test]
     fn framing_conflict_needs_both_headers_in_any_case_and_order() {
         let both = b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\nContent-LENGTH: 5\r\n\r\n";
         assert!(framing_conflict(both));
@@ -392,7 +458,12 @@ mod tests {
         h.insert(X_REAL_IP, HeaderValue::from_static("9.9.9.9"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         let host = HeaderValue::from_static("example.com:8080");
-        forwarding_headers(&mut h, "::ffff:10.0.0.1".parse().unwrap(), Some(&host));
+        forwarding_headers(
+            &mut h,
+            "::ffff:10.0.0.1".parse().unwrap(),
+            Some(&host),
+            false,
+        );
         let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
         assert_eq!(all, ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1"]);
         assert_eq!(h[X_REAL_IP], "10.0.0.1");
@@ -401,8 +472,9 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
-        forwarding_headers(&mut h, "::1".parse().unwrap(), None);
+        forwarding_headers(&mut h, "::1".parse().unwrap(), None, true);
         assert_eq!(h[X_FORWARDED_FOR], "::1");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert!(!h.contains_key(X_FORWARDED_HOST));
     }
 }

@@ -323,6 +323,10 @@ impl RouteRuntime {
             &mut headers,
             ex.peer.ip(),
             client_host.as_ref(),
+            ex.head
+                .extensions
+                .get::<crate::host::edge::ingress::OverTls>()
+                .is_some(),
         );
         if let PassHost::Rewrite(host) = &upstream.pass_host {
             if let Ok(v) = HeaderValue::from_str(host) {

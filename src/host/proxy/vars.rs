@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `remote_addr`, `remote_port` | the client's address and port |
 //! | `server_addr`, `server_port` | the address and port the proxy accepted on |
-//! | `scheme` | `http` |
+//! | `scheme` | `http`, or `https` on the TLS listener |
 //! | `server_protocol` | `HTTP/1.1`, ... |
 //! | `request_method` | the method |
 //! | `request_uri` | the original request target, path and query, as received |
@@ -73,7 +73,18 @@ pub fn lookup(name: &str, ctx: &VarCtx<'_>) -> Option<String> {
         "remote_port" => Some(ctx.peer.port().to_string()),
         "server_addr" => Some(ctx.local.ip().to_canonical().to_string()),
         "server_port" => Some(ctx.local.port().to_string()),
-        "scheme" => Some("http".to_owned()),
+        "scheme" => Some(
+            if head
+                .extensions
+                .get::<crate::host::edge::ingress::OverTls>()
+                .is_some()
+            {
+                "https"
+            } else {
+                "http"
+            }
+            .to_owned(),
+        ),
         "server_protocol" => Some(format!("{:?}", head.version)),
         "request_method" => Some(head.method.as_str().to_owned()),
         "request_uri" => Some(

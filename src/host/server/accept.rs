@@ -1,22 +1,24 @@
-//! The proxy's client side: the accept loop, the connection limit, each
-//! connection's hyper settings and timeouts, the ingress checks, and the
-//! graceful shutdown.
+//! The proxy's client side: the accept loops (clear text, and TLS), the
+//! connection limit, each connection's hyper settings and timeouts, the
+//! ingress checks, and the graceful shutdown.
 //!
 //! ```text
-//! accept (a slot free?) ──> connection task ──> hyper http1 ──> ingress checks ──> Proxy::handle
+//! accept (a slot free?) ──> connection task ──> [TLS handshake] ──> hyper http1 | http2 ──> ingress checks ──> Proxy::handle
+//!                              │  handshake timeout; h2 by ALPN (TLS) or the preface (clear text)
 //!                              │  header timeout, keep-alive timeout (client_io::Clock)
-//!                              └─ end: 408 if a header was cut short, FIN, lingering read
+//!                              └─ end: 408 if a clear-text HTTP/1 header was cut short, FIN, lingering read
 //! ```
 
-use super::client_io::{ClientIo, Clock, Expiry, InFlight};
+use super::client_io::{ClientIo, Clock, Expiry, InFlight, Raw};
 use crate::host::config::ClientLimits;
 use crate::host::edge::ingress;
+use crate::host::metrics;
 use crate::host::proxy::tunnel::TunnelOpen;
 use crate::host::proxy::{Body, BoxError, Proxy, ProxyCell};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -41,16 +43,18 @@ const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
 const TIMEOUT_ANSWER: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
+/// The TLS listener: its socket, rustls settings and handshake time limit.
+pub struct TlsListener {
+    /// The bound socket (`tls.listen`).
+    pub listener: TcpListener,
+    /// The rustls settings ([`super::tls::server_config`]).
+    pub config: Arc<rustls::ServerConfig>,
+    /// How long a client has to finish its handshake.
+    pub handshake_timeout: Duration,
+}
+
 /// Serves `listener` with the proxy in `current` until `shutdown`, within
-/// `limits`; each request takes the proxy that is current when it starts
-/// and keeps it to its end (a reload swaps in another for later requests);
-/// then
-/// stops accepting and lets the requests in flight finish, for at most
-/// `grace`.
-///
-/// At most `limits.max_connections` connections are served at once: past
-/// it, no connection is accepted (new ones wait in the listen backlog) until
-/// one closes.
+/// `limits`; see [`serve_all`].
 pub async fn serve(
     current: Arc<ProxyCell>,
     listener: TcpListener,
@@ -58,10 +62,73 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    serve_all(current, listener, None, limits, shutdown, grace).await
+}
+
+/// Serves `plain` (and `tls`, when given) with the proxy in `current` until
+/// `shutdown`, within `limits`; each request takes the proxy that is
+/// current when it starts and keeps it to its end (a reload swaps in
+/// another for later requests); then stops accepting and lets the requests
+/// in flight finish, for at most `grace`.
+///
+/// At most `limits.max_connections` connections are served at once, both
+/// listeners together (a TLS connection counts from its accept, handshake
+/// included): past it, no connection is accepted (new ones wait in the
+/// listen backlog) until one closes.
+pub async fn serve_all(
+    current: Arc<ProxyCell>,
+    plain: TcpListener,
+    tls: Option<TlsListener>,
+    limits: ClientLimits,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
     let tracker = TaskTracker::new();
-    let local = listener.local_addr().ok();
+    let tls = tls.map(|t| {
+        let handshake = Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(t.config),
+            handshake_timeout: t.handshake_timeout,
+        };
+        (t.listener, handshake)
+    });
+    accept_loop(&current, plain, tls, limits, &tracker, &shutdown).await;
+    info!("stopped accepting; finishing requests in flight");
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            grace_ms = grace.as_millis() as u64,
+            "requests still in flight after the grace period"
+        );
+    }
+}
+
+/// What a TLS listener's connections go through before HTTP.
+#[derive(Clone)]
+struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake_timeout: Duration,
+}
+
+/// Accepts connections on `plain` and `tls` while a slot is free (one
+/// limit for both: the slot is taken before either accepts), until
+/// `shutdown`; each is served in a task of `tracker`.
+async fn accept_loop(
+    current: &Arc<ProxyCell>,
+    plain: TcpListener,
+    tls: Option<(TcpListener, Tls)>,
+    limits: ClientLimits,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut last_warned: Option<tokio::time::Instant> = None;
+    let tls_accept = || async {
+        match &tls {
+            Some((listener, handshake)) => (listener.accept().await, Some(handshake.clone())),
+            // No TLS listener: never.
+            None => std::future::pending().await,
+        }
+    };
     loop {
         let permit = match slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -85,36 +152,30 @@ pub async fn serve(
                 }
             }
         };
-        let (stream, peer) = tokio::select! {
+        let (accepted, handshake) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause, not spin.
-                    warn!(cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = plain.accept() => (accepted, None),
+            accepted = tls_accept() => accepted,
         };
-        let local = stream.local_addr().ok().or(local).unwrap_or(peer);
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: pause, not spin.
+                warn!(cause = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let local = stream.local_addr().unwrap_or(peer);
         tracker.spawn(connection(
             current.clone(),
             stream,
             (peer, local),
             limits,
+            handshake,
             shutdown.clone(),
             permit,
         ));
-    }
-    drop(listener);
-    info!("stopped accepting; finishing requests in flight");
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(
-            grace_ms = grace.as_millis() as u64,
-            "requests still in flight after the grace period"
-        );
     }
 }
 
@@ -128,27 +189,146 @@ enum End {
     Shutdown,
 }
 
-/// Serves one client connection, holding `permit` until it is closed.
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a clear-text connection starts with HTTP/2's preface (prior
+/// knowledge), from its first bytes, left unread for hyper; `None`: the
+/// client sent nothing in time (or the connection failed), close it.
+async fn sniff_h2c(
+    stream: &TcpStream,
+    limit: Duration,
+    shutdown: &CancellationToken,
+) -> Option<bool> {
+    let sniff = async {
+        let mut buf = [0u8; PREFACE.len()];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 || buf[..n] != PREFACE[..n] {
+                // HTTP/1 (or the end): hyper reads it.
+                return Some(false);
+            }
+            if n == PREFACE.len() {
+                return Some(true);
+            }
+            // A preface in pieces: the rest is on its way.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::select! {
+        got = tokio::time::timeout(limit, sniff) => got.ok().flatten(),
+        _ = shutdown.cancelled() => None,
+    }
+}
+
+/// What a connection speaks.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    /// Over the TLS listener.
+    tls: bool,
+    /// HTTP/2 (ALPN `h2`, or the clear-text preface).
+    h2: bool,
+}
+
+/// Serves one client connection, holding `permit` until it is closed: the
+/// TLS handshake first on the TLS listener, then HTTP/1.1 or HTTP/2.
 async fn connection(
     current: Arc<ProxyCell>,
     stream: TcpStream,
     (peer, local): (SocketAddr, SocketAddr),
     limits: ClientLimits,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let stream = Arc::new(stream);
+    let raw = Raw(stream.clone());
+    let addrs = (peer, local);
+    let tunnel = match tls {
+        None => {
+            let h2 = if limits.http2.h2c {
+                match sniff_h2c(&stream, limits.header_timeout, &shutdown).await {
+                    Some(h2) => h2,
+                    None => {
+                        linger(&stream).await;
+                        return;
+                    }
+                }
+            } else {
+                false
+            };
+            let kind = Kind { tls: false, h2 };
+            serve_io(&current, raw, &stream, addrs, kind, limits, &shutdown).await
+        }
+        Some(tls) => {
+            let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(raw));
+            let io = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(e)) => {
+                        metrics::tls_handshake("failed");
+                        debug!(client = %peer, cause = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics::tls_handshake("timeout");
+                        debug!(client = %peer, "TLS handshake not done in time");
+                        return;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            metrics::tls_handshake("ok");
+            let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
+            let kind = Kind { tls: true, h2 };
+            serve_io(&current, io, &stream, addrs, kind, limits, &shutdown).await
+        }
+    };
+    if let Some(TunnelOpen(ended)) = tunnel {
+        // Keep the tunnel's connection slot until it ends (or the proxy
+        // stops), and never close its socket here.
+        tokio::select! {
+            () = ended.cancelled() => {}
+            () = shutdown.cancelled() => {}
+        }
+        drop(permit);
+        return;
+    }
+    linger(&stream).await;
+    drop(permit);
+}
+
+/// Serves HTTP over `io` (the socket `stream`, or TLS over it) until the
+/// connection ends: the client's limits and timeouts, the graceful
+/// shutdown, the 408 of a clear-text HTTP/1 header cut short. `Some` when
+/// an answer opened a WebSocket tunnel: the connection is then the
+/// tunnel's, until it ends.
+async fn serve_io<S>(
+    current: &Arc<ProxyCell>,
+    io: S,
+    stream: &TcpStream,
+    (peer, local): (SocketAddr, SocketAddr),
+    kind: Kind,
+    limits: ClientLimits,
+    shutdown: &CancellationToken,
+) -> Option<TunnelOpen>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let clock = Arc::new(Clock::new(
         limits.header_timeout,
         limits.keepalive_timeout,
         limits.max_header_bytes,
     ));
+    if kind.h2 {
+        clock.http2();
+    }
     // Set by an answer that opened a WebSocket tunnel: the socket is then
     // the tunnel's until it ends, not closed with the connection.
     let tunnel: Arc<std::sync::Mutex<Option<TunnelOpen>>> = Arc::default();
     let service = {
-        let clock = clock.clone();
+        let (clock, current) = (clock.clone(), current.clone());
         let tunnel = tunnel.clone();
         hyper::service::service_fn(move |req| {
             // Called as soon as the header is read: the clock stops here.
@@ -158,7 +338,8 @@ async fn connection(
             let proxy: Arc<Proxy> = current.load_full();
             let tunnel = tunnel.clone();
             async move {
-                let mut resp = answer(&proxy, req, conflict == Some(true), peer, local).await;
+                let conflict = conflict == Some(true) && !kind.h2;
+                let mut resp = answer(&proxy, req, conflict, peer, local, kind.tls).await;
                 if let Some(open) = resp.extensions_mut().remove::<TunnelOpen>() {
                     *tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
                 }
@@ -173,53 +354,34 @@ async fn connection(
             }
         })
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .max_header_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        .keep_alive(!limits.keepalive_timeout.is_zero())
-        // The clock does it: hyper's would also cut idle keep-alive connections.
-        .header_read_timeout(None);
-    let mut conn = Box::pin(
+    let io = TokioIo::new(ClientIo::new(io, clock.clone()));
+    let end = if kind.h2 {
+        let h2 = limits.http2;
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
-            .serve_connection(
-                TokioIo::new(ClientIo::new(stream.clone(), clock.clone())),
-                service,
-            )
-            .with_upgrades(),
-    );
-    let mut draining = false;
-    let end = loop {
-        let deadline = clock.deadline();
-        tokio::select! {
-            result = conn.as_mut() => break End::Done(result),
-            () = clock.changed() => {}
-            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                if let Some(expiry) = clock.expired() {
-                    break End::Expired(expiry);
-                }
-            }
-            () = shutdown.cancelled(), if !draining => {
-                if clock.quiet() {
-                    break End::Shutdown;
-                }
-                // Finish the request in progress, then close.
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .initial_stream_window_size(h2.stream_window)
+            .initial_connection_window_size(h2.connection_window)
+            .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(h2.max_local_error_reset_streams);
+        let conn = builder.serve_connection(io, service);
+        drive(conn, |c| c.graceful_shutdown(), &clock, shutdown).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .max_header_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers)
+            .keep_alive(!limits.keepalive_timeout.is_zero())
+            // The clock does it: hyper's would also cut idle keep-alive connections.
+            .header_read_timeout(None);
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        drive(conn, |c| c.graceful_shutdown(), &clock, shutdown).await
     };
-    drop(conn);
     let open = tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let (End::Done(Ok(())), Some(TunnelOpen(ended))) = (&end, open) {
-        // Upgraded: the tunnel has the socket; keep its connection slot
-        // until it ends (or the proxy stops), and never close it here.
-        tokio::select! {
-            () = ended.cancelled() => {}
-            () = shutdown.cancelled() => {}
-        }
-        drop(permit);
-        return;
+    if let (End::Done(Ok(())), Some(open)) = (&end, open) {
+        // Upgraded: the tunnel has the socket.
+        return Some(open);
     }
     match end {
         End::Done(Ok(())) | End::Shutdown | End::Expired(Expiry::Header { got_bytes: false }) => {}
@@ -228,28 +390,72 @@ async fn connection(
         }
         End::Expired(Expiry::Idle) => debug!(client = %peer, "idle keep-alive connection closed"),
         End::Expired(Expiry::Header { got_bytes: true }) => {
-            debug!(client = %peer, "request header not received in time: 408");
-            // Best effort: the socket's buffer is empty, the client is slow.
-            let _ = stream.try_write(TIMEOUT_ANSWER);
+            debug!(client = %peer, "request header not received in time");
+            // Best effort: the socket's buffer is empty, the client is
+            // slow. Clear-text HTTP/1 only: TLS and HTTP/2 just close.
+            if !kind.tls && !kind.h2 {
+                let _ = stream.try_write(TIMEOUT_ANSWER);
+            }
         }
     }
-    linger(&stream).await;
-    drop(permit);
+    None
 }
 
-/// The answer to one request: the ingress checks, then the proxy.
+/// Drives `conn` (HTTP/1.1 or HTTP/2) until it ends, a timeout of `clock`
+/// runs out, or `shutdown` (finishing the requests in progress first).
+async fn drive<C>(
+    conn: C,
+    graceful: impl Fn(Pin<&mut C>),
+    clock: &Clock,
+    shutdown: &CancellationToken,
+) -> End
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = false;
+    loop {
+        let deadline = clock.deadline();
+        tokio::select! {
+            result = conn.as_mut() => return End::Done(result),
+            () = clock.changed() => {}
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                if let Some(expiry) = clock.expired() {
+                    return End::Expired(expiry);
+                }
+            }
+            () = shutdown.cancelled(), if !draining => {
+                if clock.quiet() {
+                    return End::Shutdown;
+                }
+                // Finish the request in progress, then close.
+                draining = true;
+                graceful(conn.as_mut());
+            }
+        }
+    }
+}
+
+/// The answer to one request: the ingress checks, then the proxy. `tls`:
+/// it came over the TLS listener (the `scheme` variable and
+/// `X-Forwarded-Proto` say `https`).
 async fn answer(
     proxy: &Proxy,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     framing_conflict: bool,
     peer: SocketAddr,
     local: SocketAddr,
+    tls: bool,
 ) -> Response<Body> {
     let version = req.version();
     let started = std::time::Instant::now();
+    if tls {
+        req.extensions_mut().insert(ingress::OverTls);
+    }
     let checked = ingress::check_framing(framing_conflict)
         .and_then(|()| ingress::check_method(req.method()))
-        .and_then(|()| ingress::check_transfer_encoding(req.headers()));
+        .and_then(|()| ingress::check_transfer_encoding(req.headers()))
+        .and_then(|()| ingress::http2_host(&mut req));
     let mut resp = match checked {
         Ok(()) => proxy.handle(req, peer, local).await,
         Err(rejection) => {

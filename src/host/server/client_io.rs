@@ -57,6 +57,8 @@ struct State {
     head: Vec<u8>,
     /// [`ingress::framing_conflict`] of the last head read whole.
     verdict: Option<bool>,
+    /// The connection speaks HTTP/2: no HTTP/1 heads to scan.
+    http2: bool,
 }
 
 /// A connection's clock, shared by its socket, its service and its task.
@@ -85,6 +87,7 @@ impl Clock {
                 scanning: true,
                 head: Vec::new(),
                 verdict: None,
+                http2: false,
             }),
             changed: Notify::new(),
             header_timeout,
@@ -157,6 +160,15 @@ impl Clock {
         if s.scanning {
             scan(&mut s, bytes, self.max_head);
         }
+    }
+
+    /// The connection speaks HTTP/2 (ALPN `h2`, or the clear-text preface):
+    /// its bytes are frames, never scanned as HTTP/1 heads.
+    pub(super) fn http2(&self) {
+        let mut s = self.lock();
+        s.http2 = true;
+        s.scanning = false;
+        s.head = Vec::new();
     }
 
     /// A request's header was read and its service called: the clock stops
@@ -232,7 +244,7 @@ impl Drop for InFlight {
             s.phase = Phase::Idle {
                 since: Instant::now(),
             };
-            s.scanning = true;
+            s.scanning = !s.http2;
             s.head = Vec::new();
             s.verdict = None;
             drop(s);
@@ -241,15 +253,21 @@ impl Drop for InFlight {
     }
 }
 
-/// The client socket, telling the clock what it reads.
-pub(super) struct ClientIo {
-    stream: Arc<TcpStream>,
+/// The client socket as an `AsyncRead`/`AsyncWrite`, shared (`Arc`) with the
+/// connection's task, which answers 408 and lingers with it after hyper
+/// (and TLS) are done.
+pub(super) struct Raw(pub(super) Arc<TcpStream>);
+
+/// A client connection's byte stream (the socket, or TLS over it) telling
+/// the clock what it reads: the bytes hyper reads, decrypted.
+pub(super) struct ClientIo<S> {
+    inner: S,
     clock: Arc<Clock>,
 }
 
-impl ClientIo {
-    pub(super) fn new(stream: Arc<TcpStream>, clock: Arc<Clock>) -> Self {
-        ClientIo { stream, clock }
+impl<S> ClientIo<S> {
+    pub(super) fn new(inner: S, clock: Arc<Clock>) -> Self {
+        ClientIo { inner, clock }
     }
 }
 
@@ -263,26 +281,23 @@ pub(super) fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
     }
 }
 
-impl AsyncRead for ClientIo {
+impl AsyncRead for Raw {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            // Straight into hyper's buffer, through its `BufMut` side: the
-            // runtime then reads into the free space as it is, without
-            // zeroing it first (8 KiB and more per read, for the few
-            // hundred bytes a request head takes), and the connection
-            // keeps no buffer of its own (which stayed as large as the
-            // largest read, on every idle keep-alive connection).
-            let before = buf.filled().len();
-            match self.stream.try_read_buf(buf) {
-                Ok(_) => {
-                    self.clock.on_read(&buf.filled()[before..]);
-                    return Poll::Ready(Ok(()));
-                }
+            ready!(self.0.poll_read_ready(cx))?;
+            // Straight into the reader's buffer (hyper's, or rustls's),
+            // through its `BufMut` side: the runtime then reads into the
+            // free space as it is, without zeroing it first (8 KiB and more
+            // per read, for the few hundred bytes a request head takes),
+            // and the connection keeps no buffer of its own (which stayed
+            // as large as the largest read, on every idle keep-alive
+            // connection).
+            match self.0.try_read_buf(buf) {
+                Ok(_) => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -290,15 +305,15 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl AsyncWrite for Raw {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(buf) {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return Poll::Ready(other),
             }
@@ -311,8 +326,8 @@ impl AsyncWrite for ClientIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write_vectored(bufs) {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return Poll::Ready(other),
             }
@@ -329,7 +344,52 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(shutdown_write(&self.stream))
+        Poll::Ready(shutdown_write(&self.0))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        this.clock.on_read(&buf.filled()[before..]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // TLS holds records until flushed.
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -1,19 +1,26 @@
-//! APISIX's configuration objects as etcd holds them: routes, upstreams and
-//! services under one prefix (`/apisix/routes/<id>`, ...), kept by key and
-//! made into a [`RouteTable`] route by route.
+//! APISIX's configuration objects as etcd holds them: routes, upstreams,
+//! services and SSL objects under one prefix (`/apisix/routes/<id>`, ...),
+//! kept by key and made into a [`RouteTable`] object by object.
 
 use super::table::{ErrorKind, RouteTable, Skipped};
-use crate::host::config::{self, Objects};
+use crate::host::config::{self, Keyring, Objects, Ssl};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// The kinds of object under the prefix that extplug reads; other keys
-/// (`plugins`, `ssls`, `consumers`, ...) are ignored.
+/// (`plugins`, `consumers`, ...) are ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Route,
     Upstream,
     Service,
+    Ssl,
 }
+
+/// SSL objects already checked, by id: their text and what it made (a
+/// certificate's check costs far more than a route's, and a table is made
+/// at every change of any object).
+type SslCache = BTreeMap<String, (String, Result<Option<Ssl>, String>)>;
 
 /// The objects read from etcd, by kind and id, as their JSON text.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +29,10 @@ pub struct Store {
     routes: BTreeMap<String, String>,
     upstreams: BTreeMap<String, String>,
     services: BTreeMap<String, String>,
+    ssls: BTreeMap<String, String>,
+    /// The keys encrypted SSL keys are decrypted with.
+    keyring: Keyring,
+    ssl_cache: Arc<Mutex<SslCache>>,
 }
 
 impl Store {
@@ -30,6 +41,15 @@ impl Store {
         Store {
             prefix: prefix.to_owned(),
             ..Store::default()
+        }
+    }
+
+    /// An empty store for keys under `prefix`, decrypting SSL keys with
+    /// `keyring`.
+    pub fn with_keyring(prefix: &str, keyring: Keyring) -> Store {
+        Store {
+            keyring,
+            ..Store::new(prefix)
         }
     }
 
@@ -45,6 +65,7 @@ impl Store {
             "routes" => Kind::Route,
             "upstreams" => Kind::Upstream,
             "services" => Kind::Service,
+            "ssls" => Kind::Ssl,
             _ => return None,
         };
         Some((kind, id))
@@ -55,6 +76,7 @@ impl Store {
             Kind::Route => &mut self.routes,
             Kind::Upstream => &mut self.upstreams,
             Kind::Service => &mut self.services,
+            Kind::Ssl => &mut self.ssls,
         }
     }
 
@@ -118,6 +140,25 @@ impl Store {
                 });
             }
         }
+        let mut cache = self.ssl_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|id, (text, _)| self.ssls.get(id) == Some(text));
+        for (id, text) in &self.ssls {
+            let (_, checked) = cache.entry(id.clone()).or_insert_with(|| {
+                let checked =
+                    with_id(text, id).and_then(|text| config::parse_ssl(&text, &self.keyring));
+                (text.clone(), checked)
+            });
+            match checked {
+                Ok(Some(ssl)) => table.ssls.push(ssl.clone()),
+                Ok(None) => {}
+                Err(reason) => table.skipped.push(Skipped {
+                    key: format!("{}/ssls/{}", self.prefix, id.escape_debug()),
+                    kind: ErrorKind::Ssl,
+                    reason: reason.clone(),
+                }),
+            }
+        }
+        drop(cache);
         for (id, text) in &self.routes {
             let parsed =
                 with_id(text, id).and_then(|text| config::parse_apisix_route(&text, &objects));

@@ -116,7 +116,7 @@ async fn read_all(client: &mut Client, conf: &EtcdConf) -> Result<(Store, i64), 
     let prefix = key_prefix(conf);
     let end = prefix_end(prefix.as_bytes());
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-    let mut store = Store::new(&conf.prefix);
+    let mut store = Store::with_keyring(&conf.prefix, conf.keyring.clone());
     let mut from = prefix.clone().into_bytes();
     // 0: the newest revision; then the first page's, for every other page.
     let mut revision = 0;
@@ -170,7 +170,7 @@ async fn cluster_revision(client: &mut Client, conf: &EtcdConf) -> Result<i64, S
 pub async fn follow(conf: EtcdConf, gateway: Arc<dyn RouteSink>, shutdown: CancellationToken) {
     metrics::etcd_up(false);
     let mut follower = Follower {
-        store: Store::new(&conf.prefix),
+        store: Store::with_keyring(&conf.prefix, conf.keyring.clone()),
         conf,
         gateway,
         revision: None,
@@ -415,6 +415,7 @@ impl Follower {
     async fn publish(&mut self) {
         let table = self.store.table();
         let mut skipped: BTreeSet<Skipped> = table.skipped.into_iter().collect();
+        self.gateway.apply_ssls(table.ssls);
         let offered = table.routes.len();
         let left_out = match self.gateway.apply_routes(table.routes).await {
             Ok(left_out) => left_out,

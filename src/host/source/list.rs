@@ -79,13 +79,23 @@ pub async fn check(
 
 /// The listing: one line per route served (id, URIs, methods, the other
 /// matching fields it has: hosts, remote addresses, vars, priority,
-/// websocket; upstream nodes, phases with their plugins), one per object
-/// skipped (key, kind,
-/// reason), and a summary line.
+/// websocket; upstream nodes, phases with their plugins), one per
+/// certificate served (id, names, expiry), one per object skipped (key,
+/// kind, reason), and a summary line.
 pub fn render(table: &RouteTable, source: &str) -> String {
     let mut out = String::new();
     for r in &table.routes {
         let _ = writeln!(out, "{}", route_line(r));
+    }
+    for ssl in &table.ssls {
+        let snis: Vec<String> = ssl.snis.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "served ssl {} snis={} expires={}",
+            ssl.id.escape_debug(),
+            snis.join(","),
+            crate::host::config::tls::utc(ssl.not_after)
+        );
     }
     let mut skipped = table.skipped.clone();
     skipped.sort();

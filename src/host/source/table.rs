@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Service,
     /// The runner refused a route's plugin chain.
     Chain,
+    /// An SSL object is not valid.
+    Ssl,
 }
 
 impl ErrorKind {
@@ -33,6 +35,7 @@ impl ErrorKind {
             ErrorKind::Upstream => "upstream",
             ErrorKind::Service => "service",
             ErrorKind::Chain => "chain",
+            ErrorKind::Ssl => "ssl",
         }
     }
 }
@@ -56,6 +59,8 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
     /// The objects skipped (never from a file: a file is all or nothing).
     pub skipped: Vec<Skipped>,
+    /// The valid SSL objects (etcd's; a file's are in its configuration).
+    pub ssls: Vec<crate::host::config::Ssl>,
 }
 
 /// A route a lenient apply ([`RouteSink::apply_routes`]) left out.
@@ -89,6 +94,10 @@ pub trait RouteSink: Send + Sync {
 
     /// The routes are loaded: ready from now on, as far as routes go.
     fn routes_loaded(&self);
+
+    /// Serves `ssls` (etcd's SSL objects, checked) from now on, in place of
+    /// those given before.
+    fn apply_ssls(&self, ssls: Vec<crate::host::config::Ssl>);
 }
 
 /// A source of routes: the file, or etcd. Loading reads it once; etcd's
@@ -126,6 +135,7 @@ impl RouteSource for FileRoutes {
         Ok(RouteTable {
             routes: config.routes,
             skipped: Vec::new(),
+            ssls: config.ssls,
         })
     }
 }

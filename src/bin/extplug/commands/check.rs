@@ -20,6 +20,11 @@ pub fn run(path: &Path, offline: bool) -> ExitCode {
 /// else a throwaway runner (without a standby) prepares every chain, and is
 /// stopped again (its socket directory removed).
 fn check(path: &Path, config: &host::config::Config, offline: bool) -> ExitCode {
+    // The certificates were checked with the file (they parse, the keys
+    // match, none has expired); one that expires soon is worth a word.
+    for warning in host::config::tls::expiry_warnings(&config.ssls) {
+        eprintln!("extplug: warning: {warning}");
+    }
     let n = config.routes.len();
     let routes = if config.etcd.is_some() {
         // The routes are in etcd, not here: `extplug routes` checks them.
@@ -28,6 +33,11 @@ fn check(path: &Path, config: &host::config::Config, offline: bool) -> ExitCode 
         "route"
     } else {
         "routes"
+    };
+    let routes = match config.ssls.len() {
+        0 => routes.to_owned(),
+        1 => format!("{routes}, 1 certificate"),
+        k => format!("{routes}, {k} certificates"),
     };
     if offline {
         println!("{}: valid: {n} {routes} (file only)", path.display());
