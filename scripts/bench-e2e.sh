@@ -250,8 +250,8 @@ check "nginx proxy" ok curl -s "$ngx/"
 ngx_tls="https://127.0.0.1:$ngx_tls_port"
 ext_tls="https://127.0.0.1:$ext_tls_port"
 if [ "$TLS" != 0 ]; then
-  check "nginx over HTTP/2" "2 ok" curl -sk --http2 -w '%{http_version} ' "$ngx_tls/"
-  check "extplug over HTTP/2" "2 ok" curl -sk --http2 -w '%{http_version} ' "$ext_tls/plain"
+  check "nginx over HTTP/2" ok2 curl -sk --http2 -w '%{http_version}' "$ngx_tls/"
+  check "extplug over HTTP/2" ok2 curl -sk --http2 -w '%{http_version}' "$ext_tls/plain"
   check "extplug over TLS, by SNI" ok curl -sk --resolve "bench.example:$ext_tls_port:127.0.0.1" "https://bench.example:$ext_tls_port/plain"
 fi
 check "/plain" ok curl -s "$ext/plain"
