@@ -13,8 +13,8 @@ use super::raw::{
     RawService, RawTimeout, RawUpstream,
 };
 use super::uri::check_route_uri;
-use crate::host::edge::ingress::valid_host;
 use crate::host::edge::hostname::HostPattern;
+use crate::host::edge::ingress::valid_host;
 use http::Method;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -537,12 +537,8 @@ pub(super) fn timeouts(
 /// than written (a route without its `filter_func` would answer requests
 /// APISIX's would not), and
 /// named as such, not as a typo ([`unsupported_or`]).
-pub(super) const UNSUPPORTED_ROUTE_FIELDS: [&str; 4] = [
-    "filter_func",
-    "script",
-    "script_id",
-    "plugin_config_id",
-];
+pub(super) const UNSUPPORTED_ROUTE_FIELDS: [&str; 4] =
+    ["filter_func", "script", "script_id", "plugin_config_id"];
 
 /// serde's `message` for a route's field at `path`, or, for a field of
 /// [`UNSUPPORTED_ROUTE_FIELDS`], that extplug does not support it.
