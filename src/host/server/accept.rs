@@ -414,15 +414,19 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     let mut draining = false;
+    // One timer for the connection's life, reset only when it fires (see
+    // `client_io`: the clock's timer is lazy).
+    let check = tokio::time::sleep_until(clock.next_check(tokio::time::Instant::now()));
+    tokio::pin!(check);
     loop {
-        let deadline = clock.deadline();
         tokio::select! {
             result = conn.as_mut() => return End::Done(result),
-            () = clock.changed() => {}
-            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+            () = check.as_mut() => {
                 if let Some(expiry) = clock.expired() {
                     return End::Expired(expiry);
                 }
+                let now = tokio::time::Instant::now();
+                check.as_mut().reset(clock.next_check(now));
             }
             () = shutdown.cancelled(), if !draining => {
                 if clock.quiet() {

@@ -15,6 +15,14 @@
 //!
 //! The socket is shared (`Arc<TcpStream>`) with the connection's task, so that
 //! the task can still answer 408 and close gracefully after hyper is gone.
+//!
+//! The clock's timer is lazy: a phase change only records the time, and
+//! wakes nothing. The connection's task sleeps until [`Clock::next_check`],
+//! which is never later than any deadline the connection can reach before
+//! it (the current phase's, or one that starts after it), and there checks
+//! [`Clock::expired`] and sleeps again. A request therefore costs no timer
+//! re-armed and no wake-up of the task; a busy connection's timer fires
+//! once per timeout at most.
 
 use crate::host::edge::ingress;
 use std::io;
@@ -25,7 +33,6 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// What the connection is doing.
@@ -64,7 +71,6 @@ struct State {
 /// A connection's clock, shared by its socket, its service and its task.
 pub(super) struct Clock {
     state: Mutex<State>,
-    changed: Notify,
     header_timeout: Duration,
     keepalive_timeout: Duration,
     max_head: usize,
@@ -89,7 +95,6 @@ impl Clock {
                 verdict: None,
                 http2: false,
             }),
-            changed: Notify::new(),
             header_timeout,
             keepalive_timeout,
             max_head,
@@ -101,18 +106,34 @@ impl Clock {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Resolves when the phase changed since the last call.
-    pub(super) async fn changed(&self) {
-        self.changed.notified().await;
+    /// When the current phase runs out; `None` while serving.
+    #[cfg(test)]
+    fn deadline(&self) -> Option<Instant> {
+        self.phase_deadline(self.lock().phase)
     }
 
-    /// When the current phase runs out; `None` while serving.
-    pub(super) fn deadline(&self) -> Option<Instant> {
-        match self.lock().phase {
+    fn phase_deadline(&self, phase: Phase) -> Option<Instant> {
+        match phase {
             Phase::Header { since, .. } => Some(since + self.header_timeout),
             Phase::Idle { since } => Some(since + self.keepalive_timeout),
             Phase::Busy => None,
         }
+    }
+
+    /// When to look at the clock next, from `now`: the current phase's
+    /// deadline, but no later than the shortest timeout from now, since a
+    /// phase that begins after `now` (a header after an idle spell, an
+    /// idle spell after a request) runs out at that soonest.
+    pub(super) fn next_check(&self, now: Instant) -> Instant {
+        // A zero keep-alive timeout turns keep-alive off (hyper closes the
+        // connection after its answer): not a step, or the timer would spin.
+        let step = match self.keepalive_timeout {
+            k if k.is_zero() => self.header_timeout,
+            k => k.min(self.header_timeout),
+        };
+        let soonest = now + step;
+        self.phase_deadline(self.lock().phase)
+            .map_or(soonest, |d| d.min(soonest))
     }
 
     /// Why the connection's time is up, if it is.
@@ -153,7 +174,6 @@ impl Clock {
                     since: Instant::now(),
                     got_bytes: true,
                 };
-                self.changed.notify_one();
             }
             Phase::Header { got_bytes, .. } => *got_bytes = true,
         }
@@ -183,7 +203,6 @@ impl Clock {
         s.head = Vec::new();
         let verdict = s.verdict.take();
         drop(s);
-        self.changed.notify_one();
         (InFlight(self.clone()), verdict)
     }
 }
@@ -247,8 +266,6 @@ impl Drop for InFlight {
             s.scanning = !s.http2;
             s.head = Vec::new();
             s.verdict = None;
-            drop(s);
-            self.0.changed.notify_one();
         }
     }
 }
@@ -421,6 +438,34 @@ mod tests {
         c.on_read(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
         assert!(!c.quiet(), "a request began");
         assert_eq!(c.request_started().1, Some(false));
+    }
+
+    /// The lazy timer never sleeps past a deadline: not the current
+    /// phase's, nor that of a phase which begins before it fires.
+    #[tokio::test(start_paused = true)]
+    async fn the_next_check_comes_before_any_deadline() {
+        let secs = Duration::from_secs;
+        let c = Arc::new(Clock::new(secs(60), secs(5), 1024));
+        let t0 = Instant::now();
+        assert_eq!(
+            c.next_check(t0),
+            t0 + secs(5),
+            "a header, checked by the shorter step"
+        );
+        let (guard, _) = c.request_started();
+        assert_eq!(c.next_check(t0), t0 + secs(5), "serving: the step");
+        tokio::time::advance(secs(3)).await;
+        drop(guard);
+        let idle = Instant::now();
+        assert_eq!(c.next_check(idle), idle + secs(5), "idle: its deadline");
+        tokio::time::advance(secs(1)).await;
+        c.on_read(b"GET");
+        let header = c.deadline().expect("a header's clock runs");
+        assert!(c.next_check(idle) <= header);
+        // Keep-alive off: the step is the header timeout, never zero.
+        let off = Clock::new(secs(60), Duration::ZERO, 1024);
+        let now = Instant::now();
+        assert_eq!(off.next_check(now), now + secs(60));
     }
 
     #[tokio::test(start_paused = true)]

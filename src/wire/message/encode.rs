@@ -11,6 +11,7 @@ use bytes::{BufMut, BytesMut};
 use capnp::message::{Allocator, Builder, HeapAllocator};
 use http::Method;
 use std::net::IpAddr;
+use std::ptr::NonNull;
 use tokio_util::codec::Encoder;
 
 /// A message that can be sent as one frame.
@@ -92,12 +93,104 @@ impl FrameCodec {
     }
 }
 
+/// Bytes of a one-segment message's segment table: the segment count less
+/// one, then the segment's size in words (4 bytes each, little-endian).
+const ONE_SEGMENT_TABLE: usize = 8;
+
+/// A message's segments for [`FrameCodec`]'s encoder: the first is a zeroed
+/// stretch of the frame's output buffer, right where a one-segment message
+/// is sent from (after the frame header and the segment table), so that
+/// what the message holds (a request body, say) is copied once, into the
+/// buffer the socket is written from; a message that outgrows it takes its
+/// further segments from the heap.
+struct InBuffer {
+    /// The output buffer's stretch, until the builder asks for it.
+    first: Option<(NonNull<u8>, u32)>,
+    /// Where that stretch starts (never freed: the buffer owns it).
+    first_at: NonNull<u8>,
+    heap: HeapAllocator,
+}
+
+// SAFETY: the first segment is zeroed memory of `words` words, exclusively
+// the builder's while it lives (the encoder touches the buffer again only
+// after dropping it), and handed out once; the others are the heap
+// allocator's, and freed by it.
+#[allow(unsafe_code)]
+unsafe impl Allocator for InBuffer {
+    fn allocate_segment(&mut self, minimum_size: u32) -> (NonNull<u8>, u32) {
+        match self.first.take() {
+            Some((at, words)) if words >= minimum_size => (at, words),
+            _ => self.heap.allocate_segment(minimum_size),
+        }
+    }
+
+    unsafe fn deallocate_segment(&mut self, ptr: NonNull<u8>, word_size: u32, words_used: u32) {
+        if ptr != self.first_at {
+            // SAFETY: a segment the heap allocator gave, as the caller
+            // promises for every segment.
+            unsafe { self.heap.deallocate_segment(ptr, word_size, words_used) }
+        }
+    }
+}
+
+impl FrameCodec {
+    /// Encodes `item` as one frame at the end of `dst`, the message built in
+    /// `dst` itself (see [`InBuffer`]): one copy of each of its fields, and
+    /// no allocation, when its first segment (its size hint) holds it, as
+    /// it does for every message here; else it is written out apart and
+    /// appended.
+    fn encode_in_place<T: Encode + ?Sized>(
+        &self,
+        item: &T,
+        dst: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        let words = first_segment_words(item.size_hint_words());
+        let start = dst.len();
+        let segment_at = start + crate::wire::codec::HEADER_LEN + ONE_SEGMENT_TABLE;
+        // Zeroed, as a Cap'n Proto segment must be.
+        dst.resize(segment_at + words as usize * 8, 0);
+        let at = NonNull::from(&mut dst[segment_at..]).cast::<u8>();
+        let mut message = Builder::new(InBuffer {
+            first: Some((at, words)),
+            first_at: at,
+            heap: HeapAllocator::new(),
+        });
+        if let Err(e) = item.build(&mut message) {
+            drop(message);
+            dst.truncate(start);
+            return Err(e.into());
+        }
+        let segments = message.get_segments_for_output();
+        let in_place = match &segments[..] {
+            [only] if only.as_ptr() == at.as_ptr().cast_const() => Some(only.len()),
+            _ => None,
+        };
+        let Some(used) = in_place else {
+            // Past the hint: the message, written apart, then copied in.
+            let mut out = Vec::new();
+            let written = capnp::serialize::write_message(&mut out, &message);
+            drop(message);
+            dst.truncate(start);
+            written?;
+            let start = FrameCodec::begin(dst, item.kind() as u8);
+            dst.extend_from_slice(&out);
+            return self.finish(dst, start);
+        };
+        drop(message);
+        dst.truncate(segment_at + used);
+        let kind = (item.kind() as u32) << 24;
+        dst[start..start + 4].copy_from_slice(&kind.to_be_bytes());
+        dst[start + 4..start + 8].copy_from_slice(&0u32.to_le_bytes());
+        dst[start + 8..segment_at].copy_from_slice(&((used / 8) as u32).to_le_bytes());
+        self.finish(dst, start)
+    }
+}
+
 impl<T: Encode> Encoder<&T> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, item: &T, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let words = first_segment_words(item.size_hint_words());
-        self.encode_with(item, HeapAllocator::new().first_segment_words(words), dst)
+        self.encode_in_place(item, dst)
     }
 }
 

@@ -537,3 +537,62 @@ fn the_fast_pair_reader_agrees_with_capnp_on_damaged_messages() {
         "{parsed} parsed, {fast_ok} read"
     );
 }
+
+/// A message whose size hint falls short of what it holds.
+struct Underestimated(ErrorResp);
+
+impl Encode for Underestimated {
+    fn kind(&self) -> MessageType {
+        self.0.kind()
+    }
+    fn build<A: capnp::message::Allocator>(&self, message: &mut Builder<A>) -> capnp::Result<()> {
+        self.0.build(message)
+    }
+}
+
+/// The frame of `msg` built the plain way: on the heap, in one segment,
+/// then copied out.
+fn heap_frame<T: Encode>(msg: &T) -> BytesMut {
+    let one_segment = capnp::message::HeapAllocator::new().first_segment_words(1 << 20);
+    let mut buf = BytesMut::from(&b"before"[..]);
+    FrameCodec::default()
+        .encode_with(msg, one_segment, &mut buf)
+        .unwrap();
+    buf
+}
+
+#[test]
+fn a_message_built_in_the_output_buffer_is_the_same_frame() {
+    let body = vec![7u8; 64 * 1024];
+    let call = ReqCall {
+        conf_token: 3,
+        parts: RequestParts {
+            id: 9,
+            src_ip: "10.0.0.1".parse().unwrap(),
+            method: Method::POST,
+            path: "/upload",
+            args: vec![("a", Some("1"))],
+            headers: vec![("host", "example.com"), ("content-type", "text/plain")],
+            extra_info: vec![("request_body", Some(&body[..]))],
+        },
+    };
+    // After other bytes, as in a connection's output buffer.
+    let mut buf = BytesMut::from(&b"before"[..]);
+    FrameCodec::default().encode(&call, &mut buf).unwrap();
+    assert_eq!(buf, heap_frame(&call));
+    // One segment (the hint held it): the reader follows no far pointer.
+    assert_eq!(&buf[10..14], &0u32.to_le_bytes());
+
+    // Past its hint, the message takes heap segments and is copied in.
+    let big = Underestimated(ErrorResp {
+        code: ErrorCode::BadRequest,
+        message: "x".repeat(10_000),
+    });
+    let mut buf = BytesMut::from(&b"before"[..]);
+    FrameCodec::default().encode(&big, &mut buf).unwrap();
+    assert_eq!(&buf[..6], b"before");
+    assert_ne!(&buf[10..14], &0u32.to_le_bytes(), "more than one segment");
+    let mut frames = buf.split_off(6);
+    let f = FrameCodec::default().decode(&mut frames).unwrap().unwrap();
+    assert_eq!(Payload::parse(&f.payload).unwrap().error().unwrap(), big.0);
+}
