@@ -229,6 +229,14 @@ fn compile_cmp(expr: &[Value], at: &str) -> Result<Cmp, String> {
             "`{at}[0]`: the variable's name is a string (invalid expression)"
         ));
     };
+    // A name extplug has no value for would read as missing, so that
+    // `["post_arg_user", "~=", "root"]` always held: refused instead.
+    if !super::var_names::computed(var) {
+        return Err(format!(
+            "`{at}[0]`: {var:?} is not a variable extplug computes (one of {})",
+            super::var_names::listed()
+        ));
+    }
     let op_text = match op {
         None => return Err(format!("`{at}`: no operator (invalid expression)")),
         Some(Value::String(s)) => s.to_lowercase(),
@@ -552,7 +560,7 @@ mod tests {
         );
         let pcre = refused(r#"[["http_x_a","~~","a(?=b)"]]"#);
         assert!(pcre.contains("no look-around"), "{pcre}");
-        assert!(refused(r#"[["a","~~",1]]"#).contains("needs a regex string"));
+        assert!(refused(r#"[["arg_a","~~",1]]"#).contains("needs a regex string"));
     }
 
     #[test]
@@ -657,9 +665,18 @@ mod tests {
             (r#"[["arg_x",{},"1"]]"#, "is not a string"),
             (r#"[["arg_x","==","1"],"x"]"#, "`vars[1]` is \"x\""),
             (
-                r#"["AND",["a","==","1"],["b","<>","1"]]"#,
+                r#"["AND",["arg_a","==","1"],["arg_b","<>","1"]]"#,
                 "`vars[2]`: invalid operator",
             ),
+            (
+                r#"[["arg_x","==","1"],["post_arg_user","~=","root"]]"#,
+                "`vars[1][0]`: \"post_arg_user\" is not a variable extplug computes",
+            ),
+            (
+                r#"["OR",["arg_x","==","1"],["server_name","==","a"]]"#,
+                "`vars[2][0]`: \"server_name\" is not a variable extplug computes",
+            ),
+            (r#"[["arg_","==","1"]]"#, "\"arg_\" is not a variable"),
         ] {
             let e = refused(vars);
             assert!(e.contains(says), "{vars}: {e}");
