@@ -379,16 +379,27 @@ fn ip_list(v: &Value) -> Result<Vec<IpNet>, String> {
 
 /// An address (`10.0.0.1`, `::1`, `[::1]`) or a CIDR (`10.0.0.0/8`,
 /// `fe80::/10`), as APISIX's ipmatcher takes them; an IPv4-mapped IPv6
-/// address is its IPv4 one.
+/// address is its IPv4 one, and so is an IPv4-mapped CIDR of 96 bits or
+/// more (`::ffff:10.0.0.0/104` is `10.0.0.0/8`): the client's address is
+/// made IPv4 the same way before it is matched.
 pub fn parse_ip_or_cidr(text: &str) -> Result<IpNet, String> {
     let bare = text
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
         .unwrap_or(text);
     if bare.contains('/') {
-        return bare
+        let net = bare
             .parse::<IpNet>()
-            .map_err(|_| format!("{text:?} is not an IP address or CIDR (invalid ip address)"));
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR (invalid ip address)"))?;
+        return Ok(match net {
+            IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map(IpNet::V4)
+                    .unwrap_or(net),
+                None => net,
+            },
+            _ => net,
+        });
     }
     match bare.parse::<IpAddr>() {
         Ok(ip) => Ok(IpNet::from(ip.to_canonical())),
@@ -706,5 +717,22 @@ mod tests {
         ));
         assert!(parse_ip_or_cidr("10.0.0.1:80").is_err());
         assert!(parse_ip_or_cidr("localhost").is_err());
+        // An IPv4-mapped CIDR matches the (IPv4) client it covers.
+        let net = parse_ip_or_cidr("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(net, "10.0.0.0/8".parse::<IpNet>().unwrap());
+        assert!(ip_within(&[net], "10.9.9.9".parse().unwrap()));
+        assert!(ip_within(&[net], "::ffff:10.9.9.9".parse().unwrap()));
+        assert!(!ip_within(&[net], "11.0.0.1".parse().unwrap()));
+        let whole = parse_ip_or_cidr("[::ffff:0.0.0.0/96]").unwrap();
+        assert!(ip_within(&[whole], "192.0.2.1".parse().unwrap()));
+        // Not mapped, or wider than the mapped range: as written.
+        assert!(matches!(
+            parse_ip_or_cidr("fe80::/10").unwrap(),
+            IpNet::V6(_)
+        ));
+        assert!(matches!(
+            parse_ip_or_cidr("::ffff:0:0/80").unwrap(),
+            IpNet::V6(_)
+        ));
     }
 }
