@@ -195,6 +195,15 @@ async fn routes_with_hosts_and_vars_from_etcd_are_served() {
         "/apisix/routes/h",
         &route("h", json!({"hosts": ["*.example.com"]})),
     );
+    // A variable extplug does not compute: skipped, not read as missing
+    // (where `~=` would hold and the route take every request to /e).
+    etcd.put(
+        "/apisix/routes/post",
+        &route(
+            "post",
+            json!({"vars": [["post_arg_user", "~=", "root"]], "priority": 10}),
+        ),
+    );
     etcd.put(
         "/apisix/routes/v",
         &route("v", json!({"vars": [["arg_k", "==", "1"]]})),
@@ -219,6 +228,7 @@ async fn routes_with_hosts_and_vars_from_etcd_are_served() {
     );
     assert_eq!(route_of(&node, "/e", "other", &[]).await, "plain");
     node.wait_log("`vars[0]`: the regex", 1);
+    node.wait_log("\"post_arg_user\" is not a variable extplug computes", 1);
 }
 
 /// What the WebSocket upstream saw of each request: its `Upgrade` header

@@ -229,6 +229,14 @@ fn compile_cmp(expr: &[Value], at: &str) -> Result<Cmp, String> {
             "`{at}[0]`: the variable's name is a string (invalid expression)"
         ));
     };
+    // A name extplug has no value for would read as missing, so that
+    // `["post_arg_user", "~=", "root"]` always held: refused instead.
+    if !super::var_names::computed(var) {
+        return Err(format!(
+            "`{at}[0]`: {var:?} is not a variable extplug computes (one of {})",
+            super::var_names::listed()
+        ));
+    }
     let op_text = match op {
         None => return Err(format!("`{at}`: no operator (invalid expression)")),
         Some(Value::String(s)) => s.to_lowercase(),
@@ -371,16 +379,27 @@ fn ip_list(v: &Value) -> Result<Vec<IpNet>, String> {
 
 /// An address (`10.0.0.1`, `::1`, `[::1]`) or a CIDR (`10.0.0.0/8`,
 /// `fe80::/10`), as APISIX's ipmatcher takes them; an IPv4-mapped IPv6
-/// address is its IPv4 one.
+/// address is its IPv4 one, and so is an IPv4-mapped CIDR of 96 bits or
+/// more (`::ffff:10.0.0.0/104` is `10.0.0.0/8`): the client's address is
+/// made IPv4 the same way before it is matched.
 pub fn parse_ip_or_cidr(text: &str) -> Result<IpNet, String> {
     let bare = text
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
         .unwrap_or(text);
     if bare.contains('/') {
-        return bare
+        let net = bare
             .parse::<IpNet>()
-            .map_err(|_| format!("{text:?} is not an IP address or CIDR (invalid ip address)"));
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR (invalid ip address)"))?;
+        return Ok(match net {
+            IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map(IpNet::V4)
+                    .unwrap_or(net),
+                None => net,
+            },
+            _ => net,
+        });
     }
     match bare.parse::<IpAddr>() {
         Ok(ip) => Ok(IpNet::from(ip.to_canonical())),
@@ -552,7 +571,7 @@ mod tests {
         );
         let pcre = refused(r#"[["http_x_a","~~","a(?=b)"]]"#);
         assert!(pcre.contains("no look-around"), "{pcre}");
-        assert!(refused(r#"[["a","~~",1]]"#).contains("needs a regex string"));
+        assert!(refused(r#"[["arg_a","~~",1]]"#).contains("needs a regex string"));
     }
 
     #[test]
@@ -657,9 +676,18 @@ mod tests {
             (r#"[["arg_x",{},"1"]]"#, "is not a string"),
             (r#"[["arg_x","==","1"],"x"]"#, "`vars[1]` is \"x\""),
             (
-                r#"["AND",["a","==","1"],["b","<>","1"]]"#,
+                r#"["AND",["arg_a","==","1"],["arg_b","<>","1"]]"#,
                 "`vars[2]`: invalid operator",
             ),
+            (
+                r#"[["arg_x","==","1"],["post_arg_user","~=","root"]]"#,
+                "`vars[1][0]`: \"post_arg_user\" is not a variable extplug computes",
+            ),
+            (
+                r#"["OR",["arg_x","==","1"],["server_name","==","a"]]"#,
+                "`vars[2][0]`: \"server_name\" is not a variable extplug computes",
+            ),
+            (r#"[["arg_","==","1"]]"#, "\"arg_\" is not a variable"),
         ] {
             let e = refused(vars);
             assert!(e.contains(says), "{vars}: {e}");
@@ -689,5 +717,22 @@ mod tests {
         ));
         assert!(parse_ip_or_cidr("10.0.0.1:80").is_err());
         assert!(parse_ip_or_cidr("localhost").is_err());
+        // An IPv4-mapped CIDR matches the (IPv4) client it covers.
+        let net = parse_ip_or_cidr("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(net, "10.0.0.0/8".parse::<IpNet>().unwrap());
+        assert!(ip_within(&[net], "10.9.9.9".parse().unwrap()));
+        assert!(ip_within(&[net], "::ffff:10.9.9.9".parse().unwrap()));
+        assert!(!ip_within(&[net], "11.0.0.1".parse().unwrap()));
+        let whole = parse_ip_or_cidr("[::ffff:0.0.0.0/96]").unwrap();
+        assert!(ip_within(&[whole], "192.0.2.1".parse().unwrap()));
+        // Not mapped, or wider than the mapped range: as written.
+        assert!(matches!(
+            parse_ip_or_cidr("fe80::/10").unwrap(),
+            IpNet::V6(_)
+        ));
+        assert!(matches!(
+            parse_ip_or_cidr("::ffff:0:0/80").unwrap(),
+            IpNet::V6(_)
+        ));
     }
 }

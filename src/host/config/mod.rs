@@ -34,6 +34,7 @@ mod upstream_tests;
 mod upstream_tls;
 mod uri;
 mod validate;
+pub mod var_names;
 
 pub use apisix::{check_apisix_service, check_apisix_upstream, parse_apisix_route, Objects};
 pub use error::ConfigError;

@@ -301,6 +301,10 @@ fn hosts_remote_addrs_vars_and_websocket_parse_as_apisix_writes_them() {
         (r#""vars":[["arg_a","~~","(x"]]"#, "`vars[0]`: the regex"),
         (r#""vars":{"a":1}"#, "`vars` must be a list"),
         (
+            r#""vars":[["post_arg_user","~=","root"]]"#,
+            "`vars[0][0]`: \"post_arg_user\" is not a variable extplug computes",
+        ),
+        (
             r#""enable_websocket":"yes""#,
             "at `enable_websocket`: invalid type",
         ),

@@ -186,11 +186,22 @@ impl UpstreamState {
         let n = self.nodes.len();
         match &self.balancer {
             Balancer::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                // The cursor moves past the entries skipped (unhealthy or
+                // tried) as well as the one taken, so that the next
+                // request goes on from there: the skipped nodes' share
+                // spreads over the others by their weights, rather than
+                // all going to the node after them in the schedule.
                 let len = self.schedule.len();
-                (0..len)
-                    .map(|i| self.schedule[(start + i) % len])
-                    .find(|&i| ok(i))
+                let mut chosen = None;
+                let _ = self
+                    .next
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cursor| {
+                        chosen = None;
+                        let step = (0..len).find(|&i| ok(self.schedule[(cursor + i) % len]))?;
+                        chosen = Some(self.schedule[(cursor + step) % len]);
+                        Some(cursor.wrapping_add(step + 1))
+                    });
+                chosen
             }
             Balancer::Chash(_) => self
                 .ring
@@ -198,23 +209,26 @@ impl UpstreamState {
                 .and_then(|ring| ring.walk(key.unwrap_or_default()).find(|&i| ok(i))),
             Balancer::LeastConn => {
                 // Fewest in flight for the weight: (in_flight + 1) / weight,
-                // compared without division; ties go round.
+                // compared pairwise without division (a u64 count times a
+                // u32 weight fits a u128); ties go round.
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let load = |i: usize| {
+                    let node = &self.nodes[i];
+                    (
+                        node.in_flight.load(Ordering::Relaxed) as u128 + 1,
+                        u128::from(node.weight.max(1)),
+                    )
+                };
                 (0..n)
-                    .map(|i| (start + i) % n)
+                    .map(|i| start.wrapping_add(i) % n)
                     .filter(|&i| ok(i))
-                    .min_by_key(|&i| {
-                        let node = &self.nodes[i];
-                        let load = node.in_flight.load(Ordering::Relaxed) as u128 + 1;
-                        // Scaled by the product of the other weights.
-                        let others: u128 = self
-                            .nodes
-                            .iter()
-                            .enumerate()
-                            .filter(|(j, _)| *j != i)
-                            .map(|(_, o)| u128::from(o.weight.max(1)))
-                            .product();
-                        load * others
+                    .reduce(|best, i| {
+                        let ((lb, wb), (li, wi)) = (load(best), load(i));
+                        if li * wb < lb * wi {
+                            i
+                        } else {
+                            best
+                        }
                     })
             }
             Balancer::Ewma => {
@@ -477,13 +491,77 @@ mod tests {
     use crate::host::config::Config;
 
     fn upstream(kind: &str) -> Upstream {
+        upstream_of(kind, &[1, 1, 1])
+    }
+
+    /// An upstream of `weights.len()` nodes, `127.0.0.1:1`... in order.
+    fn upstream_of(kind: &str, weights: &[u32]) -> Upstream {
+        let nodes = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!(r#"{{"host":"127.0.0.1","port":{},"weight":{w}}}"#, i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
         let text = format!(
             r#"{{"ext-plugin":{{"cmd":["r"]}},"routes":[{{"id":"r","uri":"/a","upstream":{{
                 "type":"{kind}","key":"uri",
-                "nodes":{{"127.0.0.1:1":1,"127.0.0.1:2":1,"127.0.0.1:3":1}},
+                "nodes":[{nodes}],
                 "checks":{{"active":{{}},"passive":{{}}}}}}}}]}}"#
         );
         Config::parse(&text).unwrap().routes.remove(0).upstream
+    }
+
+    /// How many of `picks` picks went to each node.
+    fn shares(state: &UpstreamState, picks: usize) -> Vec<usize> {
+        let mut counts = vec![0; state.len()];
+        for _ in 0..picks {
+            counts[state.pick(None, &[]).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn round_robin_spreads_an_unhealthy_nodes_share_by_weight() {
+        let state = UpstreamState::new(&upstream("roundrobin"));
+        state.passive(1, Report::TcpFailure);
+        state.passive(1, Report::TcpFailure);
+        let counts = shares(&state, 1000);
+        assert_eq!(counts[1], 0);
+        for i in [0, 2] {
+            assert!((450..=550).contains(&counts[i]), "{counts:?}");
+        }
+        let state = UpstreamState::new(&upstream_of("roundrobin", &[3, 1, 1]));
+        state.passive(2, Report::TcpFailure);
+        state.passive(2, Report::TcpFailure);
+        let counts = shares(&state, 1000);
+        assert!((700..=800).contains(&counts[0]), "{counts:?}");
+        assert!((200..=300).contains(&counts[1]), "{counts:?}");
+    }
+
+    #[test]
+    fn least_conn_weighs_many_heavy_nodes_without_overflow() {
+        // 40 nodes of weight 100: the product of the others' weights
+        // would overflow a u128.
+        let mut weights = vec![100; 40];
+        weights[7] = 300;
+        let state = UpstreamState::new(&upstream_of("least_conn", &weights));
+        let busy: Vec<_> = (0..40)
+            .filter(|&i| i != 7)
+            .map(|i| state.start(i))
+            .collect();
+        // Elsewhere (1 + 1) / 100 = 6/300: node 7, weight 300, is below
+        // that with up to 4 in flight ((4 + 1)/300), so it takes five
+        // picks in a row.
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let i = state.pick(None, &[]).unwrap();
+            assert_eq!(i, 7);
+            held.push(state.start(i));
+        }
+        // With 6 in flight (7/300 above 6/300), another node.
+        held.push(state.start(7));
+        assert_ne!(state.pick(None, &[]).unwrap(), 7);
+        drop((busy, held));
     }
 
     #[test]

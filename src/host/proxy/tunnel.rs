@@ -1,7 +1,8 @@
-//! WebSocket on routes with `enable_websocket`: the client's
-//! `Upgrade: websocket` goes to the upstream (after the request phases
+//! WebSocket on routes with `enable_websocket`: `Upgrade: websocket` (only
+//! that, whatever else the client offered) goes to the upstream (after the request phases
 //! ran, so a plugin may still refuse it), and when the upstream answers
-//! `101 Switching Protocols` both connections are upgraded (hyper's
+//! `101 Switching Protocols` with `Upgrade: websocket` (another protocol
+//! is answered 502) both connections are upgraded (hyper's
 //! upgrades) and joined into a byte tunnel. On other routes `Upgrade` is a
 //! hop-by-hop header, dropped as any other: the upstream sees a plain
 //! request, as behind APISIX.
@@ -27,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-/// Marks a request to be sent with its `Upgrade` (the value) and
+/// Marks a request to be sent with `Upgrade` (the value: `websocket`) and
 /// `Connection: upgrade`: set on the request's extensions, read by the
 /// upstream call after the header filter dropped both.
 #[derive(Debug, Clone)]
@@ -39,27 +40,45 @@ pub(super) struct UpgradeAsked(pub(super) HeaderValue);
 #[derive(Debug, Clone)]
 pub struct TunnelOpen(pub CancellationToken);
 
-/// The request's `Upgrade` value when it asks for a WebSocket: a GET with
-/// `Upgrade: websocket` (any case) and `upgrade` among `Connection`'s
-/// tokens. Read before the client's `Connection` header is applied (it
-/// removes `Upgrade`).
+/// `Upgrade: websocket`'s value when the request asks for a WebSocket: a
+/// GET with `websocket` (any case) among `Upgrade`'s protocols and
+/// `upgrade` among `Connection`'s tokens. Only `websocket` goes on: the
+/// tunnel is for nothing else (not the client's `h2c` offered beside it).
+/// Read before the client's `Connection` header is applied (it removes
+/// `Upgrade`).
 pub(super) fn websocket_asked(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
     if method != Method::GET {
         return None;
     }
     let upgrade = headers.get(UPGRADE)?;
-    let websocket = upgrade
-        .to_str()
-        .ok()?
-        .split(',')
-        .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
+    let websocket = is_websocket(upgrade);
     let connection_upgrade = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    (websocket && connection_upgrade).then(|| upgrade.clone())
+    (websocket && connection_upgrade).then(|| HeaderValue::from_static("websocket"))
+}
+
+/// Whether `websocket` (any case) is among an `Upgrade`'s protocols.
+fn is_websocket(upgrade: &HeaderValue) -> bool {
+    upgrade.to_str().is_ok_and(|v| {
+        v.split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+    })
+}
+
+/// Whether an upstream's `101` switched to WebSocket, what was asked: its
+/// `Upgrade` is `websocket` (any case) and nothing else.
+fn upstream_switched_to_websocket(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(UPGRADE).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")),
+        _ => false,
+    }
 }
 
 /// Puts `Connection: upgrade` and the client's `Upgrade` back on a request
@@ -88,6 +107,14 @@ pub(super) fn open(
             "the client's connection cannot be upgraded",
         );
     };
+    if !upstream_switched_to_websocket(upstream.headers()) {
+        // A tunnel of another protocol than the one the plugins and the
+        // route allowed: refused.
+        return super::answer::error_response(
+            StatusCode::BAD_GATEWAY,
+            "the upstream switched to a protocol other than websocket",
+        );
+    }
     let upstream_upgrade = hyper::upgrade::on(&mut upstream);
     let (mut head, _) = upstream.into_parts();
     let upgrade = head.headers.get(UPGRADE).cloned();
@@ -128,11 +155,15 @@ pub(super) fn open(
     resp
 }
 
-/// Resolves once nothing moved through the tunnel for `idle`.
+/// Resolves once nothing moved through the tunnel for `idle`; never when
+/// that is past what an `Instant` can hold (a `timeout.read` of up to
+/// 1.8e19 s is accepted).
 async fn idle_out(last: &AtomicU64, started: Instant, idle: Duration) {
     loop {
         let moved = Duration::from_millis(last.load(Ordering::Relaxed));
-        let deadline = started + moved + idle;
+        let Some(deadline) = started.checked_add(moved).and_then(|t| t.checked_add(idle)) else {
+            return std::future::pending().await;
+        };
         if Instant::now() >= deadline {
             return;
         }
@@ -217,6 +248,14 @@ mod tests {
             ("connection", "keep-alive, Upgrade"),
         ];
         assert!(asks(Method::GET, &ws));
+        let mut offered = HeaderMap::new();
+        offered.insert(UPGRADE, HeaderValue::from_static("websocket, h2c"));
+        offered.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        assert_eq!(
+            websocket_asked(&Method::GET, &offered).unwrap(),
+            "websocket",
+            "only websocket goes to the upstream"
+        );
         assert!(!asks(Method::POST, &ws));
         assert!(!asks(Method::GET, &ws[..1]), "no Connection: upgrade");
         assert!(!asks(
@@ -231,5 +270,30 @@ mod tests {
                 ("connection", "upgrade")
             ]
         ));
+    }
+
+    #[test]
+    fn only_an_upstream_upgrade_to_websocket_is_tunnelled() {
+        let switched = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(UPGRADE, HeaderValue::from_str(v).unwrap());
+            }
+            upstream_switched_to_websocket(&h)
+        };
+        assert!(switched(&["websocket"]));
+        assert!(switched(&["WebSocket "]));
+        assert!(!switched(&[]));
+        assert!(!switched(&["h2c"]));
+        assert!(!switched(&["websocket, h2c"]));
+        assert!(!switched(&["websocket", "h2c"]));
+    }
+
+    #[tokio::test]
+    async fn a_huge_read_timeout_never_idles_out_and_does_not_panic() {
+        let last = AtomicU64::new(5);
+        let idle = idle_out(&last, Instant::now(), Duration::from_secs(u64::MAX));
+        let waited = tokio::time::timeout(Duration::from_millis(20), idle).await;
+        assert!(waited.is_err(), "idled out");
     }
 }

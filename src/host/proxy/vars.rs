@@ -19,6 +19,7 @@
 //! | `request_id` | a unique id of this request (32 hex digits) |
 //!
 //! Any other name has no value: the runner gets a null result, never an error.
+//! A route's `vars` may name only these (`config::var_names` lists them).
 
 use std::net::SocketAddr;
 
@@ -148,6 +149,26 @@ pub fn lookup(name: &str, ctx: &VarCtx<'_>) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn parts(req: http::Request<()>) -> (http::request::Parts, http::Uri) {
+        let original = req.uri().clone();
+        (req.into_parts().0, original)
+    }
+
+    /// A request from `[::ffff:10.0.0.1]:5555` on route `r1`.
+    fn ctx_of<'a>(head: &'a http::request::Parts, original: &'a http::Uri) -> VarCtx<'a> {
+        VarCtx {
+            head,
+            original_uri: original,
+            peer: "[::ffff:10.0.0.1]:5555".parse().unwrap(),
+            local: "127.0.0.1:9080".parse().unwrap(),
+            route_id: "r1",
+            request_id: RequestId {
+                prefix: 0xab,
+                counter: 7,
+            },
+        }
+    }
+
     #[test]
     fn variables() {
         let req = http::Request::builder()
@@ -159,19 +180,8 @@ mod tests {
             .header("cookie", "a=1; sid=abc")
             .body(())
             .unwrap();
-        let original = req.uri().clone();
-        let (head, _) = req.into_parts();
-        let ctx = VarCtx {
-            head: &head,
-            original_uri: &original,
-            peer: "[::ffff:10.0.0.1]:5555".parse().unwrap(),
-            local: "127.0.0.1:9080".parse().unwrap(),
-            route_id: "r1",
-            request_id: RequestId {
-                prefix: 0xab,
-                counter: 7,
-            },
-        };
+        let (head, original) = parts(req);
+        let ctx = ctx_of(&head, &original);
         let v = |n: &str| lookup(n, &ctx);
         assert_eq!(v("remote_addr").as_deref(), Some("10.0.0.1"));
         assert_eq!(v("remote_port").as_deref(), Some("5555"));
@@ -196,5 +206,32 @@ mod tests {
             Some("00000000000000ab0000000000000007")
         );
         assert_eq!(v("no_such_var"), None);
+    }
+
+    /// Configuration refuses a `vars` name that `config::var_names` does
+    /// not list: every name it lists must have a value here.
+    #[test]
+    fn every_name_configuration_accepts_has_a_value() {
+        let req = http::Request::builder()
+            .uri("/p?a=1")
+            .header("host", "h")
+            .header("content-type", "text/plain")
+            .header("content-length", "0")
+            .header("x-n", "1")
+            .header("cookie", "NAME=1")
+            .body(())
+            .unwrap();
+        let (head, original) = parts(req);
+        let ctx = ctx_of(&head, &original);
+        use crate::host::config::var_names::{computed, NAMED, PREFIXES};
+        for name in NAMED {
+            assert!(lookup(name, &ctx).is_some(), "{name} has no value");
+        }
+        for (prefix, rest) in PREFIXES.iter().zip(["x_n", "a", "NAME"]) {
+            let name = format!("{prefix}{rest}");
+            assert!(computed(&name));
+            assert!(lookup(&name, &ctx).is_some(), "{name} has no value");
+        }
+        assert!(!computed("no_such_var"));
     }
 }

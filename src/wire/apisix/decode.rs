@@ -46,12 +46,19 @@ fn entries<'a>(
     Ok(out)
 }
 
-/// An owned copy of a list whose missing values mean "empty".
-fn owned(pairs: Entries<'_>) -> Vec<(String, String)> {
-    pairs
-        .into_iter()
-        .map(|(n, v)| (n.to_owned(), v.unwrap_or("").to_owned()))
-        .collect()
+/// An owned copy of a list of response headers that APISIX sets one by
+/// one (`core.response.set_header`): an entry without a value deletes
+/// the name (`set_header(name, nil)`), so it drops the earlier entries of
+/// that name (any case) and adds none.
+fn owned_set(pairs: Entries<'_>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        match value {
+            Some(v) => out.push((name.to_owned(), v.to_owned())),
+            None => out.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+        }
+    }
+    out
 }
 
 /// An owned copy of a list of changes (value set: set; none: delete).
@@ -243,7 +250,7 @@ pub fn req_call_answer(bytes: &[u8]) -> Result<ReqCallAnswer, DecodeError> {
                     .map_err(|reason| format!("stop {reason}"))?
                     .unwrap_or(StatusCode::OK);
                 let mut out = Stop::new(status);
-                out.headers = owned(entries(stop.headers()?, "stop header")?);
+                out.headers = owned_set(entries(stop.headers()?, "stop header")?);
                 out.body = stop.body()?.unwrap_or_default().to_vec();
                 RequestOutcome::Stop(out)
             }
@@ -257,7 +264,9 @@ pub fn req_call_answer(bytes: &[u8]) -> Result<ReqCallAnswer, DecodeError> {
                         .into_iter()
                         .filter_map(|(n, v)| v.map(|v| (n.to_owned(), v.to_owned())))
                         .collect(),
-                    body: rw.body()?.map(<[u8]>::to_vec),
+                    // APISIX applies a body only when it is not empty
+                    // (`init.lua`): an empty one keeps the client's.
+                    body: rw.body()?.filter(|b| !b.is_empty()).map(<[u8]>::to_vec),
                 };
                 if rewrite == Rewrite::default() {
                     RequestOutcome::Continue
@@ -284,13 +293,17 @@ pub fn resp_call_answer(bytes: &[u8]) -> Result<RespCallAnswer, DecodeError> {
     decode("A6.HTTPRespCall.Resp", || {
         let root = a6::http_resp_call::RespRef::read_as_root(bytes)?;
         let status = answer_status(root.status()?)?;
-        let headers = owned(entries(root.headers()?, "header")?);
+        let listed = entries(root.headers()?, "header")?;
+        // A non-empty list replaces the upstream's headers, even when its
+        // entries without a value deleted every name in it.
+        let replaces = !listed.is_empty();
+        let headers = owned_set(listed);
         let body = root.body()?.unwrap_or_default();
         Ok(RespCallAnswer {
             id: root.id()?,
             outcome: ResponseOutcome {
                 status,
-                headers: (!headers.is_empty()).then_some(headers),
+                headers: replaces.then_some(headers),
                 body: (!body.is_empty()).then(|| body.to_vec()),
             },
         })

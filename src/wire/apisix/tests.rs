@@ -297,3 +297,75 @@ fn every_method_maps_both_ways() {
     assert_eq!(names[14], "TRACE");
     assert!(generated::a6::Method::try_from(15u8).is_err());
 }
+
+/// `A6.TextEntry`s, `None` for an entry without a value.
+fn text_entries(pairs: &[(&str, Option<&str>)]) -> Option<Vec<generated::a6::TextEntry>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(n, v)| generated::a6::TextEntry {
+                name: Some((*n).to_owned()),
+                value: v.map(str::to_owned),
+            })
+            .collect(),
+    )
+}
+
+/// An `A6.HTTPReqCall.Resp` with `action`, as another runner may write it.
+fn req_answer_bytes(action: generated::a6::http_req_call::Action) -> Vec<u8> {
+    let resp = generated::a6::http_req_call::Resp {
+        id: 1,
+        action: Some(action),
+    };
+    planus::Builder::new().finish(&resp, None).to_vec()
+}
+
+#[test]
+fn an_entry_without_a_value_deletes_and_an_empty_body_keeps_as_apisix_does() {
+    use generated::a6::http_req_call::{Action, Rewrite as A6Rewrite, Stop as A6Stop};
+    // A stop: `set_header(name, nil)` deletes what the earlier entries set.
+    let stop = A6Stop {
+        status: 403,
+        headers: text_entries(&[("x-a", Some("1")), ("X-A", None), ("x-b", Some("2"))]),
+        body: None,
+    };
+    match req_call_answer(&req_answer_bytes(Action::Stop(Box::new(stop))))
+        .unwrap()
+        .outcome
+    {
+        RequestOutcome::Stop(stop) => {
+            assert_eq!(stop.headers, vec![("x-b".to_owned(), "2".to_owned())]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A rewrite's empty body keeps the client's: alone, it is *continue*.
+    let rewrite = |body: Vec<u8>| A6Rewrite {
+        path: None,
+        headers: None,
+        args: None,
+        resp_headers: None,
+        body: Some(body),
+    };
+    let outcome = |body| {
+        req_call_answer(&req_answer_bytes(Action::Rewrite(Box::new(rewrite(body)))))
+            .unwrap()
+            .outcome
+    };
+    assert_eq!(outcome(Vec::new()), RequestOutcome::Continue);
+    match outcome(b"x".to_vec()) {
+        RequestOutcome::Rewrite(rw) => assert_eq!(rw.body.as_deref(), Some(&b"x"[..])),
+        other => panic!("{other:?}"),
+    }
+    // A response answer: the deletion drops the name from the list.
+    let resp = generated::a6::http_resp_call::Resp {
+        id: 2,
+        status: 0,
+        headers: text_entries(&[("a", Some("1")), ("b", Some("2")), ("a", None)]),
+        body: None,
+    };
+    let bytes = planus::Builder::new().finish(&resp, None).to_vec();
+    assert_eq!(
+        resp_call_answer(&bytes).unwrap().outcome.headers,
+        Some(vec![("b".to_owned(), "2".to_owned())])
+    );
+}
