@@ -15,19 +15,58 @@ use tracing::debug;
 /// `@ADMIN@` are filled in at start.
 pub const DEMO_CONFIG: &str = include_str!("demo.json");
 
+/// The names the demo's certificate is for: what a newcomer types after
+/// `https://`.
+pub const TLS_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
+
+/// The demo's TLS listener (`extplug demo --tls`): where it listens, and a
+/// self-signed certificate made at start.
+pub struct DemoTls {
+    /// Where the TLS listener listens.
+    pub listen: String,
+    /// The certificate (PEM), for [`TLS_NAMES`].
+    pub cert: String,
+    /// Its private key (PEM).
+    pub key: String,
+}
+
+impl DemoTls {
+    /// A TLS listener on `listen` with a new self-signed certificate for
+    /// [`TLS_NAMES`] (an ECDSA P-256 key, made with *ring*): made at every
+    /// start so that no private key is ever committed or reused.
+    ///
+    /// # Errors
+    /// rcgen cannot make the key or the certificate.
+    pub fn self_signed(listen: &str) -> Result<DemoTls, rcgen::Error> {
+        let key = rcgen::KeyPair::generate()?;
+        let params = rcgen::CertificateParams::new(
+            TLS_NAMES.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )?;
+        let cert = params.self_signed(&key)?;
+        Ok(DemoTls {
+            listen: listen.to_owned(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
+
 /// The demo configuration for these addresses (the proxy's, the admin
-/// listener's, the upstream's) and runner program.
+/// listener's, the upstream's) and runner program, with a TLS listener
+/// when `tls` is given: its certificate is an SSL object for `localhost`,
+/// also served to clients that send no SNI (`curl https://127.0.0.1:...`).
 ///
 /// # Errors
-/// The filled-in configuration does not parse (a bad `listen` or `admin`,
-/// say).
+/// The filled-in configuration does not parse (a bad `listen`, `admin` or
+/// TLS `listen`, say).
 pub fn config(
     listen: &str,
     admin: &str,
     upstream: SocketAddr,
     runner: &str,
+    tls: Option<&DemoTls>,
 ) -> Result<Config, ConfigError> {
-    let text = DEMO_CONFIG
+    let mut text = DEMO_CONFIG
         .replace("@UPSTREAM@", &upstream.to_string())
         .replace(
             "@RUNNER@",
@@ -35,6 +74,27 @@ pub fn config(
         )
         .replace("@LISTEN@", &json_text(listen))
         .replace("@ADMIN@", &json_text(admin));
+    if let Some(tls) = tls {
+        // The embedded text is valid JSON (a unit test checks it), so this
+        // only adds two members to its top-level object.
+        let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if let Some(doc) = doc.as_object_mut() {
+            doc.insert(
+                "tls".into(),
+                serde_json::json!({"listen": tls.listen, "fallback_sni": TLS_NAMES[0]}),
+            );
+            doc.insert(
+                "ssls".into(),
+                serde_json::json!([{
+                    "id": "demo",
+                    "snis": [TLS_NAMES[0]],
+                    "cert": tls.cert,
+                    "key": tls.key,
+                }]),
+            );
+        }
+        text = doc.to_string();
+    }
     Config::parse(&text)
 }
 
@@ -44,8 +104,8 @@ fn json_text(text: &str) -> String {
 }
 
 /// The `curl` lines the demo prints, with what each should show (the
-/// admin listener's too, when there is one).
-pub fn curl_lines(addr: SocketAddr, admin: Option<SocketAddr>) -> String {
+/// admin listener's and the TLS listener's too, when there are).
+pub fn curl_lines(addr: SocketAddr, admin: Option<SocketAddr>, tls: Option<SocketAddr>) -> String {
     let base = format!("http://{addr}");
     let admin = admin
         .map(|a| {
@@ -71,7 +131,17 @@ for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}}\\n' {base}/limited; d
 curl -i {base}/vars -d 'hello'
 "
     );
-    lines + &admin
+    let tls = tls
+        .map(|t| {
+            format!(
+                "# TLS and HTTP/2: the same routes over HTTPS (-k: the certificate is self-signed, made at start)\n\
+                 curl --http2 -k -s 'https://{}:{}/rewrite/me?keep=1&drop=2'\n",
+                TLS_NAMES[0],
+                t.port()
+            )
+        })
+        .unwrap_or_default();
+    lines + &admin + &tls
 }
 
 /// Starts the echo upstream on a free port of 127.0.0.1: it answers every
@@ -144,9 +214,29 @@ mod tests {
             "127.0.0.1:9091",
             "127.0.0.1:1".parse().unwrap(),
             "runner",
+            None,
         )
         .unwrap();
         assert!(c.routes.len() >= 5);
         assert_eq!(c.admin.unwrap().listen.port(), 9091);
+        assert!(c.tls.is_none() && c.ssls.is_empty());
+    }
+
+    #[test]
+    fn with_tls_the_certificate_is_served_for_localhost_and_without_sni() {
+        let tls = super::DemoTls::self_signed("127.0.0.1:9443").unwrap();
+        let c = super::config(
+            "127.0.0.1:9080",
+            "127.0.0.1:9091",
+            "127.0.0.1:1".parse().unwrap(),
+            "runner",
+            Some(&tls),
+        )
+        .unwrap();
+        let listener = c.tls.unwrap();
+        assert_eq!(listener.listen.port(), 9443);
+        assert_eq!(listener.fallback_sni.as_deref(), Some("localhost"));
+        assert_eq!(c.ssls.len(), 1);
+        assert!(c.routes.len() >= 5);
     }
 }

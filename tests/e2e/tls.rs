@@ -4,11 +4,13 @@
 //! h2c with prior knowledge, a plugin chain over HTTP/2 (`scheme` and
 //! `host` as plugins see them), 100 streams on one connection, the
 //! handshake timeout, certificates replaced by a reload while a connection
-//! stays open (and a bad PEM refused), and the rapid-reset bound.
+//! stays open (and a bad PEM refused), the rapid-reset bound, and the
+//! issue's end-to-end case: HTTP/2 with SNI through a rewrite chain to an
+//! HTTPS upstream.
 
 use crate::support::conf::{config, demo, phase, route};
 use crate::support::http::{get, send, ProxyProc, Upstream};
-use crate::support::tls::{self, alpn, cert, connect, served, ssl, Sender};
+use crate::support::tls::{self, alpn, cert, connect, served, ssl, Ca, Sender, TlsNode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -750,4 +752,91 @@ async fn bodies_stream_both_ways_over_http2() {
     use http_body_util::BodyExt;
     let got = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(got, "chunk one, chunk two, chunk three");
+}
+
+/// The issue's "done when": an HTTP/2 request over TLS with SNI `a.example`
+/// (to 127.0.0.1) gets `a.example`'s certificate, not `b.example`'s, and
+/// goes through the `rewrite` plugin to an HTTPS upstream, which sees the
+/// rewrite; `curl --http2` does the same, verifying the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_sni_goes_through_a_rewrite_chain_to_an_https_upstream() {
+    let node = TlsNode::start(&Ca::new("upstream CA"), None).await;
+    let (a_cert, a_key, a_der) = cert(&["a.example"], 90);
+    let (b_cert, b_key, b_der) = cert(&["b.example"], 90);
+    let rewrite =
+        json!({"path": "/rewritten", "headers": {"x-demo": "rewritten"}, "args": {"added": "yes"}});
+    let plugins = json!({"ext-plugin-pre-req": phase(&[("rewrite", rewrite)])});
+    let upstream = json!({"scheme": "https", "nodes": {node.addr.to_string(): 1}});
+    let mut c = config(
+        demo(),
+        json!({}),
+        json!([{"id": "r", "uri": "/*", "plugins": plugins, "upstream": upstream}]),
+    );
+    c["tls"] = json!({"listen": "127.0.0.1:0"});
+    c["ssls"] = json!([
+        ssl("a", &["a.example"], &a_cert, &a_key),
+        ssl("b", &["b.example"], &b_cert, &b_key),
+    ]);
+    let p = ProxyProc::start(&c);
+    let at = p.tls.unwrap();
+    let authority = format!("a.example:{}", at.port());
+
+    let s = connect(at, Some("b.example"), &[b"h2"]).await.unwrap();
+    assert_eq!(served(&s), b_der);
+    let s = connect(at, Some("a.example"), &[b"h2"]).await.unwrap();
+    assert_eq!(
+        served(&s),
+        a_der,
+        "a.example's certificate, not b.example's"
+    );
+    assert_eq!(alpn(&s).as_deref(), Some(&b"h2"[..]));
+    let got = Sender::h2(s)
+        .await
+        .get(&authority, "/shop?keep=1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (got.status, got.version, &got.body[..]),
+        (200, http::Version::HTTP_2, &b"secure hi"[..]),
+        "the HTTPS upstream's answer"
+    );
+    let (target, headers) = node.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(target, "/rewritten?keep=1&added=yes");
+    assert_eq!(headers["x-demo"], "rewritten");
+    assert_eq!(headers["host"], authority.as_str());
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    let seen = node.seen.lock().unwrap().len();
+
+    // curl, trusting a.example's certificate alone: verification passes
+    // only if that is the one served.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("a.pem");
+    std::fs::write(&ca, &a_cert).unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "--http2",
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(&ca)
+        .arg("--resolve")
+        .arg(format!("{authority}:127.0.0.1"))
+        .arg(format!("https://{authority}/curl"))
+        .output()
+        .await
+        .expect("the curl command (Debian's curl package)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text, "secure hi\n2 200");
+    let seen_now = node.seen.lock().unwrap();
+    assert_eq!(seen_now.len(), seen + 1);
+    assert_eq!(seen_now.last().unwrap().0, "/rewritten?added=yes");
 }

@@ -219,6 +219,11 @@ pub fn values_named<'a, 'n>(
 /// `extplug demo` with this build's example runner, the proxy and the admin
 /// listener on free ports, its stdout piped (the listening lines come first).
 pub fn spawn_demo() -> Child {
+    spawn_demo_with(&[])
+}
+
+/// `extplug demo` as [`spawn_demo`] starts it, with `extra` arguments.
+pub fn spawn_demo_with(extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_extplug"))
         .args([
             "demo",
@@ -229,6 +234,7 @@ pub fn spawn_demo() -> Child {
             "--runner",
         ])
         .arg(demo_runner())
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()

@@ -1,15 +1,18 @@
-//! TLS and HTTP/2 in tests: certificates made at test time (rcgen), a
-//! rustls client that records the certificate it was served, and HTTP/1.1
-//! and HTTP/2 requests over any stream.
+//! TLS and HTTP/2 in tests: certificates made at test time (rcgen, with a
+//! test CA), a rustls client that records the certificate it was served,
+//! HTTP/1.1 and HTTP/2 requests over any stream, and a TLS node (an HTTPS
+//! upstream).
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -26,6 +29,155 @@ pub fn cert(names: &[&str], days: i64) -> (String, String, Vec<u8>) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
     (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+/// A certificate authority made for one test.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Ca {
+            cert: params.self_signed(&key).unwrap(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` and its key, as PEM.
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+}
+
+#[allow(deprecated)]
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// A TLS node (an HTTPS upstream): answers 200 with `x-sni` (the name the
+/// client sent, or `none`) and `x-client-cert` (`yes` when the client
+/// showed one), and keeps what each request asked for.
+pub struct TlsNode {
+    pub addr: SocketAddr,
+    /// TLS connections accepted (handshakes done).
+    pub handshakes: Arc<AtomicUsize>,
+    /// Handshakes that failed.
+    pub failed: Arc<Mutex<Vec<String>>>,
+    /// The requests served: target (path and query) and headers.
+    pub seen: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
+}
+
+impl TlsNode {
+    /// A node with `ca`'s certificate for localhost and 127.0.0.1; with
+    /// `client_ca`, it requires a client certificate issued by it.
+    pub async fn start(ca: &Ca, client_ca: Option<&Ca>) -> TlsNode {
+        use rustls::pki_types::pem::PemObject;
+        let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(client_ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs(&client_ca.pem()) {
+                    roots.add(c).unwrap();
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder.with_single_cert(certs(&cert), key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = TlsNode {
+            addr: listener.local_addr().unwrap(),
+            handshakes: Arc::default(),
+            failed: Arc::default(),
+            seen: Arc::default(),
+        };
+        let (handshakes, failed, seen) = (
+            node.handshakes.clone(),
+            node.failed.clone(),
+            node.seen.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, handshakes, failed, seen) = (
+                    acceptor.clone(),
+                    handshakes.clone(),
+                    failed.clone(),
+                    seen.clone(),
+                );
+                tokio::spawn(async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            failed.lock().unwrap().push(e.to_string());
+                            return;
+                        }
+                    };
+                    handshakes.fetch_add(1, Ordering::SeqCst);
+                    let (_, session) = tls.get_ref();
+                    let sni = session.server_name().unwrap_or("none").to_owned();
+                    let client_cert = if session.peer_certificates().is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    };
+                    let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                        let target = req.uri().path_and_query().map_or("", |t| t.as_str());
+                        seen.lock()
+                            .unwrap()
+                            .push((target.to_owned(), req.headers().clone()));
+                        let sni = sni.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("x-sni", sni)
+                                    .header("x-client-cert", client_cert)
+                                    .body(Full::new(Bytes::from("secure hi")))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        node
+    }
 }
 
 /// An SSL object in APISIX's shape.

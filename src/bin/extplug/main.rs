@@ -2,7 +2,8 @@
 //!
 //! - `extplug proxy --config FILE`: the HTTP reverse proxy with its runner.
 //! - `extplug demo`: the proxy with the example runner on a built-in
-//!   configuration and echo upstream.
+//!   configuration and echo upstream; `--tls` adds HTTPS and HTTP/2 with a
+//!   self-signed certificate made at start.
 //! - `extplug check --config FILE`: validate a configuration with a
 //!   throwaway runner (every chain prepared), and exit; `--offline`: the
 //!   file only.
@@ -30,6 +31,10 @@ use extplug::host::logging::{init_logging_with, LogFormat};
 use runtime::fail;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// Where `extplug demo --tls` listens for TLS without `--tls-listen`:
+/// APISIX's HTTPS port.
+const DEMO_TLS_LISTEN: &str = "127.0.0.1:9443";
 
 #[derive(Parser)]
 #[command(
@@ -97,6 +102,13 @@ enum Command {
         /// Where the admin listener (metrics, health) listens.
         #[arg(long, default_value = "127.0.0.1:9091")]
         admin: String,
+        /// Also open a TLS listener (HTTP/1.1 and HTTP/2) with a
+        /// self-signed certificate for localhost and 127.0.0.1, made at start.
+        #[arg(long)]
+        tls: bool,
+        /// Where the TLS listener listens (implies --tls).
+        #[arg(long, value_name = "ADDR")]
+        tls_listen: Option<String>,
     },
     /// Check a configuration and exit (0: valid; 2: not, with the reason):
     /// the file, then, with a throwaway runner, that the runner starts and
@@ -170,7 +182,12 @@ fn main() -> ExitCode {
             listen,
             runner,
             admin,
-        } => commands::demo::run(&listen, &admin, runner),
+            tls,
+            tls_listen,
+        } => {
+            let tls_listen = tls_listen.or_else(|| tls.then(|| DEMO_TLS_LISTEN.to_owned()));
+            commands::demo::run(&listen, &admin, tls_listen.as_deref(), runner)
+        }
         Command::Bench { what } => commands::bench::run(what),
     }
 }

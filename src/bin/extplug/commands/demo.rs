@@ -7,8 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Starts the echo upstream and serves the built-in configuration with the
-/// example runner (`runner`, or `examples/demo-runner` next to this binary).
-pub fn run(listen: &str, admin: &str, runner: Option<PathBuf>) -> ExitCode {
+/// example runner (`runner`, or `examples/demo-runner` next to this binary),
+/// and a TLS listener on `tls_listen` with a certificate made now when it
+/// is given.
+pub fn run(
+    listen: &str,
+    admin: &str,
+    tls_listen: Option<&str>,
+    runner: Option<PathBuf>,
+) -> ExitCode {
     let runner = match runner {
         Some(r) => r,
         None => match std::env::current_exe() {
@@ -30,7 +37,17 @@ pub fn run(listen: &str, admin: &str, runner: Option<PathBuf>) -> ExitCode {
         Ok(addr) => addr,
         Err(e) => return fail(&format!("starting the echo upstream: {e}")),
     };
-    let config = match host::demo::config(listen, admin, upstream, &runner.to_string_lossy()) {
+    let tls = match tls_listen.map(host::demo::DemoTls::self_signed).transpose() {
+        Ok(tls) => tls,
+        Err(e) => return fail(&format!("making the demo's self-signed certificate: {e}")),
+    };
+    let config = match host::demo::config(
+        listen,
+        admin,
+        upstream,
+        &runner.to_string_lossy(),
+        tls.as_ref(),
+    ) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
@@ -44,7 +61,7 @@ pub fn run(listen: &str, admin: &str, runner: Option<PathBuf>) -> ExitCode {
             format!(
                 "echo upstream on http://{upstream}; runner {}\nTry:\n{}",
                 runner.display(),
-                host::demo::curl_lines(at.proxy, at.admin)
+                host::demo::curl_lines(at.proxy, at.admin, at.tls)
             )
         })),
     )
