@@ -7,6 +7,8 @@ scripts/ensure-capnp.sh
 scripts/ensure-protoc.sh
 scripts/ensure-etcd.sh
 scripts/ensure-python.sh
+# The TLS tests check with curl (HTTP/2) and encrypt a key with openssl.
+scripts/ensure-debian.sh curl=curl openssl=openssl
 # The demo and the benchmarks run the release binaries: a release build that
 # breaks must fail here, not on a user's first `scripts/demo.sh`.
 cargo build --locked --release --example demo-runner --bin extplug
