@@ -840,3 +840,61 @@ async fn http2_with_sni_goes_through_a_rewrite_chain_to_an_https_upstream() {
     assert_eq!(seen_now.len(), seen + 1);
     assert_eq!(seen_now.last().unwrap().0, "/rewritten?added=yes");
 }
+
+/// The proxy's CPU time so far (user + system), from `/proc/PID/stat`.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    Duration::from_millis((fields[0] + fields[1]) * 1000 / ticks)
+}
+
+#[tokio::test]
+async fn a_preface_in_pieces_is_waited_for_without_polling() {
+    let up = Upstream::start().await;
+    let p = proxy(&up, json!([]), |_| {});
+    // HTTP/1 whose first byte could start the preface: the byte read to
+    // tell is given back to the request.
+    let mut tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tcp.write_all(b"OST /split HTTP/1.1\r\nhost: c.example\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.last();
+    assert_eq!(
+        (seen.target.as_str(), &seen.body[..]),
+        ("/split", &b"hi"[..])
+    );
+    // Clients stalled inside the preface cost nothing while they wait (a
+    // peek in a loop would poll each of them every few milliseconds).
+    let mut stalled = Vec::new();
+    for _ in 0..500 {
+        let mut tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        stalled.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = cpu_time(p.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_time(p.pid()) - before;
+    assert!(
+        spent < Duration::from_millis(200),
+        "500 stalled prefaces cost the proxy {spent:?} of CPU in 2 s"
+    );
+    // And the listener still serves.
+    assert_eq!(get(&p.url("/after")).await.status, 200);
+}

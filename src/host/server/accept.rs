@@ -193,26 +193,35 @@ enum End {
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether a clear-text connection starts with HTTP/2's preface (prior
-/// knowledge), from its first bytes, left unread for hyper; `None`: the
-/// client sent nothing in time (or the connection failed), close it.
+/// knowledge), with the bytes read to tell (to be read again by hyper);
+/// `None`: the client sent nothing in time (or the connection failed), close
+/// it. The bytes are read, not peeked: a peek returns at once while a
+/// partial preface waits in the socket, so waiting for the rest would poll.
 async fn sniff_h2c(
     stream: &TcpStream,
     limit: Duration,
     shutdown: &CancellationToken,
-) -> Option<bool> {
+) -> Option<(bool, Bytes)> {
     let sniff = async {
         let mut buf = [0u8; PREFACE.len()];
+        let mut n = 0;
         loop {
-            let n = stream.peek(&mut buf).await.ok()?;
-            if n == 0 || buf[..n] != PREFACE[..n] {
-                // HTTP/1 (or the end): hyper reads it.
-                return Some(false);
+            stream.readable().await.ok()?;
+            match stream.try_read(&mut buf[n..]) {
+                // The end: hyper reads it (and closes).
+                Ok(0) => return Some((false, Bytes::copy_from_slice(&buf[..n]))),
+                Ok(got) => n += got,
+                // Readiness cleared: the next `readable` waits for bytes.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return None,
+            }
+            if buf[..n] != PREFACE[..n] {
+                // HTTP/1: hyper reads it.
+                return Some((false, Bytes::copy_from_slice(&buf[..n])));
             }
             if n == PREFACE.len() {
-                return Some(true);
+                return Some((true, Bytes::copy_from_slice(&buf)));
             }
-            // A preface in pieces: the rest is on its way.
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
     tokio::select! {
@@ -243,20 +252,20 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let stream = Arc::new(stream);
-    let raw = Raw(stream.clone());
+    let raw = Raw(stream.clone(), Bytes::new());
     let addrs = (peer, local);
     let tunnel = match tls {
         None => {
-            let h2 = if limits.http2.h2c {
+            let (h2, raw) = if limits.http2.h2c {
                 match sniff_h2c(&stream, limits.header_timeout, &shutdown).await {
-                    Some(h2) => h2,
+                    Some((h2, read)) => (h2, Raw(stream.clone(), read)),
                     None => {
                         linger(&stream).await;
                         return;
                     }
                 }
             } else {
-                false
+                (false, raw)
             };
             let kind = Kind { tls: false, h2 };
             serve_io(&current, raw, &stream, addrs, kind, limits, &shutdown).await

@@ -272,8 +272,9 @@ impl Drop for InFlight {
 
 /// The client socket as an `AsyncRead`/`AsyncWrite`, shared (`Arc`) with the
 /// connection's task, which answers 408 and lingers with it after hyper
-/// (and TLS) are done.
-pub(super) struct Raw(pub(super) Arc<TcpStream>);
+/// (and TLS) are done; with the bytes already read from it to tell HTTP/2's
+/// preface from HTTP/1 (given to the reader first).
+pub(super) struct Raw(pub(super) Arc<TcpStream>, pub(super) bytes::Bytes);
 
 /// A client connection's byte stream (the socket, or TLS over it) telling
 /// the clock what it reads: the bytes hyper reads, decrypted.
@@ -304,6 +305,12 @@ impl AsyncRead for Raw {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.1.is_empty() {
+            let this = self.get_mut();
+            let n = this.1.len().min(buf.remaining());
+            buf.put_slice(&this.1.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         loop {
             ready!(self.0.poll_read_ready(cx))?;
             // Straight into the reader's buffer (hyper's, or rustls's),
