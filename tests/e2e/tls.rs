@@ -499,6 +499,51 @@ async fn rapid_reset_is_cut_off_and_others_are_still_served() {
     assert_eq!(got.status, 200);
 }
 
+#[tokio::test]
+async fn streams_reset_after_they_were_taken_up_are_bounded_too() {
+    // The rapid reset with a round trip between HEADERS and RST_STREAM: each
+    // stream was taken up (its upstream request started, on a slow path)
+    // before its reset, which h2's own bound does not count.
+    let up = Upstream::start().await;
+    let p = proxy(&up, json!([]), |_| {});
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client;
+    let mut sent = 0;
+    for i in 0..2000 {
+        let ready = tokio::time::timeout(Duration::from_secs(5), client.ready()).await;
+        let Ok(Ok(ready)) = ready else { break };
+        client = ready;
+        let req = http::Request::get(format!("http://r.example/slow/{i}"))
+            .body(())
+            .unwrap();
+        let Ok((_resp, mut stream)) = client.send_request(req, true) else {
+            break;
+        };
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the connection was not closed");
+    eprintln!("{sent} streams taken up and reset; connection end: {ended:?}");
+    assert!(
+        sent <= 400,
+        "the proxy let {sent} streams be taken up and reset on one connection"
+    );
+    p.wait_log("rapid reset", 1);
+    // A client that cancels now and then, and the others, are served.
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let got = Sender::h2(tcp)
+        .await
+        .get("r.example", "/after")
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+}
+
 /// Polls the TLS listener at `at` with `sni` until `ok` takes the outcome
 /// (the certificate served, or `None` when the handshake failed); panics
 /// with `what` and `node`'s log after 10 s.

@@ -187,6 +187,49 @@ enum End {
     Expired(Expiry),
     /// Shutdown, while nothing was in progress.
     Shutdown,
+    /// An HTTP/2 client cancelled too many of its streams before their
+    /// answers ([`Cancels`]).
+    Abusive,
+}
+
+/// Streams an HTTP/2 client may cancel (reset after the proxy took them up,
+/// before their answer) on one connection. Past it, while cancelled streams
+/// are also most of the connection's, the connection is closed: the
+/// rapid-reset attack (CVE-2023-44487) with a round trip between a stream's
+/// HEADERS and its RST_STREAM, which h2's bound on streams reset before they
+/// are taken up (`max_pending_accept_reset_streams`) does not see, while
+/// every such stream starts a plugin chain and an upstream request. A
+/// browser cancels a stream now and then; it never cancels most of them.
+const MAX_CANCELLED_STREAMS: u32 = 100;
+
+/// One connection's count of the requests started and of those cancelled
+/// before their answer; `abusive` is cancelled past the bound.
+#[derive(Default)]
+struct Cancels {
+    started: std::sync::atomic::AtomicU32,
+    cancelled: std::sync::atomic::AtomicU32,
+    abusive: CancellationToken,
+}
+
+/// Held while a request is answered: dropped before `done` (the client reset
+/// the stream, so hyper dropped the answer), it counts a cancel.
+struct Answering {
+    cancels: Arc<Cancels>,
+    done: bool,
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.done {
+            return;
+        }
+        let cancelled = self.cancels.cancelled.fetch_add(1, Relaxed) + 1;
+        let started = self.cancels.started.load(Relaxed);
+        if cancelled > MAX_CANCELLED_STREAMS && cancelled.saturating_mul(2) > started {
+            self.cancels.abusive.cancel();
+        }
+    }
 }
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
@@ -336,9 +379,10 @@ where
     // Set by an answer that opened a WebSocket tunnel: the socket is then
     // the tunnel's until it ends, not closed with the connection.
     let tunnel: Arc<std::sync::Mutex<Option<TunnelOpen>>> = Arc::default();
+    let cancels = Arc::new(Cancels::default());
     let service = {
         let (clock, current) = (clock.clone(), current.clone());
-        let tunnel = tunnel.clone();
+        let (tunnel, cancels) = (tunnel.clone(), cancels.clone());
         hyper::service::service_fn(move |req| {
             // Called as soon as the header is read: the clock stops here.
             let (guard, conflict) = clock.request_started();
@@ -346,9 +390,20 @@ where
             // its end, whatever reloads happen meanwhile.
             let proxy: Arc<Proxy> = current.load_full();
             let tunnel = tunnel.clone();
+            cancels
+                .started
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let answering = Answering {
+                cancels: cancels.clone(),
+                done: false,
+            };
             async move {
+                // The whole guard moves in (not only its field): it is the
+                // answer's, dropped with it.
+                let mut answering = answering;
                 let conflict = conflict == Some(true) && !kind.h2;
                 let mut resp = answer(&proxy, req, conflict, peer, local, kind.tls).await;
+                answering.done = true;
                 if let Some(open) = resp.extensions_mut().remove::<TunnelOpen>() {
                     *tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
                 }
@@ -375,7 +430,14 @@ where
             .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
             .max_local_error_reset_streams(h2.max_local_error_reset_streams);
         let conn = builder.serve_connection(io, service);
-        drive(conn, |c| c.graceful_shutdown(), &clock, shutdown).await
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            &clock,
+            shutdown,
+            &cancels.abusive,
+        )
+        .await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -385,7 +447,14 @@ where
             // The clock does it: hyper's would also cut idle keep-alive connections.
             .header_read_timeout(None);
         let conn = builder.serve_connection(io, service).with_upgrades();
-        drive(conn, |c| c.graceful_shutdown(), &clock, shutdown).await
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            &clock,
+            shutdown,
+            &cancels.abusive,
+        )
+        .await
     };
     let open = tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let (End::Done(Ok(())), Some(open)) = (&end, open) {
@@ -398,6 +467,11 @@ where
             debug!(client = %peer, cause = %e, "client connection ended with an error")
         }
         End::Expired(Expiry::Idle) => debug!(client = %peer, "idle keep-alive connection closed"),
+        End::Abusive => warn!(
+            client = %peer,
+            cancelled = cancels.cancelled.load(std::sync::atomic::Ordering::Relaxed),
+            "HTTP/2 client cancelled most of its streams before their answers (rapid reset): connection closed"
+        ),
         End::Expired(Expiry::Header { got_bytes: true }) => {
             debug!(client = %peer, "request header not received in time");
             // Best effort: the socket's buffer is empty, the client is
@@ -417,6 +491,7 @@ async fn drive<C>(
     graceful: impl Fn(Pin<&mut C>),
     clock: &Clock,
     shutdown: &CancellationToken,
+    abusive: &CancellationToken,
 ) -> End
 where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
@@ -430,6 +505,7 @@ where
     loop {
         tokio::select! {
             result = conn.as_mut() => return End::Done(result),
+            () = abusive.cancelled() => return End::Abusive,
             () = check.as_mut() => {
                 if let Some(expiry) = clock.expired() {
                     return End::Expired(expiry);
